@@ -1,0 +1,27 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,test,bench]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/neardup demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m bench.shard_bench --quick
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
