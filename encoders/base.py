@@ -19,6 +19,11 @@ class Encoder(ABC):
     name: str = "base"
     bits: int = 0
     input_size: int = 0  # side of the square uint8 array ``preprocess`` returns
+    match_radius: int = 0  # default Hamming radius that counts as a near-duplicate (0 = bits // 8)
+
+    @property
+    def default_radius(self) -> int:
+        return self.match_radius or self.bits // 8
 
     @property
     def code_bytes(self) -> int:
