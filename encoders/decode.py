@@ -1,0 +1,181 @@
+"""Safe image decoding: pixel cap before decode, EXIF orientation, any mode -> RGB.
+
+Everything that turns untrusted bytes into pixels (CLI, ingest, Serve) goes through
+``load_image`` so that one policy decides what is accepted, and every refusal is an
+``ImageDecodeError`` carrying a one-line reason a user can act on.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+# Pillow decoders we allow; restricting them keeps exotic parsers (EPS runs Ghostscript) away
+# from untrusted input. MPO is how Pillow opens multi-picture JPEGs from phones.
+_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+class ImageDecodeError(ValueError):
+    """The input cannot be turned into an image; ``str(err)`` is a one-line human reason."""
+
+
+def load_image(source: str | os.PathLike | bytes, max_pixels: int = 50_000_000,
+               draft_size: int | None = None) -> Image.Image:
+    """Decode a file path or raw bytes into an RGB image, refusing anything over ``max_pixels``.
+
+    The pixel count is read from the header before any pixel is decoded (decompression bombs).
+    Pillow's own global cap (``Image.MAX_IMAGE_PIXELS``) stays in force as a backstop and is
+    reported the same way. ``draft_size`` lets the JPEG decoder shrink by up to 8x while keeping
+    both sides >= draft_size: much faster for bulk work, but codes shift slightly, so use the
+    same value wherever codes are compared. Raises FileNotFoundError for a missing path.
+    """
+    fp, label = _open_source(source)
+    try:
+        im = _open_checked(fp, max_pixels)
+        try:
+            if draft_size and im.format in ("JPEG", "MPO"):
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+        except Exception as exc:
+            raise ImageDecodeError(_decode_reason(exc)) from exc
+        return _to_rgb(_apply_orientation(im))
+    except ImageDecodeError as exc:
+        if not label:
+            raise
+        raise ImageDecodeError(f"{label}: {exc}") from exc.__cause__
+    finally:
+        fp.close()
+
+
+def _open_source(source: str | os.PathLike | bytes) -> tuple[io.BufferedIOBase, str]:
+    """Raw bytes or a path -> (binary file object, label for messages)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageDecodeError("empty image data (0 bytes)")
+        return io.BytesIO(bytes(source)), ""
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"expected a path or bytes, got {type(source).__name__}")
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(2, "no such file", str(path))
+    if path.is_dir():
+        raise ImageDecodeError(f"{path}: is a directory, not an image file")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+        return open(path, "rb"), str(path)
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+
+
+def _open_checked(fp: io.BufferedIOBase, max_pixels: int) -> Image.Image:
+    """Identify the format and enforce the pixel cap from the header alone."""
+    try:
+        im = Image.open(fp, formats=_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"image too large, possible decompression bomb ({exc})") from exc
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError("not a supported image (expected JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
+    except Exception as exc:
+        raise ImageDecodeError(_decode_reason(exc)) from exc
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"invalid image size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageDecodeError(
+            f"image too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+            "(possible decompression bomb)")
+    return im
+
+
+def _decode_reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "truncated" in text or isinstance(exc, EOFError):
+        return f"truncated image file ({text})"
+    return f"corrupt image data ({text})"
+
+
+def _apply_orientation(im: Image.Image) -> Image.Image:
+    """Rotate/flip per the EXIF Orientation tag; a broken EXIF block is ignored, not fatal."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> a new RGB image; transparency is composited on white."""
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        im = _high_depth_to_l(im)
+    if im.mode == "RGB":
+        return im.copy()
+    if "A" in im.mode or "a" in im.mode or im.has_transparency_data:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except Exception as exc:
+        raise ImageDecodeError(f"unsupported image mode {im.mode!r} ({exc})") from exc
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """16-bit/32-bit/float grayscale -> 8-bit L by scaling (Pillow's convert would clip at 255)."""
+    arr = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        arr = arr * 255.0 if arr.size and arr.max() <= 1.0 else arr
+    elif im.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+        arr = arr / 257.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike] | str | os.PathLike,
+                     recursive: bool = True) -> Iterator[Path]:
+    """Yield image files from files and folders in a deterministic order.
+
+    Paths are visited in the order given; a folder's entries are sorted by name. Inside folders
+    only files with an ``IMAGE_EXTENSIONS`` suffix are yielded, and hidden files and folders
+    (dot-names, e.g. macOS ``._x.jpg``) are skipped; a file named explicitly is always yielded so
+    a bad one gets reported rather than silently dropped. Symlinked folders are not followed.
+    Raises FileNotFoundError for a missing path (before yielding anything).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    roots = [Path(p) for p in paths]
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(2, "no such file or directory", str(root))
+    for root in roots:
+        if root.is_dir():
+            yield from _walk(root, recursive)
+        else:
+            yield root
+
+
+def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            if recursive:
+                yield from _walk(Path(entry.path), recursive)
+        elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            yield Path(entry.path)
+
+
+def resize_square(img: Image.Image, size: int) -> np.ndarray:
+    """Squash the whole image to (size, size, 3) uint8, no crop (a crop would drop content a
+    copy detector needs). Pillow's BILINEAR is antialiased; reducing_gap speeds big shrinks."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.array(img, dtype=np.uint8)

@@ -1,0 +1,312 @@
+"""The ``deephash`` encoder: a dual-branch CNN that maps an image to a 64/128/256-bit code.
+
+Global branch: GeM pooling of the backbone's last feature map (whole-image appearance).
+Local branch: attention-weighted pooling of projected local features (survives crops and
+overlays because the attention can ignore pasted content and missing regions).
+Both are L2-normalised, concatenated and fed to a hash head; ``tanh`` relaxes the sign
+during training, ``sign`` gives the bits at inference (packed MSB-first like every encoder).
+
+Weights are one safetensors file whose header metadata holds everything needed to rebuild
+the network (backbone, bits, input size, version), so a file path is all a user needs.
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from encoders.base import Encoder, pack_bits
+from encoders.registry import register
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_BACKBONE = "mobilenet_v3_small"
+DEFAULT_BITS = 128
+DEFAULT_INPUT_SIZE = 160
+FORMAT_VERSION = "1"
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+TTA_MODES = ("none", "flip", "flip_rot90", "d4")
+
+
+# ---------------------------------------------------------------- backbones
+def _mobilenet(ctor: Callable, channels: int) -> Callable[[], tuple[nn.Module, int]]:
+    return lambda: (ctor(weights=None).features, channels)
+
+
+def _resnet(ctor: Callable, channels: int) -> Callable[[], tuple[nn.Module, int]]:
+    def build() -> tuple[nn.Module, int]:
+        m = ctor(weights=None, zero_init_residual=True)
+        return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4), channels
+    return build
+
+
+def _efficientnet_b0() -> tuple[nn.Module, int]:
+    from torchvision.models import efficientnet_b0
+    return efficientnet_b0(weights=None).features, 1280
+
+
+class Backbone(Enum):
+    """Named feature extractors (torchvision, no pretrained download). ``build()`` -> (module, channels)."""
+
+    resnet50 = "resnet50"
+    resnet18 = "resnet18"
+    mobilenet_v3_small = "mobilenet_v3_small"
+    mobilenet_v3_large = "mobilenet_v3_large"
+    efficientnet_b0 = "efficientnet_b0"
+
+    def build(self) -> tuple[nn.Module, int]:
+        from torchvision import models
+        table = {
+            "resnet50": _resnet(models.resnet50, 2048),
+            "resnet18": _resnet(models.resnet18, 512),
+            "mobilenet_v3_small": _mobilenet(models.mobilenet_v3_small, 576),
+            "mobilenet_v3_large": _mobilenet(models.mobilenet_v3_large, 960),
+            "efficientnet_b0": _efficientnet_b0,
+        }
+        return table[self.value]()
+
+    @classmethod
+    def parse(cls, name: str | "Backbone") -> "Backbone":
+        if isinstance(name, Backbone):
+            return name
+        try:
+            return cls(name)
+        except ValueError:
+            raise ValueError(f"unknown backbone {name!r}; choose from {[b.value for b in cls]}") from None
+
+
+# ---------------------------------------------------------------- model
+class GeM(nn.Module):
+    """Generalised-mean pooling with a learnable exponent p (p=1 mean, p→∞ max)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.clamp(1.0, 8.0)
+        return x.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+class AttentionPool(nn.Module):
+    """Local branch: 1x1-projected local features pooled with learned non-negative attention."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, dim, 1)
+        self.attn = nn.Sequential(nn.Conv2d(channels, dim // 2, 1), nn.ReLU(inplace=True), nn.Conv2d(dim // 2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = F.normalize(self.proj(x).float(), dim=1)
+        w = F.softplus(self.attn(x).float())  # (B,1,H,W) ≥ 0
+        return (local * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp(min=1e-6)
+
+
+class DeepHashNet(nn.Module):
+    """Backbone -> (GeM global ⊕ attention local) -> MLP -> ``bits`` hash logits."""
+
+    def __init__(self, backbone: str | Backbone = DEFAULT_BACKBONE, bits: int = DEFAULT_BITS,
+                 local_dim: int = 256, hidden: int = 512, gem_p: float = 3.0):
+        super().__init__()
+        if bits <= 0 or bits % 8:
+            raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
+        self.backbone_name = Backbone.parse(backbone).value
+        self.bits = bits
+        self.backbone, channels = Backbone.parse(backbone).build()
+        self.gem = GeM(gem_p)
+        self.local = AttentionPool(channels, local_dim)
+        self.head = nn.Sequential(
+            nn.Linear(channels + local_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, bits), nn.BatchNorm1d(bits),
+        )
+        self.config = {"backbone": self.backbone_name, "bits": bits, "local_dim": local_dim,
+                       "hidden": hidden}
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused float descriptor (before the hash head)."""
+        fmap = self.backbone(x)
+        g = F.normalize(self.gem(fmap), dim=1)
+        loc = F.normalize(self.local(fmap), dim=1)
+        return torch.cat([g, loc], dim=1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Hash pre-activations h (sign(h) are the bits)."""
+        return self.head(self.descriptor(x).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """tanh(h): the relaxed codes used by the training losses."""
+        return torch.tanh(self.logits(x))
+
+    @torch.inference_mode()
+    def codes(self, x: torch.Tensor) -> np.ndarray:
+        """Packed binary codes uint8 (n, bits // 8) for a normalised float batch."""
+        return pack_bits((self.logits(x) > 0).cpu().numpy())
+
+
+# ---------------------------------------------------------------- weights I/O
+def save_weights(model: DeepHashNet, path: str | Path, input_size: int = DEFAULT_INPUT_SIZE,
+                 extra: dict | None = None, half: bool = False) -> Path:
+    """Write a self-describing safetensors file (config in the header metadata)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    meta = {**{k: str(v) for k, v in model.config.items()}, "input_size": str(input_size),
+            "format": "neardup-deephash", "version": FORMAT_VERSION}
+    if extra:
+        meta["extra"] = json.dumps(extra, sort_keys=True)
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """Header metadata of a deephash weights file; raises ValueError if it is not one."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    if meta.get("format") != "neardup-deephash":
+        raise ValueError(f"{path}: not a neardup deephash weights file (missing metadata)")
+    return meta
+
+
+def load_model(path: str | Path) -> tuple[DeepHashNet, dict]:
+    """Rebuild the network from a weights file alone; returns (model in eval mode, metadata)."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"deephash weights not found: {path}")
+    meta = read_metadata(path)
+    model = DeepHashNet(meta["backbone"], int(meta["bits"]), int(meta.get("local_dim", 256)),
+                        int(meta.get("hidden", 512)))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Path:
+    """Path of the bundled weights for (backbone, bits); FileNotFoundError if not shipped."""
+    path = WEIGHTS_DIR / f"deephash-{backbone or DEFAULT_BACKBONE}-{bits or DEFAULT_BITS}.safetensors"
+    if not path.is_file():
+        shipped = sorted(p.name for p in WEIGHTS_DIR.glob("deephash-*.safetensors"))
+        hint = ", ".join(shipped) if shipped else "none yet"
+        raise FileNotFoundError(
+            f"no bundled deephash weights {path.name} (shipped: {hint}); "
+            "train with `python -m encoders.train` and pass weights=PATH")
+    return path
+
+
+# ---------------------------------------------------------------- encoder
+def resize_square(image: Image.Image, size: int) -> np.ndarray:
+    """Squash-resize the whole image (no crop) to uint8 (size, size, 3); training uses the same."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def _variants(batch: np.ndarray, tta: str) -> list[np.ndarray]:
+    """Dihedral variants of a (n,S,S,3) batch for query-time invariance."""
+    flip = batch[:, :, ::-1]
+    out = [batch]
+    if tta in ("flip", "flip_rot90", "d4"):
+        out.append(flip)
+    if tta in ("flip_rot90", "d4"):
+        out += [np.rot90(batch, 1, axes=(1, 2)), np.rot90(batch, 3, axes=(1, 2))]
+    if tta == "d4":
+        out += [np.rot90(batch, 2, axes=(1, 2)), np.rot90(flip, 1, axes=(1, 2)),
+                np.rot90(flip, 2, axes=(1, 2)), np.rot90(flip, 3, axes=(1, 2))]
+    return [np.ascontiguousarray(v) for v in out]
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class DeepHashEncoder(Encoder):
+    """Encoder wrapper: uint8 batches -> normalised tensors -> model -> sign -> packed codes."""
+
+    name = "deephash"
+
+    def __init__(self, model: DeepHashNet, input_size: int = DEFAULT_INPUT_SIZE, device: str = "auto",
+                 tta: str = "none", batch_size: int = 64, weights_path: str | None = None):
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+        self.device = _device(device)
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.bits = model.bits
+        self.input_size = int(input_size)
+        self.tta = tta
+        self.batch_size = batch_size
+        self.weights_path = weights_path
+        self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return resize_square(image, self.input_size)
+
+    def _to_tensor(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2).float()
+        x = (x - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x.contiguous()
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        s = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (s, s, 3):
+            raise ValueError(f"expected uint8 batch (n, {s}, {s}, 3), got shape {batch.shape}")
+        return batch.astype(np.uint8, copy=False)
+
+    @torch.inference_mode()
+    def _codes(self, batch: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(batch), self.batch_size):
+            x = self._to_tensor(batch[i:i + self.batch_size])
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    h = self.model.logits(x)
+            else:
+                h = self.model.logits(x)
+            out.append(pack_bits((h.float() > 0).cpu().numpy()))
+        return np.concatenate(out) if out else np.zeros((0, self.bits // 8), np.uint8)
+
+    def encode_batch(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (n,S,S,3) -> packed codes (n, bits // 8) of the image as given (no TTA)."""
+        return self._codes(self._check(batch))
+
+    def encode_variants(self, batch: np.ndarray) -> np.ndarray:
+        """Codes of the TTA variants: uint8 (n, v, bits // 8); search keeps the min distance over v."""
+        batch = self._check(batch)
+        return np.stack([self._codes(v) for v in _variants(batch, self.tta)], axis=1)
+
+    def info(self) -> dict:
+        return {**super().info(), "backbone": self.model.backbone_name, "tta": self.tta,
+                "device": str(self.device), "weights": self.weights_path}
+
+
+@register("deephash")
+def build_deephash(weights: str | Path | None = None, backbone: str | None = None, bits: int | None = None,
+                   device: str = "auto", tta: str = "none", **kwargs) -> DeepHashEncoder:
+    """Load deephash from ``weights`` (a local safetensors path) or the bundled file."""
+    path = Path(weights) if weights is not None else bundled_weights(backbone, bits)
+    model, meta = load_model(path)
+    if backbone is not None and Backbone.parse(backbone).value != meta["backbone"]:
+        raise ValueError(f"{path} holds backbone {meta['backbone']}, not {backbone}")
+    if bits is not None and int(bits) != int(meta["bits"]):
+        raise ValueError(f"{path} holds {meta['bits']}-bit codes, not {bits}")
+    return DeepHashEncoder(model, int(meta["input_size"]), device=device, tta=tta,
+                           batch_size=int(kwargs.get("batch_size", 64)), weights_path=str(path))

@@ -1,0 +1,234 @@
+"""The ``neardup`` console script: encode, index, search, dedup, serve, demo, eval, train.
+
+Every expected failure (bad path, corrupt image, wrong flag, mismatched index) ends in a
+one-line ``neardup: error: ...`` on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rayapp.config import Config, load_config
+from rayapp.ingest import list_files
+from rayapp.ingest import main as index_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="neardup")
+def cli() -> None:
+    """neardup: find copies and near-copies of images, at any scale."""
+
+
+cli.add_command(index_command, name="index")
+
+
+def _encoder(name: str | None, weights: str | None = None):
+    from encoders.registry import get_encoder
+    return get_encoder(name, weights=weights)
+
+
+def _local_files(sources: tuple[str, ...]) -> list[dict]:
+    rows = [r for s in sources for r in list_files(s)]
+    if not rows:
+        raise click.ClickException(f"no image files found in: {', '.join(sources)}")
+    return rows
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--encoder", default=None, help="Encoder name (see `neardup encoders`).")
+@click.option("--weights", default=None, help="Local weights file.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output Parquet file.")
+@click.option("--errors", "errors_path", default=None, help="CSV of unreadable files (default OUT.errors.csv).")
+@click.option("--batch-size", default=64, show_default=True)
+def encode(paths, encoder, weights, out, errors_path, batch_size) -> None:
+    """Encode images (files or folders, recursively) to Parquet: id, path, code, encoder."""
+    from encoders.files import encode_files
+    enc = _encoder(encoder, weights)
+    rows = _local_files(paths)
+    res = encode_files(enc, [r["path"] for r in rows], batch_size=batch_size)
+    ids = {r["path"]: r["id"] for r in rows}
+    table = pa.table({
+        "id": pa.array([ids[p] for p in res.paths], pa.string()),
+        "path": pa.array(res.paths, pa.string()),
+        "code": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(enc.code_bytes), len(res.paths), [None, pa.py_buffer(res.codes.tobytes())]),
+        "encoder": pa.array([enc.name] * len(res.paths), pa.string()),
+    })
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    errors_path = errors_path or str(Path(out).with_suffix("")) + ".errors.csv"
+    if res.errors:
+        import csv
+        with open(errors_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "error"])
+            w.writerows(res.errors)
+    click.echo(f"encoded {len(res.paths)} images with {enc.name} ({enc.bits} bits) -> {out}"
+               + (f"; {len(res.errors)} unreadable -> {errors_path}" if res.errors else ""))
+
+
+def _index_config(index_dir: str, encoder: str | None, address: str | None,
+                  config_path: str | None = None, **shards) -> Config:
+    meta_path = Path(index_dir) / "neardup.json"
+    if not meta_path.is_file():
+        raise click.ClickException(f"no index at {index_dir} (missing neardup.json); "
+                                   "build one with `neardup index`")
+    meta = json.loads(meta_path.read_text())
+    return load_config(config_path, overrides={
+        "encoder": {"name": encoder or meta["encoder"]},
+        "shards": {"index_dir": index_dir, **shards}})
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--index-dir", required=True, help="Index built by `neardup index`.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--radius", default=None, type=click.IntRange(0, 1024), help="Only matches within this Hamming distance.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query.")
+@click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
+@click.option("--timeout", default=10.0, show_default=True, help="Per-shard timeout in seconds.")
+def search(images, index_dir, k, radius, as_json, address, timeout) -> None:
+    """Find the stored images nearest to each query image."""
+    from encoders.decode import load_image
+    from rayapp.cluster import ensure_shards, init_ray
+    from rayapp.router import ShardRouter
+    cfg = _index_config(index_dir, None, address)
+    enc = _encoder(cfg.encoder.name, cfg.encoder.weights)
+    init_ray(address)
+    router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout)
+    failed = 0
+    for path in images:
+        try:
+            code = enc.encode([load_image(path, max_pixels=cfg.encoder.max_pixels)])
+        except (OSError, ValueError) as exc:
+            failed += 1
+            click.echo(json.dumps({"query": path, "error": str(exc)}) if as_json
+                       else f"{path}: error: {exc}", err=not as_json)
+            continue
+        results, missing = router.search(code, k=k, radius=radius, with_meta=True)
+        hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"]}
+                for r in results[0]]
+        if as_json:
+            click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))
+        else:
+            click.echo(f"{path}:" + (" (partial: shards %s did not answer)" % missing if missing else ""))
+            for h in hits:
+                click.echo(f"  {h['distance']:4d}  {h['id']}")
+            if not hits:
+                click.echo("  no matches")
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--report", default="neardup-report.html", show_default=True, help="HTML report path.")
+@click.option("--radius", default=None, type=int, help="Hamming radius (default: the encoder's).")
+@click.option("--encoder", default=None)
+@click.option("--weights", default=None)
+def dedup(paths, report, radius, encoder, weights) -> None:
+    """Group near-duplicates among images and write an HTML report with thumbnails."""
+    from encoders.files import encode_files
+    from rayapp.dedup import find_groups, write_report
+    enc = _encoder(encoder, weights)
+    res = encode_files(enc, [r["path"] for r in _local_files(paths)])
+    radius = enc.default_radius if radius is None else radius
+    groups = find_groups(res.codes, radius)
+    out = write_report(report, groups, res.paths, res.codes,
+                       title=f"neardup: {enc.name}, radius {radius}")
+    for gi, g in enumerate(groups, 1):
+        click.echo(f"group {gi}: " + ", ".join(Path(res.paths[i]).name for i in g))
+    click.echo(f"{len(groups)} groups among {len(res.paths)} images"
+               + (f" ({len(res.errors)} unreadable)" if res.errors else "") + f"; report: {out}")
+
+
+@cli.command()
+@click.option("--config", "config_path", default=None, help="YAML config (see serve.yaml).")
+@click.option("--index-dir", default=None)
+@click.option("--host", default=None)
+@click.option("--port", default=None, type=int)
+@click.option("--shards", "num_shards", default=None, type=int)
+@click.option("--token", default=None, help="Bearer token required for writes.")
+@click.option("--encoder", default=None)
+@click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
+def serve(config_path, index_dir, host, port, num_shards, token, encoder, address) -> None:
+    """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
+    from rayapp.cluster import init_ray
+    from rayapp.serve import run_server
+    cfg = load_config(config_path, overrides={
+        "encoder": {"name": encoder},
+        "shards": {"index_dir": index_dir, "num_shards": num_shards},
+        "serve": {"host": host, "port": port, "token": token}})
+    init_ray(address)
+    run_server(cfg)
+    click.echo(f"neardup API on http://{cfg.serve.host}:{cfg.serve.port} "
+               f"(index {cfg.shards.index_dir}); Ctrl-C to stop")
+    wait_for_signal()
+    shutdown()
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+def shutdown() -> None:
+    """Stop Serve and the embedded Ray cleanly (leaves no Ray processes behind)."""
+    import ray
+    from ray import serve as ray_serve
+    try:
+        ray_serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+@cli.command()
+@click.option("--port", default=8000, show_default=True)
+@click.option("--out", "out_dir", default="demo-out", show_default=True)
+@click.option("--exit", "exit_after", is_flag=True, help="Exit after the example queries.")
+def demo(port, out_dir, exit_after) -> None:
+    """Index the bundled samples on an embedded Ray, serve HTTP, and query edited copies."""
+    from rayapp.demo import run_demo
+    run_demo(out_dir=out_dir, port=port, keep_serving=not exit_after)
+
+
+@cli.command(name="encoders")
+def encoders_cmd() -> None:
+    """List the available encoders."""
+    from encoders.registry import DEFAULT_ENCODER, list_encoders
+    for name in list_encoders():
+        click.echo(name + ("  (default)" if name == DEFAULT_ENCODER else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning expected failures into a one-line error."""
+    try:
+        rv = cli.main(args=argv, prog_name="neardup", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as exc:
+        click.echo(f"neardup: error: {exc}", err=True)
+        sys.exit(1)
+    if isinstance(rv, int) and rv:
+        sys.exit(rv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Route adds to one shard by a stable hash of the id; fan searches out to every shard and merge.
+
+Queries go to all shards in parallel, each with a timeout, so the slowest or a dead shard can
+only make an answer *partial*, never hang it or fail it. Writes go to the owning shard only and
+raise :class:`ShardUnavailable` when that shard does not acknowledge, so callers can answer 503
+instead of claiming durability they do not have.
+
+Every method has an ``async`` twin (``asearch``, ``aadd``, ...) for Serve's event loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import ray
+import xxhash
+from ray.actor import ActorHandle
+from ray.exceptions import ActorDiedError, RayActorError
+
+log = logging.getLogger(__name__)
+
+
+class ShardUnavailable(RuntimeError):
+    """A write or point lookup could not reach its owning shard(s) in time."""
+
+    def __init__(self, shards: list[int], reasons: dict[int, str]):
+        self.shards = sorted(shards)
+        self.reasons = reasons
+        detail = "; ".join(f"shard {i}: {reasons[i]}" for i in self.shards)
+        super().__init__(f"shard(s) {self.shards} unavailable ({detail})")
+
+
+def shard_for(item_id: str, num_shards: int) -> int:
+    """Stable owner of ``item_id``: xxhash64 of its UTF-8 bytes, mod the shard count."""
+    if not isinstance(item_id, str):
+        raise TypeError(f"id must be a string, not {type(item_id).__name__}")
+    return xxhash.xxh64_intdigest(item_id.encode("utf-8")) % num_shards
+
+
+def merge_results(per_shard: dict[int, list[list[dict]]], num_queries: int, k: int,
+                  radius: int | None = None) -> list[list[dict]]:
+    """k-way merge of per-shard result lists by (distance, id); tags each hit with its shard."""
+    key = _order
+    merged: list[list[dict]] = []
+    for q in range(num_queries):
+        streams = [
+            [{**hit, "shard": i} for hit in sorted(results[q], key=key)
+             if radius is None or hit["distance"] <= radius]
+            for i, results in sorted(per_shard.items())
+        ]
+        merged.append(list(_take(heapq.merge(*streams, key=key), k)))
+    return merged
+
+
+def _order(hit: dict) -> tuple[int, str]:
+    return (int(hit["distance"]), str(hit["id"]))
+
+
+def _take(it: Iterable[dict], k: int) -> Iterable[dict]:
+    for n, hit in enumerate(it):
+        if n >= k:
+            return
+        yield hit
+
+
+def _reason(exc: BaseException) -> str:
+    """One-line cause of a Ray task failure (without the remote traceback)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ray.exceptions.GetTimeoutError)):
+        return "timed out"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
+
+
+def _client_error(exc: BaseException) -> ValueError | None:
+    """A shard that rejected the input (ValueError) is the caller's fault, not an outage."""
+    if isinstance(exc, RayActorError) or not isinstance(exc, ValueError):
+        return None
+    cause = getattr(exc, "cause", None)
+    return ValueError(str(cause if isinstance(cause, ValueError) else exc))
+
+
+class ShardRouter:
+    """Client-side view of the shard actors: owner routing, parallel fan-out, k-way merge.
+
+    ``resolver(i)`` (optional) looks shard ``i`` up again, e.g. by actor name, after its handle
+    died for good (a shard re-created under the same name gets a new handle).
+    """
+
+    def __init__(self, shards: list[ActorHandle], timeout_s: float = 2.0,
+                 write_timeout_s: float = 30.0,
+                 resolver: Callable[[int], ActorHandle | None] | None = None):
+        if not shards:
+            raise ValueError("ShardRouter needs at least one shard")
+        self.shards = list(shards)
+        self.timeout_s = float(timeout_s)
+        self.write_timeout_s = float(write_timeout_s)
+        self.resolver = resolver
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def shard_for(self, item_id: str) -> int:
+        """Index of the shard that owns ``item_id``."""
+        return shard_for(item_id, self.num_shards)
+
+    # ---- request building -------------------------------------------------------------
+    def _group(self, ids: list[str], codes: np.ndarray | None = None,
+               metas: list[dict] | None = None) -> dict[int, tuple]:
+        """Split a write by owning shard -> {shard: (ids, codes, metas)}."""
+        if codes is not None:
+            codes = np.ascontiguousarray(codes, dtype=np.uint8)
+            if codes.ndim != 2 or len(codes) != len(ids):
+                raise ValueError(f"codes must be (n, bytes) with n == len(ids) == {len(ids)}, "
+                                 f"got shape {codes.shape}")
+        if metas is not None and len(metas) != len(ids):
+            raise ValueError(f"metas has {len(metas)} entries for {len(ids)} ids")
+        rows: dict[int, list[int]] = defaultdict(list)
+        for row, item_id in enumerate(ids):
+            rows[self.shard_for(item_id)].append(row)
+        return {
+            s: ([ids[r] for r in rs],
+                None if codes is None else codes[rs],
+                None if metas is None else [metas[r] for r in rs])
+            for s, rs in rows.items()
+        }
+
+    @staticmethod
+    def _query(codes: np.ndarray, k: int, radius: int | None) -> np.ndarray:
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        if codes.ndim == 1:
+            codes = codes[None, :]
+        if codes.ndim != 2:
+            raise ValueError(f"query codes must be (n, bytes), got shape {codes.shape}")
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if radius is not None and int(radius) < 0:
+            raise ValueError(f"radius must be >= 0, got {radius}")
+        return codes
+
+    def _submit_search(self, codes, k, radius, with_meta) -> dict[int, Any]:
+        return {i: s.search.remote(codes, int(k), None if radius is None else int(radius), with_meta)
+                for i, s in enumerate(self.shards)}
+
+    # ---- collection (sync) ------------------------------------------------------------
+    def _collect(self, refs: dict[int, Any], timeout_s: float) -> tuple[dict[int, Any], dict[int, BaseException]]:
+        """Wait up to ``timeout_s`` for all refs -> (results, errors) keyed by shard."""
+        if not refs:
+            return {}, {}
+        by_ref = {ref: i for i, ref in refs.items()}
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s,
+                            fetch_local=True)
+        results, errors = {}, {}
+        for ref in ready:
+            try:
+                results[by_ref[ref]] = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a failed shard is reported, not raised
+                errors[by_ref[ref]] = exc
+        for i in refs:
+            if i not in results and i not in errors:
+                errors[i] = TimeoutError(f"no answer within {timeout_s:g}s")
+        self._after_errors(errors)
+        return results, errors
+
+    # ---- collection (async) -----------------------------------------------------------
+    async def _acollect(self, refs: dict[int, Any], timeout_s: float) -> tuple[dict[int, Any], dict[int, BaseException]]:
+        """Async twin of :meth:`_collect`: awaits ObjectRefs with one shared deadline."""
+        if not refs:
+            return {}, {}
+
+        async def one(ref):
+            return await ref
+
+        tasks = {i: asyncio.ensure_future(one(ref)) for i, ref in refs.items()}
+        await asyncio.wait(tasks.values(), timeout=timeout_s)
+        results, errors = {}, {}
+        for i, task in tasks.items():
+            if not task.done():
+                task.cancel()
+                errors[i] = TimeoutError(f"no answer within {timeout_s:g}s")
+            elif task.exception() is not None:
+                errors[i] = task.exception()
+            else:
+                results[i] = task.result()
+        if self.resolver is not None and any(isinstance(e, ActorDiedError) for e in errors.values()):
+            await asyncio.to_thread(self._after_errors, errors)  # resolver may block on the GCS
+        else:
+            self._after_errors(errors)
+        return results, errors
+
+    def _after_errors(self, errors: dict[int, BaseException]) -> None:
+        """Log failed shards; re-resolve handles that died for good."""
+        for i, exc in errors.items():
+            log.warning("shard %d did not answer: %s", i, _reason(exc))
+            if isinstance(exc, ActorDiedError):
+                self._refresh(i)
+
+    def _refresh(self, i: int) -> None:
+        if self.resolver is None:
+            return
+        try:
+            handle = self.resolver(i)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not re-resolve shard %d: %s", i, _reason(exc))
+            return
+        if handle is not None:
+            self.shards[i] = handle
+
+    @staticmethod
+    def _raise_write_errors(errors: dict[int, BaseException]) -> None:
+        if not errors:
+            return
+        for exc in errors.values():
+            bad = _client_error(exc)
+            if bad is not None:
+                raise bad
+        raise ShardUnavailable(list(errors), {i: _reason(e) for i, e in errors.items()})
+
+    # ---- search -----------------------------------------------------------------------
+    def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
+               with_meta: bool = False) -> tuple[list[list[dict]], list[int]]:
+        """Top-k per query over all shards -> (results, ids of shards that did not answer)."""
+        codes = self._query(codes, k, radius)
+        results, errors = self._collect(self._submit_search(codes, k, radius, with_meta),
+                                        self.timeout_s)
+        return merge_results(results, len(codes), int(k), radius), sorted(errors)
+
+    async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
+                      with_meta: bool = False) -> tuple[list[list[dict]], list[int]]:
+        """Async :meth:`search`."""
+        codes = self._query(codes, k, radius)
+        results, errors = await self._acollect(self._submit_search(codes, k, radius, with_meta),
+                                               self.timeout_s)
+        return merge_results(results, len(codes), int(k), radius), sorted(errors)
+
+    # ---- writes -----------------------------------------------------------------------
+    def _submit_add(self, ids, codes, metas) -> dict[int, Any]:
+        return {s: self.shards[s].add.remote(i, c, m)
+                for s, (i, c, m) in self._group(list(ids), codes, metas).items()}
+
+    @staticmethod
+    def _sum(results: dict[int, dict]) -> dict:
+        total = {"added": 0, "replaced": 0, "unchanged": 0}
+        for r in results.values():
+            for key in total:
+                total[key] += int(r.get(key, 0))
+        return total
+
+    def add(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None) -> dict:
+        """Add to the owning shards in parallel; returns summed counts once all are durable.
+
+        Raises ShardUnavailable if any owning shard fails (adds that reached other shards are
+        durable; retrying is safe because adds are idempotent by id), ValueError if a shard
+        rejects the input.
+        """
+        results, errors = self._collect(self._submit_add(ids, codes, metas), self.write_timeout_s)
+        self._raise_write_errors(errors)
+        return self._sum(results)
+
+    async def aadd(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None) -> dict:
+        """Async :meth:`add`."""
+        results, errors = await self._acollect(self._submit_add(ids, codes, metas),
+                                               self.write_timeout_s)
+        self._raise_write_errors(errors)
+        return self._sum(results)
+
+    def _submit_remove(self, ids) -> dict[int, Any]:
+        return {s: self.shards[s].remove.remote(i) for s, (i, _, _) in self._group(list(ids)).items()}
+
+    def remove(self, ids: list[str]) -> int:
+        """Remove ids from their owning shards (durable on return) -> number actually removed."""
+        results, errors = self._collect(self._submit_remove(ids), self.write_timeout_s)
+        self._raise_write_errors(errors)
+        return sum(int(n) for n in results.values())
+
+    async def aremove(self, ids: list[str]) -> int:
+        """Async :meth:`remove`."""
+        results, errors = await self._acollect(self._submit_remove(ids), self.write_timeout_s)
+        self._raise_write_errors(errors)
+        return sum(int(n) for n in results.values())
+
+    # ---- point reads ------------------------------------------------------------------
+    def _submit_get(self, item_id: str) -> dict[int, Any]:
+        s = self.shard_for(item_id)
+        return {s: self.shards[s].get.remote(item_id)}
+
+    def get(self, item_id: str) -> dict | None:
+        """The item's ``{"id", "code", "meta"}`` from its owning shard, or None if unknown."""
+        refs = self._submit_get(item_id)
+        results, errors = self._collect(refs, self.timeout_s)
+        self._raise_write_errors(errors)
+        return self._tag(results)
+
+    async def aget(self, item_id: str) -> dict | None:
+        """Async :meth:`get`."""
+        results, errors = await self._acollect(self._submit_get(item_id), self.timeout_s)
+        self._raise_write_errors(errors)
+        return self._tag(results)
+
+    @staticmethod
+    def _tag(results: dict[int, Any]) -> dict | None:
+        (s, item), = results.items()
+        return None if item is None else {**item, "shard": s}
+
+    # ---- stats ------------------------------------------------------------------------
+    def _stats_list(self, results: dict[int, dict], errors: dict[int, BaseException]) -> list[dict]:
+        out = []
+        for i in range(self.num_shards):
+            if i in results:
+                out.append({**results[i], "shard_id": results[i].get("shard_id", i)})
+            else:
+                out.append({"shard_id": i, "state": "unavailable", "error": _reason(errors[i])})
+        return out
+
+    def stats(self) -> list[dict]:
+        """Each shard's ``stats()``; a shard that does not answer is ``state: unavailable``."""
+        refs = {i: s.stats.remote() for i, s in enumerate(self.shards)}
+        return self._stats_list(*self._collect(refs, self.timeout_s))
+
+    async def astats(self) -> list[dict]:
+        """Async :meth:`stats`."""
+        refs = {i: s.stats.remote() for i, s in enumerate(self.shards)}
+        return self._stats_list(*await self._acollect(refs, self.timeout_s))
