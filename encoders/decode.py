@@ -17,12 +17,23 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 # Pillow decoders we allow; restricting them keeps exotic parsers (EPS runs Ghostscript) away
-# from untrusted input. MPO is how Pillow opens multi-picture JPEGs from phones.
-_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# from untrusted input. The JPEG opener also returns MPO (multi-picture JPEGs from phones).
+_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 class ImageDecodeError(ValueError):
-    """The input cannot be turned into an image; ``str(err)`` is a one-line human reason."""
+    """The input cannot be turned into an image; ``str(err)`` is a one-line human reason.
+
+    ``kind`` is a stable machine tag for callers that map errors (e.g. to HTTP statuses):
+    empty, too_large, unsupported, truncated, corrupt or unreadable.
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):  # keep ``kind`` when pickled across processes (Ray tasks, actors)
+        return type(self), (str(self), self.kind)
 
 
 def load_image(source: str | os.PathLike | bytes, max_pixels: int = 50_000_000,
@@ -30,8 +41,9 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = 50_000_000,
     """Decode a file path or raw bytes into an RGB image, refusing anything over ``max_pixels``.
 
     The pixel count is read from the header before any pixel is decoded (decompression bombs).
-    Pillow's own global cap (``Image.MAX_IMAGE_PIXELS``) stays in force as a backstop and is
-    reported the same way. ``draft_size`` lets the JPEG decoder shrink by up to 8x while keeping
+    Pillow's own global cap (``Image.MAX_IMAGE_PIXELS``, untouched here) stays in force as a
+    backstop and is reported the same way; between that cap and twice it, Pillow also emits its
+    advisory DecompressionBombWarning before our check refuses the image. ``draft_size`` lets the JPEG decoder shrink by up to 8x while keeping
     both sides >= draft_size: much faster for bulk work, but codes shift slightly, so use the
     same value wherever codes are compared. Raises FileNotFoundError for a missing path.
     """
@@ -43,12 +55,12 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = 50_000_000,
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
         except Exception as exc:
-            raise ImageDecodeError(_decode_reason(exc)) from exc
+            raise _decode_error(exc) from exc
         return _to_rgb(_apply_orientation(im))
     except ImageDecodeError as exc:
         if not label:
             raise
-        raise ImageDecodeError(f"{label}: {exc}") from exc.__cause__
+        raise ImageDecodeError(f"{label}: {exc}", exc.kind) from exc.__cause__
     finally:
         fp.close()
 
@@ -57,7 +69,7 @@ def _open_source(source: str | os.PathLike | bytes) -> tuple[io.BufferedIOBase, 
     """Raw bytes or a path -> (binary file object, label for messages)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise ImageDecodeError("empty image data (0 bytes)")
+            raise ImageDecodeError("empty image data (0 bytes)", "empty")
         return io.BytesIO(bytes(source)), ""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"expected a path or bytes, got {type(source).__name__}")
@@ -65,40 +77,42 @@ def _open_source(source: str | os.PathLike | bytes) -> tuple[io.BufferedIOBase, 
     if not path.exists():
         raise FileNotFoundError(2, "no such file", str(path))
     if path.is_dir():
-        raise ImageDecodeError(f"{path}: is a directory, not an image file")
+        raise ImageDecodeError(f"{path}: is a directory, not an image file", "unreadable")
     try:
         if path.stat().st_size == 0:
-            raise ImageDecodeError(f"{path}: empty file (0 bytes)")
+            raise ImageDecodeError(f"{path}: empty file (0 bytes)", "empty")
         return open(path, "rb"), str(path)
     except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+        raise ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})", "unreadable") from exc
 
 
 def _open_checked(fp: io.BufferedIOBase, max_pixels: int) -> Image.Image:
     """Identify the format and enforce the pixel cap from the header alone."""
     try:
         im = Image.open(fp, formats=_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image too large, possible decompression bomb ({exc})") from exc
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError("not a supported image (expected JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
+        raise ImageDecodeError("not a supported image (expected JPEG, PNG, WebP, BMP, GIF or TIFF)",
+                               "unsupported") from None
     except Exception as exc:
-        raise ImageDecodeError(_decode_reason(exc)) from exc
+        raise _decode_error(exc) from exc
     w, h = im.size
     if w <= 0 or h <= 0:
-        raise ImageDecodeError(f"invalid image size {w}x{h}")
+        raise ImageDecodeError(f"invalid image size {w}x{h}", "corrupt")
     if w * h > max_pixels:
         raise ImageDecodeError(
             f"image too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
-            "(possible decompression bomb)")
+            "(possible decompression bomb)", "too_large")
     return im
 
 
-def _decode_reason(exc: Exception) -> str:
+def _decode_error(exc: Exception) -> ImageDecodeError:
+    """One line for any Pillow failure, including its bomb checks inside open() or load()."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageDecodeError(f"image too large, possible decompression bomb ({text})", "too_large")
     if "truncated" in text or isinstance(exc, EOFError):
-        return f"truncated image file ({text})"
-    return f"corrupt image data ({text})"
+        return ImageDecodeError(f"truncated image file ({text})", "truncated")
+    return ImageDecodeError(f"corrupt image data ({text})", "corrupt")
 
 
 def _apply_orientation(im: Image.Image) -> Image.Image:
@@ -122,7 +136,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     try:
         return im.convert("RGB")
     except Exception as exc:
-        raise ImageDecodeError(f"unsupported image mode {im.mode!r} ({exc})") from exc
+        raise ImageDecodeError(f"unsupported image mode {im.mode!r} ({exc})", "unsupported") from exc
 
 
 def _high_depth_to_l(im: Image.Image) -> Image.Image:

@@ -1,0 +1,717 @@
+"""The Ray Serve application: a FastAPI ingress over the shard router and a batching encoder.
+
+    serve run rayapp.serve:app          # config from $NEARDUP_CONFIG (YAML) and NEARDUP_* env
+    neardup serve --index-dir DIR       # the CLI calls run_server()
+
+Deployments: ``Encoder`` decodes untrusted bytes (pixel cap, EXIF) in threads and encodes
+dynamically batched arrays (``serve.batch``; GPU when one exists); ``Ingress`` validates
+requests, asks the encoder for codes and fans queries out to every shard through
+:class:`rayapp.router.ShardRouter`. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx
+status, never a traceback.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import copy
+import hashlib
+import hmac
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.exceptions import RayServeException
+from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from encoders.base import code_to_hex, hex_to_code
+from encoders.decode import ImageDecodeError, load_image
+from rayapp import metrics
+from rayapp.config import Config, load_config
+from rayapp.router import ShardRouter, ShardUnavailable
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "neardup"
+CPU_ONLY_ENCODERS = frozenset({"pdq", "phash"})  # classical hashes never use a GPU
+ENCODER_TIMEOUT_S = 60.0
+BATCH_WAIT_S = 0.005
+MAX_ID_CHARS = 512
+MAX_META_BYTES = 16 * 1024
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("neardup")
+    except Exception:  # noqa: BLE001 - running from a source tree without install
+        return "0.0.0+local"
+
+
+# ---------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------
+class ApiError(Exception):
+    """A request we refuse: HTTP status, one-line message, metric kind, extra headers/fields."""
+
+    def __init__(self, status: int, message: str, kind: str = "bad_request",
+                 headers: dict | None = None, **extra: Any):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+        self.headers, self.extra = headers, extra
+
+
+def _error(status: int, message: str, headers: dict | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def decode_status(exc: ImageDecodeError) -> int:
+    """413 for images over the pixel cap, 400 for empty data, 422 for anything undecodable."""
+    text = str(exc)
+    if "too large" in text:
+        return 413
+    if "empty" in text:
+        return 400
+    return 422
+
+
+# ---------------------------------------------------------------------------------------
+# rate limiting
+# ---------------------------------------------------------------------------------------
+class RateLimiter:
+    """Per-client token bucket: ``rate`` requests/s sustained, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float | None = None, max_clients: int = 10_000):
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(1.0, self.rate))
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str) -> float:
+        """Take a token -> 0.0 if allowed, else the seconds to wait before retrying."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.pop(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+            self._buckets[client] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        return wait
+
+
+# ---------------------------------------------------------------------------------------
+# request parsing
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Item:
+    """One image or code in a request, with its optional id and metadata."""
+    data: bytes | None = None
+    code: str | None = None
+    id: str | None = None
+    meta: dict | None = None
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refusing more than ``max_bytes`` (by header and by bytes actually read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+        if size > max_bytes:
+            raise ApiError(413, f"request body of {size:,} bytes exceeds the limit of "
+                                f"{max_bytes:,} bytes", "too_large")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            raise ApiError(413, f"request body exceeds the limit of {max_bytes:,} bytes",
+                           "too_large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise ApiError(400, "empty request body: send multipart 'file', JSON, or image bytes")
+    return body
+
+
+def decode_base64(text: Any, field: str = "image") -> bytes:
+    """Base64 (standard or URL-safe, optional data: URL prefix) -> bytes; 400 on bad input."""
+    if not isinstance(text, str):
+        raise ApiError(400, f"{field!r} must be a base64 string")
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    text = "".join(text.split())
+    try:
+        if "-" in text or "_" in text:
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, f"{field!r} is not valid base64 ({exc})") from None
+
+
+def check_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(422, "id must be a non-empty string", "validation")
+    if len(value) > MAX_ID_CHARS:
+        raise ApiError(422, f"id is longer than {MAX_ID_CHARS} characters", "validation")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ApiError(422, "id must not contain control characters", "validation")
+    return value
+
+
+def check_meta(value: Any) -> dict | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ApiError(400, "meta is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, "meta must be a JSON object", "validation")
+    if len(json.dumps(value)) > MAX_META_BYTES:
+        raise ApiError(413, f"meta is larger than {MAX_META_BYTES:,} bytes", "too_large")
+    return value
+
+
+def int_param(value: Any, name: str, lo: int, hi: int) -> int:
+    """An integer in [lo, hi] from JSON, a form field or the query string; else 422."""
+    if isinstance(value, bool):
+        raise ApiError(422, f"{name} must be an integer", "validation")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ApiError(422, f"{name} must be an integer, got {value!r}", "validation") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ApiError(422, f"{name} must be an integer", "validation")
+    if not lo <= value <= hi:
+        raise ApiError(422, f"{name} must be between {lo} and {hi}, got {value}", "validation")
+    return value
+
+
+def bool_param(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no", ""):
+        return value.lower() in ("1", "true", "yes")
+    raise ApiError(422, f"{name} must be a boolean", "validation")
+
+
+def _json_item(obj: Any, where: str) -> Item:
+    if not isinstance(obj, dict):
+        raise ApiError(400, f"{where} must be a JSON object")
+    unknown = set(obj) - {"id", "image", "code", "meta", "k", "radius", "with_meta", "items"}
+    if unknown:
+        raise ApiError(422, f"{where} has unknown field(s): {', '.join(sorted(unknown))}",
+                       "validation")
+    item = Item(id=None if obj.get("id") is None else check_id(obj["id"]),
+                meta=check_meta(obj.get("meta")))
+    if obj.get("image") is not None:
+        item.data = decode_base64(obj["image"], "image")
+    if obj.get("code") is not None:
+        if not isinstance(obj["code"], str):
+            raise ApiError(400, "'code' must be a hex string")
+        item.code = obj["code"]
+    return item
+
+
+async def parse_request(request: Request, max_bytes: int, max_items: int) -> tuple[list[Item], dict]:
+    """Body -> (items, params). Accepts multipart form, JSON, or raw image bytes."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    params: dict = {key: request.query_params.get(key)
+                    for key in ("k", "radius", "with_meta", "id") if key in request.query_params}
+    if ctype == "multipart/form-data":
+        return await _parse_multipart(request, max_bytes, max_items, params)
+    if ctype == "application/json" or ctype.endswith("+json"):
+        body = await read_body(request, max_bytes)
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"body is not valid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise ApiError(400, "JSON body must be an object")
+        params.update({key: obj[key] for key in ("k", "radius", "with_meta") if key in obj})
+        if "items" in obj:
+            if not isinstance(obj["items"], list):
+                raise ApiError(400, "'items' must be a list")
+            if len(obj["items"]) > max_items:
+                raise ApiError(413, f"too many items: {len(obj['items'])} > {max_items}", "too_large")
+            return [_json_item(x, f"items[{i}]") for i, x in enumerate(obj["items"])], params
+        return [_json_item(obj, "body")], params
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        body = await read_body(request, max_bytes)
+        item_id = params.pop("id", None)
+        return [Item(data=body, id=None if item_id is None else check_id(item_id))], params
+    raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data "
+                        "with a 'file' field, application/json, or raw image bytes", "bad_request")
+
+
+async def _parse_multipart(request: Request, max_bytes: int, max_items: int,
+                           params: dict) -> tuple[list[Item], dict]:
+    body = await read_body(request, max_bytes)
+    sent = False
+
+    async def replay() -> dict:  # feed the size-checked body to Starlette's form parser
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=max_items + 1,
+                                                     max_fields=4 * max_items + 8)
+    try:
+        files = form.getlist("file")
+        if any(not isinstance(f, UploadFile) for f in files):
+            raise ApiError(422, "'file' must be a file upload, not a text field", "validation")
+        codes = [c for c in form.getlist("code") if isinstance(c, str)]
+        ids = [check_id(v) for v in form.getlist("id")]
+        metas = [check_meta(v) for v in form.getlist("meta")]
+        params.update({key: form[key] for key in ("k", "radius", "with_meta") if key in form})
+        items = [Item(data=await f.read(), meta={"filename": f.filename} if f.filename else None)
+                 for f in files] + [Item(code=c) for c in codes]
+    finally:
+        await form.close()
+    if len(items) > max_items:
+        raise ApiError(413, f"too many items: {len(items)} > {max_items}", "too_large")
+    if ids:
+        if len(ids) != len(items):
+            raise ApiError(422, f"got {len(ids)} 'id' field(s) for {len(items)} item(s); send one "
+                                "per file, in the same order, or none", "validation")
+        for item, item_id in zip(items, ids):
+            item.id = item_id
+    if metas:
+        if len(metas) != len(items):
+            raise ApiError(422, f"got {len(metas)} 'meta' field(s) for {len(items)} item(s)",
+                           "validation")
+        for item, meta in zip(items, metas):
+            item.meta = {**(item.meta or {}), **(meta or {})}
+    return items, params
+
+
+# ---------------------------------------------------------------------------------------
+# deployments
+# ---------------------------------------------------------------------------------------
+@serve.deployment(name="Encoder", max_ongoing_requests=128)
+class EncoderDeployment:
+    """Holds one encoder; decodes bytes in threads and encodes arrays in dynamic batches."""
+
+    def __init__(self, cfg: Config):
+        from encoders.registry import get_encoder
+        self.encoder = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights,
+                                   device=cfg.encoder.device)
+        self.max_pixels = int(cfg.encoder.max_pixels)
+        self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
+
+    def info(self) -> dict:
+        """Encoder name, bits and input size."""
+        return self.encoder.info()
+
+    async def encode_image(self, data: bytes) -> dict:
+        """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``."""
+        try:
+            array = await asyncio.to_thread(self._preprocess, data)
+        except ImageDecodeError as exc:
+            return {"error": str(exc), "status": decode_status(exc)}
+        return {"code": await self.encode_arrays(array)}
+
+    def _preprocess(self, data: bytes) -> np.ndarray:
+        return self.encoder.preprocess(load_image(data, max_pixels=self.max_pixels))
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def encode_arrays(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Batched: preprocessed uint8 arrays -> packed codes, one per array."""
+        codes = await asyncio.to_thread(self.encoder.encode_batch, np.stack(arrays))
+        return list(codes)
+
+
+api = FastAPI(title="neardup", version=_version(),
+              description="Near-duplicate image search: hash, search, add and delete images.")
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    metrics.count_error(exc.kind)
+    return _error(exc.status, exc.message, exc.headers, **exc.extra)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    metrics.count_error("not_found" if exc.status_code == 404 else "bad_request")
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    metrics.count_error("validation")
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return _error(422, f"invalid request: {where}: {first.get('msg', 'invalid')}".replace(": :", ":"))
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next):
+    """Latency/count metrics for every request; an unexpected bug is a JSON 500, no traceback."""
+    start = time.perf_counter()
+    try:
+        response = await call_next(request)
+    except Exception:  # noqa: BLE001
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        metrics.count_error("internal")
+        response = _error(500, "internal server error")
+    route = request.scope.get("route")
+    metrics.observe_query(getattr(route, "path", "unmatched"), time.perf_counter() - start,
+                          response.status_code)
+    return response
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _known_bits(cfg: Config) -> int | None:
+    """Bits from the config or an existing index's neardup.json, to avoid loading the encoder."""
+    if cfg.shards.bits:
+        return cfg.shards.bits
+    meta = Path(cfg.shards.index_dir).expanduser() / "neardup.json"
+    try:
+        return int(json.loads(meta.read_text())["bits"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _lookup_shard(namespace: str, i: int):
+    from rayapp.cluster import shard_name
+    return ray.get_actor(shard_name(i), namespace=namespace)
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
+@serve.ingress(api)
+class Ingress:
+    """HTTP API (see DESIGN.md): validates, encodes via the Encoder deployment, routes to shards."""
+
+    def __init__(self, cfg: Config, encoder: DeploymentHandle):
+        from rayapp.cluster import ensure_shards
+        self.cfg = cfg
+        self.encoder = encoder
+        self.router = ShardRouter(ensure_shards(cfg, bits=_known_bits(cfg)),
+                                  timeout_s=cfg.serve.shard_timeout_s,
+                                  resolver=partial(_lookup_shard, cfg.shards.namespace))
+        self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
+        self._info: dict | None = None
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _admit(self, request: Request, write: bool = False) -> None:
+        """Rate limit every API call; writes also need the bearer token when one is set."""
+        wait = self.limiter.acquire(_client(request))
+        if wait > 0:
+            raise ApiError(429, "rate limit exceeded; retry later", "rate_limited",
+                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+        token = self.cfg.serve.token
+        if not write or not token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not header:
+            raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)",
+                           "unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode("utf-8"), token.encode("utf-8")):
+            raise ApiError(403, "invalid bearer token", "forbidden")
+
+    async def _encoder_call(self, method: str, *args):
+        try:
+            return await asyncio.wait_for(_awaitable(getattr(self.encoder, method).remote(*args)),
+                                          ENCODER_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"encoder did not answer within {ENCODER_TIMEOUT_S:g}s",
+                           "encoder_timeout") from None
+        except (ray.exceptions.RayActorError, RayServeException) as exc:
+            raise ApiError(503, f"encoder unavailable ({type(exc).__name__})",
+                           "encoder_unavailable") from None
+
+    async def encoder_info(self) -> dict:
+        if self._info is None:
+            self._info = await self._encoder_call("info")
+        return self._info
+
+    async def _codes(self, items: list[Item]) -> np.ndarray:
+        """Encode images and parse hex codes -> (n, bits/8) uint8, in item order."""
+        bits = (await self.encoder_info())["bits"]
+        for i, item in enumerate(items):
+            if (item.data is None) == (item.code is None):
+                where = f"item {i}: " if len(items) > 1 else ""
+                raise ApiError(422, f"{where}send exactly one of an image or a hex 'code'",
+                               "validation")
+        answers = await asyncio.gather(*(self._encoder_call("encode_image", item.data)
+                                         for item in items if item.data is not None))
+        answers = iter(answers)
+        codes = []
+        for i, item in enumerate(items):
+            where = f"item {i}: " if len(items) > 1 else ""
+            if item.code is not None:
+                try:
+                    codes.append(hex_to_code(item.code, bits))
+                except ValueError as exc:
+                    raise ApiError(400, f"{where}{exc}") from None
+                continue
+            answer = next(answers)
+            if "error" in answer:
+                raise ApiError(answer["status"], f"{where}{answer['error']}", "bad_image")
+            codes.append(np.asarray(answer["code"], dtype=np.uint8))
+        return np.stack(codes)
+
+    async def _items(self, request: Request) -> tuple[list[Item], dict]:
+        s = self.cfg.serve
+        return await parse_request(request, s.max_body_bytes, s.max_batch_items)
+
+    # ---- endpoints --------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        """Liveness: the ingress answers (shards are reported by /v1/status)."""
+        return {"status": "ok"}
+
+    @api.get("/v1/status")
+    async def status(self, request: Request) -> dict:
+        """Shards (id, node, pid, count, memory, index kind, state), encoder and version."""
+        self._admit(request)
+        stats = await self.router.astats()
+        shards = []
+        for st in stats:
+            row = {"id": st.get("shard_id"), "node": st.get("node_id"), "pid": st.get("pid"),
+                   "count": st.get("count"), "memory_bytes": st.get("memory_bytes"),
+                   "index_kind": st.get("index_kind"), "state": st.get("state", "ready")}
+            if "error" in st:
+                row["error"] = st["error"]
+            else:
+                metrics.set_shard_stats(int(row["id"]), int(row["count"] or 0),
+                                        int(row["memory_bytes"] or 0))
+            shards.append(row)
+        missing = [row["id"] for row in shards if row["state"] == "unavailable"]
+        try:
+            encoder = await self.encoder_info()
+        except ApiError as exc:
+            encoder = {"state": "unavailable", "error": exc.message}
+        return {"version": _version(), "encoder": encoder, "shards": shards,
+                "total_count": sum(int(r["count"] or 0) for r in shards),
+                "partial": bool(missing) or "error" in encoder, "missing_shards": missing}
+
+    @api.post("/v1/hash")
+    async def hash_image(self, request: Request) -> dict:
+        """One image -> its code as hex."""
+        self._admit(request)
+        items, _ = await self._items(request)
+        if len(items) != 1 or items[0].data is None:
+            raise ApiError(422, "send exactly one image (multipart 'file', JSON 'image' or raw bytes)",
+                           "validation")
+        info = await self.encoder_info()
+        code = (await self._codes(items))[0]
+        return {"encoder": info["encoder"], "bits": info["bits"], "code": code_to_hex(code)}
+
+    @api.post("/v1/search")
+    async def search(self, request: Request) -> dict:
+        """Image or hex code -> nearest ids by Hamming distance across all shards."""
+        start = time.perf_counter()
+        self._admit(request)
+        items, params = await self._items(request)
+        if len(items) != 1:
+            raise ApiError(422, "send exactly one query: one image or one hex 'code'", "validation")
+        s = self.cfg.serve
+        k = int_param(params.get("k", s.default_k), "k", 1, s.max_k)
+        radius = params.get("radius")
+        radius = None if radius in (None, "") else int_param(radius, "radius", 0, s.max_radius)
+        with_meta = bool_param(params.get("with_meta", False), "with_meta")
+        code = (await self._codes(items))[0]
+        results, missing = await self.router.asearch(code[None, :], k, radius, with_meta)
+        for _ in missing:
+            metrics.count_error("shard_timeout")
+        if missing and len(missing) == self.router.num_shards:
+            raise ApiError(503, "no shard answered in time", "shard_unavailable",
+                           missing_shards=missing)
+        return {"results": results[0], "partial": bool(missing), "missing_shards": missing,
+                "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
+
+    @api.post("/v1/items")
+    async def add_items(self, request: Request) -> dict:
+        """Add images (or codes) under given ids, or the sha256 of the image bytes; durable on return."""
+        self._admit(request, write=True)
+        items, _ = await self._items(request)
+        if not items:
+            raise ApiError(422, "no items: send multipart 'file' field(s), JSON 'image'/'code' or "
+                                "'items', or raw image bytes", "validation")
+        for i, item in enumerate(items):
+            if item.id is None:
+                if item.data is None:
+                    raise ApiError(422, f"item {i}: an 'id' is required when adding by code",
+                                   "validation")
+                item.id = hashlib.sha256(item.data).hexdigest()
+        codes = await self._codes(items)
+        ids, rows, seen = [], [], {}
+        for i, item in enumerate(items):
+            if item.id in seen:
+                if not np.array_equal(codes[seen[item.id]], codes[i]):
+                    raise ApiError(422, f"id {item.id!r} appears twice with different images",
+                                   "validation")
+                continue
+            seen[item.id] = i
+            ids.append(item.id)
+            rows.append(i)
+        metas = [items[i].meta or {} for i in rows]
+        try:
+            counts = await self.router.aadd(ids, codes[rows], metas)
+        except ShardUnavailable as exc:
+            raise ApiError(503, f"not stored: {exc}", "shard_unavailable",
+                           missing_shards=exc.shards) from None
+        except ValueError as exc:
+            raise ApiError(422, f"rejected by shard: {exc}", "validation") from None
+        return {"ids": [item.id for item in items], "durable": True, **counts}
+
+    @api.get("/v1/items/{item_id:path}")
+    async def get_item(self, item_id: str, request: Request) -> dict:
+        """The item's code and metadata, or 404."""
+        self._admit(request)
+        try:
+            item = await self.router.aget(check_id(item_id))
+        except ShardUnavailable as exc:
+            raise ApiError(503, str(exc), "shard_unavailable", missing_shards=exc.shards) from None
+        if item is None:
+            raise ApiError(404, f"unknown id {item_id!r}", "not_found")
+        return item
+
+    @api.delete("/v1/items/{item_id:path}")
+    async def delete_item(self, item_id: str, request: Request) -> dict:
+        """Remove an item (a tombstone, durable on return); it never matches again."""
+        self._admit(request, write=True)
+        try:
+            removed = await self.router.aremove([check_id(item_id)])
+        except ShardUnavailable as exc:
+            raise ApiError(503, f"not deleted: {exc}", "shard_unavailable",
+                           missing_shards=exc.shards) from None
+        if not removed:
+            raise ApiError(404, f"unknown id {item_id!r}", "not_found")
+        return {"id": item_id, "deleted": True, "durable": True}
+
+
+async def _awaitable(response):
+    return await response
+
+
+# ---------------------------------------------------------------------------------------
+# application
+# ---------------------------------------------------------------------------------------
+def use_gpu(cfg: Config) -> bool:
+    """Whether the Encoder deployment asks Ray for a GPU (encoder.device: auto | cpu | cuda)."""
+    device = (cfg.encoder.device or "auto").lower()
+    if device == "cpu" or cfg.encoder.name in CPU_ONLY_ENCODERS:
+        return False
+    if device.startswith("cuda"):
+        return True
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) >= 1
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def build_app(cfg: Config) -> serve.Application:
+    """Bind Encoder + Ingress for ``cfg``. Starts nothing: Serve builds it on ``serve.run``."""
+    cfg = copy.deepcopy(cfg)
+    cfg.shards.index_dir = str(Path(cfg.shards.index_dir).expanduser().resolve())
+    if cfg.encoder.weights:
+        cfg.encoder.weights = str(Path(cfg.encoder.weights).expanduser().resolve())
+    gpu = use_gpu(cfg)
+    encoder = EncoderDeployment.options(
+        num_replicas=max(1, int(cfg.encoder.num_replicas)),
+        ray_actor_options={"num_cpus": 1, "num_gpus": 1 if gpu else 0},
+    ).bind(cfg)
+    return Ingress.bind(cfg, encoder)
+
+
+def run_server(cfg: Config, blocking: bool = True, address: str | None = None) -> str:
+    """Serve ``cfg`` on host:port (starting an embedded Ray if none is running) -> base URL.
+
+    Returns once /healthz answers. With ``blocking`` it then waits for SIGINT/SIGTERM and shuts
+    Serve down before returning (the caller owns ``ray.shutdown()``).
+    """
+    from rayapp.cluster import init_ray
+    init_ray(address)
+    serve.start(http_options={"host": cfg.serve.host, "port": int(cfg.serve.port)})
+    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    url = f"http://{_connect_host(cfg.serve.host)}:{int(cfg.serve.port)}"
+    _wait_healthy(url)
+    if blocking:
+        try:
+            _wait_for_signal()
+        finally:
+            serve.shutdown()
+    return url
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
+    import httpx
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Serve did not become healthy at {url} within {timeout_s:g}s")
+        time.sleep(0.2)
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM (main thread) or KeyboardInterrupt."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+def __getattr__(name: str):
+    """``rayapp.serve:app`` for ``serve run``: built on first access from $NEARDUP_CONFIG.
+
+    Lazy so that importing this module (as every replica does) never reads config or starts
+    anything; building only binds deployments.
+    """
+    if name == "app":
+        global app
+        app = build_app(load_config(os.environ.get("NEARDUP_CONFIG")))
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,110 @@
+"""The neardup console script, run as a user would: real files, real subprocesses."""
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((ROOT / "rayapp" / "samples").glob("*.jpg"))
+NEARDUP = [sys.executable, "-m", "rayapp.cli"]
+
+
+def run(*args, timeout=300):
+    return subprocess.run([*NEARDUP, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "images"
+    root.mkdir()
+    for f in SAMPLES[:8]:
+        shutil.copy(f, root / f.name)
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return root
+
+
+@pytest.fixture(scope="module")
+def query(images, tmp_path_factory) -> Path:
+    """A re-encoded, slightly cropped copy of the first image."""
+    q = tmp_path_factory.mktemp("q") / "query.jpg"
+    with Image.open(SAMPLES[0]) as im:
+        w, h = im.size
+        im.convert("RGB").crop((4, 4, w - 4, h - 4)).save(q, quality=60)
+    return q
+
+
+def test_encode_writes_parquet_and_errors(images, tmp_path):
+    out = tmp_path / "codes.parquet"
+    r = run("encode", images, "--encoder", "pdq", "--out", out)
+    assert r.returncode == 0, r.stderr
+    t = pq.read_table(out)
+    assert t.column_names == ["id", "path", "code", "encoder"]
+    assert t.schema.field("code").type == pa.binary(32)
+    assert t.num_rows == 8 and set(t["encoder"].to_pylist()) == {"pdq"}
+    errors = (tmp_path / "codes.errors.csv").read_text()
+    assert "corrupt.png" in errors
+    assert "1 unreadable" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("encode", "/no/such/dir", "--out", "x.parquet"), "not found"),
+    (("encode", "rayapp/samples", "--encoder", "nope", "--out", "x.parquet"), "unknown encoder"),
+    (("search", "rayapp/samples/" + SAMPLES[0].name, "--index-dir", "/no/such/index"), "no index at"),
+    (("search", "x.jpg", "--index-dir", "i", "--k", "0"), "Invalid value for '--k'"),
+])
+def test_errors_are_one_line_and_nonzero(args, message):
+    r = run(*args)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_index_then_search_json(images, query, tmp_path):
+    index = tmp_path / "index"
+    r = run("index", images, "--index-dir", index, "--encoder", "pdq", "--shards", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "indexed 8, errors 1" in r.stdout
+    r = run("search", query, SAMPLES[-1], "--index-dir", index, "--k", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [ln["query"] for ln in lines] == [str(query), str(SAMPLES[-1])]
+    first = lines[0]
+    assert first["partial"] is False and len(first["results"]) == 3
+    top = first["results"][0]
+    assert set(top) == {"id", "path", "distance"}
+    assert top["id"] == SAMPLES[0].name and top["distance"] <= 31
+    assert lines[1]["results"][0]["distance"] > top["distance"]
+
+
+def test_dedup_report(images, query, tmp_path):
+    folder = tmp_path / "d"
+    shutil.copytree(images, folder)
+    shutil.copy(query, folder / "copy_of_first.jpg")
+    report = tmp_path / "report.html"
+    r = run("dedup", folder, "--encoder", "pdq", "--report", report)
+    assert r.returncode == 0, r.stderr
+    assert "copy_of_first.jpg" in r.stdout and SAMPLES[0].name in r.stdout
+    html = report.read_text()
+    assert "data:image/jpeg;base64," in html and "group 1" in html
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_demo_shows_real_matches(tmp_path):
+    r = run("demo", "--exit", "--port", _free_port(), "--out", tmp_path / "demo", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "found" in r.stdout and "API listening at" in r.stdout
+    assert (tmp_path / "demo" / "report.html").is_file()

@@ -1,0 +1,226 @@
+"""ShardRouter over real ShardActor Ray actors: routing, k-way merge, radius, partial answers."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import ray
+import xxhash
+
+from encoders.base import hamming
+from rayapp.router import ShardRouter, ShardUnavailable, merge_results, shard_for
+from shards.actor import ShardActor
+
+BITS = 64
+N = 300
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _make_shards(root, n=2, prefix="s"):
+    actor = ray.remote(ShardActor).options(max_concurrency=16, num_cpus=0)
+    handles = [actor.remote(i, str(root / f"{prefix}-{i}"), BITS, "flat") for i in range(n)]
+    ray.get([h.ping.remote() for h in handles])
+    return handles
+
+
+@ray.remote(num_cpus=0, max_concurrency=4)
+class SlowShard:
+    """Stands in for a hung shard: every call sleeps far longer than the router's timeout."""
+
+    def search(self, codes, k=10, radius=None, with_meta=False):
+        time.sleep(30)
+        return [[] for _ in codes]
+
+    def add(self, ids, codes, metas=None):
+        time.sleep(30)
+        return {"added": len(ids)}
+
+    def stats(self):
+        time.sleep(30)
+        return {}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 256, size=(N, BITS // 8), dtype=np.uint8)
+    codes[1] = codes[0]
+    codes[1, 0] ^= 0b1           # planted near-duplicates of item 0 at distances 1 and 3
+    codes[2] = codes[0]
+    codes[2, 1] ^= 0b111
+    ids = [f"img-{i:04d}" for i in range(N)]
+    return ids, codes
+
+
+@pytest.fixture(scope="module")
+def router(ray_cluster, tmp_path_factory, data):
+    ids, codes = data
+    r = ShardRouter(_make_shards(tmp_path_factory.mktemp("router")), timeout_s=5.0)
+    counts = r.add(ids, codes, [{"n": i} for i in range(N)])
+    assert counts == {"added": N, "replaced": 0, "unchanged": 0}
+    return r
+
+
+def _reference(codes, query, k, radius=None, ids=None):
+    d = hamming(query[None, :], codes)[0]
+    order = sorted(range(len(codes)), key=lambda i: (d[i], ids[i]))
+    if radius is not None:
+        order = [i for i in order if d[i] <= radius]
+    return [(ids[i], int(d[i])) for i in order[:k]]
+
+
+def test_shard_for_is_stable_xxhash64():
+    assert shard_for("abc", 5) == xxhash.xxh64_intdigest(b"abc") % 5
+    assert shard_for("é", 3) == xxhash.xxh64_intdigest("é".encode("utf-8")) % 3
+    counts = np.bincount([shard_for(f"id-{i}", 4) for i in range(4000)], minlength=4)
+    assert counts.min() > 800  # roughly balanced
+    with pytest.raises(TypeError):
+        shard_for(17, 2)
+
+
+def test_adds_go_to_owning_shard(router, data):
+    ids, _ = data
+    for i, shard in enumerate(router.shards):
+        present = ray.get(shard.contains.remote(ids))
+        assert present == [router.shard_for(x) == i for x in ids]
+    assert sum(s["count"] for s in router.stats()) == N
+
+
+def test_add_is_idempotent(router, data):
+    ids, codes = data
+    assert router.add(ids[:10], codes[:10], [{"n": i} for i in range(10)]) == {"added": 0, "replaced": 0, "unchanged": 10}
+
+
+def test_search_merges_by_distance_then_id(router, data):
+    ids, codes = data
+    queries = np.concatenate([codes[:1], np.random.default_rng(1).integers(0, 256, (4, BITS // 8), dtype=np.uint8)])
+    results, missing = router.search(queries, k=12)
+    assert missing == []
+    for q, hits in enumerate(results):
+        ref = _reference(codes, queries[q], 12, ids=ids)
+        assert [h["distance"] for h in hits] == [d for _, d in ref]
+        assert [(h["distance"], h["id"]) for h in hits] == sorted((h["distance"], h["id"]) for h in hits)
+        boundary = hits[-1]["distance"]  # ties at the k-th distance may pick other ids
+        assert [h["id"] for h in hits if h["distance"] < boundary] == [i for i, d in ref if d < boundary]
+        for h in hits:
+            assert h["shard"] == router.shard_for(h["id"])
+    assert [(h["id"], h["distance"]) for h in results[0][:3]] == [
+        ("img-0000", 0), ("img-0001", 1), ("img-0002", 3)]
+
+
+def test_radius_filters_and_meta(router, data):
+    ids, codes = data
+    results, missing = router.search(codes[0], k=10, radius=3, with_meta=True)
+    assert missing == []
+    assert [(h["id"], h["distance"]) for h in results[0]] == _reference(codes, codes[0], 10, 3, ids)
+    assert [h["meta"] for h in results[0]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert router.search(codes[0], k=2, radius=3)[0][0][-1]["id"] == "img-0001"
+    assert router.search(codes[0], k=5, radius=0)[0] == [[{"id": "img-0000", "distance": 0,
+                                                           "shard": router.shard_for("img-0000")}]]
+
+
+def test_async_twins_match_sync(router, data):
+    ids, codes = data
+
+    async def run():
+        return (await router.asearch(codes[:3], k=7), await router.aget("img-0005"),
+                await router.astats())
+
+    (res, missing), item, stats = asyncio.run(run())
+    assert missing == [] and res == router.search(codes[:3], k=7)[0]
+    assert item["id"] == "img-0005" and item["meta"] == {"n": 5}
+    assert item["shard"] == router.shard_for("img-0005")
+    assert item["code"] == bytes(codes[5]).hex()
+    assert [s["state"] for s in stats] == ["ready", "ready"]
+
+
+def test_remove_and_get(router, data):
+    ids, codes = data
+    assert router.remove(["img-0002", "no-such-id"]) == 1
+    assert router.get("img-0002") is None
+    assert router.get("no-such-id") is None
+    assert "img-0002" not in [h["id"] for h in router.search(codes[0], k=5)[0][0]]
+    assert asyncio.run(router.aremove(["img-0002"])) == 0
+    assert asyncio.run(router.aadd(["img-0002"], codes[2:3])) == {"added": 1, "replaced": 0, "unchanged": 0}
+    assert router.search(codes[0], k=3)[0][0][2]["id"] == "img-0002"
+
+
+def test_bad_input_is_a_value_error(router):
+    with pytest.raises(ValueError):
+        router.add(["a", "b"], np.zeros((1, BITS // 8), np.uint8))
+    with pytest.raises(ValueError):
+        router.search(np.zeros((1, BITS // 8), np.uint8), k=0)
+    with pytest.raises(ValueError):  # a shard rejecting a wrong code size is the caller's fault
+        router.add(["x"], np.zeros((1, 3), np.uint8))
+    with pytest.raises(ValueError):
+        ShardRouter([])
+
+
+def test_merge_results_tags_shards_and_applies_radius():
+    per_shard = {0: [[{"id": "b", "distance": 2}, {"id": "d", "distance": 9}]],
+                 1: [[{"id": "a", "distance": 2}, {"id": "c", "distance": 5}]]}
+    merged = merge_results(per_shard, 1, k=3, radius=5)
+    assert merged == [[{"id": "a", "distance": 2, "shard": 1}, {"id": "b", "distance": 2, "shard": 0},
+                       {"id": "c", "distance": 5, "shard": 1}]]
+
+
+def test_dead_shard_gives_partial_answer_and_failed_writes(ray_cluster, tmp_path_factory, data):
+    ids, codes = data
+    shards = _make_shards(tmp_path_factory.mktemp("dead"), prefix="d")
+    r = ShardRouter(shards, timeout_s=3.0, write_timeout_s=3.0)
+    r.add(ids, codes)
+    ray.kill(shards[1], no_restart=True)
+    t0 = time.monotonic()
+    results, missing = r.search(codes[:2], k=5)
+    assert missing == [1] and time.monotonic() - t0 < 5
+    assert results[0] and all(h["shard"] == 0 for q in results for h in q)
+    assert asyncio.run(r.asearch(codes[:2], k=5))[1] == [1]
+    victim = next(x for x in ids if r.shard_for(x) == 1)
+    with pytest.raises(ShardUnavailable) as err:
+        r.add([victim], codes[:1])
+    assert err.value.shards == [1]
+    with pytest.raises(ShardUnavailable):
+        asyncio.run(r.aremove([victim]))
+    with pytest.raises(ShardUnavailable):
+        r.get(victim)
+    stats = r.stats()
+    assert stats[0]["state"] == "ready" and stats[1]["state"] == "unavailable"
+
+
+def test_dead_shard_is_re_resolved(ray_cluster, tmp_path_factory, data):
+    ids, codes = data
+    root = tmp_path_factory.mktemp("resolve")
+    shards = _make_shards(root, prefix="r")
+    r = ShardRouter(shards, timeout_s=5.0, resolver=lambda i: replacement[i])
+    r.add(ids, codes)
+    ray.kill(shards[0], no_restart=True)
+    replacement = {0: _make_shards(root, n=1, prefix="r")[0]}  # same dir: reloads from disk
+    assert r.search(codes[0], k=3)[1] == [0]   # this call finds the dead handle ...
+    results, missing = r.search(codes[0], k=3)  # ... and the next one uses the new one
+    assert missing == [] and [h["id"] for h in results[0]] == ["img-0000", "img-0001", "img-0002"]
+
+
+def test_hung_shard_times_out_without_hanging(router, data):
+    ids, codes = data
+    slow = SlowShard.remote()
+    r = ShardRouter([router.shards[0], slow], timeout_s=0.5, write_timeout_s=0.5)
+    for call in (lambda: r.search(codes[:1], k=5), lambda: asyncio.run(r.asearch(codes[:1], k=5))):
+        t0 = time.monotonic()
+        results, missing = call()
+        assert missing == [1] and time.monotonic() - t0 < 3
+        assert results[0] and all(h["shard"] == 0 for h in results[0])
+    victim = next(x for x in ids if r.shard_for(x) == 1)
+    t0 = time.monotonic()
+    with pytest.raises(ShardUnavailable, match="timed out"):
+        asyncio.run(r.aadd([victim], codes[:1]))
+    assert time.monotonic() - t0 < 3
+    assert r.stats()[1]["state"] == "unavailable"
+    ray.kill(slow)

@@ -1,0 +1,253 @@
+"""HTTP end to end through Ray Serve: real Ray, real shard actors, PDQ, real JPEG/PNG files.
+
+One Serve app for the whole module (Serve starts slowly on 2 cores).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import socket
+import time
+import uuid
+
+import httpx
+import pytest
+import ray
+from PIL import Image
+from ray import serve
+
+from rayapp.config import Config
+from rayapp.router import shard_for
+from rayapp.serve import RateLimiter, run_server
+from tests.helpers_images import edited_copy, make_photo
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_BODY = 2 * 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cfg = Config()
+    cfg.encoder.name = "pdq"
+    cfg.encoder.max_pixels = 4_000_000
+    cfg.shards.index_dir = str(tmp_path_factory.mktemp("index"))
+    cfg.shards.num_shards = 2
+    cfg.shards.index_kind = "flat"
+    cfg.shards.namespace = f"neardup-test-{uuid.uuid4().hex[:8]}"
+    cfg.serve.port = _free_port()
+    cfg.serve.token = TOKEN
+    cfg.serve.max_body_bytes = MAX_BODY
+    cfg.serve.max_batch_items = 8
+    cfg.serve.rate_limit_per_s = 25
+    cfg.serve.shard_timeout_s = 3.0
+    url = run_server(cfg, blocking=False)
+    with httpx.Client(base_url=url, timeout=30.0) as client:
+        yield client, cfg
+    serve.shutdown()
+    from rayapp.cluster import kill_shards
+    kill_shards(cfg)
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return {name: make_photo(seed, (480, 360)) for name, seed in
+            (("a", 101), ("b", 102), ("c", 103), ("d", 104))}
+
+
+def _paced(fn):
+    """Stay under the test server's rate limit (25/s) in request-heavy tests."""
+    time.sleep(0.05)
+    return fn()
+
+
+def _assert_error(resp: httpx.Response, status: int, client: httpx.Client) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert isinstance(body.get("error"), str) and body["error"]
+    assert "Traceback" not in resp.text
+    assert client.get("/healthz").json() == {"status": "ok"}
+    return body
+
+
+def test_healthz_and_status(server):
+    client, cfg = server
+    assert client.get("/healthz").json() == {"status": "ok"}
+    status = client.get("/v1/status").json()
+    assert status["encoder"]["encoder"] == "pdq" and status["encoder"]["bits"] == 256
+    assert status["partial"] is False and status["missing_shards"] == []
+    assert [s["id"] for s in status["shards"]] == [0, 1]
+    for shard in status["shards"]:
+        assert shard["state"] == "ready" and shard["index_kind"] == "flat"
+        assert isinstance(shard["pid"], int) and shard["node"] and shard["count"] == 0
+        assert shard["memory_bytes"] >= 0
+    assert status["version"]
+
+
+def test_hash_accepts_multipart_json_and_raw(server, photos):
+    client, _ = server
+    data = _jpeg(photos["a"])
+    multipart = client.post("/v1/hash", files={"file": ("a.jpg", data, "image/jpeg")}).json()
+    assert multipart["encoder"] == "pdq" and multipart["bits"] == 256 and len(multipart["code"]) == 64
+    as_json = client.post("/v1/hash", json={"image": base64.b64encode(data).decode()}).json()
+    raw = client.post("/v1/hash", content=data, headers={"content-type": "image/jpeg"}).json()
+    assert multipart == as_json == raw
+
+
+def test_add_search_delete_round_trip(server, photos):
+    client, _ = server
+    a, b = _jpeg(photos["a"]), _png(photos["b"])
+    resp = client.post("/v1/items", headers=AUTH,
+                       files=[("file", ("a.jpg", a, "image/jpeg")), ("file", ("b.png", b, "image/png"))],
+                       data={"id": ["photo-a", "photo-b"]})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"ids": ["photo-a", "photo-b"], "durable": True,
+                           "added": 2, "replaced": 0, "unchanged": 0}
+    # JSON batch; the id defaults to the sha256 of the image bytes.
+    c = _jpeg(photos["c"])
+    resp = client.post("/v1/items", headers=AUTH, json={"items": [
+        {"image": base64.b64encode(c).decode(), "meta": {"source": "json"}},
+        {"id": "photo-a", "image": base64.b64encode(a).decode()}]})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["ids"] == [hashlib.sha256(c).hexdigest(), "photo-a"]
+    assert resp.json()["added"] == 1 and resp.json()["unchanged"] == 1
+
+    # Exact copy at distance 0; the owning shard is reported.
+    hit = client.post("/v1/search", files={"file": ("q.jpg", a, "image/jpeg")}, data={"k": "3"}).json()
+    assert hit["partial"] is False and hit["missing_shards"] == [] and hit["took_ms"] >= 0
+    assert hit["results"][0]["id"] == "photo-a" and hit["results"][0]["distance"] == 0
+    assert hit["results"][0]["shard"] in (0, 1) and len(hit["results"]) == 3
+    # Edited copies (resize + JPEG, text overlay) are near; an unrelated image is far.
+    for kind in ("resize", "text"):
+        edited = _jpeg(edited_copy(photos["b"], kind), quality=70)
+        found = client.post("/v1/search", json={"image": base64.b64encode(edited).decode(),
+                                                "k": 2}).json()
+        assert found["results"][0]["id"] == "photo-b" and found["results"][0]["distance"] <= 40
+        assert found["results"][1]["distance"] > 70
+    # Search by hex code, with a radius and metadata.
+    code = client.post("/v1/hash", content=c, headers={"content-type": "image/jpeg"}).json()["code"]
+    found = client.post("/v1/search", json={"code": code, "radius": 10, "with_meta": True}).json()
+    assert [r["id"] for r in found["results"]] == [hashlib.sha256(c).hexdigest()]
+    assert found["results"][0]["meta"] == {"source": "json"}
+
+    item = client.get("/v1/items/photo-a").json()
+    assert item["id"] == "photo-a" and item["meta"] == {"filename": "a.jpg"} and len(item["code"]) == 64
+
+    resp = client.delete("/v1/items/photo-a", headers=AUTH)
+    assert resp.status_code == 200 and resp.json() == {"id": "photo-a", "deleted": True, "durable": True}
+    gone = client.post("/v1/search", files={"file": ("q.jpg", a, "image/jpeg")}).json()
+    assert "photo-a" not in [r["id"] for r in gone["results"]]
+    _assert_error(client.get("/v1/items/photo-a"), 404, client)
+    _assert_error(client.delete("/v1/items/photo-a", headers=AUTH), 404, client)
+    assert client.get("/v1/status").json()["total_count"] == 2
+
+
+def test_bad_requests_get_json_4xx(server, photos, tmp_path):
+    client, cfg = server
+    good = _jpeg(photos["d"])
+    bomb = _png(Image.new("RGB", (2500, 2000), (200, 30, 30)))  # 5 Mpx > cap of 4 Mpx, ~20 kB
+    cases = [
+        ("corrupt image", lambda: client.post("/v1/search", files={"file": ("x.jpg", b"\xff\xd8\xff\xe0garbage" * 50, "image/jpeg")}), 422),
+        ("truncated jpeg", lambda: client.post("/v1/hash", content=good[: len(good) // 3], headers={"content-type": "image/jpeg"}), 422),
+        ("not an image", lambda: client.post("/v1/hash", files={"file": ("x.txt", b"hello world", "text/plain")}), 422),
+        ("empty body", lambda: client.post("/v1/search", content=b"", headers={"content-type": "image/jpeg"}), 400),
+        ("empty file", lambda: client.post("/v1/hash", files={"file": ("x.jpg", b"", "image/jpeg")}), 400),
+        ("no file field", lambda: client.post("/v1/search", files={"other": ("x.jpg", good, "image/jpeg")}), 422),
+        ("unknown id", lambda: client.get("/v1/items/does-not-exist"), 404),
+        ("delete unknown id", lambda: client.delete("/v1/items/does-not-exist", headers=AUTH), 404),
+        ("bad hex", lambda: client.post("/v1/search", json={"code": "zz" * 32}), 400),
+        ("short hex", lambda: client.post("/v1/search", json={"code": "ab" * 8}), 400),
+        ("huge k", lambda: client.post("/v1/search", json={"code": "00" * 32, "k": 10**9}), 422),
+        ("k not a number", lambda: client.post("/v1/search", files={"file": ("x.jpg", good, "image/jpeg")}, data={"k": "many"}), 422),
+        ("negative radius", lambda: client.post("/v1/search", json={"code": "00" * 32, "radius": -1}), 422),
+        ("image and code", lambda: client.post("/v1/search", json={"code": "00" * 32, "image": base64.b64encode(good).decode()}), 422),
+        ("bad json", lambda: client.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"}), 400),
+        ("bad base64", lambda: client.post("/v1/hash", json={"image": "***not base64***"}), 400),
+        ("unknown field", lambda: client.post("/v1/search", json={"code": "00" * 32, "url": "http://x"}), 422),
+        ("wrong content type", lambda: client.post("/v1/search", content=b"hello", headers={"content-type": "text/plain"}), 415),
+        ("missing token", lambda: client.post("/v1/items", files={"file": ("x.jpg", good, "image/jpeg")}), 401),
+        ("wrong token", lambda: client.post("/v1/items", files={"file": ("x.jpg", good, "image/jpeg")}, headers={"Authorization": "Bearer nope"}), 403),
+        ("delete without token", lambda: client.delete("/v1/items/photo-b"), 401),
+        ("code without id", lambda: client.post("/v1/items", headers=AUTH, json={"code": "00" * 32}), 422),
+        ("too many items", lambda: client.post("/v1/items", headers=AUTH, json={"items": [{"id": str(i), "code": "00" * 32} for i in range(9)]}), 413),
+        ("oversized body", lambda: client.post("/v1/hash", content=b"\0" * (MAX_BODY + 1000), headers={"content-type": "image/jpeg"}), 413),
+        ("oversized multipart", lambda: client.post("/v1/items", headers=AUTH, files={"file": ("big.jpg", b"\0" * (MAX_BODY + 1000), "image/jpeg")}), 413),
+        ("decompression bomb", lambda: client.post("/v1/search", files={"file": ("bomb.png", bomb, "image/png")}), 413),
+        ("unknown route", lambda: client.get("/v1/nothing-here"), 404),
+        ("wrong method", lambda: client.get("/v1/search"), 405),
+    ]
+    for name, call, status in cases:
+        body = _assert_error(_paced(call), status, client)
+        assert body["error"], name
+    # Nothing was stored by the refused writes.
+    assert client.get("/v1/status").json()["total_count"] == 2
+
+
+def test_dead_shard_partial_then_recovered(server, photos):
+    client, cfg = server
+    from rayapp.cluster import ensure_shards, get_shards
+    b = _png(photos["b"])
+    owner = client.post("/v1/search", files={"file": ("b.png", b, "image/png")}).json()["results"][0]["shard"]
+    dead = 1 - owner
+    ray.kill(get_shards(cfg)[dead], no_restart=True)
+    time.sleep(0.5)
+    found = client.post("/v1/search", files={"file": ("b.png", b, "image/png")}).json()
+    assert found["partial"] is True and found["missing_shards"] == [dead]
+    assert found["results"][0]["id"] == "photo-b"
+    status = client.get("/v1/status").json()
+    assert status["partial"] is True and status["shards"][dead]["state"] == "unavailable"
+    # A write owned by the dead shard is refused with 503, never acknowledged.
+    victim = next(f"v{i}" for i in range(100) if shard_for(f"v{i}", 2) == dead)
+    resp = client.post("/v1/items", headers=AUTH, json={"id": victim, "code": "00" * 32})
+    assert _assert_error(resp, 503, client)["missing_shards"] == [dead]
+    # Bring the shard back (same name, same disk): answers are complete again.
+    ensure_shards(cfg)
+    for _ in range(20):
+        found = client.post("/v1/search", files={"file": ("b.png", b, "image/png")}).json()
+        if not found["partial"]:
+            break
+        time.sleep(0.25)
+    assert found["partial"] is False and found["results"][0]["id"] == "photo-b"
+    assert client.get("/v1/status").json()["total_count"] == 2
+
+
+def test_rate_limit_gives_429(server):
+    client, _ = server
+    time.sleep(1.5)  # let the bucket refill
+    codes = [client.post("/v1/search", json={"code": "00" * 32, "k": 1}).status_code for _ in range(60)]
+    assert 429 in codes and codes[0] == 200
+    resp = client.post("/v1/search", json={"code": "00" * 32})
+    if resp.status_code == 429:
+        assert int(resp.headers["retry-after"]) >= 1 and "error" in resp.json()
+    assert client.get("/healthz").status_code == 200
+    time.sleep(1.5)
+    assert client.post("/v1/search", json={"code": "00" * 32}).status_code == 200
+
+
+def test_rate_limiter_unit():
+    limiter = RateLimiter(rate=2, burst=2)
+    assert limiter.acquire("x") == 0 and limiter.acquire("x") == 0
+    assert limiter.acquire("x") > 0 and limiter.acquire("y") == 0
+    assert RateLimiter(rate=0).acquire("x") == 0
