@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import threading
+import time
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from itertools import islice
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -52,19 +55,12 @@ def merge_results(per_shard: dict[int, list[list[dict]]], num_queries: int, k: i
              if radius is None or hit["distance"] <= radius]
             for i, results in sorted(per_shard.items())
         ]
-        merged.append(list(_take(heapq.merge(*streams, key=key), k)))
+        merged.append(list(islice(heapq.merge(*streams, key=key), k)))
     return merged
 
 
 def _order(hit: dict) -> tuple[int, str]:
     return (int(hit["distance"]), str(hit["id"]))
-
-
-def _take(it: Iterable[dict], k: int) -> Iterable[dict]:
-    for n, hit in enumerate(it):
-        if n >= k:
-            return
-        yield hit
 
 
 def _reason(exc: BaseException) -> str:
@@ -102,6 +98,10 @@ class ShardRouter:
         self.timeout_s = float(timeout_s)
         self.write_timeout_s = float(write_timeout_s)
         self.resolver = resolver
+        self._probes: dict[int, Any] = {}  # shard -> pending ping ObjectRef while on probation
+        self._down: set[int] = set()       # shards last seen failing (for logging transitions)
+        self._resolved_at: dict[int, float] = {}
+        self._lock = threading.Lock()
 
     @property
     def num_shards(self) -> int:
@@ -145,66 +145,66 @@ class ShardRouter:
             raise ValueError(f"radius must be >= 0, got {radius}")
         return codes
 
-    def _submit_search(self, codes, k, radius, with_meta) -> dict[int, Any]:
-        return {i: s.search.remote(codes, int(k), None if radius is None else int(radius), with_meta)
-                for i, s in enumerate(self.shards)}
+    def _read(self, i: int, method: str, *args) -> Any:
+        """A read call: not replayed after an actor restart (the caller has long timed out)."""
+        return getattr(self.shards[i], method).options(max_task_retries=0).remote(*args)
 
-    # ---- collection (sync) ------------------------------------------------------------
-    def _collect(self, refs: dict[int, Any], timeout_s: float) -> tuple[dict[int, Any], dict[int, BaseException]]:
-        """Wait up to ``timeout_s`` for all refs -> (results, errors) keyed by shard."""
-        if not refs:
-            return {}, {}
-        by_ref = {ref: i for i, ref in refs.items()}
-        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s,
-                            fetch_local=True)
-        results, errors = {}, {}
-        for ref in ready:
-            try:
-                results[by_ref[ref]] = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - a failed shard is reported, not raised
-                errors[by_ref[ref]] = exc
-        for i in refs:
-            if i not in results and i not in errors:
-                errors[i] = TimeoutError(f"no answer within {timeout_s:g}s")
-        self._after_errors(errors)
-        return results, errors
+    def _submit_search(self, shards: list[int], codes, k, radius, with_meta) -> dict[int, Any]:
+        radius = None if radius is None else int(radius)
+        return {i: self._read(i, "search", codes, int(k), radius, with_meta) for i in shards}
 
-    # ---- collection (async) -----------------------------------------------------------
-    async def _acollect(self, refs: dict[int, Any], timeout_s: float) -> tuple[dict[int, Any], dict[int, BaseException]]:
-        """Async twin of :meth:`_collect`: awaits ObjectRefs with one shared deadline."""
-        if not refs:
-            return {}, {}
+    # ---- shard health -----------------------------------------------------------------
+    def _available(self) -> tuple[list[int], dict[int, BaseException]]:
+        """Shards to query now -> (indices, {skipped shard: reason}).
 
-        async def one(ref):
-            return await ref
+        A shard that failed is on probation: queries skip it (answering partial at once instead
+        of waiting out the timeout every time, and without queueing work on a dead or
+        restarting actor) until its ``ping`` probe answers.
+        """
+        skipped: dict[int, BaseException] = {}
+        with self._lock:
+            for i, probe in list(self._probes.items()):
+                ready, _ = ray.wait([probe], timeout=0)
+                if not ready:
+                    skipped[i] = TimeoutError("recovering (health probe pending)")
+                    continue
+                del self._probes[i]
+                try:
+                    ray.get(probe)
+                    self._down.discard(i)
+                    log.warning("shard %d answers again", i)
+                except Exception as exc:  # noqa: BLE001 - still down; _after_errors re-probes
+                    skipped[i] = exc
+        return [i for i in range(self.num_shards) if i not in skipped], skipped
 
-        tasks = {i: asyncio.ensure_future(one(ref)) for i, ref in refs.items()}
-        await asyncio.wait(tasks.values(), timeout=timeout_s)
-        results, errors = {}, {}
-        for i, task in tasks.items():
-            if not task.done():
-                task.cancel()
-                errors[i] = TimeoutError(f"no answer within {timeout_s:g}s")
-            elif task.exception() is not None:
-                errors[i] = task.exception()
-            else:
-                results[i] = task.result()
+    def _after_errors(self, errors: dict[int, BaseException]) -> None:
+        """Log newly failed shards, re-resolve handles that died for good, start probes."""
+        for i, exc in errors.items():
+            if _client_error(exc) is not None:
+                continue  # the shard is healthy; it refused the input
+            with self._lock:
+                if i in self._probes:
+                    continue  # already on probation
+                if i not in self._down:
+                    self._down.add(i)
+                    log.warning("shard %d did not answer: %s", i, _reason(exc))
+            if isinstance(exc, ActorDiedError):
+                self._refresh(i)
+            with self._lock:
+                self._probes.setdefault(i, self._read(i, "ping"))
+
+    async def _aafter_errors(self, errors: dict[int, BaseException]) -> None:
         if self.resolver is not None and any(isinstance(e, ActorDiedError) for e in errors.values()):
             await asyncio.to_thread(self._after_errors, errors)  # resolver may block on the GCS
         else:
             self._after_errors(errors)
-        return results, errors
-
-    def _after_errors(self, errors: dict[int, BaseException]) -> None:
-        """Log failed shards; re-resolve handles that died for good."""
-        for i, exc in errors.items():
-            log.warning("shard %d did not answer: %s", i, _reason(exc))
-            if isinstance(exc, ActorDiedError):
-                self._refresh(i)
 
     def _refresh(self, i: int) -> None:
-        if self.resolver is None:
+        """Look shard ``i`` up again (at most once a second) after its handle died."""
+        now = time.monotonic()
+        if self.resolver is None or now - self._resolved_at.get(i, -1e9) < 1.0:
             return
+        self._resolved_at[i] = now
         try:
             handle = self.resolver(i)
         except Exception as exc:  # noqa: BLE001
@@ -212,6 +212,44 @@ class ShardRouter:
             return
         if handle is not None:
             self.shards[i] = handle
+
+    # ---- collection -------------------------------------------------------------------
+    def _collect(self, refs: dict[int, Any], timeout_s: float) -> tuple[dict[int, Any], dict[int, BaseException]]:
+        """Wait up to ``timeout_s`` for all refs -> (results, errors) keyed by shard."""
+        results, errors = {}, {}
+        if refs:
+            by_ref = {ref: i for i, ref in refs.items()}
+            ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
+            for ref in ready:
+                try:
+                    results[by_ref[ref]] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a failed shard is reported, not raised
+                    errors[by_ref[ref]] = exc
+            for i in refs:
+                if i not in results and i not in errors:
+                    errors[i] = TimeoutError(f"no answer within {timeout_s:g}s")
+        self._after_errors(errors)
+        return results, errors
+
+    async def _acollect(self, refs: dict[int, Any], timeout_s: float) -> tuple[dict[int, Any], dict[int, BaseException]]:
+        """Async twin of :meth:`_collect`: awaits ObjectRefs with one shared deadline."""
+        results, errors = {}, {}
+        if refs:
+            async def one(ref):
+                return await ref
+
+            tasks = {i: asyncio.ensure_future(one(ref)) for i, ref in refs.items()}
+            await asyncio.wait(tasks.values(), timeout=timeout_s)
+            for i, task in tasks.items():
+                if not task.done():
+                    task.cancel()
+                    errors[i] = TimeoutError(f"no answer within {timeout_s:g}s")
+                elif task.exception() is not None:
+                    errors[i] = task.exception()
+                else:
+                    results[i] = task.result()
+        await self._aafter_errors(errors)
+        return results, errors
 
     @staticmethod
     def _raise_write_errors(errors: dict[int, BaseException]) -> None:
@@ -228,17 +266,21 @@ class ShardRouter:
                with_meta: bool = False) -> tuple[list[list[dict]], list[int]]:
         """Top-k per query over all shards -> (results, ids of shards that did not answer)."""
         codes = self._query(codes, k, radius)
-        results, errors = self._collect(self._submit_search(codes, k, radius, with_meta),
+        shards, skipped = self._available()
+        self._after_errors(skipped)
+        results, errors = self._collect(self._submit_search(shards, codes, k, radius, with_meta),
                                         self.timeout_s)
-        return merge_results(results, len(codes), int(k), radius), sorted(errors)
+        return merge_results(results, len(codes), int(k), radius), sorted({**skipped, **errors})
 
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                       with_meta: bool = False) -> tuple[list[list[dict]], list[int]]:
         """Async :meth:`search`."""
         codes = self._query(codes, k, radius)
-        results, errors = await self._acollect(self._submit_search(codes, k, radius, with_meta),
-                                               self.timeout_s)
-        return merge_results(results, len(codes), int(k), radius), sorted(errors)
+        shards, skipped = self._available()
+        await self._aafter_errors(skipped)
+        results, errors = await self._acollect(
+            self._submit_search(shards, codes, k, radius, with_meta), self.timeout_s)
+        return merge_results(results, len(codes), int(k), radius), sorted({**skipped, **errors})
 
     # ---- writes -----------------------------------------------------------------------
     def _submit_add(self, ids, codes, metas) -> dict[int, Any]:
@@ -289,7 +331,7 @@ class ShardRouter:
     # ---- point reads ------------------------------------------------------------------
     def _submit_get(self, item_id: str) -> dict[int, Any]:
         s = self.shard_for(item_id)
-        return {s: self.shards[s].get.remote(item_id)}
+        return {s: self._read(s, "get", item_id)}
 
     def get(self, item_id: str) -> dict | None:
         """The item's ``{"id", "code", "meta"}`` from its owning shard, or None if unknown."""
@@ -321,10 +363,10 @@ class ShardRouter:
 
     def stats(self) -> list[dict]:
         """Each shard's ``stats()``; a shard that does not answer is ``state: unavailable``."""
-        refs = {i: s.stats.remote() for i, s in enumerate(self.shards)}
+        refs = {i: self._read(i, "stats") for i in range(self.num_shards)}
         return self._stats_list(*self._collect(refs, self.timeout_s))
 
     async def astats(self) -> list[dict]:
         """Async :meth:`stats`."""
-        refs = {i: s.stats.remote() for i, s in enumerate(self.shards)}
+        refs = {i: self._read(i, "stats") for i in range(self.num_shards)}
         return self._stats_list(*await self._acollect(refs, self.timeout_s))

@@ -9,7 +9,6 @@ requests, asks the encoder for codes and fans queries out to every shard through
 :class:`rayapp.router.ShardRouter`. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx
 status, never a traceback.
 """
-from __future__ import annotations
 
 import asyncio
 import base64
@@ -52,7 +51,7 @@ APP_NAME = "neardup"
 CPU_ONLY_ENCODERS = frozenset({"pdq", "phash"})  # classical hashes never use a GPU
 ENCODER_TIMEOUT_S = 60.0
 BATCH_WAIT_S = 0.005
-MAX_ID_CHARS = 512
+MAX_ID_BYTES = 1024  # as shards.actor accepts
 MAX_META_BYTES = 16 * 1024
 
 
@@ -173,8 +172,8 @@ def decode_base64(text: Any, field: str = "image") -> bytes:
 def check_id(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ApiError(422, "id must be a non-empty string", "validation")
-    if len(value) > MAX_ID_CHARS:
-        raise ApiError(422, f"id is longer than {MAX_ID_CHARS} characters", "validation")
+    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise ApiError(422, f"id is longer than {MAX_ID_BYTES} bytes (UTF-8)", "validation")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ApiError(422, "id must not contain control characters", "validation")
     return value
@@ -404,11 +403,17 @@ def _known_bits(cfg: Config) -> int | None:
         return None
 
 
+async def _awaitable(response):
+    return await response
+
+
 def _lookup_shard(namespace: str, i: int):
     from rayapp.cluster import shard_name
     return ray.get_actor(shard_name(i), namespace=namespace)
 
 
+# NOTE: serve.ingress pickles the class when it is decorated, so every module-level name its
+# methods use must be defined above this point.
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Ingress:
@@ -616,10 +621,6 @@ class Ingress:
         return {"id": item_id, "deleted": True, "durable": True}
 
 
-async def _awaitable(response):
-    return await response
-
-
 # ---------------------------------------------------------------------------------------
 # application
 # ---------------------------------------------------------------------------------------
@@ -653,11 +654,19 @@ def build_app(cfg: Config) -> serve.Application:
     return Ingress.bind(cfg, encoder)
 
 
-def run_server(cfg: Config, blocking: bool = True, address: str | None = None) -> str:
+def app_builder(args: dict | None = None) -> serve.Application:
+    """Builder for Serve config files: ``import_path: rayapp.serve:app_builder`` with
+    ``args: {config: /path/neardup.yaml, overrides: {serve: {token: ...}}}``."""
+    args = dict(args or {})
+    return build_app(load_config(args.get("config") or os.environ.get("NEARDUP_CONFIG"),
+                                 overrides=args.get("overrides")))
+
+
+def run_server(cfg: Config, blocking: bool = False, address: str | None = None) -> str:
     """Serve ``cfg`` on host:port (starting an embedded Ray if none is running) -> base URL.
 
-    Returns once /healthz answers. With ``blocking`` it then waits for SIGINT/SIGTERM and shuts
-    Serve down before returning (the caller owns ``ray.shutdown()``).
+    Returns as soon as /healthz answers. With ``blocking=True`` it then waits for SIGINT or
+    SIGTERM and shuts Serve down before returning (the caller owns ``ray.shutdown()``).
     """
     from rayapp.cluster import init_ray
     init_ray(address)
