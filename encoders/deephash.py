@@ -208,11 +208,14 @@ def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Pat
 
 
 # ---------------------------------------------------------------- encoder
-def resize_square(image: Image.Image, size: int) -> np.ndarray:
-    """Squash-resize the whole image (no crop) to uint8 (size, size, 3); training uses the same."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+try:  # one squash-resize for the whole project (identical to the fallback below for <3x shrinks)
+    from encoders.decode import resize_square
+except ImportError:  # pragma: no cover - decode.py is part of the package
+    def resize_square(image: Image.Image, size: int) -> np.ndarray:
+        """Squash-resize the whole image (no crop) to uint8 (size, size, 3)."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
 
 
 def _variants(batch: np.ndarray, tta: str) -> list[np.ndarray]:

@@ -6,9 +6,7 @@ one-line ``neardup: error: ...`` on stderr and a non-zero exit, never a tracebac
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
@@ -163,7 +161,7 @@ def dedup(paths, report, radius, encoder, weights) -> None:
 def serve(config_path, index_dir, host, port, num_shards, token, encoder, address) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray
-    from rayapp.serve import run_server
+    from rayapp.serve import run_server, wait_for_signal
     cfg = load_config(config_path, overrides={
         "encoder": {"name": encoder},
         "shards": {"index_dir": index_dir, "num_shards": num_shards},
@@ -174,15 +172,6 @@ def serve(config_path, index_dir, host, port, num_shards, token, encoder, addres
                f"(index {cfg.shards.index_dir}); Ctrl-C to stop")
     wait_for_signal()
     shutdown()
-
-
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
 
 
 def shutdown() -> None:

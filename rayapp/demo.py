@@ -42,12 +42,12 @@ def make_queries(files: list[Path], out: Path, seed: int = 0) -> list[tuple[Path
 
 def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = True) -> None:
     from encoders.registry import get_encoder
-    from rayapp.cli import shutdown, wait_for_signal
+    from rayapp.cli import shutdown
     from rayapp.cluster import init_ray
     from rayapp.config import load_config
     from rayapp.dedup import find_groups, write_report
     from rayapp.ingest import IngestOptions, run_ingest
-    from rayapp.serve import run_server
+    from rayapp.serve import run_server, wait_for_signal
 
     out = Path(out_dir).resolve()
     shutil.rmtree(out, ignore_errors=True)

@@ -554,9 +554,6 @@ class Ingress:
         results, missing = await self.router.asearch(code[None, :], k, radius, with_meta)
         for _ in missing:
             metrics.count_error("shard_timeout")
-        if missing and len(missing) == self.router.num_shards:
-            raise ApiError(503, "no shard answered in time", "shard_unavailable",
-                           missing_shards=missing)
         return {"results": results[0], "partial": bool(missing), "missing_shards": missing,
                 "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
@@ -676,7 +673,7 @@ def run_server(cfg: Config, blocking: bool = False, address: str | None = None) 
     _wait_healthy(url)
     if blocking:
         try:
-            _wait_for_signal()
+            wait_for_signal()
         finally:
             serve.shutdown()
     return url
@@ -700,7 +697,7 @@ def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _wait_for_signal() -> None:
+def wait_for_signal() -> None:
     """Block until SIGINT or SIGTERM (main thread) or KeyboardInterrupt."""
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -1,0 +1,267 @@
+"""Copy-detection evaluation: build a benchmark from originals, score encoders side by side.
+
+Metrics (per encoder):
+- mAP@100: one relevant ref per positive query; Hamming ties are counted pessimistically
+  (every irrelevant ref at the same distance ranks before the relevant one).
+- µAP (DISC21): one global precision-recall curve over all (query, ref, score) predictions
+  (top ``k_micro`` refs per query, negatives included), recall relative to the positive queries;
+  equal scores are ordered wrong-first.
+- recall@1 (strictly closest; ties count as misses), per-family recall@1, encode speed (img/s,
+  decode + preprocess + encode, one process).
+
+    python -m encoders.evaluate --originals DIR --workdir runs/bench --encoders deephash pdq phash
+    python -m encoders.evaluate --refs DIR --queries DIR --ground-truth gt.csv --encoders deephash pdq
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from encoders.augment import COMBOS, FAMILIES, apply_family
+from encoders.base import Encoder, hamming
+from encoders.decode import iter_image_files, load_image
+
+ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
+
+
+# ---------------------------------------------------------------- benchmark construction
+def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_refs: int = 450, n_queries: int = 900,
+                    n_negatives: int = 280, n_distractors: int = 250, seed: int = 0,
+                    families: tuple[str, ...] = ALL_FAMILIES) -> dict:
+    """Write refs/, queries/ and ground_truth.csv (query,ref,family) under ``out_dir``.
+
+    ``n_refs`` originals get ``n_queries`` edited queries (families cycled evenly), ``n_distractors``
+    more originals are indexed without queries, and ``n_negatives`` non-indexed originals give edited
+    queries whose ref is empty. Returns the counts.
+    """
+    dirs = originals_dir if isinstance(originals_dir, (list, tuple)) else [originals_dir]
+    files = list(iter_image_files(dirs))
+    need = n_refs + n_distractors + n_negatives
+    if len(files) < need:
+        raise ValueError(f"{originals_dir}: {len(files)} images, need {need} (refs+distractors+negatives)")
+    rng = np.random.default_rng(seed)
+    order = [files[i] for i in rng.permutation(len(files))]
+    refs, distractors, negatives = order[:n_refs], order[n_refs:n_refs + n_distractors], \
+        order[n_refs + n_distractors:need]
+    out = Path(out_dir)
+    (out / "refs").mkdir(parents=True, exist_ok=True)
+    (out / "queries").mkdir(parents=True, exist_ok=True)
+    ref_names = {}
+    for i, f in enumerate(refs + distractors):
+        name = f"r{i:05d}{f.suffix.lower()}"
+        shutil.copyfile(f, out / "refs" / name)
+        ref_names[f] = name
+    rows = []
+    fam_order = [families[i % len(families)] for i in range(n_queries)]
+    rng.shuffle(fam_order)
+    sources = [(refs[i % len(refs)], fam) for i, fam in enumerate(fam_order)]
+    sources += [(f, families[int(rng.integers(0, len(families)))]) for f in negatives]
+    for j, (src, fam) in enumerate(sources):
+        img = apply_family(fam, load_image(src), rng, strength=1.0)
+        qname = f"q{j:05d}.jpg"
+        img.save(out / "queries" / qname, quality=95)
+        rows.append((qname, ref_names.get(src, ""), fam))
+    with open(out / "ground_truth.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["query", "ref", "family"])
+        w.writerows(rows)
+    info = {"originals": [str(d) for d in dirs], "refs": len(refs) + len(distractors), "queried_refs": len(refs),
+            "distractors": len(distractors), "positive_queries": n_queries, "negative_queries": len(negatives),
+            "families": list(families), "seed": seed}
+    (out / "benchmark.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def read_ground_truth(path: str | Path) -> list[tuple[str, str, str]]:
+    """CSV with header query,ref[,family]; ref empty for negatives -> [(query, ref, family)]."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"query", "ref"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: ground truth needs a header with columns query,ref")
+        return [(r["query"], r["ref"] or "", r.get("family") or "unknown") for r in reader]
+
+
+# ---------------------------------------------------------------- metrics
+def rank_pessimistic(dist: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """1-based rank of the relevant column per row; ties with irrelevant items rank it last."""
+    d_rel = dist[np.arange(len(dist)), rel]
+    return (dist <= d_rel[:, None]).sum(axis=1)  # counts itself once, every tie before it
+
+
+def micro_ap(scores: np.ndarray, correct: np.ndarray, n_positive: int) -> float:
+    """DISC21 µAP: AP of the global precision-recall curve; equal scores put wrong pairs first."""
+    if n_positive == 0 or len(scores) == 0:
+        return 0.0
+    order = np.lexsort((correct.astype(np.int8), -scores))
+    c = correct[order].astype(np.float64)
+    tp = np.cumsum(c)
+    precision = tp / np.arange(1, len(c) + 1)
+    return float((precision * c).sum() / n_positive)
+
+
+def score_codes(dist: np.ndarray, bits: int, gt_ref: np.ndarray, families: list[str],
+                k_micro: int = 10) -> dict:
+    """Metrics from a (queries x refs) Hamming matrix; gt_ref = ref column or -1 for negatives."""
+    pos = gt_ref >= 0
+    ranks = rank_pessimistic(dist[pos], gt_ref[pos])
+    ap = np.where(ranks <= 100, 1.0 / ranks, 0.0)
+    top1 = ranks == 1
+    k = min(k_micro, dist.shape[1])
+    idx = np.argpartition(dist, k - 1, axis=1)[:, :k]
+    d_top = np.take_along_axis(dist, idx, axis=1)
+    correct = idx == gt_ref[:, None]
+    scores = 1.0 - d_top / bits
+    fam = np.array(families)
+    per_family = {f: round(float(top1[fam[pos] == f].mean()), 4) for f in sorted(set(fam[pos]))}
+    d_pos = dist[pos][np.arange(pos.sum()), gt_ref[pos]]
+    nearest_neg = dist[~pos].min(axis=1) if (~pos).any() else np.array([])
+    return {
+        "mAP@100": round(float(ap.mean()), 4),
+        "muAP": round(micro_ap(scores.ravel(), correct.ravel(), int(pos.sum())), 4),
+        "recall@1": round(float(top1.mean()), 4),
+        "per_family_recall@1": per_family,
+        "worst_family": min(per_family, key=per_family.get) if per_family else None,
+        "median_positive_distance": float(np.median(d_pos)) if len(d_pos) else None,
+        "median_negative_nearest_distance": float(np.median(nearest_neg)) if len(nearest_neg) else None,
+    }
+
+
+# ---------------------------------------------------------------- encoding
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """'deephash:tta=flip_rot90,weights=x.safetensors' -> ('deephash', {...})."""
+    name, _, opts = spec.partition(":")
+    kwargs = {}
+    for part in filter(None, opts.split(",")):
+        key, _, value = part.partition("=")
+        kwargs[key.strip()] = value.strip()
+    return name, kwargs
+
+
+def encode_files(enc: Encoder, paths: list[Path], variants: bool = False,
+                 batch: int = 128) -> tuple[np.ndarray, float]:
+    """Decode + preprocess + encode files; returns (codes, images per second)."""
+    t0 = time.perf_counter()
+    chunks = []
+    for i in range(0, len(paths), batch):
+        arr = np.stack([enc.preprocess(load_image(p)) for p in paths[i:i + batch]])
+        chunks.append(enc.encode_variants(arr) if variants else enc.encode_batch(arr))
+    speed = len(paths) / max(1e-9, time.perf_counter() - t0)
+    return np.concatenate(chunks), speed
+
+
+def _min_distance(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Hamming distance, min over query variants when q is (n, v, B)."""
+    if q.ndim == 2:
+        return hamming(q, r)
+    return np.min(np.stack([hamming(q[:, v], r) for v in range(q.shape[1])]), axis=0)
+
+
+def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
+             ground_truth: str | Path, k_micro: int = 10, out: str | Path | None = None,
+             extra: dict | None = None) -> dict:
+    """Score each encoder spec on the benchmark; writes JSON to ``out`` (default bench/results/eval_<date>.json)."""
+    from encoders.registry import get_encoder
+    rows = read_ground_truth(ground_truth)
+    ref_paths = sorted(iter_image_files([refs_dir]))
+    ref_index = {p.name: i for i, p in enumerate(ref_paths)}
+    missing = [r for _, r, _ in rows if r and r not in ref_index]
+    if missing:
+        raise ValueError(f"ground truth names refs not in {refs_dir}: {missing[:5]}")
+    q_paths = [Path(queries_dir) / q for q, _, _ in rows]
+    gt_ref = np.array([ref_index[r] if r else -1 for _, r, _ in rows])
+    families = [f for _, _, f in rows]
+    results = {}
+    for spec in encoders:
+        name, kwargs = parse_spec(spec)
+        enc = get_encoder(name, **kwargs)
+        variants = getattr(enc, "tta", "none") != "none"
+        r_codes, speed = encode_files(enc, ref_paths)
+        q_codes, _ = encode_files(enc, q_paths, variants=variants)
+        dist = _min_distance(q_codes, r_codes)
+        results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),
+                         **score_codes(dist, enc.bits, gt_ref, families, k_micro)}
+        print(f"{spec:40s} mAP@100={results[spec]['mAP@100']:.3f} muAP={results[spec]['muAP']:.3f} "
+              f"R@1={results[spec]['recall@1']:.3f} worst={results[spec]['worst_family']} "
+              f"{speed:.0f} img/s", flush=True)
+    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "git_rev": _git_rev(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "benchmark": {"refs": len(ref_paths), "queries": len(rows), "positive_queries": int((gt_ref >= 0).sum()),
+                            "negative_queries": int((gt_ref < 0).sum()), "k_micro": k_micro, **(extra or {})},
+              "results": results}
+    out = Path(out) if out else RESULTS_DIR / f"eval_{dt.date.today().isoformat()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _git_rev() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def format_table(report: dict) -> str:
+    """Markdown table of the headline metrics (for the model card)."""
+    lines = ["| encoder | bits | mAP@100 | µAP | recall@1 | worst family (R@1) | img/s |",
+             "|---|---|---|---|---|---|---|"]
+    for spec, r in report["results"].items():
+        worst = r["worst_family"]
+        lines.append(f"| {spec} | {r['bits']} | {r['mAP@100']:.3f} | {r['muAP']:.3f} | {r['recall@1']:.3f} | "
+                     f"{worst} ({r['per_family_recall@1'].get(worst, 0):.2f}) | {r['encode_img_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: build a benchmark from --originals (into --workdir) or use --refs/--queries/--ground-truth."""
+    ap = argparse.ArgumentParser(prog="python -m encoders.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--originals", nargs="+", help="folder(s) of originals to build a benchmark from")
+    ap.add_argument("--workdir", default="runs/eval-bench", help="where the built benchmark goes")
+    ap.add_argument("--refs")
+    ap.add_argument("--queries")
+    ap.add_argument("--ground-truth")
+    ap.add_argument("--encoders", nargs="+", default=["deephash", "deephash:tta=flip_rot90", "pdq", "phash"])
+    ap.add_argument("--n-refs", type=int, default=450)
+    ap.add_argument("--n-queries", type=int, default=900)
+    ap.add_argument("--n-negatives", type=int, default=280)
+    ap.add_argument("--n-distractors", type=int, default=250)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--k-micro", type=int, default=10)
+    ap.add_argument("--out", help="JSON path (default bench/results/eval_<date>.json)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = speed per CPU core)")
+    args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    extra = {}
+    if args.originals:
+        work = Path(args.workdir)
+        gt = work / "ground_truth.csv"
+        if not gt.exists():
+            extra = build_benchmark(args.originals, work, args.n_refs, args.n_queries, args.n_negatives,
+                                    args.n_distractors, args.seed)
+        else:
+            extra = json.loads((work / "benchmark.json").read_text()) if (work / "benchmark.json").exists() else {}
+        refs, queries = work / "refs", work / "queries"
+    elif args.refs and args.queries and args.ground_truth:
+        refs, queries, gt = Path(args.refs), Path(args.queries), Path(args.ground_truth)
+    else:
+        ap.error("give --originals DIR, or all of --refs, --queries and --ground-truth")
+    report = evaluate(args.encoders, refs, queries, gt, args.k_micro, args.out, {**extra, "threads": args.threads})
+    print(format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""External string ids -> int64 keys, plus each item's code and metadata.
+
+The FAISS id of an item is the 64-bit xxhash of its external id (UTF-8), read as a signed int64.
+Two different external ids with the same hash are rejected (``HashCollisionError``), never
+silently merged.
+
+Storage is two-level, so memory does not grow with a Python object per item:
+
+- the *base*: the last snapshot, an Arrow IPC file sorted by hash (columns hash, id, code, meta)
+  memory-mapped zero-copy, with the hash column also in a memory-mapped ``.npy`` for binary
+  search (``np.searchsorted``). The same rows are written as Parquet (``store.parquet``), the
+  portable copy that can rebuild the mapped files;
+- the *overlay*: a dict of items added or replaced since that snapshot, plus the set of base rows
+  deleted or shadowed. ``write_snapshot`` merges both, block by block, into a new base.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+PARQUET_FILE = "store.parquet"
+ARROW_FILE = "store.arrow"
+HASHES_FILE = "store.hashes.npy"
+_BLOCK = 1 << 20  # rows per merge block / record batch
+
+
+class HashCollisionError(ValueError):
+    """Two different external ids hash to the same 64-bit key."""
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    code: bytes
+    meta: str  # compact JSON text
+
+    def meta_dict(self) -> dict:
+        return json.loads(self.meta) if self.meta else {}
+
+
+def _hash64(data: bytes) -> int:
+    return xxhash.xxh64_intdigest(data)
+
+
+def id_hash(ext_id: str) -> int:
+    """int64 key of an external id: xxh64 of its UTF-8 bytes as signed int64 (never -1)."""
+    h = _hash64(ext_id.encode("utf-8"))
+    h = h - (1 << 64) if h >= (1 << 63) else h
+    return -2 if h == -1 else h  # -1 marks "no result" in FAISS; -2 collisions are detected
+
+
+def hash_ids(ext_ids: Sequence[str]) -> np.ndarray:
+    """int64 keys for a list of external ids."""
+    return np.fromiter((id_hash(i) for i in ext_ids), dtype=np.int64, count=len(ext_ids))
+
+
+def _schema(code_bytes: int) -> pa.Schema:
+    return pa.schema([("hash", pa.int64()), ("id", pa.string()),
+                      ("code", pa.binary(code_bytes)), ("meta", pa.string())])
+
+
+class _Base:
+    """A read-only snapshot: mapped Arrow table + mapped sorted hash array + dead rows."""
+
+    def __init__(self, table: pa.Table | None, hashes: np.ndarray, mapped_bytes: int = 0) -> None:
+        self.table = table
+        self.hashes = hashes
+        self.mapped_bytes = mapped_bytes
+        self.dead: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
+        """Row of each hash in the base, or -1 when absent or dead."""
+        if not len(self.hashes) or not len(hashes):
+            return np.full(len(hashes), -1, dtype=np.int64)
+        pos = np.searchsorted(self.hashes, hashes)
+        clipped = np.minimum(pos, len(self.hashes) - 1)
+        found = self.hashes[clipped] == hashes
+        rows = np.where(found, clipped, -1).astype(np.int64)
+        if self.dead:
+            rows[[r in self.dead for r in rows.tolist()]] = -1
+        return rows
+
+    def items(self, rows: np.ndarray) -> list[StoredItem]:
+        t = self.table.take(pa.array(rows, type=pa.int64()))
+        return [StoredItem(i, c, m) for i, c, m in zip(t.column("id").to_pylist(),
+                                                       t.column("code").to_pylist(),
+                                                       t.column("meta").to_pylist())]
+
+    def ids(self, rows: np.ndarray) -> list[str]:
+        return self.table.column("id").take(pa.array(rows, type=pa.int64())).to_pylist()
+
+
+def _empty_base() -> _Base:
+    return _Base(None, np.zeros(0, dtype=np.int64))
+
+
+class IdStore:
+    """Maps int64 keys to (external id, code, meta); see the module docstring for the layout."""
+
+    def __init__(self, code_bytes: int) -> None:
+        if code_bytes <= 0:
+            raise ValueError(f"code_bytes must be positive, got {code_bytes}")
+        self.code_bytes = int(code_bytes)
+        self._base = _empty_base()
+        self._overlay: dict[int, StoredItem] = {}
+        self._overlay_bytes = 0
+        self._count = 0
+        self._lock = threading.Lock()  # writers; readers rely on atomic dict/set operations
+
+    # -- reads ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def get_many(self, hashes: Iterable[int] | np.ndarray) -> list[StoredItem | None]:
+        """Items for int64 keys (None where absent)."""
+        hashes = np.asarray(hashes, dtype=np.int64).reshape(-1)
+        base, overlay = self._base, self._overlay
+        out: list[StoredItem | None] = [overlay.get(h) for h in hashes.tolist()]
+        missing = np.array([i for i, item in enumerate(out) if item is None], dtype=np.int64)
+        if len(missing) and len(base):
+            rows = base.rows_of(hashes[missing])
+            hit = rows >= 0
+            for i, item in zip(missing[hit].tolist(), base.items(rows[hit])):
+                out[i] = item
+        return out
+
+    def get_by_hash(self, h: int) -> StoredItem | None:
+        return self.get_many([h])[0]
+
+    def get(self, ext_id: str) -> StoredItem | None:
+        """The item stored under this external id, or None."""
+        item = self.get_by_hash(id_hash(ext_id))
+        return item if item is not None and item.id == ext_id else None
+
+    def ids_of(self, hashes: np.ndarray) -> list[str | None]:
+        """External ids for int64 keys (None where absent); cheaper than get_many."""
+        hashes = np.asarray(hashes, dtype=np.int64).reshape(-1)
+        base, overlay = self._base, self._overlay
+        out: list[str | None] = []
+        missing = []
+        for i, h in enumerate(hashes.tolist()):
+            item = overlay.get(h)
+            out.append(None if item is None else item.id)
+            if item is None:
+                missing.append(i)
+        if missing and len(base):
+            idx = np.array(missing, dtype=np.int64)
+            rows = base.rows_of(hashes[idx])
+            hit = rows >= 0
+            for i, ext in zip(idx[hit].tolist(), base.ids(rows[hit])):
+                out[i] = ext
+        return out
+
+    def check_collisions(self, ext_ids: Sequence[str], hashes: np.ndarray) -> None:
+        """Raise HashCollisionError if a key is held by (or requested for) a different id."""
+        seen: dict[int, str] = {}
+        for ext, h in zip(ext_ids, hashes.tolist()):
+            other = seen.setdefault(h, ext)
+            if other != ext:
+                raise HashCollisionError(
+                    f"ids {other!r} and {ext!r} have the same 64-bit hash {h}; rename one of them")
+        for ext, item in zip(ext_ids, self.get_many(hashes)):
+            if item is not None and item.id != ext:
+                raise HashCollisionError(
+                    f"id {ext!r} has the same 64-bit hash as stored id {item.id!r}; "
+                    f"rename it (the stored item was left unchanged)")
+
+    def iter_codes(self, batch: int = _BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All live (int64 keys, codes (n, code_bytes)) in batches, e.g. to rebuild an index."""
+        base, overlay = self._base, self._overlay
+        for start in range(0, len(base), batch):
+            rows = np.arange(start, min(start + batch, len(base)))
+            if base.dead:
+                rows = rows[[r not in base.dead for r in rows.tolist()]]
+            codes_col = base.table.column("code").take(pa.array(rows, type=pa.int64()))
+            yield base.hashes[rows].copy(), self._codes_to_numpy(codes_col)
+        items = list(overlay.items())
+        for start in range(0, len(items), batch):
+            part = items[start:start + batch]
+            hashes = np.array([h for h, _ in part], dtype=np.int64)
+            codes = np.frombuffer(b"".join(it.code for _, it in part), dtype=np.uint8)
+            yield hashes, codes.reshape(-1, self.code_bytes).copy()
+
+    def _codes_to_numpy(self, col: pa.ChunkedArray) -> np.ndarray:
+        chunks = [np.frombuffer(c.buffers()[1], dtype=np.uint8)[
+            c.offset * self.code_bytes:(c.offset + len(c)) * self.code_bytes] for c in col.chunks]
+        flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
+        return flat.reshape(-1, self.code_bytes).copy()
+
+    # -- writes ---------------------------------------------------------------------------------
+    def put(self, ext_id: str, h: int, code: bytes, meta: str) -> bool:
+        """Insert or replace; returns True when the key was new. Caller checked collisions."""
+        if len(code) != self.code_bytes:
+            raise ValueError(f"code has {len(code)} bytes, expected {self.code_bytes}")
+        with self._lock:
+            old = self._overlay.get(h)
+            is_new = old is None
+            if old is not None:
+                self._overlay_bytes -= self._item_bytes(old)
+            else:
+                row = int(self._base.rows_of(np.array([h], dtype=np.int64))[0])
+                if row >= 0:
+                    self._base.dead.add(row)  # shadowed by the overlay entry
+                    is_new = False
+            item = StoredItem(ext_id, bytes(code), meta)
+            self._overlay[h] = item
+            self._overlay_bytes += self._item_bytes(item)
+            self._count += int(is_new)
+            return is_new
+
+    def put_many(self, ext_ids: Sequence[str], hashes: np.ndarray, codes: np.ndarray,
+                 metas: Sequence[str]) -> int:
+        """Insert or replace a batch (codes (n, code_bytes)); returns how many keys were new."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        if codes.ndim != 2 or codes.shape[1] != self.code_bytes or len(codes) != len(ext_ids):
+            raise ValueError(f"codes must have shape ({len(ext_ids)}, {self.code_bytes})")
+        hashes = np.asarray(hashes, dtype=np.int64)
+        with self._lock:
+            overlay, base = self._overlay, self._base
+            in_overlay = np.fromiter((h in overlay for h in hashes.tolist()), dtype=bool,
+                                     count=len(hashes))
+            rows = np.full(len(hashes), -1, dtype=np.int64)
+            if len(base) and (~in_overlay).any():
+                rows[~in_overlay] = base.rows_of(hashes[~in_overlay])
+            base.dead.update(rows[rows >= 0].tolist())  # shadowed by the overlay entries
+            new = 0
+            raw = codes.tobytes()
+            cb = self.code_bytes
+            for i, (ext, h, meta) in enumerate(zip(ext_ids, hashes.tolist(), metas)):
+                old = overlay.get(h)
+                if old is not None:
+                    self._overlay_bytes -= self._item_bytes(old)
+                elif rows[i] < 0:
+                    new += 1
+                item = StoredItem(ext, raw[i * cb:(i + 1) * cb], meta)
+                overlay[h] = item
+                self._overlay_bytes += self._item_bytes(item)
+            self._count += new
+            return new
+
+    def delete(self, h: int) -> bool:
+        """Remove a key; returns whether it was present."""
+        with self._lock:
+            old = self._overlay.pop(h, None)
+            if old is not None:
+                self._overlay_bytes -= self._item_bytes(old)
+            row = int(self._base.rows_of(np.array([h], dtype=np.int64))[0])
+            if row >= 0:
+                self._base.dead.add(row)
+            present = old is not None or row >= 0
+            self._count -= int(present)
+            return present
+
+    @staticmethod
+    def _item_bytes(item: StoredItem) -> int:
+        # dict slot + key int + dataclass + three objects (CPython sizes, approximate)
+        return 104 + 32 + 56 + 49 + len(item.id) + 33 + len(item.code) + 49 + len(item.meta)
+
+    def memory_bytes(self) -> int:
+        """Heap bytes held for the overlay and the dead-row set (the base is memory-mapped)."""
+        return self._overlay_bytes + 72 * len(self._base.dead)
+
+    def mapped_bytes(self) -> int:
+        """Size of the memory-mapped base files (paged in on demand, evictable)."""
+        return self._base.mapped_bytes
+
+    @property
+    def overlay_size(self) -> int:
+        return len(self._overlay)
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def write_snapshot(self, out_dir: str | os.PathLike) -> int:
+        """Write base + overlay merged and sorted by hash into out_dir; returns the row count.
+
+        Writers must be paused by the caller (the shard's write lock); readers may continue.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        base, overlay = self._base, self._overlay
+        schema = _schema(self.code_bytes)
+        o_hashes = np.array(sorted(overlay), dtype=np.int64)
+        o_items = [overlay[h] for h in o_hashes.tolist()]
+        o_table = pa.table({"hash": o_hashes, "id": [i.id for i in o_items],
+                            "code": pa.array([i.code for i in o_items], type=pa.binary(self.code_bytes)),
+                            "meta": [i.meta for i in o_items]}, schema=schema)
+        insert_at = np.searchsorted(base.hashes, o_hashes)  # overlay rows go before these base rows
+        dead = np.array(sorted(base.dead), dtype=np.int64)
+        total = len(base) - len(dead) + len(o_hashes)
+        hashes_out = np.lib.format.open_memmap(out / HASHES_FILE, mode="w+", dtype=np.int64,
+                                               shape=(total,))
+        written = 0
+        with pq.ParquetWriter(out / PARQUET_FILE, schema, compression="zstd") as pw, \
+                pa.OSFile(str(out / ARROW_FILE), "wb") as sink, \
+                pa.ipc.new_file(sink, schema) as iw:
+            blocks = [(lo, min(lo + _BLOCK, len(base))) for lo in range(0, len(base), _BLOCK)]
+            blocks = blocks or [(0, 0)]
+            for j, (lo, hi) in enumerate(blocks):
+                last = j == len(blocks) - 1
+                parts = []
+                if hi > lo:
+                    keep = np.ones(hi - lo, dtype=bool)
+                    d = dead[(dead >= lo) & (dead < hi)]
+                    keep[d - lo] = False
+                    parts.append(base.table.slice(lo, hi - lo).filter(pa.array(keep)))
+                o_lo = np.searchsorted(insert_at, lo, side="left") if lo else 0
+                o_hi = len(o_hashes) if last else np.searchsorted(insert_at, hi, side="left")
+                if o_hi > o_lo:
+                    parts.append(o_table.slice(int(o_lo), int(o_hi - o_lo)))
+                if not parts:
+                    continue
+                block = pa.concat_tables(parts).sort_by("hash").combine_chunks()
+                if not len(block):
+                    continue
+                pw.write_table(block, row_group_size=1 << 17)
+                for batch in block.to_batches(max_chunksize=_BLOCK):
+                    iw.write_batch(batch)
+                hashes_out[written:written + len(block)] = block.column("hash").to_numpy()
+                written += len(block)
+        hashes_out.flush()
+        del hashes_out
+        if written != total:
+            raise RuntimeError(f"store snapshot wrote {written} rows, expected {total}")
+        return total
+
+    @classmethod
+    def open(cls, snap_dir: str | os.PathLike, code_bytes: int) -> "IdStore":
+        """Open a snapshot: memory-map the Arrow file (rebuilt from Parquet if missing)."""
+        src = Path(snap_dir)
+        store = cls(code_bytes)
+        if not (src / PARQUET_FILE).exists() and not (src / ARROW_FILE).exists():
+            raise FileNotFoundError(f"no store snapshot in {src}")
+        if not ((src / ARROW_FILE).exists() and (src / HASHES_FILE).exists()):
+            _arrow_from_parquet(src)
+        mm = pa.memory_map(str(src / ARROW_FILE), "r")
+        table = pa.ipc.open_file(mm).read_all()
+        hashes = np.load(src / HASHES_FILE, mmap_mode="r", allow_pickle=False)
+        if len(table) != len(hashes) or table.schema.field("code").type != pa.binary(code_bytes):
+            raise ValueError(f"corrupt store snapshot in {src}: {len(table)} rows, "
+                             f"{len(hashes)} hashes, code type {table.schema.field('code').type}")
+        mapped = (src / ARROW_FILE).stat().st_size + (src / HASHES_FILE).stat().st_size
+        store._base = _Base(table, hashes, mapped)
+        store._count = len(table)
+        return store
+
+
+def _arrow_from_parquet(src: Path) -> None:
+    """Rebuild the memory-mappable Arrow file and hash array from the Parquet copy."""
+    pf = pq.ParquetFile(src / PARQUET_FILE)
+    n = pf.metadata.num_rows
+    hashes = np.lib.format.open_memmap(src / (HASHES_FILE + ".tmp"), mode="w+", dtype=np.int64,
+                                       shape=(n,))
+    done = 0
+    with pa.OSFile(str(src / (ARROW_FILE + ".tmp")), "wb") as sink, \
+            pa.ipc.new_file(sink, pf.schema_arrow) as iw:
+        for batch in pf.iter_batches(batch_size=_BLOCK):
+            iw.write_batch(batch)
+            hashes[done:done + len(batch)] = batch.column("hash").to_numpy()
+            done += len(batch)
+    hashes.flush()
+    del hashes
+    if n and (np.diff(np.load(src / (HASHES_FILE + ".tmp"), mmap_mode="r")) < 0).any():
+        raise ValueError(f"corrupt store snapshot in {src}: Parquet rows are not sorted by hash")
+    os.replace(src / (HASHES_FILE + ".tmp"), src / HASHES_FILE)
+    os.replace(src / (ARROW_FILE + ".tmp"), src / ARROW_FILE)
+    print(f"neardup: rebuilt {ARROW_FILE} from {PARQUET_FILE} in {src}", file=sys.stderr)

@@ -1,0 +1,330 @@
+"""ShardActor in-process (add/search/remove/get/stats, restart, snapshot + WAL replay, compaction)
+and as a real Ray actor that is killed and restarted by Ray."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+
+import shards.store as store_mod
+from shards.actor import ShardActor
+from shards.store import HashCollisionError
+from shards.wal import replay
+
+BITS = 128
+
+
+def codes_for(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, BITS // 8), dtype=np.uint8)
+
+
+def near(code: np.ndarray, d: int, seed: int = 0) -> np.ndarray:
+    bits = np.unpackbits(code)
+    bits[np.random.default_rng(seed).choice(len(bits), d, replace=False)] ^= 1
+    return np.packbits(bits)
+
+
+def names(n: int, prefix: str = "img") -> list[str]:
+    return [f"{prefix}/{i:05d}.jpg" for i in range(n)]
+
+
+@pytest.fixture
+def shard(tmp_path):
+    a = ShardActor(3, str(tmp_path / "s"), BITS, snapshot_every=1000)
+    yield a
+    a.close()
+
+
+def test_add_search_get_contains_stats(shard):
+    ids, codes = names(300), codes_for(300)
+    metas = [{"path": f"/data/{i}.jpg"} for i in ids]
+    assert shard.add(ids, codes, metas) == {"added": 300, "replaced": 0, "unchanged": 0}
+    # searchable as soon as add returns
+    q = np.stack([near(codes[7], 5, 1), codes[8], near(codes[9], 12, 2)])
+    res = shard.search(q, k=3)
+    assert [r[0]["id"] for r in res] == [ids[7], ids[8], ids[9]]
+    assert [r[0]["distance"] for r in res] == [5, 0, 12]
+    for r in res:
+        assert [(h["distance"], h["id"]) for h in r] == sorted((h["distance"], h["id"]) for h in r)
+        assert set(r[0]) == {"id", "distance"}
+    within = shard.search(q, k=10, radius=6)
+    assert [[h["id"] for h in r] for r in within] == [[ids[7]], [ids[8]], []]
+    assert shard.search(q[:1], k=1, with_meta=True)[0][0]["meta"] == {"path": f"/data/{ids[7]}.jpg"}
+    assert shard.search(codes[0], k=1)[0][0]["id"] == ids[0]  # a single 1-D code works too
+    assert shard.search(q, k=0) == [[], [], []]
+
+    got = shard.get(ids[5])
+    assert got == {"id": ids[5], "code": codes[5].tobytes().hex(), "meta": metas[5]}
+    assert shard.get("missing.jpg") is None
+    assert shard.contains([ids[0], "missing.jpg"]) == [True, False]
+
+    st = shard.stats()
+    assert st["shard_id"] == 3 and st["count"] == 300 and st["bits"] == BITS
+    assert st["state"] == "ready" and st["pid"] == os.getpid() and st["node_id"] is None
+    assert st["index_kind"] == "mihc" and st["memory_bytes"] > 0 and st["wal_records"] == 300
+    assert shard.ping() == "pong"
+
+
+def test_add_is_idempotent_and_replaces(shard):
+    ids, codes = names(50), codes_for(50)
+    shard.add(ids, codes, [{"v": 1}] * 50)
+    assert shard.add(ids, codes, [{"v": 1}] * 50) == {"added": 0, "replaced": 0, "unchanged": 50}
+    assert shard.add(ids[:5], codes[:5]) == {"added": 0, "replaced": 0, "unchanged": 5}  # no metas: kept
+    new = codes_for(2, seed=99)
+    out = shard.add([ids[0], ids[1], "fresh"], np.stack([new[0], codes[1], new[1]]),
+                    [{"v": 2}, {"v": 3}, None])
+    assert out == {"added": 1, "replaced": 2, "unchanged": 0}
+    assert shard.get(ids[0])["code"] == new[0].tobytes().hex()
+    assert shard.get(ids[1])["meta"] == {"v": 3} and shard.get("fresh")["meta"] == {}
+    hit = shard.search(codes[0], k=1)[0]
+    assert all(h["distance"] > 0 for h in hit)  # the old code is gone from the index
+    assert shard.search(new[0], k=1)[0][0] == {"id": ids[0], "distance": 0}
+    assert shard.stats()["count"] == 51
+
+
+def test_remove_then_no_match(shard):
+    ids, codes = names(100), codes_for(100)
+    shard.add(ids, codes)
+    assert shard.remove([ids[3], ids[4], "never-added", ids[3]]) == 2
+    assert shard.remove([ids[3]]) == 0
+    res = shard.search(codes[3:5], k=5, radius=20)
+    assert all(h["id"] not in (ids[3], ids[4]) for r in res for h in r)
+    assert shard.get(ids[3]) is None and shard.contains([ids[3]]) == [False]
+    assert shard.stats()["count"] == 98
+    assert shard.add([ids[3]], codes[3:4]) == {"added": 1, "replaced": 0, "unchanged": 0}
+    assert shard.search(codes[3], k=1)[0][0]["id"] == ids[3]
+
+
+def test_restart_keeps_adds_and_deletes(tmp_path):
+    d = str(tmp_path / "s")
+    a = ShardActor(0, d, BITS)
+    ids, codes = names(200), codes_for(200)
+    a.add(ids, codes, [{"n": i} for i in range(200)])
+    a.remove(ids[:10])
+    a.add([ids[20]], codes_for(1, seed=5))  # replaced
+    del a  # no close: like a killed process
+    b = ShardActor(0, d, BITS)
+    assert b.stats()["count"] == 190 and b.stats()["replayed"] == 211
+    assert b.get(ids[5]) is None and b.get(ids[50])["meta"] == {"n": 50}
+    assert b.get(ids[20])["code"] == codes_for(1, seed=5)[0].tobytes().hex()
+    assert b.search(codes[50], k=1)[0][0]["id"] == ids[50]
+    assert all(h["id"] not in ids[:10] for r in b.search(codes[:10], k=3, radius=10) for h in r)
+    b.close()
+
+
+def test_snapshot_then_wal_replay(tmp_path):
+    d = tmp_path / "s"
+    a = ShardActor(1, str(d), BITS, snapshot_every=100)
+    ids, codes = names(450), codes_for(450)
+    for s in range(0, 450, 50):
+        a.add(ids[s:s + 50], codes[s:s + 50], [{"i": i} for i in range(s, s + 50)])
+    st = a.stats()
+    assert st["generation"] >= 3 and st["wal_records"] < 150  # snapshots happened, WAL rotated
+    a.remove(ids[400:410])
+    gen = st["generation"]
+    assert json.loads((d / "CURRENT").read_text())["generation"] == gen
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        ["CURRENT", "shard.json", f"snapshot-{gen:08d}", f"wal-{gen:08d}.log"])
+    wal_ids = [r.id for r in replay(d / f"wal-{gen:08d}.log")]
+    assert ids[405] in wal_ids  # the deletes are in the log after the snapshot
+    del a
+    b = ShardActor(1, str(d), BITS, snapshot_every=100)
+    assert b.stats()["count"] == 440 and b.stats()["generation"] == gen
+    assert b.get(ids[0])["meta"] == {"i": 0} and b.get(ids[405]) is None
+    assert b.search(codes[420], k=1)[0][0]["id"] == ids[420]
+    snap = b.snapshot()
+    assert snap["generation"] == gen + 1 and snap["count"] == 440
+    b.close()
+    c = ShardActor(1, str(d), BITS)
+    assert c.stats()["count"] == 440 and c.stats()["replayed"] == 0
+    c.close()
+
+
+def test_crash_leftovers_are_recovered(tmp_path):
+    d = tmp_path / "s"
+    a = ShardActor(0, str(d), BITS)
+    ids, codes = names(60), codes_for(60)
+    a.add(ids[:30], codes[:30])
+    a.snapshot()
+    a.add(ids[30:], codes[30:])
+    gen = a.stats()["generation"]
+    a.close()
+    # a crash in the middle of the next snapshot: its temp dir and the next WAL exist
+    (d / f"snapshot-{gen + 1:08d}.tmp").mkdir()
+    (d / f"snapshot-{gen + 1:08d}.tmp" / "junk").write_text("partial")
+    with open(d / f"wal-{gen:08d}.log", "ab") as f:  # and a torn record at the end of the log
+        f.write(b"\x40\x00\x00\x00\x01\x02")
+    b = ShardActor(0, str(d), BITS)
+    assert b.stats()["count"] == 60 and b.search(codes[45], k=1)[0][0]["id"] == ids[45]
+    assert not (d / f"snapshot-{gen + 1:08d}.tmp").exists()
+    b.add(["after"], codes_for(1, 7))  # appends go after the cut tail
+    b.close()
+    c = ShardActor(0, str(d), BITS)
+    assert c.stats()["count"] == 61
+    c.close()
+
+
+def test_compaction(tmp_path):
+    d = str(tmp_path / "s")
+    a = ShardActor(0, d, BITS)
+    ids, codes = names(500), codes_for(500)
+    a.add(ids, codes)
+    a.remove(ids[::2])
+    assert a.stats()["tombstones"] == 250
+    out = a.compact()
+    assert out["purged"] == 250 and out["count"] == 250
+    st = a.stats()
+    assert st["tombstones"] == 0 and st["index_count"] == 250 and st["wal_records"] == 0
+    assert a.search(codes[1], k=1)[0][0]["id"] == ids[1]
+    assert all(h["id"] not in ids[::2] for r in a.search(codes[:20], k=5) for h in r)
+    a.close()
+    b = ShardActor(0, d, BITS)
+    assert b.stats()["count"] == 250 and b.stats()["tombstones"] == 0
+    b.close()
+
+
+def test_kind_change_rebuilds_and_bits_mismatch_refused(tmp_path):
+    d = str(tmp_path / "s")
+    a = ShardActor(0, d, BITS, kind="flat")
+    ids, codes = names(80), codes_for(80)
+    a.add(ids, codes)
+    a.snapshot()
+    a.remove(ids[:5])
+    a.close()
+    b = ShardActor(0, d, BITS, kind="mihc", index_params={"nflip": 2})
+    st = b.stats()
+    assert st["index_kind"] == "mihc" and st["index_params"]["nflip"] == 2 and st["count"] == 75
+    assert b.search(codes[40], k=1)[0][0]["id"] == ids[40] and b.get(ids[0]) is None
+    b.close()
+    with pytest.raises(ValueError, match="64-bit"):
+        ShardActor(0, d, 64)
+
+
+def test_bad_input_is_rejected_cleanly(shard):
+    c = codes_for(2)
+    with pytest.raises(ValueError, match="list of strings"):
+        shard.add("abc", c)
+    with pytest.raises(ValueError, match="non-empty"):
+        shard.add(["", "x"], c)
+    with pytest.raises(ValueError, match="shape"):
+        shard.add(["a", "b"], np.zeros((2, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        shard.add(["a", "b"], c.astype(np.float32))
+    with pytest.raises(ValueError, match="2 ids"):
+        shard.add(["a", "b"], codes_for(3))
+    with pytest.raises(ValueError, match="duplicate"):
+        shard.add(["a", "a"], c)
+    with pytest.raises(ValueError, match="dict"):
+        shard.add(["a", "b"], c, ["x", "y"])
+    with pytest.raises(ValueError, match="JSON"):
+        shard.add(["a", "b"], c, [{"x": object()}, {}])
+    with pytest.raises(ValueError, match="too long"):
+        shard.add(["x" * 2000, "b"], c)
+    with pytest.raises(ValueError, match="k must"):
+        shard.search(c, k=-1)
+    with pytest.raises(ValueError, match="radius"):
+        shard.search(c, k=3, radius=-1)
+    with pytest.raises(ValueError, match="non-empty"):
+        shard.get("")
+    assert shard.stats()["count"] == 0 and shard.stats()["wal_records"] == 0
+
+
+def test_hash_collision_is_rejected(shard, monkeypatch):
+    real = store_mod._hash64
+    monkeypatch.setattr(store_mod, "_hash64",
+                        lambda data: 7 if data in (b"first", b"second") else real(data))
+    c = codes_for(2)
+    shard.add(["first"], c[:1])
+    with pytest.raises(HashCollisionError, match="first"):
+        shard.add(["ok", "second"], c)
+    assert shard.contains(["first", "ok", "second"]) == [True, False, False]
+    assert shard.get("first")["code"] == c[0].tobytes().hex()
+    assert shard.stats()["wal_records"] == 1  # nothing of the rejected batch was logged
+
+
+def test_concurrent_searches_during_adds(shard):
+    ids, codes = names(6000), codes_for(6000)
+    shard.add(ids[:500], codes[:500])
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer():
+        try:
+            for s in range(500, 6000, 250):
+                shard.add(ids[s:s + 250], codes[s:s + 250])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def reader():
+        rng = np.random.default_rng()
+        try:
+            while not done.is_set():
+                j = int(rng.integers(0, 500))
+                assert shard.search(codes[j], k=2)[0][0]["id"] == ids[j]
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader),
+               threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert shard.stats()["count"] == 6000
+
+
+# ------------------------------------------------------------------------------------------------
+# as a real Ray actor
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def _wait_restarted(actor, old_pid: int, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            st = ray.get(actor.stats.remote(), timeout=10)
+            if st["pid"] != old_pid:
+                return st
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("shard actor was not restarted")
+        time.sleep(0.2)
+
+
+def test_ray_actor_survives_kill(ray_cluster, tmp_path):
+    Shard = ray.remote(ShardActor).options(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
+    actor = Shard.remote(0, str(tmp_path / "shard-0"), BITS, snapshot_every=150)
+    ids, codes = names(400), codes_for(400)
+    acks = [ray.get(actor.add.remote(ids[s:s + 100], codes[s:s + 100], [{"s": s}] * 100))
+            for s in range(0, 400, 100)]
+    assert sum(a["added"] for a in acks) == 400
+    assert ray.get(actor.remove.remote(ids[:7])) == 7
+    before = ray.get(actor.stats.remote())
+    assert before["node_id"] == ray.get_runtime_context().get_node_id()
+
+    ray.kill(actor, no_restart=False)
+    after = _wait_restarted(actor, before["pid"])
+    assert after["count"] == 393 and after["generation"] == before["generation"]
+    res = ray.get(actor.search.remote(codes[100:103], 1, None, True))
+    assert [r[0]["id"] for r in res] == ids[100:103]
+    assert res[0][0]["meta"] == {"s": 100}
+    assert ray.get(actor.get.remote(ids[3])) is None
+    assert ray.get(actor.contains.remote([ids[399], ids[0]])) == [True, False]
+    # keeps accepting writes after the restart
+    assert ray.get(actor.add.remote(["after-restart"], codes_for(1, 3)))["added"] == 1
+    ray.kill(actor, no_restart=True)

@@ -1,0 +1,126 @@
+"""The shard benchmark at toy sizes: it runs end to end and its correctness checks hold.
+
+No timing assertions here (speed targets live in bench/results); this keeps the bench working.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench import common
+from bench import shard_bench as sb
+
+TINY = ["--grid", "quick", "--queries-per-bucket", "8", "--latency-queries", "16", "--threads", "1",
+        "--batch-size", "16", "--add-batch", "700"]
+
+
+def _result(out_dir, tag):
+    [path] = list(out_dir.glob(f"shard_*_{tag}.json"))
+    return json.loads(path.read_text())
+
+
+def test_flip_bits_gives_exact_distances():
+    rng = np.random.default_rng(1)
+    codes = np.frombuffer(rng.bytes(50 * 16), np.uint8).reshape(50, 16)
+    dists = rng.integers(0, 40, 50)
+    flipped = sb.flip_bits(codes, dists, rng)
+    assert (np.bitwise_count(flipped ^ codes).sum(axis=1) == dists).all()
+
+
+def test_ids_map_back_to_rows():
+    rows = np.array([0, 1, 2, 12345, 10 ** 9], dtype=np.int64)
+    ids = sb.ids_for_rows(rows)
+    assert len(set(ids.tolist())) == len(rows) and (ids >= 0).all()
+    assert (sb.rows_for_ids(ids) == rows).all()
+
+
+def test_cost_curve_fit_and_counts():
+    ns = [10 ** 6, 2 * 10 ** 6, 5 * 10 ** 6, 10 ** 7]
+    fit = common.fit_cost_curve(ns, [0.2 + 3e-7 * n for n in ns])
+    assert fit["model"] == "linear" and not fit["low_confidence"]
+    assert common.eval_cost_curve(fit, 2e8) == pytest.approx(0.2 + 3e-7 * 2e8, rel=1e-6)
+    assert common.fit_cost_curve(ns[:2], [1.0, 2.0])["low_confidence"]
+    assert common.fit_cost_curve(ns[:1], [1.0]) is None
+    assert common.parse_count("1.5M") == 1_500_000 and common.format_count(200_000) == "200k"
+    with pytest.raises(ValueError):
+        common.parse_count("lots")
+
+
+def test_machine_info_has_the_basics():
+    info = common.machine_info()
+    for key in ("cpu_model", "cores", "ram_bytes", "os", "python", "numpy", "faiss", "git", "date"):
+        assert info[key] is not None, key
+
+
+def test_tiny_run_writes_json_plot_and_table(tmp_path):
+    assert sb.main(["--sizes", "1500,3000", "--out-dir", str(tmp_path), "--tag", "t", *TINY]) == 0
+    doc = _result(tmp_path, "t")
+    assert doc["status"] == "complete" and doc["sizes_done"] == [1500, 3000]
+    assert doc["machine"]["git"]["commit"] and doc["params"]["sizes"] == [1500, 3000]
+    kinds = {r["kind"] for r in doc["results"]}
+    assert kinds == {"mihc", "mih", "hnsw", "ivf", "flat"}
+    for r in doc["results"]:
+        assert r["source"] == "measured" and r["distance_errors"] == 0, r["label"]
+        assert r["load"]["same_results"], r["label"]
+        assert r["latency"]["n_queries"] == 16 and len(r["latency"]["quantiles_ms"]) == 101
+        assert r["memory"]["index_bytes"] > 0 and r["build"]["codes_per_s"] > 0
+        if r["kind"] == "flat":
+            assert all(v == 1.0 for v in r["recall_at_10"].values())
+        if r["kind"] == "mihc":  # pigeonhole: 8 chunks x (nflip 1 + 1) finds everything within 15 bits
+            assert r["recall_at_10"]["4"] == r["recall_at_10"]["8"] == r["recall_at_10"]["12"] == 1.0
+    assert doc["ground_truth"][0]["duplicate_is_nearest"] == 1.0
+    assert {e["source"] for e in doc["extrapolated"]} == {"extrapolated"}
+    assert all(e["n"] == 200_000_000 and e["fanout"]["shards"] == 5 for e in doc["extrapolated"])
+    assert (tmp_path / f"shard_{doc['params']['date']}_t.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / f"shard_{doc['params']['date']}_t_table.md").read_text()
+    assert "**mihc** (default)" in table and "hnsw" in table
+
+
+def _codes_table(ids, paths, codes):
+    return pa.table({"id": ids, "path": paths,
+                     "code": pa.FixedSizeBinaryArray.from_buffers(
+                         pa.binary(codes.shape[1]), len(codes), [None, pa.py_buffer(codes.tobytes())])})
+
+
+def test_real_codes_path(tmp_path):
+    rng = np.random.default_rng(3)
+    refs = np.frombuffer(rng.bytes(40 * 16), np.uint8).reshape(40, 16)
+    names = [f"img_{i:02d}" for i in range(40)]
+    pq.write_table(_codes_table([f"{n}.jpg" for n in names], [f"/c/{n}.jpg" for n in names], refs),
+                   tmp_path / "refs.parquet")
+    dists = np.tile([2, 6, 10, 14], 10)
+    queries = sb.flip_bits(refs, dists, rng)
+    q_names = [f"{n}__crop.jpg" for n in names]
+    pq.write_table(_codes_table(q_names, [f"/q/{n}" for n in q_names], queries), tmp_path / "q.parquet")
+    argv = ["--sizes", "2000", "--out-dir", str(tmp_path), "--tag", "r", "--kinds", "mihc,flat",
+            "--real-codes", str(tmp_path / "refs.parquet"), "--real-queries", str(tmp_path / "q.parquet"), *TINY]
+    assert sb.main(argv) == 0
+    doc = _result(tmp_path, "r")
+    assert doc["real_codes"]["n_queries"] == 40 and doc["real_codes"]["unmatched_queries"] == 0
+    for r in doc["results"]:
+        assert r["query_source"] == "real"
+        assert r["recall_at_10"]["<=16"] == 1.0, r["label"]
+
+
+def test_bad_flags_give_one_line_errors(capsys, tmp_path):
+    assert sb.main(["--sizes", "0", "--out-dir", str(tmp_path)]) == 2
+    assert sb.main(["--kinds", "nope", "--out-dir", str(tmp_path)]) == 2
+    assert sb.main(["--sizes", "30M", "--out-dir", str(tmp_path)]) == 2
+    assert sb.main(["--real-codes", str(tmp_path / "missing.parquet"), "--real-queries", "x",
+                    "--sizes", "1000", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown index kind" in err and "--gpu" in err and "not found" in err
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_gpu_flag_skips_cleanly_without_faiss_gpu(capsys, tmp_path):
+    ok, _why = sb.gpu_available()
+    if ok:
+        pytest.skip("this machine has FAISS GPU support")
+    assert sb.main(["--gpu", "--sizes", "1000", "--out-dir", str(tmp_path)]) == 0
+    assert "skipped" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json"))

@@ -1,0 +1,152 @@
+"""deephash: shapes, bit packing, determinism, weights round trip, bundled weights, real-file matching."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from encoders.augment import apply_family
+from encoders.base import hamming, unpack_bits
+from encoders.deephash import (WEIGHTS_DIR, Backbone, DeepHashEncoder, DeepHashNet, build_deephash,
+                               bundled_weights, load_model, read_metadata, save_weights)
+from encoders.decode import load_image
+
+torch.set_num_threads(1)
+SIZE = 64  # small inputs keep the random-model tests fast
+
+
+def _model(bits: int = 128, seed: int = 0) -> DeepHashNet:
+    torch.manual_seed(seed)
+    model = DeepHashNet("mobilenet_v3_small", bits).eval()
+    with torch.no_grad():  # spread BN running stats so codes are not all-equal at init
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_var.fill_(1e-4)
+    return model
+
+
+def _batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("bits", [64, 128, 256])
+def test_shapes_and_packing(bits):
+    model = _model(bits)
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        t = model(x)
+    assert t.shape == (3, bits) and t.abs().max() <= 1
+    enc = DeepHashEncoder(model, input_size=SIZE, device="cpu")
+    codes = enc.encode_batch(_batch(3))
+    assert codes.shape == (3, bits // 8) and codes.dtype == np.uint8
+    with torch.no_grad():
+        signs = model.logits(enc._to_tensor(_batch(3))) > 0
+    assert np.array_equal(unpack_bits(codes).astype(bool), signs.numpy())  # MSB-first packing of sign(h)
+
+
+def test_bits_must_be_a_multiple_of_8():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        DeepHashNet("mobilenet_v3_small", 100)
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        Backbone.parse("vgg99")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18"])
+def test_backbones_build_feature_maps(name):
+    module, channels = Backbone(name).build()
+    with torch.no_grad():
+        fmap = module.eval()(torch.randn(1, 3, SIZE, SIZE))
+    assert fmap.ndim == 4 and fmap.shape[1] == channels
+
+
+def test_codes_match_across_batch_sizes_and_runs():
+    model = _model()
+    batch = _batch(8, seed=1)
+    enc = DeepHashEncoder(model, input_size=SIZE, device="cpu")
+    whole = enc.encode_batch(batch)
+    one_by_one = np.concatenate([enc.encode_batch(batch[i:i + 1]) for i in range(8)])
+    again = DeepHashEncoder(_model(), input_size=SIZE, device="cpu").encode_batch(batch)
+    assert np.array_equal(whole, one_by_one)
+    assert np.array_equal(whole, again)
+
+
+def test_wrong_batch_shape_is_a_clear_error():
+    enc = DeepHashEncoder(_model(), input_size=SIZE, device="cpu")
+    with pytest.raises(ValueError, match="expected uint8 batch"):
+        enc.encode_batch(np.zeros((2, SIZE + 1, SIZE, 3), np.uint8))
+
+
+def test_tta_variants_shape_and_identity_first():
+    enc = DeepHashEncoder(_model(), input_size=SIZE, device="cpu", tta="flip_rot90")
+    batch = _batch(2)
+    v = enc.encode_variants(batch)
+    assert v.shape == (2, 4, 16)
+    assert np.array_equal(v[:, 0], enc.encode_batch(batch))
+    with pytest.raises(ValueError, match="tta"):
+        DeepHashEncoder(_model(), input_size=SIZE, device="cpu", tta="spin")
+
+
+def test_weights_round_trip(tmp_path):
+    model = _model(64, seed=3)
+    path = save_weights(model, tmp_path / "w.safetensors", input_size=SIZE, extra={"note": "test"})
+    meta = read_metadata(path)
+    assert meta["backbone"] == "mobilenet_v3_small" and meta["bits"] == "64" and meta["input_size"] == str(SIZE)
+    enc = build_deephash(weights=path, device="cpu")
+    assert enc.bits == 64 and enc.input_size == SIZE and enc.name == "deephash"
+    ref = DeepHashEncoder(model, input_size=SIZE, device="cpu")
+    assert np.array_equal(enc.encode_batch(_batch(4)), ref.encode_batch(_batch(4)))
+    with pytest.raises(ValueError, match="64-bit"):
+        build_deephash(weights=path, bits=128)
+
+
+def test_bad_weights_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="safetensors"):
+        load_model(junk)
+
+
+def _bundled():
+    try:
+        return bundled_weights()
+    except FileNotFoundError as exc:
+        pytest.skip(f"bundled weights not trained yet: {exc}")
+
+
+def test_bundled_weights_load_and_are_small():
+    path = _bundled()
+    assert path.parent == WEIGHTS_DIR and path.stat().st_size < 20 * 2**20
+    enc = build_deephash(device="cpu")
+    assert enc.bits == 128
+    from encoders.registry import get_encoder
+    assert get_encoder("deephash", device="cpu").bits == 128
+
+
+def test_edited_copy_is_closer_than_unrelated_image(tmp_path, photo_dir):
+    """On real JPEG/PNG files: each edited copy's nearest original is its source, for most edits."""
+    _bundled()
+    enc = build_deephash(device="cpu")
+    originals = sorted(photo_dir.iterdir())
+    rng = np.random.default_rng(0)
+    queries, truth = [], []
+    for i, src in enumerate(originals[:6]):
+        for fam in ("jpeg", "downscale", "text_overlay", "center_crop", "pad", "brightness_contrast"):
+            path = tmp_path / f"{src.stem}_{fam}.jpg"
+            apply_family(fam, load_image(src), rng).save(path, quality=90)
+            queries.append(load_image(path))
+            truth.append(i)
+    refs = enc.encode([load_image(p) for p in originals])
+    d = hamming(enc.encode(queries), refs)
+    truth = np.array(truth)
+    d_true = d[np.arange(len(truth)), truth]
+    d_masked = d.copy()
+    d_masked[np.arange(len(truth)), truth] = 10_000
+    closer = d_true < d_masked.min(axis=1)
+    assert closer.mean() >= 0.9, f"only {closer.mean():.2f} of edited copies are nearest their source"
+    assert np.median(d_true) < np.median(d_masked.min(axis=1))
