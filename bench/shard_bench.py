@@ -675,7 +675,7 @@ def measure_search(run: Run, index: Any, kind: str, build_params: dict, variant:
         "n": n, "kind": kind, "params": params, "build_params": build_params, "label": label_of(kind, params),
         "source": "measured", "query_source": work.source, "k": cfg.k, **rec,
         "latency": lat,
-        "batched": {"qps": len(work.queries) / secs, "batch_size": batch, "n_queries": len(work.queries),
+        "batched": {"qps": len(work.queries) / secs, "batch_size": min(batch, len(work.queries)), "n_queries": len(work.queries),
                     "peak_rss_delta_bytes": peak},
         "build": built["build"], "memory": built["memory"],
         "load_avg_1m": {"before": la0[0] if la0 else None, "after": la1[0] if la1 else None},

@@ -25,6 +25,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     """Attach to ``address`` (e.g. "auto"), or start an embedded local Ray when None."""
     if ray.is_initialized():
         return
+    quiet_driver_logs()
     address = address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit`
     kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("log_to_driver", False)
@@ -34,6 +35,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def quiet_driver_logs() -> None:
+    """Keep the CLI's output readable: our own progress bars, Ray's warnings and errors only."""
+    import logging
+    from ray.data import DataContext
+    for name in ("ray.data", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
 
 
 def shard_name(i: int) -> str:

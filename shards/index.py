@@ -901,9 +901,8 @@ class CompactMIHIndex(BinaryIndex):
     def _relayout(self, extra_keys: np.ndarray) -> None:
         """New bucket capacities = (count + extra) * growth + 3; move the postings over.
 
-        Done table by table (temporaries stay at a few arrays of 2^b). Capacities never
-        shrink, so each old bucket region (entries and slack) moves as one block to its new
-        start: one shift per slot.
+        Done table by table. Capacities never shrink, so the new table is the old one with
+        extra slots inserted at bucket ends: one boolean-mask copy per table.
         """
         nh, nb, g = self.params["nhash"], self._nbuckets, self.params["growth"]
         old_starts = self._starts
@@ -921,16 +920,14 @@ class CompactMIHIndex(BinaryIndex):
             new_starts[t, 0] = offset
             offset += int(ends[-1])
         new_post = np.empty(offset, dtype=np.uint32)
-        step = 1 << 16  # buckets per block: bounds the temporaries
         for t in range(nh):
             old_t = old_starts[t].astype(np.int64)
             new_t = new_starts[t].astype(np.int64)
-            for s in range(0, nb, step):
-                e = min(s + step, nb)
-                lo, hi = old_t[s], old_t[e]
-                if hi > lo:
-                    shift = np.repeat(new_t[s:e] - old_t[s:e], np.diff(old_t[s:e + 1]))
-                    new_post[np.arange(lo, hi) + shift] = self._post[lo:hi]
+            old_caps = np.diff(old_t)
+            gaps = np.diff(new_t) - old_caps  # slots added at the end of each bucket
+            keep = np.ones(new_t[-1] - new_t[0], dtype=bool)
+            keep[_concat_ranges(new_t[:-1] - new_t[0] + old_caps, gaps)] = False
+            new_post[new_t[0]:new_t[-1]][keep] = self._post[old_t[0]:old_t[-1]]
         self._post, self._starts = new_post, new_starts
 
     # -- search ---------------------------------------------------------------------------------
