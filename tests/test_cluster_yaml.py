@@ -15,3 +15,21 @@ def test_cluster_yaml_validates():
     assert types["gpu_encoder"]["resources"]["GPU"] == 1
     assert cfg["head_node_type"] in types
     assert any("pip install" in c for c in cfg["setup_commands"])
+
+
+def test_serve_yaml_validates_and_names_our_deployments():
+    from ray.serve.schema import ServeDeploySchema
+    cfg = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve.yaml").read_text()))
+    app = cfg.applications[0]
+    assert app.import_path == "rayapp.serve:app_builder"
+    names = {d.name for d in app.deployments}
+    assert names == {"Ingress", "Encoder"}
+    from rayapp import serve as serve_module
+    built = serve_module.app_builder({"config": str(ROOT / "neardup.yaml")})
+    assert built is not None  # binds only; starts nothing
+
+
+def test_example_config_loads():
+    from rayapp.config import load_config
+    cfg = load_config(ROOT / "neardup.yaml", env={})
+    assert cfg.serve.host == "0.0.0.0" and cfg.shards.placement == "auto"
