@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shards.index import DEFAULT_KIND, BinaryIndex, load_index, make_index
+from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.store import IdStore, hash_ids
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, fsync_dir, fsync_tree, replay
 
@@ -37,6 +37,7 @@ CURRENT_FILE = "CURRENT"
 MAX_ID_BYTES = 1024
 MAX_META_BYTES = 64 * 1024
 MAX_K = 10_000
+_REPLAY_BATCH = 10_000
 
 
 def _snap_name(gen: int) -> str:
@@ -62,7 +63,7 @@ class ShardActor:
 
     #: Snapshot when the WAL holds ``max(snapshot_every, snapshot_growth * count)`` records, so
     #: that at hundreds of millions of codes a full snapshot is not rewritten every 100k adds.
-    snapshot_growth: float = 0.25
+    snapshot_growth: float = 0.1
     #: Optional observer of every WAL fsync duration in seconds (metrics).
     fsync_observer: Callable[[float], None] | None = None
 
@@ -160,7 +161,7 @@ class ShardActor:
         batch: dict[str, WalRecord] = {}
         for rec in replay(path):
             n += 1
-            if rec.op == OP_ADD and rec.id not in batch:
+            if rec.op == OP_ADD and rec.id not in batch and len(batch) < _REPLAY_BATCH:
                 batch[rec.id] = rec
                 continue
             self._apply_records(list(batch.values()))

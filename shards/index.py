@@ -8,10 +8,11 @@ Kinds (see ``INDEX_KINDS``):
   every bucket within ``nflip`` bit flips of its chunks and re-ranks the candidates by their exact
   Hamming distance. By the pigeonhole principle every code within ``nhash * (nflip + 1) - 1``
   bits is found (15 bits for the default 8 x 16, nflip=1); farther ones are found when one chunk
-  happens to be close enough. Memory: the code, its int64 id, one alive byte and ``nhash`` uint32
-  postings (+slack): about 61 bytes per 128-bit code, plus fixed bucket tables.
-- ``mih``: FAISS ``IndexBinaryMultiHash`` (same idea in C++, but its hash maps hold int64 lists
-  and take ~170 bytes per code resident). No removal: tombstones.
+  happens to be close enough (measured: all planted duplicates at 16 bits up to 10M codes).
+  Memory: the code, its int64 id, one tombstone bit and ``nhash`` uint32 postings (+15% slack):
+  61 bytes per 128-bit code at 10M, plus ~10 MB of fixed bucket tables.
+- ``mih``: FAISS ``IndexBinaryMultiHash``: the same idea in C++, but its hash maps hold int64
+  lists in ``unordered_map`` buckets (~170-300 bytes per code resident), and no removal.
 - ``hnsw``: FAISS ``IndexBinaryHNSW``. No removal and no range search in FAISS: tombstones, and
   range search is emulated by a growing top-k search (so it is only as good as the graph recall).
 - ``ivf``: FAISS ``IndexBinaryIVF``. Buffers (and brute-forces) codes until it has enough to train.
@@ -19,8 +20,9 @@ Kinds (see ``INDEX_KINDS``):
 
 Every kind returns exact Hamming distances, sorted by (distance, id); the approximate kinds may
 miss neighbours, never misreport a distance. Missing results are padded with id -1 and distance
-``MISSING_DISTANCE``. Searches share a read lock and run concurrently (FAISS and numpy release
-the GIL); add/remove/compact take the write lock.
+``MISSING_DISTANCE``. Ties at the k-th distance are broken by id among the candidates the index
+produced (exactly for ``mihc``, which sees all of them). Searches share a read lock and run
+concurrently (FAISS and numpy release the GIL); add/remove/compact take the write lock.
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ import numpy as np
 
 MISSING_DISTANCE = np.iinfo(np.int32).max
 INDEX_KINDS = ("mihc", "mih", "hnsw", "ivf", "flat")
+# mihc: recall 1.0 for planted duplicates up to 16 bits at 0.2M-10M codes, ~61 B/code at 10M,
+# 350k adds/s; faiss mih has the same recall but 3-5x the memory; hnsw M=32 misses some and builds
+# at ~1.5k/s (measurements in the shards helper report and bench/results)
 DEFAULT_KIND = "mihc"
 FORMAT_VERSION = 1
 _META_FILE = "index.json"
@@ -757,17 +762,17 @@ class CompactMIHIndex(BinaryIndex):
     table is re-laid out with ``growth`` slack, so the cost per add stays O(1) amortised and the
     slack stays near ``growth - 1``. Removal marks rows dead (filtered on every search);
     ``compact()`` drops them and sorts rows by id so that id lookups become binary searches.
-    Params: nhash (bits // b: 8 for 128-bit codes), b (16), nflip (1), growth (1.2),
+    Params: nhash (bits // b: 8 for 128-bit codes), b (16), nflip (1), growth (1.15),
     overflow (2048).
     """
 
     kind = "mihc"
     search_params = ("nflip",)
     _MAX_B = 24  # bucket tables are dense: 2^b entries per table
-    _QUERY_CHUNK = 256  # queries per vectorised pass (bounds temporaries on big batches)
+    _QUERY_CHUNK = 32  # queries per vectorised pass (measured best; bounds temporaries)
 
     def __init__(self, bits: int = 128, nhash: int | None = None, b: int = 16, nflip: int = 1,
-                 growth: float = 1.2, overflow: int = 2048) -> None:
+                 growth: float = 1.15, overflow: int = 2048) -> None:
         nhash = bits // int(b) if nhash is None else nhash  # default: cover every bit
         nhash, b, nflip, overflow = int(nhash), int(b), int(nflip), int(overflow)
         if not 1 <= b <= self._MAX_B:
@@ -931,24 +936,28 @@ class CompactMIHIndex(BinaryIndex):
         self._post, self._starts = new_post, new_starts
 
     # -- search ---------------------------------------------------------------------------------
-    def _candidates(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _candidates(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(query index, row, exact distance) for rows sharing a probed bucket (with repeats)
-        and for every overflow row; dead rows dropped."""
+        and for every overflow row; dead rows dropped. Query index is None for one query."""
         nq, nh, nb = len(codes), self.params["nhash"], self._nbuckets
         probes = (self._keys(codes)[:, :, None] ^ self._masks[None, None, :]).reshape(nq, -1)
         table = np.repeat(np.arange(nh, dtype=np.int64), len(self._masks))
         starts = self._starts.reshape(-1)[(probes + table * (nb + 1)).reshape(-1)]
         lens = self._counts.reshape(-1)[(probes + table * nb).reshape(-1)]
         rows = self._post[_concat_ranges(starts, lens)]
-        qidx = np.repeat(np.repeat(np.arange(nq), nh * len(self._masks)), lens.astype(np.int64))
+        qidx = None
+        if nq > 1:
+            qidx = np.repeat(np.repeat(np.arange(nq), nh * len(self._masks)), lens.astype(np.int64))
         if self._over.n:
             rows = np.concatenate([rows, np.tile(self._over.view, nq)])
-            qidx = np.concatenate([qidx, np.repeat(np.arange(nq), self._over.n)])
+            if qidx is not None:
+                qidx = np.concatenate([qidx, np.repeat(np.arange(nq), self._over.n)])
         if self._dead:
             live = self._is_live(rows)
-            rows, qidx = rows[live], qidx[live]
+            rows = rows[live]
+            qidx = None if qidx is None else qidx[live]
         words, qwords = _as_words(self._codes.view), _as_words(codes)
-        qw = qwords[0][None, :] if nq == 1 else np.take(qwords, qidx, axis=0)
+        qw = qwords if qidx is None else np.take(qwords, qidx, axis=0)
         dists = _popcount_rows(np.bitwise_xor(np.take(words, rows, axis=0), qw))
         return qidx, rows, dists
 
@@ -963,11 +972,15 @@ class CompactMIHIndex(BinaryIndex):
             # keep, per query, the smallest distances that surely hold k unique rows
             # (a row repeats at most once per table), before the costlier sort + dedup
             width = self.bits + 1
-            hist = np.bincount(qidx * width + dists, minlength=nq * width).reshape(nq, width)
+            flat = dists if qidx is None else qidx * width + dists
+            hist = np.bincount(flat, minlength=nq * width).reshape(nq, width)
             enough = np.cumsum(hist, axis=1) >= k * self.params["nhash"]
             thresh = np.where(enough.any(axis=1), enough.argmax(axis=1), self.bits)
-            sel = dists <= thresh[qidx]
-            qidx, rows, dists = qidx[sel], rows[sel], dists[sel]
+            sel = dists <= (thresh[0] if qidx is None else thresh[qidx])
+            rows, dists = rows[sel], dists[sel]
+            qidx = None if qidx is None else qidx[sel]
+        if qidx is None:
+            qidx = np.zeros(len(rows), dtype=np.int64)
         return _topk_from_candidates(qidx, self._ids.view[rows], dists, nq, k)
 
     def _range_search(self, codes, radius):
@@ -976,7 +989,8 @@ class CompactMIHIndex(BinaryIndex):
             chunk = codes[s:s + self._QUERY_CHUNK]
             qidx, rows, dists = self._candidates(chunk)
             sel = dists <= radius
-            out += _ranges_from_candidates(qidx[sel], self._ids.view[rows[sel]], dists[sel],
+            qidx = np.zeros(int(sel.sum()), dtype=np.int64) if qidx is None else qidx[sel]
+            out += _ranges_from_candidates(qidx, self._ids.view[rows[sel]], dists[sel],
                                            len(chunk), radius)
         return out
 

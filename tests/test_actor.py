@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import ray
 
+import shards.actor as actor_mod
 import shards.store as store_mod
 from shards.actor import ShardActor
 from shards.store import HashCollisionError
@@ -100,7 +101,8 @@ def test_remove_then_no_match(shard):
     assert shard.search(codes[3], k=1)[0][0]["id"] == ids[3]
 
 
-def test_restart_keeps_adds_and_deletes(tmp_path):
+def test_restart_keeps_adds_and_deletes(tmp_path, monkeypatch):
+    monkeypatch.setattr(actor_mod, "_REPLAY_BATCH", 7)  # replay in many small batches
     d = str(tmp_path / "s")
     a = ShardActor(0, d, BITS)
     ids, codes = names(200), codes_for(200)
