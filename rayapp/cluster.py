@@ -4,21 +4,38 @@ Placement: when the cluster has nodes with the custom resource ``{"shard": 1}`` 
 asks for it, so each lands on its own shard node. Otherwise (a laptop, CI) ``num_shards`` actors
 share the local node. Actors are named, detached and restartable, so Serve, ingest jobs and the
 CLI all find the same shards by name, and Ray restarts a crashed one (it recovers from disk).
+When a shard node dies, its actor waits (RESTARTING) until a node with a free shard resource
+joins, then reloads its snapshot and WAL from ``index_dir/shard-<i>`` on that node's disk;
+meanwhile searches answer partial, naming it.
+
+``start_local_cluster`` simulates a multi-node cluster on one machine (tests, chaos bench).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+import time
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 from ray.actor import ActorHandle
 
+from rayapp import metrics
 from rayapp.config import Config
 from shards.actor import ShardActor
 
+if TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
+
+log = logging.getLogger(__name__)
+
 SHARD_RESOURCE = "shard"
 INDEX_META = "neardup.json"
+STATS_INTERVAL_S = 5.0   # how often a shard actor publishes its code count and memory
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
@@ -39,7 +56,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
 
 def quiet_driver_logs() -> None:
     """Keep the CLI's output readable: our own progress bars, Ray's warnings and errors only."""
-    import logging
     from ray.data import DataContext
     for name in ("ray.data", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -83,7 +99,9 @@ def index_meta(cfg: Config, bits: int) -> dict:
                 raise ValueError(f"index at {path.parent} was built with {key}={have.get(key)!r}, "
                                  f"not {value!r}; use the same encoder or a new --index-dir")
         return have
-    n = shard_nodes() if uses_shard_resource(cfg) else cfg.shards.num_shards
+    # Another node may have created this index: its named shard actors are cluster-wide.
+    n = len(get_shards(cfg)) or (shard_nodes() if uses_shard_resource(cfg)
+                                 else cfg.shards.num_shards)
     meta = {**want, "num_shards": max(1, n), "index_kind": cfg.shards.index_kind}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -92,8 +110,37 @@ def index_meta(cfg: Config, bits: int) -> dict:
     return meta
 
 
-def ensure_shards(cfg: Config, bits: int | None = None) -> list[ActorHandle]:
-    """Get or create the named, detached, restartable shard actors. Idempotent."""
+class RayShardActor(ShardActor):
+    """ShardActor as a Ray actor: reports WAL fsync latency, code count and memory as metrics."""
+
+    def __init__(self, shard_id: int, *args, **kwargs) -> None:
+        self.fsync_observer = partial(metrics.observe_wal_fsync, int(shard_id))
+        super().__init__(shard_id, *args, **kwargs)
+        self._publish_stats()
+        threading.Thread(target=self._stats_loop, name="shard-metrics", daemon=True).start()
+
+    def _publish_stats(self) -> None:
+        st = self.stats()
+        metrics.set_shard_stats(self.shard_id, st["count"], st["memory_bytes"])
+
+    def _stats_loop(self) -> None:
+        while True:
+            time.sleep(STATS_INTERVAL_S)
+            try:
+                self._publish_stats()
+            except Exception as exc:  # noqa: BLE001 - metrics must never take a shard down
+                log.warning("shard %d: could not publish metrics: %s", self.shard_id, exc)
+
+
+def ensure_shards(cfg: Config, bits: int | None = None,
+                  wait_s: float | None = 120.0) -> list[ActorHandle]:
+    """Get or create the named, detached, restartable shard actors. Idempotent.
+
+    Waits up to ``wait_s`` (None: forever) for each shard to answer. A shard still pending
+    after that (e.g. its node is down and no node with a free ``shard`` resource exists) is
+    logged and returned anyway: the router reports it as missing until it comes up. A shard
+    that failed to start (e.g. a bits mismatch on disk) raises.
+    """
     bits = bits or cfg.shards.bits or _encoder_bits(cfg)
     meta = index_meta(cfg, bits)
     use_resource = uses_shard_resource(cfg)
@@ -104,10 +151,18 @@ def ensure_shards(cfg: Config, bits: int | None = None) -> list[ActorHandle]:
                     get_if_exists=True, num_cpus=0)
         if use_resource:
             opts["resources"] = {SHARD_RESOURCE: 1}
-        handles.append(ray.remote(ShardActor).options(**opts).remote(
+        handles.append(ray.remote(RayShardActor).options(**opts).remote(
             i, shard_dir(cfg, i), bits, cfg.shards.index_kind, cfg.shards.index_params,
             cfg.shards.snapshot_every))
-    ray.get([h.ping.remote() for h in handles])
+    refs = [h.ping.remote() for h in handles]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+    ray.get(ready)  # raises if a shard could not start
+    done = set(ready)
+    pending = [i for i, ref in enumerate(refs) if ref not in done]
+    if pending:
+        log.warning("shard(s) %s not up after %ss (%s); searches answer partial until they are",
+                    pending, wait_s, "waiting for a node with a free 'shard' resource"
+                    if use_resource else "still starting")
     return handles
 
 
@@ -132,3 +187,51 @@ def kill_shards(cfg: Config) -> None:
 def _encoder_bits(cfg: Config) -> int:
     from encoders.registry import get_encoder
     return get_encoder(cfg.encoder.name, weights=cfg.encoder.weights).bits
+
+
+# ---------------------------------------------------------------- simulated cluster (one machine)
+
+def start_local_cluster(shard_nodes: int = 3, head_cpus: int = 2,
+                        metrics_export_port: int | None = None,
+                        namespace: str | None = None) -> "Cluster":
+    """Start a multi-node Ray cluster on this machine and connect this process to it.
+
+    A CPU head (``head_cpus``) plus ``shard_nodes`` worker nodes that each offer
+    ``{"shard": 1}`` and no CPUs, like the shard nodes of cluster.yaml. For tests, the chaos
+    bench and trying failure handling; stop it with :func:`stop_local_cluster`.
+    """
+    from ray._common.utils import reset_ray_address
+    from ray.cluster_utils import Cluster
+
+    head = {"num_cpus": head_cpus, "include_dashboard": False}
+    if metrics_export_port:
+        head["metrics_export_port"] = int(metrics_export_port)
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    # Cluster records itself as "the" local cluster, which a bare ray.init() elsewhere on this
+    # machine would then join: undo that, we connect by explicit address.
+    reset_ray_address()
+    try:
+        for _ in range(shard_nodes):
+            add_shard_node(cluster)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace=namespace, log_to_driver=False,
+                 logging_level="WARNING")
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster
+
+
+def add_shard_node(cluster: "Cluster", **node_args):
+    """Add a simulated shard node (``{"shard": 1}``, no CPUs) -> its ``ray._private.node.Node``."""
+    node_args.setdefault("num_cpus", 0)
+    node_args.setdefault("resources", {SHARD_RESOURCE: 1})
+    return cluster.add_node(**node_args)
+
+
+def stop_local_cluster(cluster: "Cluster") -> None:
+    """Disconnect and stop every node of a cluster from :func:`start_local_cluster`."""
+    try:
+        ray.shutdown()
+    finally:
+        cluster.shutdown()

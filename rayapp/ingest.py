@@ -30,6 +30,7 @@ from encoders.decode import IMAGE_EXTENSIONS, load_image, resize_square
 from rayapp import metrics
 from rayapp.config import Config, load_config
 
+MAX_BLOCKS = 20_000  # file listings split into at most this many Ray Data blocks
 MANIFEST_SCHEMA_BASE = [("id", pa.string()), ("path", pa.string()), ("shard", pa.int32()),
                         ("error", pa.string())]
 
@@ -43,6 +44,7 @@ class IngestOptions:
     progress: bool = True
     image_column: str = "image"    # Parquet sources
     id_column: str = "id"
+    flush_rows: int = 5000         # manifest rows per Parquet part (a re-run resumes from parts)
 
 
 @dataclass
@@ -172,7 +174,10 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
         todo = [r for r in rows if r["id"] not in done]
         skipped += len(rows) - len(todo)
         if todo:
-            parts.append(ray.data.from_items(todo, override_num_blocks=max(1, len(todo) // 256)))
+            # One block per batch (at most MAX_BLOCKS): each finished block becomes manifest
+            # rows, so a killed job resumes close to where it stopped, even on a small input.
+            blocks = min(MAX_BLOCKS, max(1, -(-len(todo) // opts.batch_size)))
+            parts.append(ray.data.from_items(todo, override_num_blocks=blocks))
     for src in parquet:
         ds = _parquet_rows(src, opts)
         listed += ds.count()
@@ -235,7 +240,7 @@ def run_ingest(cfg: Config, sources: list[str], opts: IngestOptions | None = Non
     ds, listed, skipped = build_dataset(cfg, sources, opts, done, enc.input_size)
     indexed = errors = 0
     if ds is not None:
-        writer = ManifestWriter(manifest_dir, enc.code_bytes)
+        writer = ManifestWriter(manifest_dir, enc.code_bytes, flush_rows=opts.flush_rows)
         with tqdm(total=listed - skipped, unit="img", desc="indexing", disable=not opts.progress) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 n_err = sum(1 for e in batch["error"] if e)
@@ -313,9 +318,11 @@ def read_manifest(manifest_dir: str) -> pa.Table:
 @click.option("--manifest", "manifest_dir", default=None, help="Manifest dir (default INDEX_DIR/manifest).")
 @click.option("--no-resume", is_flag=True, help="Re-process ids already in the manifest.")
 @click.option("--image-column", default="image", show_default=True, help="Parquet image-bytes column.")
+@click.option("--flush-rows", type=click.IntRange(1), default=5000, show_default=True,
+              help="Manifest rows per Parquet part (smaller: finer-grained resume).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(sources, index_dir, encoder, weights, num_shards, address, config_path, batch_size,
-         encoders, manifest_dir, no_resume, image_column, quiet) -> None:
+         encoders, manifest_dir, no_resume, image_column, flush_rows, quiet) -> None:
     """Bulk-index images (folders, files, globs, Parquet) into the sharded index. Resumable."""
     from rayapp.cluster import init_ray
     cfg = load_config(config_path, overrides={
@@ -323,7 +330,8 @@ def main(sources, index_dir, encoder, weights, num_shards, address, config_path,
         "shards": {"index_dir": index_dir, "num_shards": num_shards}})
     init_ray(address)
     opts = IngestOptions(batch_size=batch_size, encoders=encoders, manifest_dir=manifest_dir,
-                         resume=not no_resume, progress=not quiet, image_column=image_column)
+                         resume=not no_resume, progress=not quiet, image_column=image_column,
+                         flush_rows=flush_rows)
     report = run_ingest(cfg, list(sources), opts)
     click.echo(f"listed {report.listed}, skipped {report.skipped} already indexed, indexed "
                f"{report.indexed}, errors {report.errors} in {report.seconds:.1f}s "

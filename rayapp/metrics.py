@@ -2,6 +2,12 @@
 
 Each metric is created once per process on first use (Ray metrics need a connected worker).
 Outside a Ray worker or driver every call is a silent no-op, so library code can always record.
+Ray prefixes custom metrics with ``ray_`` and histograms add ``_bucket``/``_sum``/``_count``:
+:func:`exported_names` lists what a Prometheus scrape of a node shows.
+
+Where each is recorded: query latency, queries and errors in the Serve ingress; per-shard codes,
+memory and WAL fsync latency in each shard actor's process (on its node); ingest counts and rate
+in the ingest job's driver.
 """
 from __future__ import annotations
 
@@ -12,11 +18,32 @@ import ray
 from ray.util.metrics import Counter, Gauge, Histogram
 
 LATENCY_MS_BOUNDARIES = [0.5, 1, 2, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000, 2000, 5000]
+PREFIX = "ray_"  # added by Ray's exporter
+
+#: name -> (kind, description, tag keys)
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "neardup_query_latency_ms": ("histogram", "Request latency in ms, by route.", ("route",)),
+    "neardup_queries_total": ("counter", "Requests, by route and status.", ("route", "status")),
+    "neardup_errors_total": ("counter", "Errors, by type.", ("type",)),
+    "neardup_shard_codes": ("gauge", "Codes held by each shard.", ("shard",)),
+    "neardup_shard_memory_bytes": ("gauge", "Resident bytes of each shard's index and store.",
+                                   ("shard",)),
+    "neardup_wal_fsync_ms": ("histogram", "WAL fsync latency in ms, by shard.", ("shard",)),
+    "neardup_ingest_images_total": ("counter", "Images ingested, by outcome.", ("outcome",)),
+    "neardup_ingest_images_per_s": ("gauge", "Current ingest throughput.", ()),
+}
 _lock = threading.Lock()
 
 
+def exported_names() -> list[str]:
+    """The series names Prometheus scrapes (histograms by their ``_count`` series)."""
+    return sorted(PREFIX + name + ("_count" if kind == "histogram" else "")
+                  for name, (kind, _, _) in METRICS.items())
+
+
 @lru_cache(maxsize=None)
-def _metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...]):
+def _metric(name: str):
+    kind, description, tag_keys = METRICS[name]
     with _lock:
         if kind == "counter":
             return Counter(name, description=description, tag_keys=tag_keys)
@@ -34,17 +61,14 @@ def observe_query(route: str, seconds: float, status: int) -> None:
     """One HTTP request: latency histogram plus a count by route and status class."""
     if not _enabled():
         return
-    _metric("histogram", "neardup_query_latency_ms", "Request latency in ms, by route.",
-            ("route",)).observe(seconds * 1000.0, tags={"route": route})
-    _metric("counter", "neardup_queries_total", "Requests, by route and status.",
-            ("route", "status")).inc(tags={"route": route, "status": str(status)})
+    _metric("neardup_query_latency_ms").observe(seconds * 1000.0, tags={"route": route})
+    _metric("neardup_queries_total").inc(tags={"route": route, "status": str(status)})
 
 
 def count_error(kind: str) -> None:
     """An error by type: bad_image, too_large, rate_limited, shard_timeout, unauthorized, ..."""
     if _enabled():
-        _metric("counter", "neardup_errors_total", "Errors, by type.", ("type",)).inc(
-            tags={"type": kind})
+        _metric("neardup_errors_total").inc(tags={"type": kind})
 
 
 def set_shard_stats(shard: int, count: int, memory_bytes: int) -> None:
@@ -52,24 +76,21 @@ def set_shard_stats(shard: int, count: int, memory_bytes: int) -> None:
     if not _enabled():
         return
     tags = {"shard": str(shard)}
-    _metric("gauge", "neardup_shard_codes", "Codes held by each shard.", ("shard",)).set(
-        count, tags=tags)
-    _metric("gauge", "neardup_shard_memory_bytes", "Resident bytes of each shard's index and store.",
-            ("shard",)).set(memory_bytes, tags=tags)
+    _metric("neardup_shard_codes").set(count, tags=tags)
+    _metric("neardup_shard_memory_bytes").set(memory_bytes, tags=tags)
 
 
 def observe_wal_fsync(shard: int, seconds: float) -> None:
     """Latency of one WAL append+fsync (what an acknowledged write waits for)."""
     if _enabled():
-        _metric("histogram", "neardup_wal_fsync_ms", "WAL fsync latency in ms, by shard.",
-                ("shard",)).observe(seconds * 1000.0, tags={"shard": str(shard)})
+        _metric("neardup_wal_fsync_ms").observe(seconds * 1000.0, tags={"shard": str(shard)})
 
 
 def count_ingested(n: int, errors: int = 0) -> None:
     """Images indexed by the ingest job (rate = its derivative on the dashboard)."""
     if not _enabled():
         return
-    c = _metric("counter", "neardup_ingest_images_total", "Images ingested, by outcome.", ("outcome",))
+    c = _metric("neardup_ingest_images_total")
     if n:
         c.inc(n, tags={"outcome": "indexed"})
     if errors:
@@ -78,5 +99,4 @@ def count_ingested(n: int, errors: int = 0) -> None:
 
 def set_ingest_rate(images_per_s: float) -> None:
     if _enabled():
-        _metric("gauge", "neardup_ingest_images_per_s", "Current ingest throughput.", ()).set(
-            images_per_s)
+        _metric("neardup_ingest_images_per_s").set(images_per_s)
