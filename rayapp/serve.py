@@ -512,10 +512,7 @@ class Ingress:
                    "index_kind": st.get("index_kind"), "state": st.get("state", "ready")}
             if "error" in st:
                 row["error"] = st["error"]
-            else:
-                metrics.set_shard_stats(int(row["id"]), int(row["count"] or 0),
-                                        int(row["memory_bytes"] or 0))
-            shards.append(row)
+            shards.append(row)  # shards publish their own count/memory gauges (cluster.py)
         missing = [row["id"] for row in shards if row["state"] == "unavailable"]
         try:
             encoder = await self.encoder_info()
@@ -655,8 +652,17 @@ def app_builder(args: dict | None = None) -> serve.Application:
     """Builder for Serve config files: ``import_path: rayapp.serve:app_builder`` with
     ``args: {config: /path/neardup.yaml, overrides: {serve: {token: ...}}}``."""
     args = dict(args or {})
-    return build_app(load_config(args.get("config") or os.environ.get("NEARDUP_CONFIG"),
+    return build_app(load_config(_config_path(args.get("config") or os.environ.get("NEARDUP_CONFIG")),
                                  overrides=args.get("overrides")))
+
+
+def _config_path(path: str | None) -> str | None:
+    """A relative config path is tried as given, then beside the project (``serve deploy``
+    builds the app in another working directory)."""
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    beside = Path(__file__).resolve().parents[1] / path
+    return str(beside) if beside.exists() else path
 
 
 def run_server(cfg: Config, blocking: bool = False, address: str | None = None) -> str:

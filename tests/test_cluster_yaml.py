@@ -33,3 +33,10 @@ def test_example_config_loads():
     from rayapp.config import load_config
     cfg = load_config(ROOT / "neardup.yaml", env={})
     assert cfg.serve.host == "0.0.0.0" and cfg.shards.placement == "auto"
+
+
+def test_relative_serve_config_is_found_beside_the_project(tmp_path, monkeypatch):
+    from rayapp.serve import _config_path
+    monkeypatch.chdir(tmp_path)  # as under `serve deploy`: not the repository
+    assert _config_path("neardup.yaml") == str(ROOT / "neardup.yaml")
+    assert _config_path(None) is None
