@@ -82,6 +82,19 @@ def git_revision(root: Path = REPO_ROOT) -> dict:
     return {"commit": sha, "dirty": None if status is None else bool(status)}
 
 
+def file_digests(paths: list[str], root: Path = REPO_ROOT) -> dict:
+    """sha256 (first 16 hex) of source files, to pin the exact code a result came from when the
+    working tree is dirty."""
+    import hashlib
+    out = {}
+    for rel in paths:
+        try:
+            out[rel] = hashlib.sha256((root / rel).read_bytes()).hexdigest()[:16]
+        except OSError:
+            out[rel] = None
+    return out
+
+
 def gpu_info() -> dict:
     """What FAISS sees: number of GPUs and whether the GPU binary index exists."""
     try:
@@ -201,9 +214,11 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS so RSS deltas mean something."""
-    gc.collect()
+def release_memory(collect: bool = True) -> None:
+    """Collect garbage (cycles; slow with big heaps) and hand freed heap pages back to the OS, so
+    that RSS deltas mean something."""
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

@@ -92,10 +92,12 @@ class BenchConfig:
     seed: int = 0
     real_codes: str | None = None
     real_queries: str | None = None
+    real_ground_truth: str | None = None
     gpu: bool = False
     max_size: int = 20_000_000
     max_build_seconds: float = 1800.0
     threads: int | None = None
+    latency_threads: int = 1
     save_load: bool = True
     tmp_dir: str | None = None
     extrapolate_to: int = 200_000_000
@@ -159,7 +161,7 @@ class Workload:
 def planted_workload(n: int, bits: int, per_bucket: int, seed: int) -> Workload:
     """n uniform random codes; per_bucket queries at each distance in BUCKETS, shuffled."""
     rng = np.random.default_rng([seed, n])
-    codes = np.frombuffer(rng.bytes(n * bits // 8), dtype=np.uint8).reshape(n, bits // 8).copy()
+    codes = rng.integers(0, 256, size=(n, bits // 8), dtype=np.uint8)
     nq = per_bucket * len(BUCKETS)
     rows = rng.choice(n, size=nq, replace=nq > n)
     dists = np.repeat(np.array(BUCKETS, dtype=np.int32), per_bucket)
@@ -237,6 +239,40 @@ def match_queries(ref_ids: list[str], ref_paths: list[str] | None, q_ids: list[s
     return np.where(out >= 0, out, -1)
 
 
+def _name_keys(ids: list[str], paths: list[str] | None) -> dict[str, int]:
+    """id, id's file name and path's file name -> row (names shared by two rows are dropped)."""
+    keys: dict[str, int] = {}
+    for i, rid in enumerate(ids):
+        names = {rid, Path(rid).name} | ({Path(paths[i]).name} if paths else set())
+        for key in names:
+            keys[key] = -2 if keys.get(key, i) != i else i
+    return {k: v for k, v in keys.items() if v >= 0}
+
+
+def match_from_csv(gt_path: str, ref_ids: list[str], ref_paths: list[str] | None, q_ids: list[str],
+                   q_paths: list[str] | None) -> np.ndarray:
+    """Reference row per query from a ground-truth CSV with columns query and ref (ids or file
+    names, as ``neardup eval --ground-truth`` takes); queries without a ref are negatives (-1)."""
+    import csv
+    p = Path(gt_path)
+    if not p.is_file():
+        raise BenchError(f"ground-truth CSV not found: {p}")
+    with p.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = {c.lower().strip(): c for c in reader.fieldnames or []}
+        qcol = next((cols[c] for c in ("query", "query_id", "q") if c in cols), None)
+        rcol = next((cols[c] for c in ("ref", "ref_id", "reference") if c in cols), None)
+        if not qcol or not rcol:
+            raise BenchError(f"{p} needs 'query' and 'ref' columns, has {reader.fieldnames}")
+        pairs = [(row[qcol].strip(), (row[rcol] or "").strip()) for row in reader]
+    refs, queries = _name_keys(ref_ids, ref_paths), _name_keys(q_ids, q_paths)
+    out = np.full(len(q_ids), -1, dtype=np.int64)
+    for q, r in pairs:
+        if r and q in queries and r in refs:
+            out[queries[q]] = refs[r]
+    return out
+
+
 @dataclass
 class RealCodes:
     """Encoded references and their matched augmented queries."""
@@ -249,17 +285,20 @@ class RealCodes:
     queries_path: str
 
 
-def load_real_codes(refs_path: str, queries_path: str) -> RealCodes:
+def load_real_codes(refs_path: str, queries_path: str, ground_truth: str | None = None) -> RealCodes:
+    """Reference and query codes (``neardup encode`` Parquets), queries matched to references by
+    a ground-truth CSV, a ref_id column, or file names; unmatched queries are dropped."""
     ref_ids, ref_paths, refs, _ = read_codes(refs_path)
     q_ids, q_paths, queries, q_table = read_codes(queries_path)
     if refs.shape[1] != queries.shape[1]:
         raise BenchError(f"code widths differ: {refs.shape[1] * 8} bits in {refs_path}, "
                          f"{queries.shape[1] * 8} bits in {queries_path}")
-    ref_index = match_queries(ref_ids, ref_paths, q_ids, q_paths, q_table)
+    ref_index = (match_from_csv(ground_truth, ref_ids, ref_paths, q_ids, q_paths) if ground_truth
+                 else match_queries(ref_ids, ref_paths, q_ids, q_paths, q_table))
     keep = ref_index >= 0
     if not keep.any():
-        raise BenchError(f"no query in {queries_path} matches a reference in {refs_path} (give a "
-                         f"ref_id column, or name copies <original stem>__<edit>.<ext>)")
+        raise BenchError(f"no query in {queries_path} matches a reference in {refs_path} (give "
+                         f"--real-ground-truth, a ref_id column, or name copies <original>__<edit>.<ext>)")
     return RealCodes(refs, queries[keep], ref_index[keep], int((~keep).sum()), str(refs_path),
                      str(queries_path))
 
@@ -270,7 +309,7 @@ def real_workload(n: int, real: RealCodes, seed: int) -> Workload:
     if n < m:
         raise BenchError(f"size {n} is smaller than the {m} real reference codes")
     rng = np.random.default_rng([seed, n, 1])
-    codes = np.frombuffer(rng.bytes(n * nbytes), dtype=np.uint8).reshape(n, nbytes).copy()
+    codes = rng.integers(0, 256, size=(n, nbytes), dtype=np.uint8)
     rows = rng.choice(n, size=m, replace=False).astype(np.int64)
     codes[rows] = real.refs
     expected = rows[real.ref_index]
@@ -369,18 +408,18 @@ def retune(index: Any, variant: dict) -> bool:
 def build_index(kind: str, params: dict, bits: int, codes: np.ndarray, add_batch: int) -> tuple[Any, dict]:
     """Build an index in add batches; returns it with build time and memory (index and RSS)."""
     from shards.index import make_index
-    common.release_memory()
+    n = len(codes)
+    common.release_memory(_big(n))
     rss0 = common.rss_bytes()
     peak_reset = common.reset_peak_rss()
     index = make_index(kind, bits, **params)
-    n = len(codes)
     t0 = time.perf_counter()
     for s in range(0, n, add_batch):
         rows = np.arange(s, min(n, s + add_batch), dtype=np.int64)
         index.add(ids_for_rows(rows), codes[s:s + add_batch])
     seconds = time.perf_counter() - t0
     peak = common.peak_rss_bytes() if peak_reset else None
-    common.release_memory()
+    common.release_memory(_big(n))
     rss1 = common.rss_bytes()
     index_bytes = index.memory_bytes()
     build = {"seconds": seconds, "codes_per_s": n / seconds if seconds > 0 else None,
@@ -411,6 +450,16 @@ def search_batched(index: Any, queries: np.ndarray, k: int, batch: int
                                                               else max(0, peak - rss0))
 
 
+def _big(n: int) -> bool:
+    """Sizes where memory probes are worth a full garbage collection (~0.1 s each)."""
+    return n >= 100_000
+
+
+def _faiss_threads() -> int:
+    import faiss
+    return int(faiss.omp_get_max_threads())
+
+
 def choose_batch(run: "Run", label: str, n: int) -> int:
     """--batch-size, halved while the search memory seen at smaller sizes, scaled to n, would
     exceed 40% of the available memory (some kinds build per-batch candidate arrays ∝ n)."""
@@ -426,17 +475,28 @@ def choose_batch(run: "Run", label: str, n: int) -> int:
     return batch
 
 
-def single_query_latencies(index: Any, queries: np.ndarray, k: int, count: int, warmup: int = 20
-                           ) -> np.ndarray:
-    """Seconds per search() of one query, one at a time, over ``count`` queries (cycled)."""
-    for i in range(min(warmup, count)):
-        index.search(queries[i % len(queries)][None, :], k)
-    out = np.empty(count)
-    for i in range(count):
-        q = queries[i % len(queries)][None, :]
-        t0 = time.perf_counter()
-        index.search(q, k)
-        out[i] = time.perf_counter() - t0
+def single_query_latencies(index: Any, queries: np.ndarray, k: int, count: int, threads: int,
+                           warmup: int = 20) -> np.ndarray:
+    """Seconds per search() of one query, one at a time, over ``count`` queries (cycled).
+
+    FAISS runs with ``threads`` OpenMP threads meanwhile (default 1, as in a Ray actor, which gets
+    OMP_NUM_THREADS=1 unless it reserves more CPUs): on a busy machine a multi-threaded OpenMP region
+    for a single query waits for a core and costs tens of ms, measuring the scheduler, not the index.
+    """
+    import faiss
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        for i in range(min(warmup, count)):
+            index.search(queries[i % len(queries)][None, :], k)
+        out = np.empty(count)
+        for i in range(count):
+            q = queries[i % len(queries)][None, :]
+            t0 = time.perf_counter()
+            index.search(q, k)
+            out[i] = time.perf_counter() - t0
+    finally:
+        faiss.omp_set_num_threads(before)
     return out
 
 
@@ -467,35 +527,29 @@ def recall_report(D: np.ndarray, I: np.ndarray, work: Workload, gt_D: np.ndarray
     return out
 
 
-def save_load(index: Any, probe: np.ndarray, k: int, tmp_root: str | None) -> tuple[dict, dict]:
-    """Time save() and load() in a temp dir; the loaded index must answer probes identically.
+def timed_save(index: Any, path: Path, probe: np.ndarray, k: int) -> tuple[dict, tuple]:
+    """Time index.save(path); returns the figures and the probe answers to compare after load."""
+    reference = index.search(probe, k)
+    t0 = time.perf_counter()
+    index.save(path)
+    seconds = time.perf_counter() - t0
+    disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return {"seconds": seconds, "disk_bytes": disk}, reference
 
-    The original index is dropped before loading so that two copies never coexist in memory.
-    Load reads from the page cache right after the save (a warm load).
-    """
+
+def timed_load(path: Path, probe: np.ndarray, k: int, reference: tuple, collect: bool) -> dict:
+    """Time load_index(path) (warm: right after the save, from the page cache); the loaded index
+    must answer the probes exactly as the saved one did."""
     from shards.index import load_index
-    D0, I0 = index.search(probe, k)
-    tmp = Path(tempfile.mkdtemp(prefix="shard_bench_", dir=tmp_root))
-    try:
-        t0 = time.perf_counter()
-        index.save(tmp / "idx")
-        save_s = time.perf_counter() - t0
-        disk = sum(f.stat().st_size for f in (tmp / "idx").rglob("*") if f.is_file())
-        return {"seconds": save_s, "disk_bytes": disk}, _timed_load(load_index, tmp / "idx", probe, k, D0, I0)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _timed_load(load_index: Any, path: Path, probe: np.ndarray, k: int, D0: np.ndarray, I0: np.ndarray) -> dict:
-    common.release_memory()
+    common.release_memory(collect)
     t0 = time.perf_counter()
     loaded = load_index(path)
     seconds = time.perf_counter() - t0
     D1, I1 = loaded.search(probe, k)
     del loaded
-    common.release_memory()
+    common.release_memory(collect)
     return {"seconds": seconds, "warm_page_cache": True,
-            "same_results": bool(np.array_equal(D0, D1) and np.array_equal(I0, I1))}
+            "same_results": bool(np.array_equal(reference[0], D1) and np.array_equal(reference[1], I1))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,6 +571,7 @@ class Run:
             "bench": "shard", "schema": 1, "tag": cfg.tag, "status": "running",
             "started": common.utc_now(), "finished": None,
             "machine": common.machine_info(), "params": asdict(cfg),
+            "code": common.file_digests(["shards/index.py", "bench/shard_bench.py"]),
             "default_kind": DEFAULT_KIND, "targets": TARGETS,
             "notes": [
                 "Every figure under 'results' and 'ground_truth' is measured; 'fits' and "
@@ -527,8 +582,11 @@ class Run:
                 "knn_recall_at_k: tie-aware recall of the exact k nearest neighbours (for random "
                 "codes the 2nd..kth neighbours are ~30+ bits away, which near-duplicate indexes do "
                 "not aim to find).",
-                "Latency: one query per search() call, in this process, no network; P99 over "
-                "latency_queries. QPS: batch_size queries per call, all cores.",
+                "Latency: one query per search() call, in this process, no network, FAISS with "
+                "latency_threads OpenMP threads (1 = a Ray actor's default); P99 over "
+                "latency_queries. QPS: batch_size queries per call, FAISS on all cores (--threads).",
+                "Build: add() in add_batch chunks, FAISS on all cores (--threads); mihc is numpy "
+                "(one core).",
                 "bytes_per_code = index.memory_bytes() / n; rss_bytes_per_code = the process RSS "
                 "delta across the build (after gc and malloc_trim) / n, a cross-check.",
                 "load_avg_1m before/after each measurement and other_cpu_users record background "
@@ -537,20 +595,24 @@ class Run:
             "sizes_done": [], "ground_truth": [], "results": [], "skipped": [],
             "fits": [], "extrapolated": [],
         }
+        self._rendered = -1
 
     def add_result(self, entry: dict) -> None:
         self.doc["results"].append(entry)
         self.flush(outputs=False)
 
     def flush(self, final: bool = False, outputs: bool = True) -> None:
-        """Rewrite the JSON (cheap, after every measurement); plot and table when ``outputs``."""
-        analyse(self.doc, self.cfg)
+        """Rewrite the JSON after every measurement; fits, plot and table when ``outputs`` (slower)."""
         if final:
             self.doc["finished"] = common.utc_now()
+        fresh = outputs and len(self.doc["results"]) != self._rendered
+        if fresh:
+            analyse(self.doc, self.cfg)
         common.write_json(self.json_path, self.doc)
-        if outputs and self.doc["results"]:
+        if fresh and self.doc["results"]:
             write_plot(self.doc, self.png_path)
             self.table_path.write_text(markdown_table(self.doc))
+            self._rendered = len(self.doc["results"])
 
 
 def _grid(cfg: BenchConfig) -> list[BuildSpec]:
@@ -579,7 +641,7 @@ def run_size(run: Run, n: int, real: RealCodes | None) -> None:
     work = real_workload(n, real, cfg.seed) if real else planted_workload(n, cfg.bits, cfg.queries_per_bucket,
                                                                            cfg.seed)
     bits = work.codes.shape[1] * 8
-    busy = common.other_cpu_users()
+    busy = common.other_cpu_users(interval=1.0 if _big(n) else 0.2)
     t0 = time.perf_counter()
     gt_D, gt_I, method = exact_knn(work.codes, work.queries, cfg.k, cfg.gpu, cfg.batch_size)
     gt_s = time.perf_counter() - t0
@@ -645,13 +707,20 @@ def measure_spec(run: Run, spec: BuildSpec, n: int, bits: int, work: Workload, g
             retune(index, variant)
             entries.append(measure_search(run, index, spec.kind, build_params, variant, n, work, gt_D, built))
         saved, loaded = ({}, {})
-        if cfg.save_load:
+        if cfg.save_load:  # the built index is dropped before loading: never two copies in memory
             probe = work.queries[:min(100, len(work.queries))]
-            saved, loaded = save_load(index, probe, cfg.k, cfg.tmp_dir)
+            tmp = Path(tempfile.mkdtemp(prefix="shard_bench_", dir=cfg.tmp_dir))
+            try:
+                saved, reference = timed_save(index, tmp / "idx", probe, cfg.k)
+                del index
+                loaded = timed_load(tmp / "idx", probe, cfg.k, reference, _big(n))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             log(f"      save {saved['seconds']:.2f}s ({saved['disk_bytes'] / 2 ** 20:.0f} MiB), load "
                 f"{loaded['seconds']:.2f}s, same results after load: {loaded['same_results']}")
-        del index
-        common.release_memory()
+        else:
+            del index
+        common.release_memory(_big(n))
         for e in entries:
             e["save"], e["load"] = saved, loaded
             e["load_avg_1m"]["build_before"] = before["load_avg"][0] if before["load_avg"] else None
@@ -669,14 +738,17 @@ def measure_search(run: Run, index: Any, kind: str, build_params: dict, variant:
         log(f"      {label}: batch of {batch} queries (not {cfg.batch_size}) to bound search memory")
     D, I, secs, peak = search_batched(index, work.queries, cfg.k, batch)
     rec = recall_report(D, I, work, gt_D, cfg.k)
-    lat = latency_summary(single_query_latencies(index, work.queries, cfg.k, cfg.latency_queries))
+    lat = latency_summary(single_query_latencies(index, work.queries, cfg.k, cfg.latency_queries,
+                                                 cfg.latency_threads))
+    lat["faiss_threads"] = cfg.latency_threads
     la1 = common.loadavg()
     entry = {
         "n": n, "kind": kind, "params": params, "build_params": build_params, "label": label_of(kind, params),
         "source": "measured", "query_source": work.source, "k": cfg.k, **rec,
         "latency": lat,
-        "batched": {"qps": len(work.queries) / secs, "batch_size": min(batch, len(work.queries)), "n_queries": len(work.queries),
-                    "peak_rss_delta_bytes": peak},
+        "batched": {"qps": len(work.queries) / secs, "batch_size": min(batch, len(work.queries)),
+                    "n_queries": len(work.queries), "peak_rss_delta_bytes": peak,
+                    "faiss_threads": _faiss_threads()},
         "build": built["build"], "memory": built["memory"],
         "load_avg_1m": {"before": la0[0] if la0 else None, "after": la1[0] if la1 else None},
         "other_load": bool(la0 and la1 and max(la0[0], la1[0]) > 0.5 * common.usable_cores()),
@@ -703,7 +775,7 @@ _FIT_METRICS = {
 
 
 def fanout_tail(quantiles_ms: list[float], scale: float, shards: int, seed: int = 0,
-                draws: int = 200_000) -> dict:
+                draws: int = 50_000) -> dict:
     """P50/P99 of the slowest of ``shards`` iid shard latencies drawn from a quantile function."""
     rng = np.random.default_rng(seed)
     u = rng.random((draws, shards)) * 100.0
@@ -943,12 +1015,16 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--real-codes", default=None, help="Parquet of reference codes (neardup encode output)")
     p.add_argument("--real-queries", default=None, help="Parquet of codes of augmented copies")
+    p.add_argument("--real-ground-truth", default=None,
+                   help="CSV with query,ref columns (ids or file names) matching queries to references")
     p.add_argument("--gpu", action="store_true", help="exact baseline on GPU; sizes up to 200M")
     p.add_argument("--max-size", default=None, help="refuse sizes above this (default 20M, 200M with --gpu)")
     p.add_argument("--max-build-seconds", type=float, default=1800.0,
                    help="skip a build whose projected time (from the previous size) exceeds this")
     p.add_argument("--threads", type=int, default=None,
                    help="FAISS OpenMP threads (default: all usable cores)")
+    p.add_argument("--latency-threads", type=int, default=1,
+                   help="FAISS OpenMP threads while timing single queries (a Ray actor's default is 1)")
     p.add_argument("--no-save-load", action="store_true", help="skip the save/load timing")
     p.add_argument("--tmp-dir", default=None, help="where save/load writes (default: system temp)")
     p.add_argument("--extrapolate-to", default="200M")
@@ -974,6 +1050,10 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
                          f"{common.format_count(max_size)}" + ("" if a.gpu else " (use --gpu for up to 200M)"))
     if bool(a.real_codes) != bool(a.real_queries):
         raise BenchError("--real-codes and --real-queries go together")
+    if a.real_ground_truth and not a.real_codes:
+        raise BenchError("--real-ground-truth needs --real-codes and --real-queries")
+    if a.latency_threads < 1:
+        raise BenchError("--latency-threads must be >= 1")
     if a.threads is not None and a.threads < 1:
         raise BenchError("--threads must be >= 1")
     for name in ("queries_per_bucket", "latency_queries", "batch_size", "add_batch", "k", "fanout_shards"):
@@ -985,8 +1065,10 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     return BenchConfig(sizes=sizes, bits=a.bits, kinds=kinds, grid=a.grid or ("quick" if a.quick else "full"),
                        queries_per_bucket=a.queries_per_bucket, latency_queries=a.latency_queries,
                        batch_size=a.batch_size, add_batch=a.add_batch, k=a.k, seed=a.seed,
-                       real_codes=a.real_codes, real_queries=a.real_queries, gpu=a.gpu, max_size=max_size,
-                       max_build_seconds=a.max_build_seconds, threads=a.threads, save_load=not a.no_save_load,
+                       real_codes=a.real_codes, real_queries=a.real_queries,
+                       real_ground_truth=a.real_ground_truth, gpu=a.gpu, max_size=max_size,
+                       max_build_seconds=a.max_build_seconds, threads=a.threads,
+                       latency_threads=a.latency_threads, save_load=not a.no_save_load,
                        tmp_dir=a.tmp_dir, extrapolate_to=extrapolate_to, fanout_shards=a.fanout_shards,
                        out_dir=a.out_dir, tag=tag)
 
@@ -996,14 +1078,15 @@ def run_bench(cfg: BenchConfig) -> dict:
     import faiss
     if cfg.threads:
         faiss.omp_set_num_threads(cfg.threads)
-    real = load_real_codes(cfg.real_codes, cfg.real_queries) if cfg.real_codes else None
+    real = load_real_codes(cfg.real_codes, cfg.real_queries, cfg.real_ground_truth) if cfg.real_codes else None
     if real:
         cfg.bits = real.refs.shape[1] * 8
         log(f"real codes: {len(real.refs)} references, {len(real.queries)} matched queries "
             f"({real.unmatched} unmatched), {cfg.bits} bits")
     run = Run(cfg)
     if real:
-        run.doc["real_codes"] = {"refs": real.path, "queries": real.queries_path, "n_refs": len(real.refs),
+        run.doc["real_codes"] = {"refs": real.path, "queries": real.queries_path,
+                                 "ground_truth": cfg.real_ground_truth, "n_refs": len(real.refs),
                                  "n_queries": len(real.queries), "unmatched_queries": real.unmatched,
                                  "bits": cfg.bits}
     log(f"shard bench: sizes {', '.join(common.format_count(s) for s in cfg.sizes)}, grid {cfg.grid}, "

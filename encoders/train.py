@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
-from encoders.augment import FAMILIES, random_edit
+from encoders.augment import hue_shift, random_crop, random_edit
 from encoders.deephash import MEAN, STD, DeepHashNet, resize_square, save_weights
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -65,6 +65,10 @@ class TrainConfig:
     strength_max: float = 2.0
     p_identity_ref: float = 0.4
     p_paste: float = 0.15
+    p_crop: float = 0.4  # extra random crop before the edit families
+    p_color: float = 0.8  # colour jitter on the edited view
+    p_color_ref: float = 0.3  # colour jitter on the reference view
+    p_gray: float = 0.15
     preload_max_side: int = 224
     max_images: int = 0
     ema_decay: float = 0.998
@@ -134,6 +138,25 @@ def _paste_other(img: Image.Image, other: np.ndarray, rng: np.random.Generator) 
     return img
 
 
+def _photometric(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """SimCLR-style colour jitter: without it the network shortcuts on colour statistics."""
+    from PIL import ImageEnhance
+    ops = [lambda im: ImageEnhance.Brightness(im).enhance(rng.uniform(0.5, 1.5)),
+           lambda im: ImageEnhance.Contrast(im).enhance(rng.uniform(0.5, 1.5)),
+           lambda im: ImageEnhance.Color(im).enhance(rng.uniform(0.3, 1.7))]
+    for i in rng.permutation(len(ops)):
+        img = ops[i](img)
+    if rng.random() < 0.3:
+        img = hue_shift(img, rng, strength=0.0)  # strength < 1 keeps the evaluation range
+    return img
+
+
+def _resized_crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Random crop of 20-100% of the area (aspect 3:4..4:3), the contrastive-learning staple."""
+    return random_crop(img, rng, strength=1.0) if rng.random() < 0.5 else \
+        random_crop(img, rng, strength=2.0)
+
+
 class PairStream(IterableDataset):
     """Endless stream of (ref_view, edited_view, label) uint8 pairs, reshuffled each epoch."""
 
@@ -145,10 +168,18 @@ class PairStream(IterableDataset):
         ref = img
         if rng.random() > cfg.p_identity_ref:
             ref, _ = random_edit(img, rng, strength=1.0, n_min=1, n_max=1)
+        if rng.random() < cfg.p_color_ref:
+            ref = _photometric(ref, rng)
         edit = img
+        if rng.random() < cfg.p_crop:
+            edit = _resized_crop(edit, rng)
         if rng.random() < cfg.p_paste:
             edit = _paste_other(edit, self.images[int(rng.integers(0, len(self.images)))], rng)
         edit, _ = random_edit(edit, rng, strength=rng.uniform(cfg.strength_min, cfg.strength_max))
+        if rng.random() < cfg.p_color:
+            edit = _photometric(edit, rng)
+        if rng.random() < cfg.p_gray:
+            edit = edit.convert("L").convert("RGB")
         return resize_square(ref, cfg.input_size), resize_square(edit, cfg.input_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
@@ -375,6 +406,13 @@ def _checkpoint(path: Path, model, ema, opt, clf, step: int, elapsed: float, cfg
     os.replace(tmp, path)
 
 
+def _count_images(dirs: list[str]) -> int | None:
+    try:
+        return len(list_images(dirs))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True,
                       data: list[str] | None = None, bn_batches: int = 16, seed: int = 0) -> Path:
     """Write weights (safetensors) from a training checkpoint; with ``data``, re-estimate BN stats first."""
@@ -392,7 +430,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True,
         stream = iter(DataLoader(PairStream(images, np.full(len(images), -1), cfg, seed), batch_size=cfg.batch_size))
         recalibrate_bn(model, _bn_batches(stream, torch.device("cpu"), bn_batches))
     extra = {"steps": ck["step"], "train_minutes": round(ck["elapsed"] / 60, 1), "ema": ema,
-             "bn_recalibrated": bool(data),
+             "bn_recalibrated": bool(data), "images": _count_images(ck["config"]["data"]),
              "config": {k: v for k, v in ck["config"].items() if k != "data"}, "data": ck["config"]["data"]}
     return save_weights(model.eval(), out, cfg.input_size, extra=extra)
 

@@ -124,3 +124,24 @@ def test_gpu_flag_skips_cleanly_without_faiss_gpu(capsys, tmp_path):
     assert sb.main(["--gpu", "--sizes", "1000", "--out-dir", str(tmp_path)]) == 0
     assert "skipped" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_real_codes_matched_by_ground_truth_csv(tmp_path):
+    rng = np.random.default_rng(4)
+    refs = np.frombuffer(rng.bytes(20 * 16), np.uint8).reshape(20, 16)
+    queries = sb.flip_bits(refs[:12], np.full(12, 5), rng)
+    pq.write_table(_codes_table([f"r{i:03d}.jpg" for i in range(20)], [f"/refs/r{i:03d}.jpg" for i in range(20)],
+                                refs), tmp_path / "refs.parquet")
+    q_names = [f"q{i:03d}.jpg" for i in range(12)]
+    pq.write_table(_codes_table(q_names, [f"/q/{n}" for n in q_names], queries), tmp_path / "q.parquet")
+    # q000..q009 are copies of r000..r009 (listed in reverse order), q010 is a negative, q011 is not listed
+    rows = ["query,ref,family"] + [f"q{i:03d}.jpg,r{i:03d}.jpg,jpeg" for i in reversed(range(10))] + ["q010.jpg,,none"]
+    (tmp_path / "gt.csv").write_text("\n".join(rows) + "\n")
+    argv = ["--sizes", "1000", "--out-dir", str(tmp_path), "--tag", "g", "--kinds", "flat", "--no-save-load",
+            "--real-codes", str(tmp_path / "refs.parquet"), "--real-queries", str(tmp_path / "q.parquet"),
+            "--real-ground-truth", str(tmp_path / "gt.csv"), *TINY]
+    assert sb.main(argv) == 0
+    doc = _result(tmp_path, "g")
+    assert doc["real_codes"]["n_queries"] == 10 and doc["real_codes"]["unmatched_queries"] == 2
+    [r] = doc["results"]
+    assert r["recall_at_1"]["<=16"] == 1.0 and r["distance_errors"] == 0
