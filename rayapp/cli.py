@@ -194,6 +194,41 @@ def demo(port, out_dir, exit_after) -> None:
     run_demo(out_dir=out_dir, port=port, keep_serving=not exit_after)
 
 
+PASSTHROUGH = {"context_settings": {"ignore_unknown_options": True, "allow_extra_args": True,
+                                    "help_option_names": []}, "add_help_option": False}
+
+
+@cli.command(**PASSTHROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train(args) -> None:
+    """Train the deephash model (flags of `python -m encoders.train`; --help lists them)."""
+    from encoders.train import main as train_main
+    sys.exit(train_main(list(args)))
+
+
+@cli.command(name="eval", **PASSTHROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def eval_cmd(args) -> None:
+    """mAP@100, µAP, recall@1 and per-edit recall for each encoder, side by side (--help)."""
+    from encoders.evaluate import main as eval_main
+    sys.exit(eval_main(list(args)))
+
+
+@cli.command(**PASSTHROUGH)
+@click.argument("which", type=click.Choice(["shard", "chaos"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(which, args) -> None:
+    """Benchmarks from a source checkout: `shard` (index kinds) or `chaos` (SIGKILL shards)."""
+    import importlib
+    import os
+    sys.path.insert(0, os.getcwd())  # the console script's path does not include the checkout
+    try:
+        module = importlib.import_module(f"bench.{'shard_bench' if which == 'shard' else 'chaos'}")
+    except ModuleNotFoundError:
+        raise click.ClickException("benchmarks run from a source checkout (the bench/ folder)") from None
+    sys.exit(module.main(list(args)))
+
+
 @cli.command(name="encoders")
 def encoders_cmd() -> None:
     """List the available encoders."""

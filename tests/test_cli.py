@@ -108,3 +108,10 @@ def test_demo_shows_real_matches(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "found" in r.stdout and "API listening at" in r.stdout
     assert (tmp_path / "demo" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("args", [("eval", "--help"), ("train", "--help"), ("bench", "shard", "--help")])
+def test_passthrough_commands_show_their_flags(args):
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m" in r.stdout
