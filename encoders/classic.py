@@ -1,7 +1,7 @@
 """Classical perceptual hashes as encoders: Meta's PDQ (256 bits) and DCT pHash (64 bits).
 
 Both are per-image CPU hashes, so ``encode_batch`` simply loops. They are the baselines the
-deep model is measured against, and PDQ is the default until trained weights exist.
+deep model is measured against (deephash is the default encoder).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Callable
 from encoders.base import Encoder
 
 # The one setting that picks the default encoder everywhere (CLI, ingest, Serve, demo).
-DEFAULT_ENCODER = "pdq"
+DEFAULT_ENCODER = "deephash"
 
 _FACTORIES: dict[str, Callable[..., Encoder]] = {}
 _MODULES = ("encoders.classic", "encoders.deephash")

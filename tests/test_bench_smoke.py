@@ -73,6 +73,7 @@ def test_tiny_run_writes_json_plot_and_table(tmp_path):
         if r["kind"] == "mihc":  # pigeonhole: 8 chunks x (nflip 1 + 1) finds everything within 15 bits
             assert r["recall_at_10"]["4"] == r["recall_at_10"]["8"] == r["recall_at_10"]["12"] == 1.0
     assert doc["ground_truth"][0]["duplicate_is_nearest"] == 1.0
+    assert doc["ground_truth"][0]["exact_search_recall"]["recall_at_10"]["<=16"] == 1.0
     assert {e["source"] for e in doc["extrapolated"]} == {"extrapolated"}
     assert all(e["n"] == 200_000_000 and e["fanout"]["shards"] == 5 for e in doc["extrapolated"])
     assert (tmp_path / f"shard_{doc['params']['date']}_t.png").read_bytes()[:4] == b"\x89PNG"
