@@ -29,9 +29,14 @@ class Encoder(ABC):
     def code_bytes(self) -> int:
         return self.bits // 8
 
-    @abstractmethod
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """One decoded RGB image -> uint8 array (input_size, input_size, 3)."""
+        """One decoded RGB image -> uint8 array (input_size, input_size, 3).
+
+        The whole image is squashed to a square, never cropped: a crop would throw away
+        content that a copy detector needs. Ingest's decode stage does exactly this too.
+        """
+        from encoders.decode import resize_square
+        return resize_square(image, self.input_size)
 
     @abstractmethod
     def encode_batch(self, batch: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ import pdqhash
 from PIL import Image
 
 from encoders.base import Encoder, pack_bits
-from encoders.decode import resize_square
 from encoders.registry import register
 
 
@@ -35,9 +34,6 @@ class PDQEncoder(Encoder):
     name = "pdq"
     bits = 256
     input_size = 256
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return resize_square(image, self.input_size)
 
     def encode_batch(self, batch: np.ndarray) -> np.ndarray:
         return self.encode_batch_with_quality(batch)[0]
@@ -71,9 +67,6 @@ class PHashEncoder(Encoder):
     name = "phash"
     bits = 64
     input_size = 64
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return resize_square(image, self.input_size)
 
     def encode_batch(self, batch: np.ndarray) -> np.ndarray:
         batch = _check_batch(batch, self.input_size)

@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from encoders.base import Encoder, pack_bits
@@ -208,16 +207,6 @@ def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Pat
 
 
 # ---------------------------------------------------------------- encoder
-try:  # one squash-resize for the whole project (identical to the fallback below for <3x shrinks)
-    from encoders.decode import resize_square
-except ImportError:  # pragma: no cover - decode.py is part of the package
-    def resize_square(image: Image.Image, size: int) -> np.ndarray:
-        """Squash-resize the whole image (no crop) to uint8 (size, size, 3)."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return np.asarray(image.resize((size, size), Image.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
-
-
 def _variants(batch: np.ndarray, tta: str) -> list[np.ndarray]:
     """Dihedral variants of a (n,S,S,3) batch for query-time invariance."""
     flip = batch[:, :, ::-1]
@@ -261,9 +250,6 @@ class DeepHashEncoder(Encoder):
         self.weights_path = weights_path
         self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return resize_square(image, self.input_size)
 
     def _to_tensor(self, batch: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2).float()

@@ -32,7 +32,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from encoders.augment import hue_shift, random_crop, random_edit
-from encoders.deephash import MEAN, STD, DeepHashNet, resize_square, save_weights
+from encoders.decode import resize_square
+from encoders.deephash import MEAN, STD, DeepHashNet, save_weights
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
