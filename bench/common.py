@@ -325,11 +325,13 @@ def _nnls2(A: "Any", y: "Any", w: "Any") -> "Any":
     return best
 
 
-def fit_cost_curve(ns: list[int], ys: list[float], models: tuple[str, ...] = FIT_MODELS) -> dict | None:
+def fit_cost_curve(ns: list[int], ys: list[float], models: tuple[str, ...] = FIT_MODELS,
+                   fallback: str = "linear") -> dict | None:
     """Fit y(n) with each model (least squares on relative error, coefficients >= 0); keep the best.
 
-    With fewer than 3 points every two-parameter model fits exactly, so only the conservative
-    linear model is used and the fit is marked ``low_confidence``. Returns None without 2 points.
+    With fewer than 3 points every two-parameter model fits exactly, so only the ``fallback`` model
+    (the one theory expects; linear by default) is used and the fit is marked ``low_confidence``.
+    Returns None without 2 points.
     """
     import numpy as np
     pts = [(float(n), float(y)) for n, y in zip(ns, ys) if y is not None and np.isfinite(y) and y > 0]
@@ -337,7 +339,7 @@ def fit_cost_curve(ns: list[int], ys: list[float], models: tuple[str, ...] = FIT
         return None
     n = np.array([p[0] for p in pts])
     y = np.array([p[1] for p in pts])
-    candidates = models if len(set(n)) >= 3 else ("linear",)
+    candidates = models if len(set(n)) >= 3 else (fallback,)
     best = None
     for model in candidates:
         coef = _nnls2(_basis(model, n), y, 1.0 / y)

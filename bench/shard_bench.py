@@ -23,6 +23,7 @@ output says whether it is ``measured`` or ``extrapolated``.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -59,7 +60,8 @@ class BuildSpec:
 GRIDS: dict[str, tuple[BuildSpec, ...]] = {
     "full": (
         BuildSpec("mihc"),
-        BuildSpec("mihc", {"nflip": 2}),
+        BuildSpec("mihc", {"nflip": 2}),  # guaranteed radius 23 instead of 15
+        BuildSpec("mihc", {"nhash": 6, "b": 21, "nflip": 2}),  # bigger buckets tables for 200M shards
         BuildSpec("mih", {"nflip": 0}, ({}, {"nflip": 1}, {"nflip": 2})),
         BuildSpec("hnsw", {"M": 16}, ({"efSearch": 64}, {"efSearch": 128}, {"efSearch": 256})),
         BuildSpec("hnsw", {"M": 32}, ({"efSearch": 64}, {"efSearch": 128}, {"efSearch": 256})),
@@ -592,7 +594,8 @@ class Run:
                 "bytes_per_code = index.memory_bytes() / n; rss_bytes_per_code = the process RSS "
                 "delta across the build (after gc and malloc_trim) / n, a cross-check.",
                 "load_avg_1m before/after each measurement and other_cpu_users record background "
-                "load; figures measured with other load present are noisy.",
+                "load; other_load is set when the 1-min load average exceeded 1 + cores/4 (the bench "
+                "itself adds about 1); figures measured with other load present are noisy.",
             ],
             "sizes_done": [], "ground_truth": [], "results": [], "skipped": [],
             "fits": [], "extrapolated": [],
@@ -755,7 +758,7 @@ def measure_search(run: Run, index: Any, kind: str, build_params: dict, variant:
                     "faiss_threads": _faiss_threads()},
         "build": built["build"], "memory": built["memory"],
         "load_avg_1m": {"before": la0[0] if la0 else None, "after": la1[0] if la1 else None},
-        "other_load": bool(la0 and la1 and max(la0[0], la1[0]) > 0.5 * common.usable_cores()),
+        "other_load": bool(la0 and la1 and max(la0[0], la1[0]) > 1 + 0.25 * common.usable_cores()),
     }
     r10 = rec[f"recall_at_{cfg.k}"]
     log(f"      {entry['label']}: recall@{cfg.k} " + " ".join(f"{b}:{v:.3f}" for b, v in r10.items())
@@ -776,6 +779,14 @@ _FIT_METRICS = {
     "build_seconds": lambda r: r["build"]["seconds"],
     "batched_seconds_per_query": lambda r: 1.0 / r["batched"]["qps"],
 }
+
+
+def _fallback_model(kind: str, metric: str) -> str:
+    """The model theory expects, used when too few sizes were measured to choose by fit: a graph
+    search (hnsw) costs ~log n per query, its build ~n log n; scans and bucket probes grow ~n."""
+    if kind == "hnsw":
+        return "nlogn" if metric == "build_seconds" else ("log" if metric.endswith(("_ms", "per_query")) else "linear")
+    return "linear"
 
 
 def fanout_tail(quantiles_ms: list[float], scale: float, shards: int, seed: int = 0,
@@ -800,7 +811,7 @@ def analyse(doc: dict, cfg: BenchConfig) -> None:
         ns = [r["n"] for r in rows]
         f = {}
         for metric, get in _FIT_METRICS.items():
-            fit = common.fit_cost_curve(ns, [get(r) for r in rows])
+            fit = common.fit_cost_curve(ns, [get(r) for r in rows], fallback=_fallback_model(rows[0]["kind"], metric))
             if fit:
                 f[metric] = fit
                 fits.append({"label": label, "kind": rows[0]["kind"], "params": rows[0]["params"],
@@ -941,12 +952,18 @@ def write_plot(doc: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _kilo(rate: float) -> str:
+    """Codes/s as thousands: 2 significant digits below 10k (2,213 -> '2.2'), else whole."""
+    return f"{rate / 1e3:.1f}" if rate < 10_000 else f"{rate / 1e3:,.0f}"
+
+
 def _f(x: Any, fmt: str, dash: str = "—") -> str:
     return dash if x is None else format(x, fmt)
 
 
 def markdown_table(doc: dict) -> str:
-    """README-ready tables: measured at the largest size, extrapolated to 200M/node and 1B/5 shards."""
+    """README-ready table: each config at its largest measured size, and extrapolated to
+    ``extrapolate_to`` codes per node and ``fanout_shards`` shards."""
     if not doc["results"]:
         return ""
     k = doc["params"]["k"]
@@ -955,22 +972,29 @@ def markdown_table(doc: dict) -> str:
     shards = doc["params"]["fanout_shards"]
     extra = {e["label"]: e for e in doc["extrapolated"]}
     m = doc["machine"]
-    busy = any(r["other_load"] for r in doc["results"] if r["n"] == n_max)
+    busy = any(r["other_load"] for r in doc["results"])
     dl = _default_label(doc)
-    lines = [f"Shard index benchmark, {m['date'][:10]}, {m['cpu_model']} ({m['cores']} cores, "
-             f"{m['ram_gb']} GB), faiss {m['faiss']}, git {str(m['git']['commit'])[:8]}"
-             + (" — **measured while other CPU load was present: latencies are noisy**" if busy else "") + ".",
-             "", f"**Measured** at n = {nm} codes ({doc['params']['bits']}-bit, "
-             f"{'uniform random with planted duplicates' if doc['results'][0]['query_source'] == 'planted' else 'real codes in random background'}), "
-             f"and **extrapolated** (fitted cost curves) to {nt} codes per node and "
-             f"{common.format_count(doc['params']['extrapolate_to'] * shards)} over {shards} shards "
-             f"(P99 of the slowest shard, excluding network).", "",
-             f"| kind | params | recall@{k} ≤16 bits ({nm}) | P50 / P99 ms ({nm}) | QPS batched ({nm}) | "
-             f"build k codes/s ({nm}) | bytes/code ({nm}, RSS) | P50 / P99 ms ({nt}, extrap.) | "
-             f"GB/node ({nt}, extrap.) | P99 ms {shards}-shard fan-out (extrap.) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = sorted((r for r in doc["results"] if r["n"] == n_max),
-                  key=lambda r: (r["label"] != dl, r["kind"], str(sorted(r["params"].items()))))
+    largest: dict[str, dict] = {}
+    for r in doc["results"]:
+        if r["label"] not in largest or r["n"] > largest[r["label"]]["n"]:
+            largest[r["label"]] = r
+    source = ("uniform random codes with planted duplicates" if doc["results"][0]["query_source"] == "planted"
+              else "real codes in random background codes")
+    lines = [f"Shard index benchmark, {m['date'][:10]}: {m['cpu_model']} ({m['cores']} cores, {m['ram_gb']} GB), "
+             f"faiss {m['faiss']}, git {str(m['git']['commit'])[:8]}; {doc['params']['bits']}-bit {source}."
+             + (" Other processes were using the CPU during some measurements (see load_avg_1m in the "
+                "JSON): tail latencies are noisy." if busy else ""),
+             "", f"Columns marked *measured* are at the size in the n column (the largest measured for that "
+             f"configuration); *extrapolated* columns come from cost curves fitted over the measured sizes, "
+             f"to {nt} codes per node and {common.format_count(doc['params']['extrapolate_to'] * shards)} codes "
+             f"over {shards} shards (P99 of the slowest shard, excluding network, encode and merge).", "",
+             f"| kind | params | n | recall@{k}, dup ≤16 bits | P50 / P99 ms | QPS (batch {doc['params']['batch_size']}) | "
+             f"build k codes/s | bytes/code (RSS) | P50 / P99 ms at {nt} | GB at {nt} | "
+             f"P99 ms, {shards}-shard fan-out |",
+             "|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| | | | *measured* | *measured* | *measured* | *measured* | *measured* | *extrapolated* | "
+             f"*extrapolated* | *extrapolated* |"]
+    rows = sorted(largest.values(), key=lambda r: (r["label"] != dl, r["kind"], str(sorted(r["params"].items()))))
     for r in rows:
         e = extra.get(r["label"], {})
         mark = " †" if e.get("low_confidence") else ""
@@ -978,25 +1002,65 @@ def markdown_table(doc: dict) -> str:
         kind = f"**{r['kind']}** (default)" if r["label"] == dl else r["kind"]
         rss = r["memory"]["rss_bytes_per_code"]
         lines.append(
-            f"| {kind} | {params} | {_f(r[f'recall_at_{k}'].get('<=16'), '.3f')} | "
+            f"| {kind} | {params} | {common.format_count(r['n'])} | {_f(r[f'recall_at_{k}'].get('<=16'), '.3f')} | "
             f"{r['latency']['p50_ms']:.2f} / {r['latency']['p99_ms']:.2f} | {r['batched']['qps']:,.0f} | "
-            f"{r['build']['codes_per_s'] / 1e3:,.0f} | {r['memory']['bytes_per_code']:.0f} ({_f(rss, '.0f')}) | "
+            f"{_kilo(r['build']['codes_per_s'])} | {r['memory']['bytes_per_code']:.0f} ({_f(rss, '.0f')}) | "
             f"{_f(e.get('p50_ms'), '.2f')} / {_f(e.get('p99_ms'), '.2f')}{mark} | "
-            f"{_f(None if e.get('memory_bytes') is None else e['memory_bytes'] / 1e9, '.1f')} | "
-            f"{_f(e.get('fanout', {}).get('p99_ms'), '.2f')} |")
-    skipped = sorted({(s["kind"], label_of(s["kind"], s["build_params"]), s["n"]) for s in doc["skipped"]})
+            f"{_f(None if e.get('memory_bytes') is None else e['memory_bytes'] / 1e9, '.1f')}{mark} | "
+            f"{_f(e.get('fanout', {}).get('p99_ms'), '.2f')}{mark} |")
+    skipped = sorted({(label_of(s["kind"], s["build_params"]), s["n"], s["reason"]) for s in doc["skipped"]
+                      if s["kind"] != "*" and not s["reason"].startswith("skipped at a smaller size")})
     if skipped:
-        lines += ["", "Not measured at every size: " + "; ".join(
-            f"{lab} from {common.format_count(n)}" for _k, lab, n in skipped
-            if not any(s2[1] == lab and s2[2] < n for s2 in skipped)) + " (see the JSON for reasons)."]
+        lines += ["", "Not measured above n: " + "; ".join(
+            f"{lab} at {common.format_count(n)} ({why})" for lab, n, why in skipped) + "."]
+    falling = []
+    for label, r in largest.items():
+        first = min((x for x in doc["results"] if x["label"] == label), key=lambda x: x["n"])
+        a, b = first[f"recall_at_{k}"].get("<=16"), r[f"recall_at_{k}"].get("<=16")
+        if a is not None and b is not None and a - b > 0.02:
+            falling.append(f"{label} {a:.3f} at {common.format_count(first['n'])} → {b:.3f} at "
+                           f"{common.format_count(r['n'])}")
+    if falling:
+        lines += ["", "Recall falls as the shard grows (not extrapolated; expect lower at "
+                  f"{nt}): " + "; ".join(falling) + "."]
     if any(e.get("low_confidence") for e in extra.values()):
-        lines += ["", "† fitted on fewer than 3 sizes: linear fit only, low confidence."]
-    lines += ["", "200M P99 = fitted P50 × the P99/P50 ratio measured at the largest size; the fan-out "
-              f"column is the P99 of the slowest of {shards} shards simulated from that scaled distribution."]
-    lines += ["", f"Targets for the default kind at {nm}: recall@{k} ≥ {TARGETS['recall_at_10_le16']} for "
-              f"duplicates ≤ 16 bits, P99 ≤ {TARGETS['p99_ms']} ms, ≤ {TARGETS['bytes_per_code']:.0f} "
-              f"bytes/code, build ≥ {TARGETS['build_codes_per_s'] // 1000}k codes/s."]
+        lines += ["", "† fitted on fewer than 3 sizes: the model theory expects (hnsw: log n per query; others: "
+                  "linear), low confidence."]
+    lines += ["", f"P99 at {nt} = fitted P50 × the P99/P50 ratio measured at the largest size; the fan-out "
+              f"column is the P99 of the slowest of {shards} shards, simulated by drawing from that scaled "
+              f"distribution. QPS uses all cores; single-query latency uses one FAISS thread."]
+    summary = (doc.get("summary") or {}).get("default") or []
+    if summary:
+        d = summary[0]
+        ok = d["meets_target"]
+        yes = lambda b: "met" if b else "**not met**"  # noqa: E731
+        lines += ["", f"Targets for the default kind at {common.format_count(d['n'])}: recall@{k} ≥ "
+                  f"{TARGETS['recall_at_10_le16']} for duplicates ≤ 16 bits ({d['recall_at_10_le16']:.3f}: "
+                  f"{yes(ok['recall_at_10_le16'])}), P99 ≤ {TARGETS['p99_ms']} ms ({d['p99_ms']:.2f}: "
+                  f"{yes(ok['p99_ms'])}), ≤ {TARGETS['bytes_per_code']:.0f} bytes/code "
+                  f"({d['bytes_per_code']:.1f}: {yes(ok['bytes_per_code'])}), build ≥ "
+                  f"{TARGETS['build_codes_per_s'] // 1000}k codes/s ({d['build_codes_per_s'] / 1e3:,.0f}k: "
+                  f"{yes(ok['build_codes_per_s'])})."]
     return "\n".join(lines) + "\n"
+
+
+def render(json_path: str) -> int:
+    """Re-fit, re-plot and re-tabulate an existing result JSON (e.g. after a killed run)."""
+    p = Path(json_path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BenchError(f"cannot read results {p}: {exc}") from None
+    cfg = BenchConfig(**doc["params"])
+    analyse(doc, cfg)
+    common.write_json(p, doc)
+    write_plot(doc, p.with_suffix(".png"))
+    table = markdown_table(doc)
+    stem = p.stem
+    table_name = (f"shard_{cfg.date}_table.md" if cfg.tag == "full" else f"{stem}_table.md")
+    (p.parent / table_name).write_text(table)
+    print(table, flush=True)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1121,6 +1185,11 @@ def run_bench(cfg: BenchConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m bench.shard_bench`` and ``neardup bench shard``."""
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if argv[:1] == ["--render"]:
+            if len(argv) != 2:
+                raise BenchError("usage: --render RESULTS.json")
+            return render(argv[1])
         cfg = parse_args(argv)
         if cfg.gpu:
             ok, why = gpu_available()
