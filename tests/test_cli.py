@@ -115,3 +115,39 @@ def test_passthrough_commands_show_their_flags(args):
     r = run(*args)
     assert r.returncode == 0, r.stderr
     assert "usage: python -m" in r.stdout
+
+
+def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
+    import signal
+    import time
+
+    import httpx
+    port = _free_port()
+    proc = subprocess.Popen([*NEARDUP, "serve", "--index-dir", str(tmp_path / "idx"), "--encoder", "pdq",
+                             "--shards", "1", "--port", str(port)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(1)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=30).json()["shards"][0]["count"] == 0
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    for _ in range(30):  # the embedded Ray's raylet goes away with the process
+        if subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True).returncode:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("Ray processes were left running after neardup serve exited")
