@@ -160,17 +160,20 @@ def dedup(paths, report, radius, encoder, weights) -> None:
 def serve(config_path, index_dir, host, port, num_shards, token, encoder, address) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray
-    from rayapp.serve import run_server, wait_for_signal
+    from rayapp.serve import run_server, stop_on_signals, wait_for_signal
     cfg = load_config(config_path, overrides={
         "encoder": {"name": encoder},
         "shards": {"index_dir": index_dir, "num_shards": num_shards},
         "serve": {"host": host, "port": port, "token": token}})
     init_ray(address)
-    run_server(cfg)
-    click.echo(f"neardup API on http://{cfg.serve.host}:{cfg.serve.port} "
-               f"(index {cfg.shards.index_dir}); Ctrl-C to stop")
-    wait_for_signal()
-    shutdown()
+    stop = stop_on_signals()
+    try:
+        run_server(cfg)
+        click.echo(f"neardup API on http://{cfg.serve.host}:{cfg.serve.port} "
+                   f"(index {cfg.shards.index_dir}); Ctrl-C to stop")
+        wait_for_signal(stop)
+    finally:
+        shutdown()
 
 
 def shutdown() -> None:

@@ -47,7 +47,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
     from rayapp.config import load_config
     from rayapp.dedup import find_groups, write_report
     from rayapp.ingest import IngestOptions, run_ingest
-    from rayapp.serve import run_server, wait_for_signal
+    from rayapp.serve import run_server, stop_on_signals, wait_for_signal
 
     out = Path(out_dir).resolve()
     shutil.rmtree(out, ignore_errors=True)
@@ -61,6 +61,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
     enc = get_encoder(cfg.encoder.name)
     click.secho(f"[1/4] starting an embedded Ray; encoder {enc.name} ({enc.bits} bits)", bold=True)
     init_ray()
+    stop = stop_on_signals()
     try:
         click.secho(f"[2/4] indexing {len(files) - HELD_OUT} bundled samples with Ray Data", bold=True)
         rep = run_ingest(cfg, [str(staged)], IngestOptions(progress=True))
@@ -82,7 +83,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
         click.echo(f"  curl {base}/v1/status\n  curl -F file=@{files[0]} '{base}/v1/search'")
         if keep_serving:
             click.echo("Ctrl-C to stop.")
-            wait_for_signal()
+            wait_for_signal(stop)
     finally:
         shutdown()
 

@@ -703,12 +703,19 @@ def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM (main thread) or KeyboardInterrupt."""
+def stop_on_signals() -> threading.Event:
+    """Route SIGINT/SIGTERM to an Event (main thread only). Call it after ``ray.init``, which
+    installs handlers of its own, and before the server is reachable, so no signal is lost."""
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def wait_for_signal(stop: threading.Event | None = None) -> None:
+    """Block until SIGINT or SIGTERM (or KeyboardInterrupt)."""
+    stop = stop or stop_on_signals()
     try:
         while not stop.wait(0.5):
             pass
