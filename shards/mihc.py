@@ -1,0 +1,335 @@
+"""``mihc``: compact multi-index hashing over packed binary codes, in numpy (see shards.index)."""
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+from shards.base import (BinaryIndex, Growable, RangeResult, as_words, concat_ranges, load_npy, popcount_rows,
+                         ranges_from_candidates, save_npy, topk_from_candidates)
+
+
+class CompactMIHIndex(BinaryIndex):
+    """Multi-index hashing over ``nhash`` chunks of ``b`` bits with compact uint32 postings.
+
+    Layout: rows (codes, int64 ids, alive flags) in insertion order; for table t and chunk value v
+    the bucket is ``post[starts[t, v] : starts[t, v] + counts[t, v]]`` with spare room up to
+    ``starts[t, v + 1]``. Adds write into the spare room. A row that finds a full bucket waits in
+    a small overflow list (searched exhaustively); when that list passes ``overflow`` rows, every
+    table is re-laid out with ``growth`` slack, so the cost per add stays O(1) amortised and the
+    slack stays near ``growth - 1``. Removal marks rows dead (filtered on every search);
+    ``compact()`` drops them and sorts rows by id so that id lookups become binary searches.
+    Params: nhash (bits // b: 8 for 128-bit codes), b (16), nflip (1), growth (1.15),
+    overflow (2048).
+    """
+
+    kind = "mihc"
+    search_params = ("nflip",)
+    _MAX_B = 24  # bucket tables are dense: 2^b entries per table
+    _QUERY_CHUNK = 32  # queries per vectorised pass (measured best; bounds temporaries)
+
+    def __init__(self, bits: int = 128, nhash: int | None = None, b: int = 16, nflip: int = 1,
+                 growth: float = 1.15, overflow: int = 2048) -> None:
+        nhash = bits // int(b) if nhash is None else nhash  # default: cover every bit
+        nhash, b, nflip, overflow = int(nhash), int(b), int(nflip), int(overflow)
+        if not 1 <= b <= self._MAX_B:
+            raise ValueError(f"mihc chunk width b must be in 1..{self._MAX_B}, got {b}")
+        if nhash < 1 or nhash * b > bits:
+            raise ValueError(f"mihc needs 1 <= nhash and nhash * b <= bits, got {nhash} * {b} > {bits}")
+        if not 0 <= nflip <= 3:
+            raise ValueError(f"mihc nflip must be in 0..3, got {nflip}")
+        if not 1.0 < float(growth) <= 4.0:
+            raise ValueError(f"mihc growth must be in (1, 4], got {growth}")
+        if overflow < 0:
+            raise ValueError(f"mihc overflow must be >= 0, got {overflow}")
+        super().__init__(bits, nhash=nhash, b=b, nflip=nflip, growth=float(growth),
+                         overflow=overflow)
+        self._nbuckets = 1 << b
+        self._apply_search_params()
+        self._reset_rows()
+
+    def _apply_search_params(self) -> None:
+        b, nflip = self.params["b"], self.params["nflip"]
+        if not 0 <= nflip <= 3:
+            raise ValueError(f"mihc nflip must be in 0..3, got {nflip}")
+        self._masks = np.array([sum(1 << i for i in combo) for f in range(nflip + 1)
+                                for combo in combinations(range(b), f)], dtype=np.int64)
+
+    def _reset_rows(self) -> None:
+        nh = self.params["nhash"]
+        self._codes = Growable(np.uint8, self.code_bytes)
+        self._ids = Growable(np.int64)
+        self._deadbits = Growable(np.uint8)  # packed bit per row: 1 = removed (tombstone)
+        self._over = Growable(np.uint32)  # rows not (yet) in the tables
+        self._dead = 0
+        self._sorted_prefix = 0  # rows [0, sorted_prefix) are sorted by id (after compact)
+        self._starts = np.zeros((nh, self._nbuckets + 1), dtype=np.uint32)
+        self._counts = np.zeros((nh, self._nbuckets), dtype=np.uint32)
+        self._post = np.zeros(0, dtype=np.uint32)
+
+    @property
+    def guaranteed_radius(self) -> int:
+        """Every code within this Hamming distance is always found (pigeonhole)."""
+        return self.params["nhash"] * (self.params["nflip"] + 1) - 1
+
+    # -- chunk keys -------------------------------------------------------------------------------
+    def _keys(self, codes: np.ndarray) -> np.ndarray:
+        """(n, B) codes -> (n, nhash) int64 chunk values (MSB-first bit order, like np.packbits)."""
+        b, nh = self.params["b"], self.params["nhash"]
+        if b % 8 == 0:  # byte-aligned chunks: combine whole bytes, all tables at once
+            parts = codes[:, : nh * b // 8].reshape(len(codes), nh, b // 8).astype(np.int64)
+            out = parts[:, :, 0]
+            for j in range(1, b // 8):
+                out = (out << 8) | parts[:, :, j]
+            return np.ascontiguousarray(out)
+        out = np.empty((len(codes), nh), dtype=np.int64)
+        for t in range(nh):
+            s = t * b
+            first, last = s // 8, (s + b - 1) // 8
+            acc = np.zeros(len(codes), dtype=np.int64)
+            for j in range(first, last + 1):
+                acc = (acc << 8) | codes[:, j]
+            out[:, t] = (acc >> ((last + 1) * 8 - (s + b))) & (self._nbuckets - 1)
+        return out
+
+    # -- add ----------------------------------------------------------------------------------------
+    def _add(self, ids, codes):
+        if self._codes.n + len(codes) >= 2 ** 32:
+            raise ValueError("mihc holds at most 2^32 - 1 rows per index; use more shards")
+        first_row = self._codes.n
+        self._codes.append(codes)
+        self._ids.append(ids)
+        self._deadbits.append(np.zeros((self._ids.n + 7) // 8 - self._deadbits.n, dtype=np.uint8))
+        step = 1 << 18
+        for s in range(0, len(codes), step):
+            rows = np.arange(first_row + s, first_row + min(s + step, len(codes)), dtype=np.uint32)
+            self._insert(self._keys(codes[s:s + step]), rows)
+        if self._over.n > self.params["overflow"]:
+            self._absorb_overflow()
+
+    def _slots(self, keys: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Entries (table-major) grouped by bucket: order, counts index, starts index, rank in
+        bucket, plus each touched bucket's counts index and number of new entries."""
+        n, nh = keys.shape
+        nb = self._nbuckets
+        kdt = np.uint16 if self.params["b"] <= 16 else np.uint32  # 16-bit keys: radix sort
+        order, cidx, sidx, rank, ucidx, ucnt = [], [], [], [], [], []
+        for t in range(nh):
+            kt = keys[:, t].astype(kdt)
+            o = np.argsort(kt, kind="stable")
+            v = kt[o].astype(np.int64)
+            change = np.empty(n, dtype=bool)
+            change[0] = True
+            np.not_equal(v[1:], v[:-1], out=change[1:])
+            head = np.flatnonzero(change)
+            size = np.diff(head, append=n)
+            order.append(o + t * n)
+            cidx.append(v + t * nb)
+            sidx.append(v + t * (nb + 1))
+            rank.append(np.arange(n) - np.repeat(head, size))
+            ucidx.append(v[head] + t * nb)
+            ucnt.append(size)
+        return tuple(np.concatenate(x) for x in (order, cidx, sidx, rank, ucidx, ucnt))
+
+    def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Write rows into their buckets; rows meeting a full bucket go to the overflow list."""
+        if not len(rows):
+            return
+        counts, starts = self._counts.reshape(-1), self._starts.reshape(-1)
+        order, cidx, sidx, rank, ucidx, ucnt = self._slots(keys)
+        fill = counts[cidx].astype(np.int64) + rank
+        fits = fill < starts[sidx + 1].astype(np.int64) - starts[sidx]
+        if not fits.all():
+            entry_ok = np.empty(len(fits), dtype=bool)
+            entry_ok[order] = fits
+            row_ok = entry_ok.reshape(keys.shape[1], len(rows)).all(axis=0)
+            self._over.append(rows[~row_ok])
+            keys, rows = keys[row_ok], rows[row_ok]
+            if not len(rows):
+                return
+            order, cidx, sidx, rank, ucidx, ucnt = self._slots(keys)  # ranks only shrink: all fit
+            fill = counts[cidx].astype(np.int64) + rank
+        self._post[starts[sidx] + fill] = np.tile(rows, keys.shape[1])[order]
+        counts[ucidx] += ucnt.astype(np.uint32)
+
+    def _absorb_overflow(self) -> None:
+        """Re-lay out all tables with room for the overflow rows, then insert them."""
+        rows = self._over.view[self._is_live(self._over.view)]
+        keys = self._keys(self._codes.view[rows])
+        self._relayout(keys)
+        self._over = Growable(np.uint32)
+        self._insert(keys, rows)
+
+    def _relayout(self, extra_keys: np.ndarray) -> None:
+        """New bucket capacities = (count + extra) * growth + 3; move the postings over.
+
+        Done table by table. Capacities never shrink, so the new table is the old one with
+        extra slots inserted at bucket ends: one boolean-mask copy per table.
+        """
+        nh, nb, g = self.params["nhash"], self._nbuckets, self.params["growth"]
+        old_starts = self._starts
+        total_bound = (int(self._counts.sum(dtype=np.int64)) + extra_keys.size) * g \
+            + nh * nb * 4 + len(self._post)
+        new_starts = np.empty_like(old_starts, dtype=np.uint32 if total_bound < 2 ** 32 else np.int64)
+        offset = 0
+        for t in range(nh):
+            need = self._counts[t].astype(np.int64) + np.bincount(extra_keys[:, t], minlength=nb)
+            # proportional slack, plus a few slots so that sparse buckets do not fill at once
+            caps = need + np.ceil(need * (g - 1)).astype(np.int64) + 3
+            np.maximum(caps, np.diff(old_starts[t].astype(np.int64)), out=caps)
+            ends = np.cumsum(caps)
+            new_starts[t, 1:] = offset + ends
+            new_starts[t, 0] = offset
+            offset += int(ends[-1])
+        new_post = np.empty(offset, dtype=np.uint32)
+        for t in range(nh):
+            old_t = old_starts[t].astype(np.int64)
+            new_t = new_starts[t].astype(np.int64)
+            old_caps = np.diff(old_t)
+            gaps = np.diff(new_t) - old_caps  # slots added at the end of each bucket
+            keep = np.ones(new_t[-1] - new_t[0], dtype=bool)
+            keep[concat_ranges(new_t[:-1] - new_t[0] + old_caps, gaps)] = False
+            new_post[new_t[0]:new_t[-1]][keep] = self._post[old_t[0]:old_t[-1]]
+        self._post, self._starts = new_post, new_starts
+
+    # -- search ---------------------------------------------------------------------------------
+    def _candidates(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(query index, row, exact distance) for rows sharing a probed bucket (with repeats)
+        and for every overflow row; dead rows dropped. Query index is None for one query."""
+        nq, nh, nb = len(codes), self.params["nhash"], self._nbuckets
+        probes = (self._keys(codes)[:, :, None] ^ self._masks[None, None, :]).reshape(nq, -1)
+        table = np.repeat(np.arange(nh, dtype=np.int64), len(self._masks))
+        starts = self._starts.reshape(-1)[(probes + table * (nb + 1)).reshape(-1)]
+        lens = self._counts.reshape(-1)[(probes + table * nb).reshape(-1)]
+        rows = self._post[concat_ranges(starts, lens)]
+        qidx = None
+        if nq > 1:
+            qidx = np.repeat(np.repeat(np.arange(nq), nh * len(self._masks)), lens.astype(np.int64))
+        if self._over.n:
+            rows = np.concatenate([rows, np.tile(self._over.view, nq)])
+            if qidx is not None:
+                qidx = np.concatenate([qidx, np.repeat(np.arange(nq), self._over.n)])
+        if self._dead:
+            live = self._is_live(rows)
+            rows = rows[live]
+            qidx = None if qidx is None else qidx[live]
+        words, qwords = as_words(self._codes.view), as_words(codes)
+        qw = qwords if qidx is None else np.take(qwords, qidx, axis=0)
+        dists = popcount_rows(np.bitwise_xor(np.take(words, rows, axis=0), qw))
+        return qidx, rows, dists
+
+    def _search(self, codes, k):
+        if len(codes) > self._QUERY_CHUNK:
+            parts = [self._search(codes[s:s + self._QUERY_CHUNK], k)
+                     for s in range(0, len(codes), self._QUERY_CHUNK)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        nq = len(codes)
+        qidx, rows, dists = self._candidates(codes)
+        if len(rows) > 4 * k * self.params["nhash"]:
+            # keep, per query, the smallest distances that surely hold k unique rows
+            # (a row repeats at most once per table), before the costlier sort + dedup
+            width = self.bits + 1
+            flat = dists if qidx is None else qidx * width + dists
+            hist = np.bincount(flat, minlength=nq * width).reshape(nq, width)
+            enough = np.cumsum(hist, axis=1) >= k * self.params["nhash"]
+            thresh = np.where(enough.any(axis=1), enough.argmax(axis=1), self.bits)
+            sel = dists <= (thresh[0] if qidx is None else thresh[qidx])
+            rows, dists = rows[sel], dists[sel]
+            qidx = None if qidx is None else qidx[sel]
+        if qidx is None:
+            qidx = np.zeros(len(rows), dtype=np.int64)
+        return topk_from_candidates(qidx, self._ids.view[rows], dists, nq, k)
+
+    def _range_search(self, codes, radius):
+        out: RangeResult = []
+        for s in range(0, len(codes), self._QUERY_CHUNK):
+            chunk = codes[s:s + self._QUERY_CHUNK]
+            qidx, rows, dists = self._candidates(chunk)
+            sel = dists <= radius
+            qidx = np.zeros(int(sel.sum()), dtype=np.int64) if qidx is None else qidx[sel]
+            out += ranges_from_candidates(qidx, self._ids.view[rows[sel]], dists[sel],
+                                           len(chunk), radius)
+        return out
+
+    # -- remove / compact ---------------------------------------------------------------------
+    def _rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Live rows holding any of the (sorted, unique) ids."""
+        all_ids, p = self._ids.view, self._sorted_prefix
+        found = []
+        if p:
+            lo = np.searchsorted(all_ids[:p], ids, side="left")
+            hi = np.searchsorted(all_ids[:p], ids, side="right")
+            found.append(concat_ranges(lo, hi - lo))
+        if self._ids.n > p:
+            found.append(p + np.flatnonzero(np.isin(all_ids[p:], ids)))
+        rows = np.concatenate(found) if found else np.zeros(0, np.int64)
+        return rows[self._is_live(rows)]
+
+    def _is_live(self, rows: np.ndarray) -> np.ndarray:
+        return (self._deadbits.view[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1 == 0
+
+    def _live_mask(self) -> np.ndarray:
+        return np.unpackbits(self._deadbits.view, count=self._ids.n, bitorder="little") == 0
+
+    def _remove(self, ids):
+        rows = self._rows_of(ids)
+        np.bitwise_or.at(self._deadbits.view, rows >> 3, (1 << (rows & 7)).astype(np.uint8))
+        self._dead += len(rows)
+        return len(rows)
+
+    @property
+    def tombstones(self) -> int:
+        return self._dead
+
+    def _compact(self):
+        purged = self._dead
+        live = self._live_mask()
+        order = np.argsort(self._ids.view[live], kind="stable")
+        codes = self._codes.view[live][order]
+        ids = self._ids.view[live][order]
+        self._reset_rows()
+        if len(ids):
+            self._add(ids, codes)
+            self._absorb_overflow()
+        self._sorted_prefix = len(ids)
+        return purged
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def _ntotal(self):
+        return self._ids.n - self._dead
+
+    def _memory_bytes(self):
+        # rows: the used part only (the spare capacity of a growable array is never touched,
+        # so it is not resident); postings: all of it (every bucket's slack sits between
+        # written entries)
+        return (self._codes.used_bytes + self._ids.used_bytes + self._deadbits.used_bytes
+                + self._over.used_bytes
+                + self._post.nbytes + self._starts.nbytes + self._counts.nbytes)
+
+    def _save(self, out):
+        for name, arr in (("codes", self._codes.view), ("ids", self._ids.view),
+                          ("deadbits", self._deadbits.view), ("overflow", self._over.view),
+                          ("starts", self._starts), ("counts", self._counts), ("post", self._post)):
+            save_npy(out / f"{name}.npy", arr)
+        return {"dead": self._dead, "sorted_prefix": self._sorted_prefix, "rows": self._ids.n}
+
+    def _load(self, src, state):
+        self._codes = Growable(np.uint8, data=load_npy(src / "codes.npy"))
+        self._ids = Growable(np.int64, data=load_npy(src / "ids.npy"))
+        self._deadbits = Growable(np.uint8, data=load_npy(src / "deadbits.npy"))
+        self._over = Growable(np.uint32, data=load_npy(src / "overflow.npy"))
+        self._starts = load_npy(src / "starts.npy")
+        self._counts = load_npy(src / "counts.npy")
+        self._post = load_npy(src / "post.npy")
+        self._dead = int(state.get("dead", 0))
+        self._sorted_prefix = int(state.get("sorted_prefix", 0))
+        n = self._ids.n
+        if (self._codes.n != n or self._deadbits.n != (n + 7) // 8
+                or self._dead != n - int(self._live_mask().sum())
+                or self._starts.shape != (self.params["nhash"], self._nbuckets + 1)
+                or self._counts.shape != (self.params["nhash"], self._nbuckets)
+                or len(self._post) != int(self._starts[-1, -1])
+                or (self._over.n and int(self._over.view.max()) >= n)):
+            raise ValueError(f"corrupt mihc index in {src}: inconsistent array shapes")
+
+
