@@ -58,9 +58,9 @@ class BuildSpec:
 
 GRIDS: dict[str, tuple[BuildSpec, ...]] = {
     "full": (
-        BuildSpec("mihc"),
-        BuildSpec("mihc", {"nflip": 2}),  # guaranteed radius 23 instead of 15
-        BuildSpec("mihc", {"nhash": 6, "b": 21, "nflip": 2}),  # finer buckets: fewer candidates in 200M shards
+        BuildSpec("mihc"),  # auto geometry: 8 x 16 bits (1 flip) below 2^21 rows, then 6 x 21 (2 flips)
+        BuildSpec("mihc", {"b": 16}),  # 8 x 16 bits, 1 flip, at every size
+        BuildSpec("mihc", {"nhash": 6, "b": 20, "nflip": 2}),  # half the directory of 6 x 21
         BuildSpec("mih", {"nflip": 0}, ({}, {"nflip": 1}, {"nflip": 2})),
         BuildSpec("hnsw", {"M": 16}, ({"efSearch": 64}, {"efSearch": 128}, {"efSearch": 256})),
         BuildSpec("hnsw", {"M": 32}, ({"efSearch": 64}, {"efSearch": 128}, {"efSearch": 256})),
@@ -712,6 +712,8 @@ def measure_spec(run: Run, spec: BuildSpec, n: int, bits: int, work: Workload, g
         for variant in variants:
             retune(index, variant)
             entries.append(measure_search(run, index, spec.kind, build_params, variant, n, work, gt_D, built))
+            if hasattr(index, "geometry"):  # mihc: the chunking it chose at this size
+                entries[-1]["geometry"] = index.info()["geometry"]
         saved, loaded = ({}, {})
         if cfg.save_load:  # the built index is dropped before loading: never two copies in memory
             probe = work.queries[:min(100, len(work.queries))]

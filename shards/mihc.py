@@ -1,6 +1,7 @@
 """``mihc``: compact multi-index hashing over packed binary codes, in numpy (see shards.index)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -9,73 +10,132 @@ from shards.base import (BinaryIndex, Growable, RangeResult, as_words, concat_ra
                          ranges_from_candidates, save_npy, topk_from_candidates)
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """How codes are cut: ``nhash`` chunks of ``b`` bits, probed within ``nflip`` bit flips."""
+
+    nhash: int
+    b: int
+    nflip: int
+
+    @property
+    def guaranteed_radius(self) -> int:
+        """Every code within this Hamming distance is always found (pigeonhole)."""
+        return self.nhash * (self.nflip + 1) - 1
+
+
+#: Auto geometry by row count (128-bit codes): narrow chunks keep small indexes small (the bucket
+#: directory is 2^b entries per table); past 2^21 rows, 6 x 21-bit chunks with 2 flips probe ~5x
+#: fewer candidates per query at the same memory (measured at 10M: bench/results/shard_*).
+AUTO_STAGES = ((0, 16, 1), (1 << 21, 21, 2))  # (from this many rows, chunk bits, flips)
+
+
+def auto_geometry(rows: int, bits: int) -> Geometry:
+    """The geometry an auto-sized index uses once it holds ``rows`` rows."""
+    b, nflip = next((b, f) for start, b, f in reversed(AUTO_STAGES) if rows >= start)
+    return Geometry(bits // b, b, nflip)
+
+
 class CompactMIHIndex(BinaryIndex):
     """Multi-index hashing over ``nhash`` chunks of ``b`` bits with compact uint32 postings.
 
-    Layout: rows (codes, int64 ids, alive flags) in insertion order; for table t and chunk value v
-    the bucket is ``post[starts[t, v] : starts[t, v] + counts[t, v]]`` with spare room up to
-    ``starts[t, v + 1]``. Adds write into the spare room. A row that finds a full bucket waits in
-    a small overflow list (searched exhaustively); when that list passes ``overflow`` rows, every
-    table is re-laid out with ``growth`` slack, so the cost per add stays O(1) amortised and the
-    slack stays near ``growth - 1``. Removal marks rows dead (filtered on every search);
-    ``compact()`` drops them and sorts rows by id so that id lookups become binary searches.
-    Params: nhash (bits // b: 8 for 128-bit codes), b (16), nflip (1), growth (1.15),
-    overflow (2048).
+    Layout: rows (codes, int64 ids, tombstone bits) in insertion order; for table t and chunk
+    value v the bucket is ``post[starts[t, v] : starts[t, v] + counts[t, v]]`` with spare room up
+    to ``starts[t, v + 1]``. Adds write into the spare room. A row that finds a full bucket waits
+    in an overflow list (searched exhaustively); when that list passes ``overflow`` rows (or
+    n / 512), every table is re-laid out with ``growth`` slack, so adds stay O(1) amortised.
+    Removal marks rows dead (filtered on every search); ``compact()`` drops them and sorts rows by
+    id so that id lookups become binary searches.
+
+    Params: ``nhash``, ``b``, ``nflip``, ``growth`` (1.15), ``overflow`` (2048). With ``b`` and
+    ``nhash`` unset the geometry is automatic (``AUTO_STAGES``): the index re-keys itself once,
+    under the write lock, when it passes 2^21 rows (about 8 s at that size). An explicit ``b``
+    (or ``nhash``) fixes the geometry (``b`` defaults to 16, ``nhash`` to ``bits // b``,
+    ``nflip`` to 1).
     """
 
     kind = "mihc"
     search_params = ("nflip",)
     _MAX_B = 24  # bucket tables are dense: 2^b entries per table
     _QUERY_CHUNK = 32  # queries per vectorised pass (measured best; bounds temporaries)
+    _STEP = 1 << 18  # rows keyed per pass while inserting (bounds temporaries)
 
-    def __init__(self, bits: int = 128, nhash: int | None = None, b: int = 16, nflip: int = 1,
-                 growth: float = 1.15, overflow: int = 2048) -> None:
-        nhash = bits // int(b) if nhash is None else nhash  # default: cover every bit
-        nhash, b, nflip, overflow = int(nhash), int(b), int(nflip), int(overflow)
-        if not 1 <= b <= self._MAX_B:
-            raise ValueError(f"mihc chunk width b must be in 1..{self._MAX_B}, got {b}")
-        if nhash < 1 or nhash * b > bits:
-            raise ValueError(f"mihc needs 1 <= nhash and nhash * b <= bits, got {nhash} * {b} > {bits}")
-        if not 0 <= nflip <= 3:
+    def __init__(self, bits: int = 128, nhash: int | None = None, b: int | None = None,
+                 nflip: int | None = None, growth: float = 1.15, overflow: int = 2048) -> None:
+        if b is None and nhash is not None:
+            b = 16  # nhash alone: the classic 16-bit chunks
+        if b is not None:
+            b = int(b)
+            if not 1 <= b <= self._MAX_B:
+                raise ValueError(f"mihc chunk width b must be in 1..{self._MAX_B}, got {b}")
+            nhash = bits // b if nhash is None else int(nhash)  # default: cover every bit
+            if nhash < 1 or nhash * b > bits:
+                raise ValueError(f"mihc needs 1 <= nhash and nhash * b <= bits, got {nhash} * {b} > {bits}")
+        if nflip is not None and not 0 <= int(nflip) <= 3:
             raise ValueError(f"mihc nflip must be in 0..3, got {nflip}")
         if not 1.0 < float(growth) <= 4.0:
             raise ValueError(f"mihc growth must be in (1, 4], got {growth}")
-        if overflow < 0:
+        if int(overflow) < 0:
             raise ValueError(f"mihc overflow must be >= 0, got {overflow}")
-        super().__init__(bits, nhash=nhash, b=b, nflip=nflip, growth=float(growth),
-                         overflow=overflow)
-        self._nbuckets = 1 << b
-        self._apply_search_params()
+        super().__init__(bits, nhash=nhash, b=b, nflip=None if nflip is None else int(nflip),
+                         growth=float(growth), overflow=int(overflow))
         self._reset_rows()
 
+    # -- geometry ---------------------------------------------------------------------------------
+    @property
+    def auto(self) -> bool:
+        """True when the geometry follows the row count (``b`` not given)."""
+        return self.params["b"] is None
+
+    def _target_geometry(self, rows: int) -> Geometry:
+        p = self.params
+        geo = auto_geometry(rows, self.bits) if self.auto else Geometry(p["nhash"], p["b"], 1)
+        return geo if p["nflip"] is None else Geometry(geo.nhash, geo.b, p["nflip"])
+
+    def _set_geometry(self, geo: Geometry) -> None:
+        """Adopt ``geo`` with empty bucket tables (callers re-insert rows)."""
+        self.geometry = geo
+        self._nbuckets = 1 << geo.b
+        self._starts = np.zeros((geo.nhash, self._nbuckets + 1), dtype=np.uint32)
+        self._counts = np.zeros((geo.nhash, self._nbuckets), dtype=np.uint32)
+        self._post = np.zeros(0, dtype=np.uint32)
+        self._apply_search_params()
+
     def _apply_search_params(self) -> None:
-        b, nflip = self.params["b"], self.params["nflip"]
-        if not 0 <= nflip <= 3:
-            raise ValueError(f"mihc nflip must be in 0..3, got {nflip}")
-        self._masks = np.array([sum(1 << i for i in combo) for f in range(nflip + 1)
-                                for combo in combinations(range(b), f)], dtype=np.int64)
+        geo = self.geometry
+        if self.params["nflip"] is not None:
+            if not 0 <= self.params["nflip"] <= 3:
+                raise ValueError(f"mihc nflip must be in 0..3, got {self.params['nflip']}")
+            geo = self.geometry = Geometry(geo.nhash, geo.b, self.params["nflip"])
+        self._masks = np.array([sum(1 << i for i in combo) for f in range(geo.nflip + 1)
+                                for combo in combinations(range(geo.b), f)], dtype=np.int64)
+        table = np.repeat(np.arange(geo.nhash, dtype=np.int64), len(self._masks))
+        self._start_base = table * (self._nbuckets + 1)  # probe -> flat index into starts
+        self._count_base = table * self._nbuckets  # probe -> flat index into counts
+
+    @property
+    def guaranteed_radius(self) -> int:
+        """Every code within this Hamming distance is always found (pigeonhole)."""
+        return self.geometry.guaranteed_radius
 
     def _reset_rows(self) -> None:
-        nh = self.params["nhash"]
         self._codes = Growable(np.uint8, self.code_bytes)
         self._ids = Growable(np.int64)
         self._deadbits = Growable(np.uint8)  # packed bit per row: 1 = removed (tombstone)
         self._over = Growable(np.uint32)  # rows not (yet) in the tables
         self._dead = 0
         self._sorted_prefix = 0  # rows [0, sorted_prefix) are sorted by id (after compact)
-        self._starts = np.zeros((nh, self._nbuckets + 1), dtype=np.uint32)
-        self._counts = np.zeros((nh, self._nbuckets), dtype=np.uint32)
-        self._post = np.zeros(0, dtype=np.uint32)
-
-    @property
-    def guaranteed_radius(self) -> int:
-        """Every code within this Hamming distance is always found (pigeonhole)."""
-        return self.params["nhash"] * (self.params["nflip"] + 1) - 1
+        self._set_geometry(self._target_geometry(0))
 
     # -- chunk keys -------------------------------------------------------------------------------
     def _keys(self, codes: np.ndarray) -> np.ndarray:
         """(n, B) codes -> (n, nhash) int64 chunk values (MSB-first bit order, like np.packbits)."""
-        b, nh = self.params["b"], self.params["nhash"]
+        b, nh = self.geometry.b, self.geometry.nhash
+        mask = (1 << b) - 1
+        if len(codes) == 1:  # the latency path: plain integers beat a dozen tiny numpy calls
+            x = int.from_bytes(codes[0].tobytes(), "big")
+            return np.array([[(x >> (self.bits - (t + 1) * b)) & mask for t in range(nh)]],
+                            dtype=np.int64)
         if b % 8 == 0:  # byte-aligned chunks: combine whole bytes, all tables at once
             parts = codes[:, : nh * b // 8].reshape(len(codes), nh, b // 8).astype(np.int64)
             out = parts[:, :, 0]
@@ -89,7 +149,7 @@ class CompactMIHIndex(BinaryIndex):
             acc = np.zeros(len(codes), dtype=np.int64)
             for j in range(first, last + 1):
                 acc = (acc << 8) | codes[:, j]
-            out[:, t] = (acc >> ((last + 1) * 8 - (s + b))) & (self._nbuckets - 1)
+            out[:, t] = (acc >> ((last + 1) * 8 - (s + b))) & mask
         return out
 
     # -- add ----------------------------------------------------------------------------------------
@@ -100,11 +160,16 @@ class CompactMIHIndex(BinaryIndex):
         self._codes.append(codes)
         self._ids.append(ids)
         self._deadbits.append(np.zeros((self._ids.n + 7) // 8 - self._deadbits.n, dtype=np.uint8))
-        step = 1 << 18
-        for s in range(0, len(codes), step):
-            rows = np.arange(first_row + s, first_row + min(s + step, len(codes)), dtype=np.uint32)
-            self._insert(self._keys(codes[s:s + step]), rows)
-        if self._over.n > self.params["overflow"]:
+        target = self._target_geometry(self._ids.n)
+        if target != self.geometry:  # grew into the next auto stage: re-key every row
+            self._set_geometry(target)
+            self._over = Growable(np.uint32, data=np.flatnonzero(self._live_mask()).astype(np.uint32))
+            self._absorb_overflow()
+            return
+        for s in range(0, len(codes), self._STEP):
+            rows = np.arange(first_row + s, first_row + min(s + self._STEP, len(codes)), dtype=np.uint32)
+            self._insert(self._keys(codes[s:s + self._STEP]), rows)
+        if self._over.n > max(self.params["overflow"], self._ids.n >> 9):
             self._absorb_overflow()
 
     def _slots(self, keys: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -112,7 +177,7 @@ class CompactMIHIndex(BinaryIndex):
         bucket, plus each touched bucket's counts index and number of new entries."""
         n, nh = keys.shape
         nb = self._nbuckets
-        kdt = np.uint16 if self.params["b"] <= 16 else np.uint32  # 16-bit keys: radix sort
+        kdt = np.uint16 if self.geometry.b <= 16 else np.uint32  # 16-bit keys: radix sort
         order, cidx, sidx, rank, ucidx, ucnt = [], [], [], [], [], []
         for t in range(nh):
             kt = keys[:, t].astype(kdt)
@@ -153,29 +218,41 @@ class CompactMIHIndex(BinaryIndex):
         counts[ucidx] += ucnt.astype(np.uint32)
 
     def _absorb_overflow(self) -> None:
-        """Re-lay out all tables with room for the overflow rows, then insert them."""
+        """Re-lay out all tables with room for the live overflow rows, then insert them."""
         rows = self._over.view[self._is_live(self._over.view)]
-        keys = self._keys(self._codes.view[rows])
-        self._relayout(keys)
+        nh, nb = self.geometry.nhash, self._nbuckets
+        extra = np.zeros((nh, nb), dtype=np.int64)
+        for s in range(0, len(rows), self._STEP):
+            keys = self._keys(self._codes.view[rows[s:s + self._STEP]])
+            for t in range(nh):
+                extra[t] += np.bincount(keys[:, t], minlength=nb)
+        self._relayout(extra)
         self._over = Growable(np.uint32)
-        self._insert(keys, rows)
+        for s in range(0, len(rows), self._STEP):  # room was made for every one: all fit
+            chunk = rows[s:s + self._STEP]
+            self._insert(self._keys(self._codes.view[chunk]), chunk)
 
-    def _relayout(self, extra_keys: np.ndarray) -> None:
-        """New bucket capacities = (count + extra) * growth + 3; move the postings over.
+    def _relayout(self, extra: np.ndarray) -> None:
+        """New bucket capacities = need * growth (randomly rounded); move the postings over.
 
-        Done table by table. Capacities never shrink, so the new table is the old one with
-        extra slots inserted at bucket ends: one boolean-mask copy per table.
+        ``extra`` (nhash, 2^b) counts the entries about to arrive per bucket. Done table by
+        table. Capacities never shrink, so the new table is the old one with extra slots inserted
+        at bucket ends: one boolean-mask copy per table.
         """
-        nh, nb, g = self.params["nhash"], self._nbuckets, self.params["growth"]
+        nh, nb, g = self.geometry.nhash, self._nbuckets, self.params["growth"]
         old_starts = self._starts
-        total_bound = (int(self._counts.sum(dtype=np.int64)) + extra_keys.size) * g \
-            + nh * nb * 4 + len(self._post)
+        total_bound = (int(self._counts.sum(dtype=np.int64)) + int(extra.sum())) * g \
+            + nh * nb + len(self._post)
         new_starts = np.empty_like(old_starts, dtype=np.uint32 if total_bound < 2 ** 32 else np.int64)
+        # per-bucket fractions in [0, 1) (Knuth multiplicative hash) for rounding the slack
+        jitter = ((np.arange(nb, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)
+                  ).astype(np.float64) / float(1 << 32)
         offset = 0
         for t in range(nh):
-            need = self._counts[t].astype(np.int64) + np.bincount(extra_keys[:, t], minlength=nb)
-            # proportional slack, plus a few slots so that sparse buckets do not fill at once
-            caps = need + np.ceil(need * (g - 1)).astype(np.int64) + 3
+            need = self._counts[t].astype(np.int64) + extra[t]
+            # proportional slack, rounded up or down at random (a fixed hash of the bucket),
+            # so that the many small buckets of wide chunks get (growth - 1) slack on average
+            caps = need + np.floor(need * (g - 1) + jitter).astype(np.int64)
             np.maximum(caps, np.diff(old_starts[t].astype(np.int64)), out=caps)
             ends = np.cumsum(caps)
             new_starts[t, 1:] = offset + ends
@@ -196,15 +273,14 @@ class CompactMIHIndex(BinaryIndex):
     def _candidates(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """(query index, row, exact distance) for rows sharing a probed bucket (with repeats)
         and for every overflow row; dead rows dropped. Query index is None for one query."""
-        nq, nh, nb = len(codes), self.params["nhash"], self._nbuckets
+        nq = len(codes)
         probes = (self._keys(codes)[:, :, None] ^ self._masks[None, None, :]).reshape(nq, -1)
-        table = np.repeat(np.arange(nh, dtype=np.int64), len(self._masks))
-        starts = self._starts.reshape(-1)[(probes + table * (nb + 1)).reshape(-1)]
-        lens = self._counts.reshape(-1)[(probes + table * nb).reshape(-1)]
+        starts = self._starts.reshape(-1)[(probes + self._start_base).reshape(-1)]
+        lens = self._counts.reshape(-1)[(probes + self._count_base).reshape(-1)]
         rows = self._post[concat_ranges(starts, lens)]
         qidx = None
         if nq > 1:
-            qidx = np.repeat(np.repeat(np.arange(nq), nh * len(self._masks)), lens.astype(np.int64))
+            qidx = np.repeat(np.repeat(np.arange(nq), probes.shape[1]), lens.astype(np.int64))
         if self._over.n:
             rows = np.concatenate([rows, np.tile(self._over.view, nq)])
             if qidx is not None:
@@ -225,13 +301,13 @@ class CompactMIHIndex(BinaryIndex):
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         nq = len(codes)
         qidx, rows, dists = self._candidates(codes)
-        if len(rows) > 4 * k * self.params["nhash"]:
+        if len(rows) > 4 * k * self.geometry.nhash:
             # keep, per query, the smallest distances that surely hold k unique rows
             # (a row repeats at most once per table), before the costlier sort + dedup
             width = self.bits + 1
             flat = dists if qidx is None else qidx * width + dists
             hist = np.bincount(flat, minlength=nq * width).reshape(nq, width)
-            enough = np.cumsum(hist, axis=1) >= k * self.params["nhash"]
+            enough = np.cumsum(hist, axis=1) >= k * self.geometry.nhash
             thresh = np.where(enough.any(axis=1), enough.argmax(axis=1), self.bits)
             sel = dists <= (thresh[0] if qidx is None else thresh[qidx])
             rows, dists = rows[sel], dists[sel]
@@ -311,9 +387,14 @@ class CompactMIHIndex(BinaryIndex):
                           ("deadbits", self._deadbits.view), ("overflow", self._over.view),
                           ("starts", self._starts), ("counts", self._counts), ("post", self._post)):
             save_npy(out / f"{name}.npy", arr)
-        return {"dead": self._dead, "sorted_prefix": self._sorted_prefix, "rows": self._ids.n}
+        geo = self.geometry
+        return {"dead": self._dead, "sorted_prefix": self._sorted_prefix, "rows": self._ids.n,
+                "geometry": {"nhash": geo.nhash, "b": geo.b, "nflip": geo.nflip}}
 
     def _load(self, src, state):
+        n_rows = int(state.get("rows", 0))
+        geo = Geometry(**state["geometry"]) if "geometry" in state else self._target_geometry(n_rows)
+        self.geometry, self._nbuckets = geo, 1 << geo.b
         self._codes = Growable(np.uint8, data=load_npy(src / "codes.npy"))
         self._ids = Growable(np.int64, data=load_npy(src / "ids.npy"))
         self._deadbits = Growable(np.uint8, data=load_npy(src / "deadbits.npy"))
@@ -326,10 +407,16 @@ class CompactMIHIndex(BinaryIndex):
         n = self._ids.n
         if (self._codes.n != n or self._deadbits.n != (n + 7) // 8
                 or self._dead != n - int(self._live_mask().sum())
-                or self._starts.shape != (self.params["nhash"], self._nbuckets + 1)
-                or self._counts.shape != (self.params["nhash"], self._nbuckets)
+                or self._starts.shape != (self.geometry.nhash, self._nbuckets + 1)
+                or self._counts.shape != (self.geometry.nhash, self._nbuckets)
                 or len(self._post) != int(self._starts[-1, -1])
                 or (self._over.n and int(self._over.view.max()) >= n)):
             raise ValueError(f"corrupt mihc index in {src}: inconsistent array shapes")
+        self._apply_search_params()
+
+    def info(self) -> dict:
+        geo = self.geometry
+        return {**super().info(), "geometry": {"nhash": geo.nhash, "b": geo.b, "nflip": geo.nflip,
+                                               "guaranteed_radius": geo.guaranteed_radius}}
 
 

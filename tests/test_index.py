@@ -347,3 +347,41 @@ def test_set_search_params():
     assert hnsw._index.hnsw.efSearch == 32
     with pytest.raises(ValueError, match="none"):
         make_index("flat", BITS).set_search_params(nprobe=3)
+
+
+def test_mihc_auto_geometry_grows_and_survives_save(tmp_path, monkeypatch):
+    """An auto-sized mihc re-keys itself into wider chunks when it grows (threshold lowered here
+    from 2^21 rows so that the test stays small) and still finds what brute force finds."""
+    import shards.mihc as mihc
+
+    monkeypatch.setattr(mihc, "AUTO_STAGES", ((0, 16, 1), (3000, 21, 2)))
+    codes, ids, queries, src, dists = planted(5000, seed=11)
+    index = make_index("mihc", BITS)
+    assert index.auto and (index.geometry.b, index.geometry.nhash, index.guaranteed_radius) == (16, 8, 15)
+    index.remove(ids[:1])  # nothing there yet: a no-op
+    index.add(ids[:2000], codes[:2000])
+    index.remove(ids[:10])
+    index.add(ids[2000:], codes[2000:])  # crosses 3000 rows: re-keyed to 6 x 21 bits, 2 flips
+    assert (index.geometry.b, index.geometry.nhash, index.guaranteed_radius) == (21, 6, 17)
+    assert index.info()["geometry"]["guaranteed_radius"] == 17 and index.ntotal == 4990
+    H = brute_force(codes, queries)
+    H[:, :10] = 999  # removed
+    D, I = index.search(queries, 10)
+    for q in range(len(queries)):
+        want = np.flatnonzero(H[q] <= 17)
+        assert set(ids[want]) <= set(I[q][D[q] <= 17]) or len(want) > 10
+    index.save(tmp_path / "ix")
+    back = load_index(tmp_path / "ix")
+    assert back.geometry == index.geometry and back.ntotal == 4990
+    assert np.array_equal(back.search(queries, 10)[1], I)
+    assert back.compact() == 10 and back.geometry.b == 21
+
+
+def test_mihc_explicit_geometry_stays_put(monkeypatch):
+    import shards.mihc as mihc
+
+    monkeypatch.setattr(mihc, "AUTO_STAGES", ((0, 16, 1), (100, 21, 2)))
+    codes, ids, *_ = planted(1000, seed=12)
+    index = make_index("mihc", BITS, b=16, nflip=2)
+    index.add(ids, codes)
+    assert not index.auto and (index.geometry.b, index.geometry.nflip) == (16, 2)
