@@ -23,6 +23,7 @@ from torch import nn
 
 from encoders.base import Encoder, pack_bits
 from encoders.registry import register
+from encoders.tta import check_mode, variants
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_BACKBONE = "mobilenet_v3_small"
@@ -31,7 +32,6 @@ DEFAULT_INPUT_SIZE = 128
 FORMAT_VERSION = "1"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-TTA_MODES = ("none", "flip", "flip_rot90", "d4")
 
 
 # ---------------------------------------------------------------- backbones
@@ -207,20 +207,6 @@ def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Pat
 
 
 # ---------------------------------------------------------------- encoder
-def _variants(batch: np.ndarray, tta: str) -> list[np.ndarray]:
-    """Dihedral variants of a (n,S,S,3) batch for query-time invariance."""
-    flip = batch[:, :, ::-1]
-    out = [batch]
-    if tta in ("flip", "flip_rot90", "d4"):
-        out.append(flip)
-    if tta in ("flip_rot90", "d4"):
-        out += [np.rot90(batch, 1, axes=(1, 2)), np.rot90(batch, 3, axes=(1, 2))]
-    if tta == "d4":
-        out += [np.rot90(batch, 2, axes=(1, 2)), np.rot90(flip, 1, axes=(1, 2)),
-                np.rot90(flip, 2, axes=(1, 2)), np.rot90(flip, 3, axes=(1, 2))]
-    return [np.ascontiguousarray(v) for v in out]
-
-
 def _device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -237,8 +223,7 @@ class DeepHashEncoder(Encoder):
 
     def __init__(self, model: DeepHashNet, input_size: int = DEFAULT_INPUT_SIZE, device: str = "auto",
                  tta: str = "none", batch_size: int = 64, weights_path: str | None = None):
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+        check_mode(tta)
         self.device = _device(device)
         self.model = model.eval().to(self.device)
         if self.device.type == "cuda":
@@ -283,7 +268,7 @@ class DeepHashEncoder(Encoder):
     def encode_variants(self, batch: np.ndarray) -> np.ndarray:
         """Codes of the TTA variants: uint8 (n, v, bits // 8); search keeps the min distance over v."""
         batch = self._check(batch)
-        return np.stack([self._codes(v) for v in _variants(batch, self.tta)], axis=1)
+        return np.stack([self._codes(v) for v in variants(batch, self.tta)], axis=1)
 
     def info(self) -> dict:
         return {**super().info(), "backbone": self.model.backbone_name, "tta": self.tta,

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -93,27 +94,32 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query.")
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--timeout", default=10.0, show_default=True, help="Per-shard timeout in seconds.")
-def search(images, index_dir, k, radius, as_json, address, timeout) -> None:
+@click.option("--tta", default=None, type=click.Choice(["none", "flip", "flip_rot90", "d4"]),
+              help="Also search the query's flipped/rotated variants (keeps each id's best distance).")
+def search(images, index_dir, k, radius, as_json, address, timeout, tta) -> None:
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
     from rayapp.cluster import ensure_shards, init_ray
-    from rayapp.router import ShardRouter
+    from encoders.tta import variants
+    from rayapp.router import ShardRouter, merge_variants
     cfg = _index_config(index_dir, None, address)
+    mode = tta or cfg.encoder.tta
     enc = _encoder(cfg.encoder.name, cfg.encoder.weights)
     init_ray(address)
     router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout)
     failed = 0
     for path in images:
         try:
-            code = enc.encode([load_image(path, max_pixels=cfg.encoder.max_pixels)])
+            array = enc.preprocess(load_image(path, max_pixels=cfg.encoder.max_pixels))
+            queries = np.concatenate([enc.encode_batch(v) for v in variants(array[None], mode)])
         except (OSError, ValueError) as exc:
             failed += 1
             click.echo(json.dumps({"query": path, "error": str(exc)}) if as_json
                        else f"{path}: error: {exc}", err=not as_json)
             continue
-        results, missing = router.search(code, k=k, radius=radius, with_meta=True)
+        results, missing = router.search(queries, k=k, radius=radius, with_meta=True)
         hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"]}
-                for r in results[0]]
+                for r in merge_variants(results, k)]
         if as_json:
             click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))
         else:
@@ -157,12 +163,14 @@ def dedup(paths, report, radius, encoder, weights) -> None:
 @click.option("--token", default=None, help="Bearer token required for writes.")
 @click.option("--encoder", default=None)
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
-def serve(config_path, index_dir, host, port, num_shards, token, encoder, address) -> None:
+@click.option("--tta", default=None, type=click.Choice(["none", "flip", "flip_rot90", "d4"]),
+              help="Also search the query's flipped/rotated variants (keeps each id's best distance).")
+def serve(config_path, index_dir, host, port, num_shards, token, encoder, address, tta) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray
     from rayapp.serve import run_server, stop_on_signals, wait_for_signal
     cfg = load_config(config_path, overrides={
-        "encoder": {"name": encoder},
+        "encoder": {"name": encoder, "tta": tta},
         "shards": {"index_dir": index_dir, "num_shards": num_shards},
         "serve": {"host": host, "port": port, "token": token}})
     init_ray(address)

@@ -59,6 +59,17 @@ def merge_results(per_shard: dict[int, list[list[dict]]], num_queries: int, k: i
     return merged
 
 
+def merge_variants(rows: list[list[dict]], k: int) -> list[dict]:
+    """Results of one query's TTA variants -> one list: per id its smallest distance, top k."""
+    best: dict[str, dict] = {}
+    for hits in rows:
+        for hit in hits:
+            seen = best.get(hit["id"])
+            if seen is None or hit["distance"] < seen["distance"]:
+                best[hit["id"]] = hit
+    return sorted(best.values(), key=_order)[:k]
+
+
 def _order(hit: dict) -> tuple[int, str]:
     return (int(hit["distance"]), str(hit["id"]))
 

@@ -41,9 +41,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from encoders.base import code_to_hex, hex_to_code
 from encoders.decode import ImageDecodeError, load_image
+from encoders.tta import check_mode, variants
 from rayapp import metrics
 from rayapp.config import Config, load_config
-from rayapp.router import ShardRouter, ShardUnavailable
+from rayapp.router import ShardRouter, ShardUnavailable, merge_variants
 
 log = logging.getLogger(__name__)
 
@@ -323,20 +324,29 @@ class EncoderDeployment:
         from encoders.registry import get_encoder
         self.encoder = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights,
                                    device=cfg.encoder.device)
+        self.tta = check_mode(cfg.encoder.tta)
         self.max_pixels = int(cfg.encoder.max_pixels)
         self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
 
     def info(self) -> dict:
-        """Encoder name, bits and input size."""
-        return self.encoder.info()
+        """Encoder name, bits, input size and the query-time TTA mode."""
+        return {**self.encoder.info(), "tta": self.tta}
 
-    async def encode_image(self, data: bytes) -> dict:
-        """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``."""
+    async def encode_image(self, data: bytes, query: bool = False) -> dict:
+        """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``.
+
+        For a query with TTA on, ``"variants"`` also holds the codes of the flipped/rotated
+        variants (the plain code first); every variant goes through the same dynamic batcher.
+        """
         try:
             array = await asyncio.to_thread(self._preprocess, data)
         except ImageDecodeError as exc:
             return {"error": str(exc), "status": decode_status(exc)}
-        return {"code": await self.encode_arrays(array)}
+        if not query or self.tta == "none":
+            return {"code": await self.encode_arrays(array)}
+        codes = await asyncio.gather(*(self.encode_arrays(v[0])
+                                       for v in variants(array[None], self.tta)))
+        return {"code": codes[0], "variants": codes}
 
     def _preprocess(self, data: bytes) -> np.ndarray:
         return self.encoder.preprocess(load_image(data, max_pixels=self.max_pixels))
@@ -412,6 +422,13 @@ def _lookup_shard(namespace: str, i: int):
     return ray.get_actor(shard_name(i), namespace=namespace)
 
 
+def _answer_code(answer: dict, where: str) -> np.ndarray:
+    """The code in an ``encode_image`` answer, or the 4xx ApiError it reports."""
+    if "error" in answer:
+        raise ApiError(answer["status"], f"{where}{answer['error']}", "bad_image")
+    return np.asarray(answer["code"], dtype=np.uint8)
+
+
 # NOTE: serve.ingress pickles the class when it is decorated, so every module-level name its
 # methods use must be defined above this point.
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
@@ -484,11 +501,19 @@ class Ingress:
                 except ValueError as exc:
                     raise ApiError(400, f"{where}{exc}") from None
                 continue
-            answer = next(answers)
-            if "error" in answer:
-                raise ApiError(answer["status"], f"{where}{answer['error']}", "bad_image")
-            codes.append(np.asarray(answer["code"], dtype=np.uint8))
+            codes.append(_answer_code(next(answers), where))
         return np.stack(codes)
+
+    async def _query_codes(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
+        """One query -> (its code, the codes to search: (v, bits/8), more than one with TTA)."""
+        if item.code is not None:
+            code = (await self._codes([item]))[0]
+            return code, code[None, :]
+        answer = await self._encoder_call("encode_image", item.data, True)
+        code = _answer_code(answer, "")
+        if "variants" not in answer:
+            return code, code[None, :]
+        return code, np.stack([np.asarray(c, dtype=np.uint8) for c in answer["variants"]])
 
     async def _items(self, request: Request) -> tuple[list[Item], dict]:
         s = self.cfg.serve
@@ -547,11 +572,12 @@ class Ingress:
         radius = params.get("radius")
         radius = None if radius in (None, "") else int_param(radius, "radius", 0, s.max_radius)
         with_meta = bool_param(params.get("with_meta", False), "with_meta")
-        code = (await self._codes(items))[0]
-        results, missing = await self.router.asearch(code[None, :], k, radius, with_meta)
+        code, queries = await self._query_codes(items[0])
+        results, missing = await self.router.asearch(queries, k, radius, with_meta)
         for _ in missing:
             metrics.count_error("shard_timeout")
-        return {"results": results[0], "partial": bool(missing), "missing_shards": missing,
+        hits = results[0] if len(queries) == 1 else merge_variants(results, k)
+        return {"results": hits, "partial": bool(missing), "missing_shards": missing,
                 "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
     @api.post("/v1/items")

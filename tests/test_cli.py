@@ -82,6 +82,14 @@ def test_index_then_search_json(images, query, tmp_path):
     assert set(top) == {"id", "path", "distance"}
     assert top["id"] == SAMPLES[0].name and top["distance"] <= 31
     assert lines[1]["results"][0]["distance"] > top["distance"]
+    # a mirrored copy: PDQ alone is far off; --tta flip also searches the mirror image
+    mirrored = tmp_path / "mirrored.jpg"
+    with Image.open(SAMPLES[1]) as im:
+        im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored, quality=90)
+    r = run("search", mirrored, "--index-dir", index, "--k", "1", "--json", "--tta", "flip")
+    assert r.returncode == 0, r.stderr
+    hit = json.loads(r.stdout)["results"][0]
+    assert hit["id"] == SAMPLES[1].name and hit["distance"] <= 10
 
 
 def test_dedup_report(images, query, tmp_path):
