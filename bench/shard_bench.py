@@ -809,6 +809,9 @@ def analyse(doc: dict, cfg: BenchConfig) -> None:
     target_n, shards = cfg.extrapolate_to, cfg.fanout_shards
     for label, rows in by_label.items():
         rows = sorted(rows, key=lambda r: r["n"])
+        # an auto-sized mihc changes its chunking as it grows: fit only the sizes that share the
+        # largest size's geometry (the one a 200M shard keeps)
+        rows = [r for r in rows if r.get("geometry") == rows[-1].get("geometry")]
         ns = [r["n"] for r in rows]
         f = {}
         for metric, get in _FIT_METRICS.items():
@@ -1044,13 +1047,29 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(json_path: str) -> int:
-    """Re-fit, re-plot and re-tabulate an existing result JSON (e.g. after a killed run)."""
-    p = Path(json_path)
+def _read_doc(path: Path) -> dict:
     try:
-        doc = json.loads(p.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise BenchError(f"cannot read results {p}: {exc}") from None
+        raise BenchError(f"cannot read results {path}: {exc}") from None
+
+
+def render(json_path: str, merge: list[str] | None = None) -> int:
+    """Re-fit, re-plot and re-tabulate an existing result JSON (e.g. after a killed run).
+
+    ``merge``: result JSONs of other runs (e.g. one large size run alone) whose measurements
+    join this document's before fitting; each merged result records the file it came from.
+    """
+    p = Path(json_path)
+    doc = _read_doc(p)
+    for other in merge or []:
+        extra = _read_doc(Path(other))
+        have = {(r["label"], r["n"]) for r in doc["results"]}
+        new = [{**r, "merged_from": Path(other).name} for r in extra["results"]
+               if (r["label"], r["n"]) not in have]
+        doc["results"] += new
+        doc.setdefault("merged", []).append({"file": Path(other).name, "results": len(new),
+                                             "machine": extra.get("machine")})
     cfg = BenchConfig(**doc["params"])
     analyse(doc, cfg)
     common.write_json(p, doc)
@@ -1187,9 +1206,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         if argv[:1] == ["--render"]:
-            if len(argv) != 2:
-                raise BenchError("usage: --render RESULTS.json")
-            return render(argv[1])
+            if len(argv) < 2:
+                raise BenchError("usage: --render RESULTS.json [MORE_RESULTS.json ...]")
+            return render(argv[1], argv[2:])
         cfg = parse_args(argv)
         if cfg.gpu:
             ok, why = gpu_available()

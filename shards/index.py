@@ -2,15 +2,16 @@
 
 Kinds (see ``INDEX_KINDS``):
 
-- ``mihc`` (default): compact multi-index hashing, our own numpy implementation. The code is cut
+- ``mihc`` (default, ``shards/mihc.py``): compact multi-index hashing in numpy. The code is cut
   into ``nhash`` chunks of ``b`` bits; each chunk value owns a bucket of row numbers (uint32) in
   one flat postings array with a little slack per bucket, so adds append in place. A query probes
   every bucket within ``nflip`` bit flips of its chunks and re-ranks the candidates by their exact
   Hamming distance. By the pigeonhole principle every code within ``nhash * (nflip + 1) - 1``
-  bits is found (15 bits for the default 8 x 16, nflip=1); farther ones are found when one chunk
-  happens to be close enough (measured: all planted duplicates at 16 bits up to 10M codes).
-  Memory: the code, its int64 id, one tombstone bit and ``nhash`` uint32 postings (+15% slack):
-  61 bytes per 128-bit code at 10M, plus ~10 MB of fixed bucket tables.
+  bits is found. The geometry follows the size: 8 x 16 bits with 1 flip (radius 15) below 2^21
+  rows, then 6 x 21 bits with 2 flips (radius 17; 2^21-entry buckets stay sparse, so a query
+  reads ~5x fewer candidates at 10M and ~20x fewer at 200M). Memory: the code, its int64 id, a
+  tombstone bit and ``nhash`` uint32 postings (+15% slack): ~62 bytes per 128-bit code at 10M,
+  ~52 at 200M.
 - ``mih``: FAISS ``IndexBinaryMultiHash``: the same idea in C++, but its hash maps hold int64
   lists in ``unordered_map`` buckets (~170-300 bytes per code resident), and no removal.
 - ``hnsw``: FAISS ``IndexBinaryHNSW``. No removal and no range search in FAISS: tombstones, and
@@ -36,9 +37,8 @@ from shards.faiss_kinds import FlatIndex, HNSWIndex, IVFIndex, MultiHashIndex
 from shards.mihc import CompactMIHIndex
 
 INDEX_KINDS = ("mihc", "mih", "hnsw", "ivf", "flat")
-# mihc: recall 1.0 for planted duplicates up to 16 bits at 0.2M-10M codes, ~61 B/code at 10M,
-# 350k adds/s; faiss mih has the same recall but 3-5x the memory; hnsw M=32 misses some and builds
-# at ~1.5k/s (measurements in the shards helper report and bench/results)
+# chosen by measurement (bench/results/shard_*): mihc finds every planted duplicate up to 16 bits
+# at 1M-100M codes in ~62 B/code; faiss mih needs 2-3x the memory; hnsw misses near-duplicates
 DEFAULT_KIND = "mihc"
 
 __all__ = ["BinaryIndex", "CompactMIHIndex", "FlatIndex", "HNSWIndex", "IVFIndex", "MultiHashIndex",

@@ -299,12 +299,8 @@ class IdStore:
         insert_at = np.searchsorted(base.hashes, o_hashes)  # overlay rows go before these base rows
         dead = np.array(sorted(base.dead), dtype=np.int64)
         total = len(base) - len(dead) + len(o_hashes)
-        hashes_out = np.lib.format.open_memmap(out / HASHES_FILE, mode="w+", dtype=np.int64,
-                                               shape=(total,))
-        written = 0
         with pq.ParquetWriter(out / PARQUET_FILE, schema, compression="zstd") as pw, \
-                pa.OSFile(str(out / ARROW_FILE), "wb") as sink, \
-                pa.ipc.new_file(sink, schema) as iw:
+                _MappedWriter(out, schema, total) as mw:
             blocks = [(lo, min(lo + _BLOCK, len(base))) for lo in range(0, len(base), _BLOCK)]
             blocks = blocks or [(0, 0)]
             for j, (lo, hi) in enumerate(blocks):
@@ -325,14 +321,9 @@ class IdStore:
                 if not len(block):
                     continue
                 pw.write_table(block, row_group_size=1 << 17)
-                for batch in block.to_batches(max_chunksize=_BLOCK):
-                    iw.write_batch(batch)
-                hashes_out[written:written + len(block)] = block.column("hash").to_numpy()
-                written += len(block)
-        hashes_out.flush()
-        del hashes_out
-        if written != total:
-            raise RuntimeError(f"store snapshot wrote {written} rows, expected {total}")
+                mw.write(block.to_batches(max_chunksize=_BLOCK))
+        if mw.written != total:
+            raise RuntimeError(f"store snapshot wrote {mw.written} rows, expected {total}")
         return total
 
     @classmethod
@@ -356,22 +347,40 @@ class IdStore:
         return store
 
 
+class _MappedWriter:
+    """Writes the two files a snapshot is memory-mapped from: the Arrow IPC file and the
+    sorted int64 hash array (``.npy``), batch by batch, under an optional name suffix."""
+
+    def __init__(self, out: Path, schema: pa.Schema, total: int, suffix: str = "") -> None:
+        self.out, self.schema, self.total, self.suffix = out, schema, total, suffix
+        self.written = 0
+
+    def __enter__(self) -> "_MappedWriter":
+        self._hashes = np.lib.format.open_memmap(self.out / (HASHES_FILE + self.suffix), mode="w+",
+                                                 dtype=np.int64, shape=(self.total,))
+        self._sink = pa.OSFile(str(self.out / (ARROW_FILE + self.suffix)), "wb")
+        self._ipc = pa.ipc.new_file(self._sink, self.schema)
+        return self
+
+    def write(self, batches: Iterable[pa.RecordBatch]) -> None:
+        for batch in batches:
+            self._ipc.write_batch(batch)
+            self._hashes[self.written:self.written + len(batch)] = batch.column("hash").to_numpy()
+            self.written += len(batch)
+
+    def __exit__(self, *exc: object) -> None:
+        self._ipc.close()
+        self._sink.close()
+        self._hashes.flush()
+        del self._hashes
+
+
 def _arrow_from_parquet(src: Path) -> None:
     """Rebuild the memory-mappable Arrow file and hash array from the Parquet copy."""
     pf = pq.ParquetFile(src / PARQUET_FILE)
-    n = pf.metadata.num_rows
-    hashes = np.lib.format.open_memmap(src / (HASHES_FILE + ".tmp"), mode="w+", dtype=np.int64,
-                                       shape=(n,))
-    done = 0
-    with pa.OSFile(str(src / (ARROW_FILE + ".tmp")), "wb") as sink, \
-            pa.ipc.new_file(sink, pf.schema_arrow) as iw:
-        for batch in pf.iter_batches(batch_size=_BLOCK):
-            iw.write_batch(batch)
-            hashes[done:done + len(batch)] = batch.column("hash").to_numpy()
-            done += len(batch)
-    hashes.flush()
-    del hashes
-    if n and (np.diff(np.load(src / (HASHES_FILE + ".tmp"), mmap_mode="r")) < 0).any():
+    with _MappedWriter(src, pf.schema_arrow, pf.metadata.num_rows, ".tmp") as mw:
+        mw.write(pf.iter_batches(batch_size=_BLOCK))
+    if mw.written and (np.diff(np.load(src / (HASHES_FILE + ".tmp"), mmap_mode="r")) < 0).any():
         raise ValueError(f"corrupt store snapshot in {src}: Parquet rows are not sorted by hash")
     os.replace(src / (HASHES_FILE + ".tmp"), src / HASHES_FILE)
     os.replace(src / (ARROW_FILE + ".tmp"), src / ARROW_FILE)

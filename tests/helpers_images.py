@@ -68,3 +68,17 @@ def edited_copy(img: Image.Image, kind: str, *, quality: int = 30, scale: float 
                                  stroke_width=2, stroke_fill=(0, 0, 0))
         return out
     raise ValueError(f"unknown edit kind {kind!r}; choose from {', '.join(EDIT_KINDS)}")
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+    """``img`` encoded as a JPEG file."""
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """``img`` encoded as a PNG file."""
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()

@@ -146,3 +146,24 @@ def test_real_codes_matched_by_ground_truth_csv(tmp_path):
     assert doc["real_codes"]["n_queries"] == 10 and doc["real_codes"]["unmatched_queries"] == 2
     [r] = doc["results"]
     assert r["recall_at_1"]["<=16"] == 1.0 and r["distance_errors"] == 0
+
+
+def test_render_merges_a_separate_large_size_run(tmp_path, capsys):
+    """A large size measured alone (e.g. --sizes 100M --kinds mihc) joins the main run's fits."""
+    small, big = tmp_path / "small", tmp_path / "big"
+    assert sb.main(["--sizes", "1500,3000", "--out-dir", str(small), "--tag", "s", "--kinds", "mihc,flat",
+                    "--no-save-load", *TINY]) == 0
+    assert sb.main(["--sizes", "6000", "--out-dir", str(big), "--tag", "b", "--kinds", "mihc",
+                    "--no-save-load", *TINY]) == 0
+    [main_json] = list(small.glob("shard_*_s.json"))
+    [big_json] = list(big.glob("shard_*_b.json"))
+    assert sb.main(["--render", str(main_json), str(big_json)]) == 0
+    doc = json.loads(main_json.read_text())
+    assert doc["merged"][0]["file"] == big_json.name and doc["merged"][0]["results"] == 1
+    assert sorted(r["n"] for r in doc["results"] if r["label"] == "mihc") == [1500, 3000, 6000]
+    [mihc] = [e for e in doc["extrapolated"] if e["label"] == "mihc"]
+    assert mihc["from_sizes"] == [1500, 3000, 6000]
+    assert sb.main(["--render", str(main_json), str(big_json)]) == 0  # idempotent: no duplicates
+    doc = json.loads(main_json.read_text())
+    assert len([r for r in doc["results"] if r["label"] == "mihc"]) == 3
+    assert sb.main(["--render"]) == 2 and "usage" in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """The neardup console script, run as a user would: real files, real subprocesses."""
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
+from tests.helpers_net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "rayapp" / "samples").glob("*.jpg"))
@@ -104,15 +105,9 @@ def test_dedup_report(images, query, tmp_path):
     assert "data:image/jpeg;base64," in html and "group 1" in html
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_demo_shows_real_matches(tmp_path):
-    r = run("demo", "--exit", "--port", _free_port(), "--out", tmp_path / "demo", timeout=600)
+    r = run("demo", "--exit", "--port", free_port(), "--out", tmp_path / "demo", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "found" in r.stdout and "API listening at" in r.stdout
     assert (tmp_path / "demo" / "report.html").is_file()
@@ -130,7 +125,7 @@ def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
     import time
 
     import httpx
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([*NEARDUP, "serve", "--index-dir", str(tmp_path / "idx"), "--encoder", "pdq",
                              "--shards", "1", "--port", str(port)], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from encoders.augment import apply_family
 from encoders.base import hamming, unpack_bits

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -16,14 +15,9 @@ from ray import serve
 
 from rayapp import metrics
 from rayapp.config import Config
+from tests.helpers_net import free_port
 
 SAMPLES = Path(__file__).resolve().parents[1] / "rayapp" / "samples"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _scrape(port: int) -> str:
@@ -62,7 +56,7 @@ def test_recording_without_ray_is_a_no_op():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              _metrics_export_port=port)
     cfg = Config()
@@ -71,7 +65,7 @@ def served(tmp_path_factory):
     cfg.shards.num_shards = 1
     cfg.shards.index_kind = "flat"
     cfg.shards.namespace = f"neardup-metrics-{uuid.uuid4().hex[:8]}"
-    cfg.serve.port = _free_port()
+    cfg.serve.port = free_port()
     try:
         yield cfg, port
     finally:

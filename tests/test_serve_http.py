@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
-import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,31 +17,15 @@ from PIL import Image
 from ray import serve
 
 from rayapp.config import Config
+from rayapp.http import RateLimiter
 from rayapp.router import shard_for
-from rayapp.serve import RateLimiter, run_server
-from tests.helpers_images import edited_copy, make_photo
+from rayapp.serve import run_server
+from tests.helpers_images import edited_copy, jpeg_bytes, make_photo, png_bytes
+from tests.helpers_net import free_port
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 2 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +38,7 @@ def server(tmp_path_factory):
     cfg.shards.num_shards = 2
     cfg.shards.index_kind = "flat"
     cfg.shards.namespace = f"neardup-test-{uuid.uuid4().hex[:8]}"
-    cfg.serve.port = _free_port()
+    cfg.serve.port = free_port()
     cfg.serve.token = TOKEN
     cfg.serve.max_body_bytes = MAX_BODY
     cfg.serve.max_batch_items = 8
@@ -109,7 +91,7 @@ def test_healthz_and_status(server):
 
 def test_hash_accepts_multipart_json_and_raw(server, photos):
     client, _ = server
-    data = _jpeg(photos["a"])
+    data = jpeg_bytes(photos["a"])
     multipart = client.post("/v1/hash", files={"file": ("a.jpg", data, "image/jpeg")}).json()
     assert multipart["encoder"] == "pdq" and multipart["bits"] == 256 and len(multipart["code"]) == 64
     as_json = client.post("/v1/hash", json={"image": base64.b64encode(data).decode()}).json()
@@ -119,7 +101,7 @@ def test_hash_accepts_multipart_json_and_raw(server, photos):
 
 def test_add_search_delete_round_trip(server, photos):
     client, _ = server
-    a, b = _jpeg(photos["a"]), _png(photos["b"])
+    a, b = jpeg_bytes(photos["a"]), png_bytes(photos["b"])
     resp = client.post("/v1/items", headers=AUTH,
                        files=[("file", ("a.jpg", a, "image/jpeg")), ("file", ("b.png", b, "image/png"))],
                        data={"id": ["photo-a", "photo-b"]})
@@ -127,7 +109,7 @@ def test_add_search_delete_round_trip(server, photos):
     assert resp.json() == {"ids": ["photo-a", "photo-b"], "durable": True,
                            "added": 2, "replaced": 0, "unchanged": 0}
     # JSON batch; the id defaults to the sha256 of the image bytes.
-    c = _jpeg(photos["c"])
+    c = jpeg_bytes(photos["c"])
     resp = client.post("/v1/items", headers=AUTH, json={"items": [
         {"image": base64.b64encode(c).decode(), "meta": {"source": "json"}},
         {"id": "photo-a", "image": base64.b64encode(a).decode(), "meta": {"filename": "a.jpg"}}]})
@@ -142,7 +124,7 @@ def test_add_search_delete_round_trip(server, photos):
     assert hit["results"][0]["shard"] in (0, 1) and len(hit["results"]) == 3
     # Edited copies (resize + JPEG, text overlay) are near; an unrelated image is far.
     for kind in ("resize", "text"):
-        edited = _jpeg(edited_copy(photos["b"], kind), quality=70)
+        edited = jpeg_bytes(edited_copy(photos["b"], kind), quality=70)
         found = client.post("/v1/search", json={"image": base64.b64encode(edited).decode(),
                                                 "k": 2}).json()
         assert found["results"][0]["id"] == "photo-b" and found["results"][0]["distance"] <= 40
@@ -167,8 +149,8 @@ def test_add_search_delete_round_trip(server, photos):
 
 def test_bad_requests_get_json_4xx(server, photos, tmp_path):
     client, cfg = server
-    good = _jpeg(photos["d"])
-    bomb = _png(Image.new("RGB", (2500, 2000), (200, 30, 30)))  # 5 Mpx > cap of 4 Mpx, ~20 kB
+    good = jpeg_bytes(photos["d"])
+    bomb = png_bytes(Image.new("RGB", (2500, 2000), (200, 30, 30)))  # 5 Mpx > cap of 4 Mpx, ~20 kB
     cases = [
         ("corrupt image", lambda: client.post("/v1/search", files={"file": ("x.jpg", b"\xff\xd8\xff\xe0garbage" * 50, "image/jpeg")}), 422),
         ("truncated jpeg", lambda: client.post("/v1/hash", content=good[: len(good) // 3], headers={"content-type": "image/jpeg"}), 422),
@@ -209,7 +191,7 @@ def test_bad_requests_get_json_4xx(server, photos, tmp_path):
 def test_dead_shard_partial_then_recovered(server, photos):
     client, cfg = server
     from rayapp.cluster import ensure_shards, get_shards
-    b = _png(photos["b"])
+    b = png_bytes(photos["b"])
     owner = client.post("/v1/search", files={"file": ("b.png", b, "image/png")}).json()["results"][0]["shard"]
     dead = 1 - owner
     handle = get_shards(cfg)[dead]

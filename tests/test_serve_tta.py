@@ -6,8 +6,6 @@ near; a hex-code query (no pixels) is searched as is.
 """
 from __future__ import annotations
 
-import io
-import socket
 import uuid
 from pathlib import Path
 
@@ -19,20 +17,10 @@ from ray import serve
 
 from rayapp.config import Config
 from rayapp.serve import run_server
+from tests.helpers_images import jpeg_bytes
+from tests.helpers_net import free_port
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +30,7 @@ def client(tmp_path_factory):
     cfg.encoder.tta = "flip_rot90"
     cfg.shards.index_dir = str(tmp_path_factory.mktemp("index"))
     cfg.shards.namespace = f"neardup-tta-{uuid.uuid4().hex[:8]}"
-    cfg.serve.port = _free_port()
+    cfg.serve.port = free_port()
     url = run_server(cfg, blocking=False)
     with httpx.Client(base_url=url, timeout=60.0) as c:
         yield c
@@ -62,12 +50,12 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
     assert client.get("/v1/status").json()["encoder"]["tta"] == "flip_rot90"
     photos = {f"p{i}": Image.open(path).convert("RGB") for i, path in enumerate(SAMPLES[:12])}
     for pid, img in photos.items():
-        resp = client.post("/v1/items", files={"file": (f"{pid}.jpg", _jpeg(img), "image/jpeg")},
+        resp = client.post("/v1/items", files={"file": (f"{pid}.jpg", jpeg_bytes(img), "image/jpeg")},
                            data={"id": pid})
         assert resp.status_code == 200, resp.text
     target = photos["p1"]
     for edit in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.FLIP_LEFT_RIGHT):
-        query = _jpeg(target.transpose(edit))
+        query = jpeg_bytes(target.transpose(edit))
         found = _search(client, query)
         assert found["results"][0]["id"] == "p1", (edit, found["results"])
         with_tta = found["results"][0]["distance"]
@@ -77,5 +65,5 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
         plain_p1 = {r["id"]: r["distance"] for r in plain["results"]}.get("p1", 129)
         assert with_tta < plain_p1, (edit, with_tta, plain_p1)
     # an unrelated photo is not pulled in by the variants
-    other = _search(client, _jpeg(Image.open(SAMPLES[-1]).convert("RGB")))
+    other = _search(client, jpeg_bytes(Image.open(SAMPLES[-1]).convert("RGB")))
     assert all(r["distance"] > 10 for r in other["results"])
