@@ -67,6 +67,7 @@ GRIDS: dict[str, tuple[BuildSpec, ...]] = {
         BuildSpec("ivf", {"nlist": 1024, "nprobe": 16}, ({}, {"nprobe": 64}, {"nprobe": 256})),
         BuildSpec("flat"),
     ),
+    "default": (BuildSpec("mihc"),),  # the default kind alone, e.g. for one very large size
     "quick": (
         BuildSpec("mihc"),
         BuildSpec("mih", {"nflip": 1}),

@@ -108,20 +108,20 @@ api = FastAPI(title="neardup", version=_version(),
 
 
 @api.exception_handler(ApiError)
-async def _apierror_response(request: Request, exc: ApiError) -> JSONResponse:
-    metrics.counterror_response(exc.kind)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    metrics.count_error(exc.kind)
     return error_response(exc.status, exc.message, exc.headers, **exc.extra)
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _httperror_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    metrics.counterror_response("not_found" if exc.status_code == 404 else "bad_request")
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    metrics.count_error("not_found" if exc.status_code == 404 else "bad_request")
     return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
 
 @api.exception_handler(RequestValidationError)
-async def _validationerror_response(request: Request, exc: RequestValidationError) -> JSONResponse:
-    metrics.counterror_response("validation")
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    metrics.count_error("validation")
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()))
     return error_response(422, f"invalid request: {where}: {first.get('msg', 'invalid')}".replace(": :", ":"))
@@ -135,7 +135,7 @@ async def _guard(request: Request, call_next):
         response = await call_next(request)
     except Exception:  # noqa: BLE001
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        metrics.counterror_response("internal")
+        metrics.count_error("internal")
         response = error_response(500, "internal server error")
     route = request.scope.get("route")
     metrics.observe_query(getattr(route, "path", "unmatched"), time.perf_counter() - start,
@@ -320,7 +320,7 @@ class Ingress:
         code, queries = await self._query_codes(items[0])
         results, missing = await self.router.asearch(queries, k, radius, with_meta)
         for _ in missing:
-            metrics.counterror_response("shard_timeout")
+            metrics.count_error("shard_timeout")
         hits = results[0] if len(queries) == 1 else merge_variants(results, k)
         return {"results": hits, "partial": bool(missing), "missing_shards": missing,
                 "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
