@@ -41,15 +41,18 @@ class CompactMIHIndex(BinaryIndex):
 
     Layout: rows (codes, int64 ids, tombstone bits) in insertion order; for table t and chunk
     value v the bucket is ``post[starts[t, v] : starts[t, v] + counts[t, v]]`` with spare room up
-    to ``starts[t, v + 1]``. Adds write into the spare room. A row that finds a full bucket waits
-    in an overflow list (searched exhaustively); when that list passes ``overflow`` rows (or
-    n / 512), every table is re-laid out with ``growth`` slack, so adds stay O(1) amortised.
+    to ``starts[t, v + 1]``. Each of a new row's ``nhash`` entries goes into its bucket's spare
+    room when there is some; the rest wait as *pending* entries, first in a short unsorted tail
+    (searched exhaustively, at most ``overflow`` entries), then merged into one run sorted by
+    bucket (searched by binary search, so it stays cheap while large). When the run passes 1/16
+    of all entries, or one add brings over 1/16 of the rows, every table is re-laid out with
+    ``growth`` slack: re-layouts come at geometric intervals, so adds are O(1) amortised.
     Removal marks rows dead (filtered on every search); ``compact()`` drops them and sorts rows by
     id so that id lookups become binary searches.
 
     Params: ``nhash``, ``b``, ``nflip``, ``growth`` (1.15), ``overflow`` (2048). With ``b`` and
     ``nhash`` unset the geometry is automatic (``AUTO_STAGES``): the index re-keys itself once,
-    under the write lock, when it passes 2^21 rows (about 8 s at that size). An explicit ``b``
+    under the write lock, when it passes 2^21 rows (a few seconds at that size). An explicit ``b``
     (or ``nhash``) fixes the geometry (``b`` defaults to 16, ``nhash`` to ``bits // b``,
     ``nflip`` to 1).
     """
@@ -99,6 +102,9 @@ class CompactMIHIndex(BinaryIndex):
         self._starts = np.zeros((geo.nhash, self._nbuckets + 1), dtype=np.uint32)
         self._counts = np.zeros((geo.nhash, self._nbuckets), dtype=np.uint32)
         self._post = np.zeros(0, dtype=np.uint32)
+        self._table_base = np.arange(geo.nhash, dtype=np.int64) * self._nbuckets
+        self._run_buckets, self._run_rows = np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        self._reset_tail()
         self._apply_search_params()
 
     def _apply_search_params(self) -> None:
@@ -122,7 +128,6 @@ class CompactMIHIndex(BinaryIndex):
         self._codes = Growable(np.uint8, self.code_bytes)
         self._ids = Growable(np.int64)
         self._deadbits = Growable(np.uint8)  # packed bit per row: 1 = removed (tombstone)
-        self._over = Growable(np.uint32)  # rows not (yet) in the tables
         self._dead = 0
         self._sorted_prefix = 0  # rows [0, sorted_prefix) are sorted by id (after compact)
         self._set_geometry(self._target_geometry(0))
@@ -152,6 +157,10 @@ class CompactMIHIndex(BinaryIndex):
             out[:, t] = (acc >> ((last + 1) * 8 - (s + b))) & mask
         return out
 
+    def _flat_keys(self, codes: np.ndarray) -> np.ndarray:
+        """(n, B) codes -> (n * nhash) uint32 bucket numbers over all tables (t * 2^b + chunk)."""
+        return (self._keys(codes) + self._table_base).astype(np.uint32).reshape(-1)
+
     # -- add ----------------------------------------------------------------------------------------
     def _add(self, ids, codes):
         if self._codes.n + len(codes) >= 2 ** 32:
@@ -163,74 +172,80 @@ class CompactMIHIndex(BinaryIndex):
         target = self._target_geometry(self._ids.n)
         if target != self.geometry:  # grew into the next auto stage: re-key every row
             self._set_geometry(target)
-            self._over = Growable(np.uint32, data=np.flatnonzero(self._live_mask()).astype(np.uint32))
-            self._absorb_overflow()
+            self._relayout_with(np.flatnonzero(self._live_mask()).astype(np.uint32))
             return
-        for s in range(0, len(codes), self._STEP):
-            rows = np.arange(first_row + s, first_row + min(s + self._STEP, len(codes)), dtype=np.uint32)
-            self._insert(self._keys(codes[s:s + self._STEP]), rows)
-        if self._over.n > max(self.params["overflow"], self._ids.n >> 9):
-            self._absorb_overflow()
+        new_rows = np.arange(first_row, self._ids.n, dtype=np.uint32)
+        nh = self.geometry.nhash
+        if len(new_rows) * nh > self._pending_budget():  # a big batch: lay out for it directly
+            self._relayout_with(new_rows)
+            return
+        for s in range(0, len(new_rows), self._STEP):
+            rows = new_rows[s:s + self._STEP]
+            self._insert(self._flat_keys(codes[s:s + self._STEP]), np.repeat(rows, nh))
+        self._settle()
 
-    def _slots(self, keys: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Entries (table-major) grouped by bucket: order, counts index, starts index, rank in
-        bucket, plus each touched bucket's counts index and number of new entries."""
-        n, nh = keys.shape
+    def _insert(self, buckets: np.ndarray, rows: np.ndarray) -> None:
+        """Write entries (bucket number, row) into spare room; the rest join the pending tail."""
+        if not len(buckets):
+            return
         nb = self._nbuckets
-        kdt = np.uint16 if self.geometry.b <= 16 else np.uint32  # 16-bit keys: radix sort
-        order, cidx, sidx, rank, ucidx, ucnt = [], [], [], [], [], []
-        for t in range(nh):
-            kt = keys[:, t].astype(kdt)
-            o = np.argsort(kt, kind="stable")
-            v = kt[o].astype(np.int64)
-            change = np.empty(n, dtype=bool)
-            change[0] = True
-            np.not_equal(v[1:], v[:-1], out=change[1:])
-            head = np.flatnonzero(change)
-            size = np.diff(head, append=n)
-            order.append(o + t * n)
-            cidx.append(v + t * nb)
-            sidx.append(v + t * (nb + 1))
-            rank.append(np.arange(n) - np.repeat(head, size))
-            ucidx.append(v[head] + t * nb)
-            ucnt.append(size)
-        return tuple(np.concatenate(x) for x in (order, cidx, sidx, rank, ucidx, ucnt))
-
-    def _insert(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        """Write rows into their buckets; rows meeting a full bucket go to the overflow list."""
-        if not len(rows):
-            return
         counts, starts = self._counts.reshape(-1), self._starts.reshape(-1)
-        order, cidx, sidx, rank, ucidx, ucnt = self._slots(keys)
-        fill = counts[cidx].astype(np.int64) + rank
-        fits = fill < starts[sidx + 1].astype(np.int64) - starts[sidx]
+        order = np.argsort(buckets)
+        c, rows = buckets[order].astype(np.int64), rows[order]
+        change = np.empty(len(c), dtype=bool)
+        change[0] = True
+        np.not_equal(c[1:], c[:-1], out=change[1:])
+        head = np.flatnonzero(change)
+        size = np.diff(head, append=len(c))
+        rank = np.arange(len(c)) - np.repeat(head, size)
+        u = c[head]
+        used = counts[u].astype(np.int64)
+        first = starts[u + u // nb].astype(np.int64)  # starts has 2^b + 1 entries per table
+        room = np.maximum(starts[u + u // nb + 1].astype(np.int64) - first - used, 0)
+        fits = rank < np.repeat(room, size)
+        self._post[(np.repeat(first + used, size) + rank)[fits]] = rows[fits]
+        counts[u] += np.minimum(size, room).astype(np.uint32)
         if not fits.all():
-            entry_ok = np.empty(len(fits), dtype=bool)
-            entry_ok[order] = fits
-            row_ok = entry_ok.reshape(keys.shape[1], len(rows)).all(axis=0)
-            self._over.append(rows[~row_ok])
-            keys, rows = keys[row_ok], rows[row_ok]
-            if not len(rows):
-                return
-            order, cidx, sidx, rank, ucidx, ucnt = self._slots(keys)  # ranks only shrink: all fit
-            fill = counts[cidx].astype(np.int64) + rank
-        self._post[starts[sidx] + fill] = np.tile(rows, keys.shape[1])[order]
-        counts[ucidx] += ucnt.astype(np.uint32)
+            self._tail_buckets.append(c[~fits].astype(np.uint32))
+            self._tail_rows.append(rows[~fits])
 
-    def _absorb_overflow(self) -> None:
-        """Re-lay out all tables with room for the live overflow rows, then insert them."""
-        rows = self._over.view[self._is_live(self._over.view)]
+    def _settle(self) -> None:
+        """Sort a full tail into the run; re-lay out when the run passes 1/16 of all entries."""
+        if self._tail_rows.n > self.params["overflow"]:
+            tb, tr = self._tail_buckets.view, self._tail_rows.view
+            order = np.argsort(tb, kind="stable")
+            at = np.searchsorted(self._run_buckets, tb[order], side="right")
+            self._run_buckets = np.insert(self._run_buckets, at, tb[order])
+            self._run_rows = np.insert(self._run_rows, at, tr[order])
+            self._reset_tail()
+        if len(self._run_rows) > self._pending_budget():
+            self._relayout_with(np.zeros(0, dtype=np.uint32))
+
+    def _pending_budget(self) -> int:
+        """Most pending entries before a re-layout: 1/16 of all entries (at least ``overflow``)."""
+        return max(self.params["overflow"], (self._ids.n * self.geometry.nhash) >> 4)
+
+    def _reset_tail(self) -> None:
+        self._tail_buckets, self._tail_rows = Growable(np.uint32), Growable(np.uint32)
+
+    def _relayout_with(self, rows: np.ndarray) -> None:
+        """Re-lay out every table with room for the pending entries and for ``rows`` (which have
+        no entries yet), then insert them all: they all fit."""
         nh, nb = self.geometry.nhash, self._nbuckets
-        extra = np.zeros((nh, nb), dtype=np.int64)
+        pend_b = np.concatenate([self._run_buckets, self._tail_buckets.view])
+        pend_r = np.concatenate([self._run_rows, self._tail_rows.view])
+        live = self._is_live(pend_r)
+        pend_b, pend_r = pend_b[live], pend_r[live]
+        extra = np.bincount(pend_b, minlength=nh * nb)
         for s in range(0, len(rows), self._STEP):
-            keys = self._keys(self._codes.view[rows[s:s + self._STEP]])
-            for t in range(nh):
-                extra[t] += np.bincount(keys[:, t], minlength=nb)
-        self._relayout(extra)
-        self._over = Growable(np.uint32)
-        for s in range(0, len(rows), self._STEP):  # room was made for every one: all fit
+            extra += np.bincount(self._flat_keys(self._codes.view[rows[s:s + self._STEP]]), minlength=nh * nb)
+        self._relayout(extra.reshape(nh, nb))
+        self._run_buckets, self._run_rows = np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        self._reset_tail()
+        self._insert(pend_b, pend_r)
+        for s in range(0, len(rows), self._STEP):
             chunk = rows[s:s + self._STEP]
-            self._insert(self._keys(self._codes.view[chunk]), chunk)
+            self._insert(self._flat_keys(self._codes.view[chunk]), np.repeat(chunk, nh))
 
     def _relayout(self, extra: np.ndarray) -> None:
         """New bucket capacities = need * growth (randomly rounded); move the postings over.
@@ -271,20 +286,30 @@ class CompactMIHIndex(BinaryIndex):
 
     # -- search ---------------------------------------------------------------------------------
     def _candidates(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """(query index, row, exact distance) for rows sharing a probed bucket (with repeats)
-        and for every overflow row; dead rows dropped. Query index is None for one query."""
+        """(query index, row, exact distance) for rows with an entry in a probed bucket (with
+        repeats), from the tables, the pending run and the whole pending tail; dead rows dropped.
+        Query index is None for one query."""
         nq = len(codes)
         probes = (self._keys(codes)[:, :, None] ^ self._masks[None, None, :]).reshape(nq, -1)
+        buckets = (probes + self._count_base).reshape(-1)
         starts = self._starts.reshape(-1)[(probes + self._start_base).reshape(-1)]
-        lens = self._counts.reshape(-1)[(probes + self._count_base).reshape(-1)]
-        rows = self._post[concat_ranges(starts, lens)]
+        lens = [self._counts.reshape(-1)[buckets].astype(np.int64)]
+        rows = [self._post[concat_ranges(starts, lens[0])]]
+        if len(self._run_rows):
+            needles = buckets.astype(np.uint32)  # same dtype as the run: no copy of the run
+            lo = np.searchsorted(self._run_buckets, needles, side="left")
+            lens.append(np.searchsorted(self._run_buckets, needles, side="right") - lo)
+            rows.append(self._run_rows[concat_ranges(lo, lens[-1])])
+        # each tail row once: with its other entries probed in the tables, a row still comes
+        # up at most nhash times per query (``_search`` relies on that bound)
+        tail = np.unique(self._tail_rows.view)
+        rows.append(np.tile(tail, nq))
+        rows = np.concatenate(rows)
         qidx = None
         if nq > 1:
-            qidx = np.repeat(np.repeat(np.arange(nq), probes.shape[1]), lens.astype(np.int64))
-        if self._over.n:
-            rows = np.concatenate([rows, np.tile(self._over.view, nq)])
-            if qidx is not None:
-                qidx = np.concatenate([qidx, np.repeat(np.arange(nq), self._over.n)])
+            per_probe = np.repeat(np.arange(nq), probes.shape[1])
+            qidx = np.concatenate([np.repeat(per_probe, n) for n in lens]
+                                  + [np.repeat(np.arange(nq), len(tail))])
         if self._dead:
             live = self._is_live(rows)
             rows = rows[live]
@@ -365,8 +390,7 @@ class CompactMIHIndex(BinaryIndex):
         ids = self._ids.view[live][order]
         self._reset_rows()
         if len(ids):
-            self._add(ids, codes)
-            self._absorb_overflow()
+            self._add(ids, codes)  # one batch of every row: laid out directly, nothing pending
         self._sorted_prefix = len(ids)
         return purged
 
@@ -379,12 +403,15 @@ class CompactMIHIndex(BinaryIndex):
         # so it is not resident); postings: all of it (every bucket's slack sits between
         # written entries)
         return (self._codes.used_bytes + self._ids.used_bytes + self._deadbits.used_bytes
-                + self._over.used_bytes
+                + self._run_buckets.nbytes + self._run_rows.nbytes
+                + self._tail_buckets.used_bytes + self._tail_rows.used_bytes
                 + self._post.nbytes + self._starts.nbytes + self._counts.nbytes)
 
     def _save(self, out):
         for name, arr in (("codes", self._codes.view), ("ids", self._ids.view),
-                          ("deadbits", self._deadbits.view), ("overflow", self._over.view),
+                          ("deadbits", self._deadbits.view),
+                          ("pending_buckets", np.concatenate([self._run_buckets, self._tail_buckets.view])),
+                          ("pending_rows", np.concatenate([self._run_rows, self._tail_rows.view])),
                           ("starts", self._starts), ("counts", self._counts), ("post", self._post)):
             save_npy(out / f"{name}.npy", arr)
         geo = self.geometry
@@ -398,7 +425,11 @@ class CompactMIHIndex(BinaryIndex):
         self._codes = Growable(np.uint8, data=load_npy(src / "codes.npy"))
         self._ids = Growable(np.int64, data=load_npy(src / "ids.npy"))
         self._deadbits = Growable(np.uint8, data=load_npy(src / "deadbits.npy"))
-        self._over = Growable(np.uint32, data=load_npy(src / "overflow.npy"))
+        pend_b, pend_r = load_npy(src / "pending_buckets.npy"), load_npy(src / "pending_rows.npy")
+        order = np.argsort(pend_b, kind="stable")
+        self._run_buckets, self._run_rows = pend_b[order], pend_r[order]
+        self._reset_tail()
+        self._table_base = np.arange(geo.nhash, dtype=np.int64) * self._nbuckets
         self._starts = load_npy(src / "starts.npy")
         self._counts = load_npy(src / "counts.npy")
         self._post = load_npy(src / "post.npy")
@@ -410,7 +441,8 @@ class CompactMIHIndex(BinaryIndex):
                 or self._starts.shape != (self.geometry.nhash, self._nbuckets + 1)
                 or self._counts.shape != (self.geometry.nhash, self._nbuckets)
                 or len(self._post) != int(self._starts[-1, -1])
-                or (self._over.n and int(self._over.view.max()) >= n)):
+                or len(pend_b) != len(pend_r)
+                or (len(pend_r) and (int(pend_r.max()) >= n or int(pend_b.max()) >= geo.nhash << geo.b))):
             raise ValueError(f"corrupt mihc index in {src}: inconsistent array shapes")
         self._apply_search_params()
 
