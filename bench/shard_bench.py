@@ -986,6 +986,10 @@ def markdown_table(doc: dict) -> str:
               else "real codes in random background codes")
     lines = [f"Shard index benchmark, {m['date'][:10]}: {m['cpu_model']} ({m['cores']} cores, {m['ram_gb']} GB), "
              f"faiss {m['faiss']}, git {str(m['git']['commit'])[:8]}; {doc['params']['bits']}-bit {source}."
+             + "".join(f" Merged from {mg['file']} (git {str(mg['machine']['git']['commit'])[:8]}, "
+                       f"{mg['machine']['date'][:10]}): {mg['results']} results"
+                       + (f", replacing {mg['replaced']} earlier measurements" if mg.get("replaced") else "")
+                       + "." for mg in doc.get("merged", []) if mg.get("machine"))
              + (" Other processes were using the CPU during some measurements (see load_avg_1m in the "
                 "JSON): tail latencies are noisy." if busy else ""),
              "", f"Columns marked *measured* are at the size in the n column (the largest measured for that "
@@ -1058,19 +1062,24 @@ def _read_doc(path: Path) -> dict:
 def render(json_path: str, merge: list[str] | None = None) -> int:
     """Re-fit, re-plot and re-tabulate an existing result JSON (e.g. after a killed run).
 
-    ``merge``: result JSONs of other runs (e.g. one large size run alone) whose measurements
-    join this document's before fitting; each merged result records the file it came from.
+    ``merge``: result JSONs of other runs (e.g. one large size run alone, or a re-measurement
+    of one kind after a code change) whose measurements join this document's before fitting;
+    a merged result replaces this document's result for the same configuration and size, and
+    records the file it came from.
     """
     p = Path(json_path)
     doc = _read_doc(p)
+    merged = {m["file"]: m for m in doc.get("merged", [])}
     for other in merge or []:
-        extra = _read_doc(Path(other))
-        have = {(r["label"], r["n"]) for r in doc["results"]}
-        new = [{**r, "merged_from": Path(other).name} for r in extra["results"]
-               if (r["label"], r["n"]) not in have]
-        doc["results"] += new
-        doc.setdefault("merged", []).append({"file": Path(other).name, "results": len(new),
-                                             "machine": extra.get("machine")})
+        extra, name = _read_doc(Path(other)), Path(other).name
+        new = {(r["label"], r["n"]): {**r, "merged_from": name} for r in extra["results"]}
+        replaced = sum(1 for r in doc["results"]
+                       if (r["label"], r["n"]) in new and r.get("merged_from") != name)
+        doc["results"] = [r for r in doc["results"] if (r["label"], r["n"]) not in new] + list(new.values())
+        merged[name] = {"file": name, "results": len(new), "machine": extra.get("machine"),
+                        "replaced": replaced + merged.get(name, {}).get("replaced", 0)}
+    if merged:
+        doc["merged"] = list(merged.values())
     cfg = BenchConfig(**doc["params"])
     analyse(doc, cfg)
     common.write_json(p, doc)

@@ -149,21 +149,26 @@ def test_real_codes_matched_by_ground_truth_csv(tmp_path):
 
 
 def test_render_merges_a_separate_large_size_run(tmp_path, capsys):
-    """A large size measured alone (e.g. --sizes 100M --kinds mihc) joins the main run's fits."""
+    """A large size measured alone (e.g. --sizes 100M --kinds mihc) joins the main run's fits, and
+    a re-measured size replaces the main run's figure for it."""
     small, big = tmp_path / "small", tmp_path / "big"
     assert sb.main(["--sizes", "1500,3000", "--out-dir", str(small), "--tag", "s", "--kinds", "mihc,flat",
                     "--no-save-load", *TINY]) == 0
-    assert sb.main(["--sizes", "6000", "--out-dir", str(big), "--tag", "b", "--kinds", "mihc",
+    assert sb.main(["--sizes", "3000,6000", "--out-dir", str(big), "--tag", "b", "--kinds", "mihc",
                     "--no-save-load", *TINY]) == 0
     [main_json] = list(small.glob("shard_*_s.json"))
     [big_json] = list(big.glob("shard_*_b.json"))
     assert sb.main(["--render", str(main_json), str(big_json)]) == 0
     doc = json.loads(main_json.read_text())
-    assert doc["merged"][0]["file"] == big_json.name and doc["merged"][0]["results"] == 1
-    assert sorted(r["n"] for r in doc["results"] if r["label"] == "mihc") == [1500, 3000, 6000]
+    assert doc["merged"][0]["file"] == big_json.name and doc["merged"][0]["results"] == 2
+    assert doc["merged"][0]["replaced"] == 1
+    mihc_runs = sorted((r["n"], r.get("merged_from")) for r in doc["results"] if r["label"] == "mihc")
+    assert mihc_runs == [(1500, None), (3000, big_json.name), (6000, big_json.name)]
     [mihc] = [e for e in doc["extrapolated"] if e["label"] == "mihc"]
     assert mihc["from_sizes"] == [1500, 3000, 6000]
     assert sb.main(["--render", str(main_json), str(big_json)]) == 0  # idempotent: no duplicates
     doc = json.loads(main_json.read_text())
-    assert len([r for r in doc["results"] if r["label"] == "mihc"]) == 3
+    assert len([r for r in doc["results"] if r["label"] == "mihc"]) == 3 and doc["merged"][0]["replaced"] == 1
+    table = (main_json.parent / f"{main_json.stem}_table.md").read_text()
+    assert f"Merged from {big_json.name}" in table and "replacing 1 earlier" in table
     assert sb.main(["--render"]) == 2 and "usage" in capsys.readouterr().err
