@@ -4,9 +4,11 @@ Kinds (see ``INDEX_KINDS``):
 
 - ``mihc`` (default, ``shards/mihc.py``): compact multi-index hashing in numpy. The code is cut
   into ``nhash`` chunks of ``b`` bits; each chunk value owns a bucket of row numbers (uint32) in
-  one flat postings array with a little slack per bucket, so adds append in place. A query probes
-  every bucket within ``nflip`` bit flips of its chunks and re-ranks the candidates by their exact
-  Hamming distance. By the pigeonhole principle every code within ``nhash * (nflip + 1) - 1``
+  one flat postings array with a little slack per bucket, so most adds write in place; entries
+  that find no room wait in a bucket-sorted run until the next re-layout, which comes at
+  geometric intervals (adds are O(1) amortised). A query probes every bucket within ``nflip``
+  bit flips of its chunks (in the tables and in the run) and re-ranks the candidates by their
+  exact Hamming distance. By the pigeonhole principle every code within ``nhash * (nflip + 1) - 1``
   bits is found. The geometry follows the size: 8 x 16 bits with 1 flip (radius 15) below 2^21
   rows, then 6 x 21 bits with 2 flips (radius 17; 2^21-entry buckets stay sparse, so a query
   reads ~5x fewer candidates at 10M and ~20x fewer at 200M). Memory: the code, its int64 id, a
