@@ -416,6 +416,7 @@ class CompactMIHIndex(BinaryIndex):
             save_npy(out / f"{name}.npy", arr)
         geo = self.geometry
         return {"dead": self._dead, "sorted_prefix": self._sorted_prefix, "rows": self._ids.n,
+                "pending_tail": self._tail_rows.n,  # the last entries of pending_*: the tail
                 "geometry": {"nhash": geo.nhash, "b": geo.b, "nflip": geo.nflip}}
 
     def _load(self, src, state):
@@ -426,9 +427,11 @@ class CompactMIHIndex(BinaryIndex):
         self._ids = Growable(np.int64, data=load_npy(src / "ids.npy"))
         self._deadbits = Growable(np.uint8, data=load_npy(src / "deadbits.npy"))
         pend_b, pend_r = load_npy(src / "pending_buckets.npy"), load_npy(src / "pending_rows.npy")
-        order = np.argsort(pend_b, kind="stable")
-        self._run_buckets, self._run_rows = pend_b[order], pend_r[order]
+        run = len(pend_r) - int(state.get("pending_tail", 0))
+        self._run_buckets, self._run_rows = pend_b[:run], pend_r[:run]
         self._reset_tail()
+        self._tail_buckets.append(pend_b[run:])
+        self._tail_rows.append(pend_r[run:])
         self._table_base = np.arange(geo.nhash, dtype=np.int64) * self._nbuckets
         self._starts = load_npy(src / "starts.npy")
         self._counts = load_npy(src / "counts.npy")
@@ -441,7 +444,8 @@ class CompactMIHIndex(BinaryIndex):
                 or self._starts.shape != (self.geometry.nhash, self._nbuckets + 1)
                 or self._counts.shape != (self.geometry.nhash, self._nbuckets)
                 or len(self._post) != int(self._starts[-1, -1])
-                or len(pend_b) != len(pend_r)
+                or len(pend_b) != len(pend_r) or not 0 <= run <= len(pend_r)
+                or (run and (np.diff(pend_b[:run].astype(np.int64)) < 0).any())
                 or (len(pend_r) and (int(pend_r.max()) >= n or int(pend_b.max()) >= geo.nhash << geo.b))):
             raise ValueError(f"corrupt mihc index in {src}: inconsistent array shapes")
         self._apply_search_params()
