@@ -251,6 +251,7 @@ def run_ingest(cfg: Config, sources: list[str], opts: IngestOptions | None = Non
                 metrics.set_ingest_rate(indexed / max(1e-9, time.perf_counter() - t0))
                 bar.update(len(batch["id"]))
         writer.close()
+        metrics.set_ingest_rate(0.0)  # the gauge is the current rate: the job is done
     return IngestReport(listed, skipped, indexed, errors, time.perf_counter() - t0, manifest_dir)
 
 

@@ -8,10 +8,15 @@ Ray prefixes custom metrics with ``ray_`` and histograms add ``_bucket``/``_sum`
 Where each is recorded: query latency, queries and errors in the Serve ingress; per-shard codes,
 memory and WAL fsync latency in each shard actor's process (on its node); ingest counts and rate
 in the ingest job's driver.
+
+Ray drops a gauge from the scrape ~20-30 s after its last ``set`` (measured with Ray 2.60), so
+gauges are set through :func:`_set_gauge`, which re-sets the last value of each series every
+``GAUGE_REFRESH_S`` from a daemon thread: a finished ingest keeps showing its final rate (0).
 """
 from __future__ import annotations
 
 import threading
+import time
 from functools import lru_cache
 
 import ray
@@ -33,6 +38,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "neardup_ingest_images_per_s": ("gauge", "Current ingest throughput.", ()),
 }
 _lock = threading.Lock()
+GAUGE_REFRESH_S = 10.0
+_gauge_values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}  # (name, tags) -> last value
+_refresher: threading.Thread | None = None
 
 
 def exported_names() -> list[str]:
@@ -57,6 +65,30 @@ def _enabled() -> bool:
     return ray.is_initialized()
 
 
+def _set_gauge(name: str, value: float, tags: dict[str, str] | None = None) -> None:
+    """Set a gauge series and keep it alive (see the module docstring)."""
+    global _refresher
+    _metric(name).set(value, tags=tags)
+    with _lock:
+        _gauge_values[(name, tuple(sorted((tags or {}).items())))] = float(value)
+        if _refresher is None:
+            _refresher = threading.Thread(target=_refresh_gauges, name="neardup-gauges", daemon=True)
+            _refresher.start()
+
+
+def _refresh_gauges() -> None:
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        with _lock:
+            series = list(_gauge_values.items())
+        for (name, tags), value in series:
+            if _enabled():
+                try:
+                    _metric(name).set(value, tags=dict(tags) or None)
+                except Exception:  # noqa: BLE001 - e.g. Ray shut down in between: try again later
+                    pass
+
+
 def observe_query(route: str, seconds: float, status: int) -> None:
     """One HTTP request: latency histogram plus a count by route and status class."""
     if not _enabled():
@@ -76,8 +108,8 @@ def set_shard_stats(shard: int, count: int, memory_bytes: int) -> None:
     if not _enabled():
         return
     tags = {"shard": str(shard)}
-    _metric("neardup_shard_codes").set(count, tags=tags)
-    _metric("neardup_shard_memory_bytes").set(memory_bytes, tags=tags)
+    _set_gauge("neardup_shard_codes", count, tags)
+    _set_gauge("neardup_shard_memory_bytes", memory_bytes, tags)
 
 
 def observe_wal_fsync(shard: int, seconds: float) -> None:
@@ -99,4 +131,4 @@ def count_ingested(n: int, errors: int = 0) -> None:
 
 def set_ingest_rate(images_per_s: float) -> None:
     if _enabled():
-        _metric("neardup_ingest_images_per_s").set(images_per_s)
+        _set_gauge("neardup_ingest_images_per_s", images_per_s)

@@ -86,6 +86,7 @@ def test_metrics_reach_the_prometheus_endpoint(served, tmp_path):
     for f in sorted(SAMPLES.glob("*.jpg"))[:6]:
         shutil.copy(f, src / f.name)
     report = run_ingest(cfg, [str(src)], IngestOptions(progress=False, batch_size=3))
+    ingest_done = time.monotonic()
     assert report.indexed == 6
 
     url = run_server(cfg)
@@ -124,3 +125,12 @@ def test_metrics_reach_the_prometheus_endpoint(served, tmp_path):
         series = _series(_scrape(port))
     assert set(values("ray_neardup_shard_codes", 'shard="0"')) == {7.0}
     assert values("ray_neardup_shard_memory_bytes", 'shard="0"')[0] > 0
+
+    # Ray drops a gauge ~30 s after its last set: the driver keeps its gauges alive, and a
+    # finished ingest reads as rate 0
+    time.sleep(max(0.0, ingest_done + 45 - time.monotonic()))
+    assert values_now("ray_neardup_ingest_images_per_s", port) == [0.0]
+
+
+def values_now(name: str, port: int) -> list[float]:
+    return [v for _, v in _series(_scrape(port)).get(name, [])]
