@@ -88,6 +88,7 @@ class BenchConfig:
     grid: str = "full"
     queries_per_bucket: int = 500
     latency_queries: int = 1000
+    latency_reps: int = 3
     batch_size: int = 1000
     add_batch: int = 100_000
     k: int = 10
@@ -478,8 +479,9 @@ def choose_batch(run: "Run", label: str, n: int) -> int:
 
 
 def single_query_latencies(index: Any, queries: np.ndarray, k: int, count: int, threads: int,
-                           warmup: int = 20) -> np.ndarray:
-    """Seconds per search() of one query, one at a time, over ``count`` queries (cycled).
+                           warmup: int = 20, reps: int = 1) -> np.ndarray:
+    """Seconds per search() of one query, one at a time, over ``count`` queries (cycled),
+    ``reps`` times over: shape (reps, count).
 
     FAISS runs with ``threads`` OpenMP threads meanwhile (default 1, as in a Ray actor, which gets
     OMP_NUM_THREADS=1 unless it reserves more CPUs): on a busy machine a multi-threaded OpenMP region
@@ -491,22 +493,28 @@ def single_query_latencies(index: Any, queries: np.ndarray, k: int, count: int, 
     try:
         for i in range(min(warmup, count)):
             index.search(queries[i % len(queries)][None, :], k)
-        out = np.empty(count)
-        for i in range(count):
-            q = queries[i % len(queries)][None, :]
-            t0 = time.perf_counter()
-            index.search(q, k)
-            out[i] = time.perf_counter() - t0
+        out = np.empty((reps, count))
+        for r in range(reps):
+            for i in range(count):
+                q = queries[i % len(queries)][None, :]
+                t0 = time.perf_counter()
+                index.search(q, k)
+                out[r, i] = time.perf_counter() - t0
     finally:
         faiss.omp_set_num_threads(before)
     return out
 
 
 def latency_summary(seconds: np.ndarray) -> dict:
-    ms = seconds * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
-            "max_ms": float(ms.max()), "n_queries": int(len(ms)),
+    """P50/P90/P99: the median over passes of each pass's percentile (a pass = every query once),
+    so one stall of a shared VM does not decide the tail; pooled figures are kept beside them."""
+    ms = np.atleast_2d(seconds) * 1e3
+    per_pass = {q: np.percentile(ms, q, axis=1) for q in (50, 90, 99)}
+    return {"p50_ms": float(np.median(per_pass[50])), "p90_ms": float(np.median(per_pass[90])),
+            "p99_ms": float(np.median(per_pass[99])), "mean_ms": float(ms.mean()),
+            "max_ms": float(ms.max()), "n_queries": int(ms.shape[1]), "passes": int(ms.shape[0]),
+            "pass_p99_ms": [round(float(x), 5) for x in per_pass[99]],
+            "p99_ms_pooled": float(np.percentile(ms, 99)),
             "quantiles_ms": [round(float(x), 5) for x in np.percentile(ms, np.arange(101))]}
 
 
@@ -587,8 +595,9 @@ class Run:
                 "codes the 2nd..kth neighbours are ~30+ bits away, which near-duplicate indexes do "
                 "not aim to find).",
                 "Latency: one query per search() call, in this process, no network, FAISS with "
-                "latency_threads OpenMP threads (1 = a Ray actor's default); P99 over "
-                "latency_queries. QPS: batch_size queries per call, FAISS on all cores (--threads).",
+                "latency_threads OpenMP threads (1 = a Ray actor's default); latency_reps passes "
+                "over latency_queries queries; P50/P99 = the median over passes of each pass's "
+                "percentile (pooled: p99_ms_pooled; quantiles_ms are pooled). QPS: batch_size queries per call, FAISS on all cores (--threads).",
                 "Build: add() in add_batch chunks, FAISS on all cores (--threads); mihc is numpy "
                 "(one core).",
                 "bytes_per_code = index.memory_bytes() / n; rss_bytes_per_code = the process RSS "
@@ -748,7 +757,7 @@ def measure_search(run: Run, index: Any, kind: str, build_params: dict, variant:
     D, I, secs, peak = search_batched(index, work.queries, cfg.k, batch)
     rec = recall_report(D, I, work, gt_D, cfg.k)
     lat = latency_summary(single_query_latencies(index, work.queries, cfg.k, cfg.latency_queries,
-                                                 cfg.latency_threads))
+                                                 cfg.latency_threads, reps=cfg.latency_reps))
     lat["faiss_threads"] = cfg.latency_threads
     la1 = common.loadavg()
     entry = {
@@ -1106,6 +1115,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--bits", type=int, default=128)
     p.add_argument("--queries-per-bucket", type=int, default=500)
     p.add_argument("--latency-queries", type=int, default=1000)
+    p.add_argument("--latency-reps", type=int, default=3,
+                   help="passes over the latency queries; P50/P99 = median over passes")
     p.add_argument("--batch-size", type=int, default=1000, help="queries per call for batched QPS")
     p.add_argument("--add-batch", type=int, default=100_000, help="codes per add() call while building")
     p.add_argument("--k", type=int, default=10)
@@ -1153,7 +1164,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         raise BenchError("--latency-threads must be >= 1")
     if a.threads is not None and a.threads < 1:
         raise BenchError("--threads must be >= 1")
-    for name in ("queries_per_bucket", "latency_queries", "batch_size", "add_batch", "k", "fanout_shards"):
+    for name in ("queries_per_bucket", "latency_queries", "latency_reps", "batch_size", "add_batch", "k",
+                 "fanout_shards"):
         if getattr(a, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
     if a.bits <= 0 or a.bits % 8:
@@ -1161,6 +1173,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     tag = a.tag or ("quick" if a.quick else "full") + ("_real" if a.real_codes else "") + ("_gpu" if a.gpu else "")
     return BenchConfig(sizes=sizes, bits=a.bits, kinds=kinds, grid=a.grid or ("quick" if a.quick else "full"),
                        queries_per_bucket=a.queries_per_bucket, latency_queries=a.latency_queries,
+                       latency_reps=a.latency_reps,
                        batch_size=a.batch_size, add_batch=a.add_batch, k=a.k, seed=a.seed,
                        real_codes=a.real_codes, real_queries=a.real_queries,
                        real_ground_truth=a.real_ground_truth, gpu=a.gpu, max_size=max_size,
