@@ -95,7 +95,8 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--timeout", default=10.0, show_default=True, help="Per-shard timeout in seconds.")
 @click.option("--tta", default=None, type=click.Choice(["none", "flip", "flip_rot90", "d4"]),
-              help="Also search the query's flipped/rotated variants (keeps each id's best distance).")
+              help="Also search the query's flipped/rotated variants, keeping each id's best distance "
+                   "(default: encoder.tta from the config, flip).")
 def search(images, index_dir, k, radius, as_json, address, timeout, tta) -> None:
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
@@ -164,7 +165,8 @@ def dedup(paths, report, radius, encoder, weights) -> None:
 @click.option("--encoder", default=None)
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--tta", default=None, type=click.Choice(["none", "flip", "flip_rot90", "d4"]),
-              help="Also search the query's flipped/rotated variants (keeps each id's best distance).")
+              help="Also search the query's flipped/rotated variants, keeping each id's best distance "
+                   "(default: encoder.tta from the config, flip).")
 def serve(config_path, index_dir, host, port, num_shards, token, encoder, address, tta) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray

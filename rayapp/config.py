@@ -24,7 +24,7 @@ class EncoderConfig:
     device: str = "auto"             # auto | cpu | cuda
     num_replicas: int = 1            # encoder actors (ingest) / replicas (serve)
     max_pixels: int = 50_000_000     # decompression-bomb cap
-    tta: str = "none"                # query-time variants searched too: none|flip|flip_rot90|d4
+    tta: str = "flip"                # query-time variants searched too: none|flip|flip_rot90|d4
 
 
 @dataclass
