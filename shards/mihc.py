@@ -300,11 +300,13 @@ class CompactMIHIndex(BinaryIndex):
             lo = np.searchsorted(self._run_buckets, needles, side="left")
             lens.append(np.searchsorted(self._run_buckets, needles, side="right") - lo)
             rows.append(self._run_rows[concat_ranges(lo, lens[-1])])
-        # each tail row once: with its other entries probed in the tables, a row still comes
-        # up at most nhash times per query (``_search`` relies on that bound)
-        tail = np.unique(self._tail_rows.view)
-        rows.append(np.tile(tail, nq))
-        rows = np.concatenate(rows)
+        tail = np.zeros(0, dtype=np.uint32)
+        if self._tail_rows.n:
+            # each tail row once: with its other entries probed in the tables, a row still comes
+            # up at most nhash times per query (``_search`` relies on that bound)
+            tail = np.unique(self._tail_rows.view)
+            rows.append(np.tile(tail, nq))
+        rows = np.concatenate(rows) if len(rows) > 1 else rows[0]
         qidx = None
         if nq > 1:
             per_probe = np.repeat(np.arange(nq), probes.shape[1])
