@@ -102,7 +102,6 @@ class CompactMIHIndex(BinaryIndex):
         self._starts = np.zeros((geo.nhash, self._nbuckets + 1), dtype=np.uint32)
         self._counts = np.zeros((geo.nhash, self._nbuckets), dtype=np.uint32)
         self._post = np.zeros(0, dtype=np.uint32)
-        self._table_base = np.arange(geo.nhash, dtype=np.int64) * self._nbuckets
         self._run_buckets, self._run_rows = np.zeros(0, np.uint32), np.zeros(0, np.uint32)
         self._reset_tail()
         self._apply_search_params()
@@ -115,9 +114,10 @@ class CompactMIHIndex(BinaryIndex):
             geo = self.geometry = Geometry(geo.nhash, geo.b, self.params["nflip"])
         self._masks = np.array([sum(1 << i for i in combo) for f in range(geo.nflip + 1)
                                 for combo in combinations(range(geo.b), f)], dtype=np.int64)
+        self._table_base = np.arange(geo.nhash, dtype=np.int64) * self._nbuckets  # table -> bucket 0
         table = np.repeat(np.arange(geo.nhash, dtype=np.int64), len(self._masks))
         self._start_base = table * (self._nbuckets + 1)  # probe -> flat index into starts
-        self._count_base = table * self._nbuckets  # probe -> flat index into counts
+        self._count_base = np.repeat(self._table_base, len(self._masks))  # probe -> flat index into counts
 
     @property
     def guaranteed_radius(self) -> int:
@@ -434,7 +434,6 @@ class CompactMIHIndex(BinaryIndex):
         self._reset_tail()
         self._tail_buckets.append(pend_b[run:])
         self._tail_rows.append(pend_r[run:])
-        self._table_base = np.arange(geo.nhash, dtype=np.int64) * self._nbuckets
         self._starts = load_npy(src / "starts.npy")
         self._counts = load_npy(src / "counts.npy")
         self._post = load_npy(src / "post.npy")
