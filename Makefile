@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,test,bench]'
+	# compile the mihc query kernel once, into numba's disk cache (else the first query does)
+	$(PY) -c 'from shards.index import make_index; make_index("mihc").warm_up()'
 	touch $(STAMP)
 
 demo: install

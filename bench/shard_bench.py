@@ -599,8 +599,8 @@ class Run:
                 "latency_threads OpenMP threads (1 = a Ray actor's default); latency_reps passes "
                 "over latency_queries queries; P50/P99 = the median over passes of each pass's "
                 "percentile (pooled: p99_ms_pooled; quantiles_ms are pooled). QPS: batch_size queries per call, FAISS on all cores (--threads).",
-                "Build: add() in add_batch chunks, FAISS on all cores (--threads); mihc is numpy "
-                "(one core).",
+                "Build: add() in add_batch chunks, FAISS on all cores (--threads); mihc builds in "
+                "numpy and searches with a compiled numba kernel (one core).",
                 "bytes_per_code = index.memory_bytes() / n; rss_bytes_per_code = the process RSS "
                 "delta across the build (after gc and malloc_trim) / n, a cross-check.",
                 "load_avg_1m before/after each measurement and other_cpu_users record background "

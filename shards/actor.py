@@ -121,6 +121,7 @@ class ShardActor:
                                   on_fsync=self._observe_fsync)
         self._wal.count = replayed
         self._remove_stale(keep=self._generation)
+        self._index.warm_up()
         self.recovery_s = time.perf_counter() - t0
         self.replayed = replayed
 

@@ -318,6 +318,11 @@ class BinaryIndex(ABC):
     def _apply_search_params(self) -> None:
         pass
 
+    def warm_up(self) -> None:
+        """Get ready for the first query (``mihc`` compiles or loads its kernel); cheap when ready."""
+        with self._lock.read():
+            self._search(np.zeros((1, self.code_bytes), dtype=np.uint8), 1)
+
     def info(self) -> dict:
         return {"kind": self.kind, "bits": self.bits, "params": self.params, "count": self.ntotal,
                 "tombstones": self.tombstones, "memory_bytes": self.memory_bytes()}

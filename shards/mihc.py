@@ -6,8 +6,9 @@ from itertools import combinations
 
 import numpy as np
 
-from shards.base import (BinaryIndex, Growable, RangeResult, as_words, concat_ranges, load_npy, popcount_rows,
-                         ranges_from_candidates, save_npy, topk_from_candidates)
+from shards import kernels
+from shards.base import (BinaryIndex, Growable, as_words, concat_ranges, load_npy, ranges_from_candidates, save_npy,
+                         topk_from_candidates)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,6 @@ class CompactMIHIndex(BinaryIndex):
     kind = "mihc"
     search_params = ("nflip",)
     _MAX_B = 24  # bucket tables are dense: 2^b entries per table
-    _QUERY_CHUNK = 32  # queries per vectorised pass (measured best; bounds temporaries)
     _STEP = 1 << 18  # rows keyed per pass while inserting (bounds temporaries)
 
     def __init__(self, bits: int = 128, nhash: int | None = None, b: int | None = None,
@@ -115,9 +115,6 @@ class CompactMIHIndex(BinaryIndex):
         self._masks = np.array([sum(1 << i for i in combo) for f in range(geo.nflip + 1)
                                 for combo in combinations(range(geo.b), f)], dtype=np.int64)
         self._table_base = np.arange(geo.nhash, dtype=np.int64) * self._nbuckets  # table -> bucket 0
-        table = np.repeat(np.arange(geo.nhash, dtype=np.int64), len(self._masks))
-        self._start_base = table * (self._nbuckets + 1)  # probe -> flat index into starts
-        self._count_base = np.repeat(self._table_base, len(self._masks))  # probe -> flat index into counts
 
     @property
     def guaranteed_radius(self) -> int:
@@ -285,74 +282,22 @@ class CompactMIHIndex(BinaryIndex):
         self._post, self._starts = new_post, new_starts
 
     # -- search ---------------------------------------------------------------------------------
-    def _candidates(self, codes: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """(query index, row, exact distance) for rows with an entry in a probed bucket (with
-        repeats), from the tables, the pending run and the whole pending tail; dead rows dropped.
-        Query index is None for one query."""
-        nq = len(codes)
-        probes = (self._keys(codes)[:, :, None] ^ self._masks[None, None, :]).reshape(nq, -1)
-        buckets = (probes + self._count_base).reshape(-1)
-        starts = self._starts.reshape(-1)[(probes + self._start_base).reshape(-1)]
-        lens = [self._counts.reshape(-1)[buckets].astype(np.int64)]
-        rows = [self._post[concat_ranges(starts, lens[0])]]
-        if len(self._run_rows):
-            needles = buckets.astype(np.uint32)  # same dtype as the run: no copy of the run
-            lo = np.searchsorted(self._run_buckets, needles, side="left")
-            lens.append(np.searchsorted(self._run_buckets, needles, side="right") - lo)
-            rows.append(self._run_rows[concat_ranges(lo, lens[-1])])
-        tail = np.zeros(0, dtype=np.uint32)
-        if self._tail_rows.n:
-            # each tail row once: with its other entries probed in the tables, a row still comes
-            # up at most nhash times per query (``_search`` relies on that bound)
-            tail = np.unique(self._tail_rows.view)
-            rows.append(np.tile(tail, nq))
-        rows = np.concatenate(rows) if len(rows) > 1 else rows[0]
-        qidx = None
-        if nq > 1:
-            per_probe = np.repeat(np.arange(nq), probes.shape[1])
-            qidx = np.concatenate([np.repeat(per_probe, n) for n in lens]
-                                  + [np.repeat(np.arange(nq), len(tail))])
-        if self._dead:
-            live = self._is_live(rows)
-            rows = rows[live]
-            qidx = None if qidx is None else qidx[live]
-        words, qwords = as_words(self._codes.view), as_words(codes)
-        qw = qwords if qidx is None else np.take(qwords, qidx, axis=0)
-        dists = popcount_rows(np.bitwise_xor(np.take(words, rows, axis=0), qw))
-        return qidx, rows, dists
+    def _candidates(self, codes: np.ndarray, k: int, radius: int) -> tuple[np.ndarray, ...]:
+        """(query index, row, distance) of the candidates the kernel keeps (``kernels.candidates``)."""
+        # each waiting row once: its other entries are probed in the tables
+        tail = np.unique(self._tail_rows.view) if self._tail_rows.n else self._tail_rows.view
+        return kernels.candidates(
+            self._keys(codes), as_words(np.ascontiguousarray(codes)), k, radius, self.bits,
+            self._masks, self._starts, self._counts, self._post, self._run_buckets, self._run_rows,
+            tail, as_words(self._codes.view), self._deadbits.view, self._dead > 0)
 
     def _search(self, codes, k):
-        if len(codes) > self._QUERY_CHUNK:
-            parts = [self._search(codes[s:s + self._QUERY_CHUNK], k)
-                     for s in range(0, len(codes), self._QUERY_CHUNK)]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        nq = len(codes)
-        qidx, rows, dists = self._candidates(codes)
-        if len(rows) > 4 * k * self.geometry.nhash:
-            # keep, per query, the smallest distances that surely hold k unique rows
-            # (a row repeats at most once per table), before the costlier sort + dedup
-            width = self.bits + 1
-            flat = dists if qidx is None else qidx * width + dists
-            hist = np.bincount(flat, minlength=nq * width).reshape(nq, width)
-            enough = np.cumsum(hist, axis=1) >= k * self.geometry.nhash
-            thresh = np.where(enough.any(axis=1), enough.argmax(axis=1), self.bits)
-            sel = dists <= (thresh[0] if qidx is None else thresh[qidx])
-            rows, dists = rows[sel], dists[sel]
-            qidx = None if qidx is None else qidx[sel]
-        if qidx is None:
-            qidx = np.zeros(len(rows), dtype=np.int64)
-        return topk_from_candidates(qidx, self._ids.view[rows], dists, nq, k)
+        qidx, rows, dists = self._candidates(codes, k, self.bits)
+        return topk_from_candidates(qidx, self._ids.view[rows], dists, len(codes), k)
 
     def _range_search(self, codes, radius):
-        out: RangeResult = []
-        for s in range(0, len(codes), self._QUERY_CHUNK):
-            chunk = codes[s:s + self._QUERY_CHUNK]
-            qidx, rows, dists = self._candidates(chunk)
-            sel = dists <= radius
-            qidx = np.zeros(int(sel.sum()), dtype=np.int64) if qidx is None else qidx[sel]
-            out += ranges_from_candidates(qidx, self._ids.view[rows[sel]], dists[sel],
-                                           len(chunk), radius)
-        return out
+        qidx, rows, dists = self._candidates(codes, 0, radius)
+        return ranges_from_candidates(qidx, self._ids.view[rows], dists, len(codes), radius)
 
     # -- remove / compact ---------------------------------------------------------------------
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
