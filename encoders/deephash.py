@@ -249,7 +249,7 @@ class DeepHashEncoder(Encoder):
         return batch.astype(np.uint8, copy=False)
 
     @torch.inference_mode()
-    def _codes(self, batch: np.ndarray) -> np.ndarray:
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(batch), self.batch_size):
             x = self._to_tensor(batch[i:i + self.batch_size])
@@ -258,17 +258,23 @@ class DeepHashEncoder(Encoder):
                     h = self.model.logits(x)
             else:
                 h = self.model.logits(x)
-            out.append(pack_bits((h.float() > 0).cpu().numpy()))
-        return np.concatenate(out) if out else np.zeros((0, self.bits // 8), np.uint8)
+            out.append(h.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
     def encode_batch(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (n,S,S,3) -> packed codes (n, bits // 8) of the image as given (no TTA)."""
-        return self._codes(self._check(batch))
+        return pack_bits(self._logits(self._check(batch)) > 0)
+
+    def encode_weighted(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes plus bit confidences min(|h|, 1): the head's batch norm puts |h| on a unit scale,
+        and capping it keeps one very sure bit from outweighing several (measured: as good as |h|)."""
+        h = self._logits(self._check(batch))
+        return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32)
 
     def encode_variants(self, batch: np.ndarray) -> np.ndarray:
         """Codes of the TTA variants: uint8 (n, v, bits // 8); search keeps the min distance over v."""
         batch = self._check(batch)
-        return np.stack([self._codes(v) for v in variants(batch, self.tta)], axis=1)
+        return np.stack([self.encode_batch(v) for v in variants(batch, self.tta)], axis=1)
 
     def info(self) -> dict:
         return {**super().info(), "backbone": self.model.backbone_name, "tta": self.tta,

@@ -1,8 +1,10 @@
 """Copy-detection evaluation: build a benchmark from originals, score encoders side by side.
 
 Metrics (per encoder):
-- mAP@100: one relevant ref per positive query; Hamming ties are counted pessimistically
-  (every irrelevant ref at the same distance ranks before the relevant one).
+- mAP@100: one relevant ref per positive query; ties are counted pessimistically (every
+  irrelevant ref at the same distance ranks before the relevant one). Refs are ranked as the
+  service ranks them: by weighted Hamming distance when the encoder gives bit confidences
+  (deephash), else by Hamming; ``deephash:rank=hamming`` scores plain Hamming.
 - µAP (DISC21): one global precision-recall curve over all (query, ref, score) predictions
   (top ``k_micro`` refs per query, negatives included), recall relative to the positive queries;
   equal scores are ordered wrong-first.
@@ -28,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from encoders.augment import COMBOS, FAMILIES, apply_family
-from encoders.base import Encoder, hamming
+from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
+from encoders.tta import variants as tta_variants
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
@@ -148,23 +151,32 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def encode_files(enc: Encoder, paths: list[Path], variants: bool = False,
-                 batch: int = 128) -> tuple[np.ndarray, float]:
-    """Decode + preprocess + encode files; returns (codes, images per second)."""
+def encode_files(enc: Encoder, paths: list[Path], tta: str = "none",
+                 batch: int = 128) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Decode + preprocess + encode files -> (codes (n, v, B), bit confidences (n, v, bits) or
+    None, images per second); v = the TTA variants of each image, the image itself first."""
     t0 = time.perf_counter()
-    chunks = []
+    codes, weights = [], []
     for i in range(0, len(paths), batch):
         arr = np.stack([enc.preprocess(load_image(p)) for p in paths[i:i + batch]])
-        chunks.append(enc.encode_variants(arr) if variants else enc.encode_batch(arr))
+        parts = [enc.encode_weighted(v) for v in tta_variants(arr, tta)]
+        codes.append(np.stack([c for c, _ in parts], axis=1))
+        weights.append(None if parts[0][1] is None else np.stack([w for _, w in parts], axis=1))
     speed = len(paths) / max(1e-9, time.perf_counter() - t0)
-    return np.concatenate(chunks), speed
+    return np.concatenate(codes), None if weights[0] is None else np.concatenate(weights), speed
 
 
-def _min_distance(q: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Hamming distance, min over query variants when q is (n, v, B)."""
-    if q.ndim == 2:
-        return hamming(q, r)
-    return np.min(np.stack([hamming(q[:, v], r) for v in range(q.shape[1])]), axis=0)
+def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.ndarray) -> np.ndarray:
+    """(queries x refs) distances, min over query variants: weighted Hamming when the queries have
+    bit confidences (what the service ranks by), else Hamming."""
+    per_variant = []
+    for v in range(q_codes.shape[1]):
+        if q_weights is None:
+            per_variant.append(hamming(q_codes[:, v], r_codes).astype(np.float32))
+        else:
+            per_variant.append(np.stack([weighted_hamming(c, w, r_codes)
+                                         for c, w in zip(q_codes[:, v], q_weights[:, v])]))
+    return np.min(np.stack(per_variant), axis=0)
 
 
 def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
@@ -184,12 +196,14 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
     results = {}
     for spec in encoders:
         name, kwargs = parse_spec(spec)
+        rank = check_rank(kwargs.pop("rank", "weighted"))
         enc = get_encoder(name, **kwargs)
-        variants = getattr(enc, "tta", "none") != "none"
-        r_codes, speed = encode_files(enc, ref_paths)
-        q_codes, _ = encode_files(enc, q_paths, variants=variants)
-        dist = _min_distance(q_codes, r_codes)
+        r_codes, _, speed = encode_files(enc, ref_paths)
+        q_codes, q_weights, _ = encode_files(enc, q_paths, tta=getattr(enc, "tta", "none"))
+        q_weights = None if rank == "hamming" else q_weights
+        dist = distances(q_codes, q_weights, r_codes[:, 0])
         results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),
+                         "rank": "hamming" if q_weights is None else "weighted",
                          **score_codes(dist, enc.bits, gt_ref, families, k_micro)}
         print(f"{spec:40s} mAP@100={results[spec]['mAP@100']:.3f} muAP={results[spec]['muAP']:.3f} "
               f"R@1={results[spec]['recall@1']:.3f} worst={results[spec]['worst_family']} "
@@ -215,11 +229,12 @@ def _git_rev() -> str | None:
 
 def format_table(report: dict) -> str:
     """Markdown table of the headline metrics (for the model card)."""
-    lines = ["| encoder | bits | mAP@100 | µAP | recall@1 | worst family (R@1) | img/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| encoder | bits | ranked by | mAP@100 | µAP | recall@1 | worst family (R@1) | img/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for spec, r in report["results"].items():
         worst = r["worst_family"]
-        lines.append(f"| {spec} | {r['bits']} | {r['mAP@100']:.3f} | {r['muAP']:.3f} | {r['recall@1']:.3f} | "
+        lines.append(f"| {spec} | {r['bits']} | {r.get('rank', 'hamming')} | {r['mAP@100']:.3f} | "
+                     f"{r['muAP']:.3f} | {r['recall@1']:.3f} | "
                      f"{worst} ({r['per_family_recall@1'].get(worst, 0):.2f}) | {r['encode_img_per_s']:.0f} |")
     return "\n".join(lines)
 
@@ -232,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refs")
     ap.add_argument("--queries")
     ap.add_argument("--ground-truth")
-    ap.add_argument("--encoders", nargs="+", default=["deephash", "deephash:tta=flip_rot90", "pdq", "phash"])
+    ap.add_argument("--encoders", nargs="+", default=["deephash:tta=flip", "deephash:tta=flip,rank=hamming", "deephash", "pdq", "phash"])
     ap.add_argument("--n-refs", type=int, default=450)
     ap.add_argument("--n-queries", type=int, default=900)
     ap.add_argument("--n-negatives", type=int, default=280)

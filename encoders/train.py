@@ -464,7 +464,9 @@ def write_model_card(weights: str | Path, eval_report: dict | None, path: str | 
                   f"{b.get('positive_queries')} edited queries over {len(b.get('families', [])) or '21'} edit "
                   f"families + {b.get('negative_queries')} negative queries; originals: "
                   f"{', '.join(Path(o).name for o in b.get('originals', []))}; seed {b.get('seed')}. "
-                  "Ties in Hamming distance are ranked pessimistically. Speed: decode + preprocess + "
+                  "Refs are ranked by weighted Hamming distance (the query's bit confidences) where "
+                  "the encoder has them, as the service does, else by Hamming; ties are ranked "
+                  "pessimistically. Speed: decode + preprocess + "
                   f"encode with {b.get('threads', '?')} thread(s).", "",
                   format_table(eval_report), "", "### Per-family recall@1", ""]
         specs = list(eval_report["results"])

@@ -97,7 +97,10 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
 @click.option("--tta", default=None, type=click.Choice(["none", "flip", "flip_rot90", "d4"]),
               help="Also search the query's flipped/rotated variants, keeping each id's best distance "
                    "(default: encoder.tta from the config, flip).")
-def search(images, index_dir, k, radius, as_json, address, timeout, tta) -> None:
+@click.option("--rank", default=None, type=click.Choice(["weighted", "hamming"]),
+              help="Order matches by weighted Hamming distance (the query's bit confidences; "
+                   "deephash only) or plain Hamming (default: encoder.rank from the config, weighted).")
+def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -> None:
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
     from rayapp.cluster import ensure_shards, init_ray
@@ -105,6 +108,7 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta) -> None
     from rayapp.router import ShardRouter, merge_variants
     cfg = _index_config(index_dir, None, address)
     mode = tta or cfg.encoder.tta
+    weighted = (rank or cfg.encoder.rank) == "weighted"
     enc = _encoder(cfg.encoder.name, cfg.encoder.weights)
     init_ray(address)
     router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout)
@@ -112,14 +116,17 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta) -> None
     for path in images:
         try:
             array = enc.preprocess(load_image(path, max_pixels=cfg.encoder.max_pixels))
-            queries = np.concatenate([enc.encode_batch(v) for v in variants(array[None], mode)])
+            parts = [enc.encode_weighted(v) for v in variants(array[None], mode)]
         except (OSError, ValueError) as exc:
             failed += 1
             click.echo(json.dumps({"query": path, "error": str(exc)}) if as_json
                        else f"{path}: error: {exc}", err=not as_json)
             continue
-        results, missing = router.search(queries, k=k, radius=radius, with_meta=True)
-        hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"]}
+        queries = np.concatenate([c for c, _ in parts])
+        weights = np.concatenate([w for _, w in parts]) if weighted and parts[0][1] is not None else None
+        results, missing = router.search(queries, k=k, radius=radius, with_meta=True, weights=weights)
+        hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
+                 **({"weighted": r["weighted"]} if "weighted" in r else {})}
                 for r in merge_variants(results, k)]
         if as_json:
             click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))

@@ -25,6 +25,7 @@ class EncoderConfig:
     num_replicas: int = 1            # encoder actors (ingest) / replicas (serve)
     max_pixels: int = 50_000_000     # decompression-bomb cap
     tta: str = "flip"                # query-time variants searched too: none|flip|flip_rot90|d4
+    rank: str = "weighted"           # weighted (by the query's bit confidences, if any) | hamming
 
 
 @dataclass

@@ -24,6 +24,8 @@ import xxhash
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
+from encoders.base import weighted_hamming
+
 log = logging.getLogger(__name__)
 
 
@@ -60,18 +62,38 @@ def merge_results(per_shard: dict[int, list[list[dict]]], num_queries: int, k: i
 
 
 def merge_variants(rows: list[list[dict]], k: int) -> list[dict]:
-    """Results of one query's TTA variants -> one list: per id its smallest distance, top k."""
+    """Results of one query's TTA variants -> one list: per id its best-ranked hit, top k."""
     best: dict[str, dict] = {}
     for hits in rows:
         for hit in hits:
             seen = best.get(hit["id"])
-            if seen is None or hit["distance"] < seen["distance"]:
+            if seen is None or _order(hit) < _order(seen):
                 best[hit["id"]] = hit
     return sorted(best.values(), key=_order)[:k]
 
 
-def _order(hit: dict) -> tuple[int, str]:
-    return (int(hit["distance"]), str(hit["id"]))
+def rerank_depth(k: int) -> int:
+    """Hamming neighbours each shard returns for a weighted re-rank of the top k (on the held-out
+    benchmark, re-ranking the Hamming top 10 scored mAP@100 0.814 against 0.815 for all refs)."""
+    return max(2 * k, k + 10)
+
+
+def rerank(hits: list[dict], query: np.ndarray, weights: np.ndarray, k: int) -> list[dict]:
+    """One query's hits (each with its ``code``) ordered by weighted Hamming distance, then
+    distance and id; the top k, each with ``weighted`` set and its code dropped."""
+    if not hits:
+        return []
+    codes = np.frombuffer(b"".join(h["code"] for h in hits), dtype=np.uint8)
+    scores = weighted_hamming(query, weights, codes)
+    out = [{**{key: v for key, v in h.items() if key != "code"}, "weighted": round(float(w), 3)}
+           for h, w in zip(hits, scores.tolist())]
+    return sorted(out, key=_order)[:k]
+
+
+def _order(hit: dict) -> tuple[float, int, str]:
+    """Rank key: weighted distance when present (re-ranked hits), then distance, then id."""
+    d = int(hit["distance"])
+    return (hit.get("weighted", d), d, str(hit["id"]))
 
 
 def _reason(exc: BaseException) -> str:
@@ -160,9 +182,10 @@ class ShardRouter:
         """A read call: not replayed after an actor restart (the caller has long timed out)."""
         return getattr(self.shards[i], method).options(max_task_retries=0).remote(*args)
 
-    def _submit_search(self, shards: list[int], codes, k, radius, with_meta) -> dict[int, Any]:
+    def _submit_search(self, shards: list[int], codes, k, radius, with_meta, with_codes) -> dict[int, Any]:
         radius = None if radius is None else int(radius)
-        return {i: self._read(i, "search", codes, int(k), radius, with_meta) for i in shards}
+        return {i: self._read(i, "search", codes, int(k), radius, with_meta, with_codes)
+                for i in shards}
 
     # ---- shard health -----------------------------------------------------------------
     def _available(self) -> tuple[list[int], dict[int, BaseException]]:
@@ -274,24 +297,51 @@ class ShardRouter:
 
     # ---- search -----------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
-               with_meta: bool = False) -> tuple[list[list[dict]], list[int]]:
-        """Top-k per query over all shards -> (results, ids of shards that did not answer)."""
+               with_meta: bool = False, weights: np.ndarray | None = None,
+               ) -> tuple[list[list[dict]], list[int]]:
+        """Top-k per query over all shards -> (results, ids of shards that did not answer).
+
+        With ``weights`` (the queries' bit confidences, (n, bits)) each shard returns its
+        ``rerank_depth(k)`` Hamming neighbours and the merged lists are re-ranked by weighted
+        Hamming distance (each hit gains ``weighted``); without, hits rank by Hamming distance.
+        """
         codes = self._query(codes, k, radius)
         shards, skipped = self._available()
         self._after_errors(skipped)
-        results, errors = self._collect(self._submit_search(shards, codes, k, radius, with_meta),
-                                        self.timeout_s)
-        return merge_results(results, len(codes), int(k), radius), sorted({**skipped, **errors})
+        depth, with_codes = self._depth(codes, k, weights)
+        results, errors = self._collect(
+            self._submit_search(shards, codes, depth, radius, with_meta, with_codes), self.timeout_s)
+        return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
 
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
-                      with_meta: bool = False) -> tuple[list[list[dict]], list[int]]:
+                      with_meta: bool = False, weights: np.ndarray | None = None,
+                      ) -> tuple[list[list[dict]], list[int]]:
         """Async :meth:`search`."""
         codes = self._query(codes, k, radius)
         shards, skipped = self._available()
         await self._aafter_errors(skipped)
+        depth, with_codes = self._depth(codes, k, weights)
         results, errors = await self._acollect(
-            self._submit_search(shards, codes, k, radius, with_meta), self.timeout_s)
-        return merge_results(results, len(codes), int(k), radius), sorted({**skipped, **errors})
+            self._submit_search(shards, codes, depth, radius, with_meta, with_codes), self.timeout_s)
+        return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
+
+    @staticmethod
+    def _depth(codes: np.ndarray, k: int, weights: np.ndarray | None) -> tuple[int, bool]:
+        """(neighbours to fetch per shard, whether hits carry codes) for this query."""
+        if weights is None:
+            return int(k), False
+        if np.shape(weights) != (len(codes), codes.shape[1] * 8):
+            raise ValueError(f"weights must have shape ({len(codes)}, {codes.shape[1] * 8}), "
+                             f"got {np.shape(weights)}")
+        return rerank_depth(int(k)), True
+
+    @staticmethod
+    def _merge(results: dict[int, Any], codes: np.ndarray, k: int, depth: int, radius: int | None,
+               weights: np.ndarray | None) -> list[list[dict]]:
+        merged = merge_results(results, len(codes), depth, radius)
+        if weights is None:
+            return merged
+        return [rerank(hits, codes[q], weights[q], int(k)) for q, hits in enumerate(merged)]
 
     # ---- writes -----------------------------------------------------------------------
     def _submit_add(self, ids, codes, metas) -> dict[int, Any]:

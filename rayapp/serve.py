@@ -33,7 +33,7 @@ from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from encoders.base import code_to_hex, hex_to_code
+from encoders.base import check_rank, code_to_hex, hex_to_code
 from encoders.decode import ImageDecodeError, load_image
 from encoders.tta import check_mode, variants
 from rayapp import metrics
@@ -70,37 +70,45 @@ class EncoderDeployment:
         self.encoder = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights,
                                    device=cfg.encoder.device)
         self.tta = check_mode(cfg.encoder.tta)
+        self.rank = check_rank(cfg.encoder.rank)
         self.max_pixels = int(cfg.encoder.max_pixels)
         self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
 
     def info(self) -> dict:
-        """Encoder name, bits, input size and the query-time TTA mode."""
-        return {**self.encoder.info(), "tta": self.tta}
+        """Encoder name, bits, input size, the query-time TTA mode and ranking."""
+        return {**self.encoder.info(), "tta": self.tta, "rank": self.rank}
 
     async def encode_image(self, data: bytes, query: bool = False) -> dict:
         """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``.
 
-        For a query with TTA on, ``"variants"`` also holds the codes of the flipped/rotated
-        variants (the plain code first); every variant goes through the same dynamic batcher.
+        For a query, ``"variants"`` holds the codes to search: the plain code first, then with
+        TTA on those of the flipped/rotated variants; with weighted ranking (and an encoder that
+        has bit confidences) ``"weights"`` holds each variant's confidences. Every variant goes
+        through the same dynamic batcher.
         """
         try:
             array = await asyncio.to_thread(self._preprocess, data)
         except ImageDecodeError as exc:
             return {"error": str(exc), "status": decode_status(exc)}
-        if not query or self.tta == "none":
-            return {"code": await self.encode_arrays(array)}
-        codes = await asyncio.gather(*(self.encode_arrays(v[0])
+        if not query:
+            return {"code": (await self.encode_arrays(array))[0]}
+        parts = await asyncio.gather(*(self.encode_arrays(v[0])
                                        for v in variants(array[None], self.tta)))
-        return {"code": codes[0], "variants": codes}
+        answer = {"code": parts[0][0], "variants": [c for c, _ in parts]}
+        if self.rank == "weighted" and parts[0][1] is not None:
+            answer["weights"] = [w for _, w in parts]
+        return answer
 
     def _preprocess(self, data: bytes) -> np.ndarray:
         return self.encoder.preprocess(load_image(data, max_pixels=self.max_pixels))
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def encode_arrays(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """Batched: preprocessed uint8 arrays -> packed codes, one per array."""
-        codes = await asyncio.to_thread(self.encoder.encode_batch, np.stack(arrays))
-        return list(codes)
+    async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Batched: preprocessed uint8 arrays -> (packed code, bit confidences or None) each."""
+        codes, weights = await asyncio.to_thread(self.encoder.encode_weighted, np.stack(arrays))
+        if weights is None:
+            return [(c, None) for c in codes]
+        return list(zip(codes, weights))
 
 
 api = FastAPI(title="neardup", version=_version(),
@@ -249,16 +257,17 @@ class Ingress:
             codes.append(_answer_code(next(answers), where))
         return np.stack(codes)
 
-    async def _query_codes(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
-        """One query -> (its code, the codes to search: (v, bits/8), more than one with TTA)."""
+    async def _query_codes(self, item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One query -> (its code, the codes to search: (v, bits/8), more than one with TTA,
+        their bit confidences (v, bits) for weighted ranking, or None: a hex code has none)."""
         if item.code is not None:
             code = (await self._codes([item]))[0]
-            return code, code[None, :]
+            return code, code[None, :], None
         answer = await self._encoder_call("encode_image", item.data, True)
         code = _answer_code(answer, "")
-        if "variants" not in answer:
-            return code, code[None, :]
-        return code, np.stack([np.asarray(c, dtype=np.uint8) for c in answer["variants"]])
+        queries = np.stack([np.asarray(c, dtype=np.uint8) for c in answer.get("variants", [code])])
+        weights = answer.get("weights")
+        return code, queries, None if weights is None else np.stack(weights).astype(np.float32)
 
     async def _items(self, request: Request) -> tuple[list[Item], dict]:
         s = self.cfg.serve
@@ -306,7 +315,8 @@ class Ingress:
 
     @api.post("/v1/search")
     async def search(self, request: Request) -> dict:
-        """Image or hex code -> nearest ids by Hamming distance across all shards."""
+        """Image or hex code -> nearest ids across all shards: by Hamming distance, re-ranked by
+        weighted Hamming distance (``weighted``) for image queries when ``encoder.rank`` is weighted."""
         start = time.perf_counter()
         self._admit(request)
         items, params = await self._items(request)
@@ -317,8 +327,8 @@ class Ingress:
         radius = params.get("radius")
         radius = None if radius in (None, "") else int_param(radius, "radius", 0, s.max_radius)
         with_meta = bool_param(params.get("with_meta", False), "with_meta")
-        code, queries = await self._query_codes(items[0])
-        results, missing = await self.router.asearch(queries, k, radius, with_meta)
+        code, queries, weights = await self._query_codes(items[0])
+        results, missing = await self.router.asearch(queries, k, radius, with_meta, weights)
         for _ in missing:
             metrics.count_error("shard_timeout")
         hits = results[0] if len(queries) == 1 else merge_variants(results, k)

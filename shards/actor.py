@@ -325,8 +325,9 @@ class ShardActor:
 
     # -- reads ------------------------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
-               with_meta: bool = False) -> list[list[dict]]:
-        """Per query, up to k results sorted by (distance, id), optionally within radius."""
+               with_meta: bool = False, with_codes: bool = False) -> list[list[dict]]:
+        """Per query, up to k results sorted by (distance, id), optionally within radius; with
+        ``with_codes`` each hit also carries its packed code (bytes), for re-ranking."""
         codes = self._check_codes(codes)
         if not isinstance(k, (int, np.integer)) or not 0 <= k <= MAX_K:
             raise ValueError(f"k must be an integer in 0..{MAX_K}, got {k!r}")
@@ -338,7 +339,7 @@ class ShardActor:
             keep &= D <= radius
         store = self._store
         flat = I[keep]
-        if with_meta:
+        if with_meta or with_codes:
             found = store.get_many(flat)
             names = [None if it is None else it.id for it in found]
         else:
@@ -353,6 +354,8 @@ class ShardActor:
                     hit = {"id": name, "distance": int(d)}
                     if with_meta:
                         hit["meta"] = found[j].meta_dict()
+                    if with_codes:
+                        hit["code"] = found[j].code
                     row.append(hit)
                 j += 1
             out.append(row)

@@ -4,7 +4,7 @@ A query at 10M codes visits ~1.4k buckets and ~6.6k candidate rows, each a cache
 goes to memory, not arithmetic. In numpy that was a dozen passes over temporaries; here each
 phase is one tight loop of independent loads (so many misses are in flight at once), and only
 the few candidates that can make the answer leave the kernel (numpy then sorts them). Measured
-at 10M, single queries: P50 0.58 -> 0.39 ms, P99 0.87 -> 0.65 ms. The kernel releases the GIL,
+at 10M, single queries: P50 0.58 -> 0.39 ms, P99 0.86 -> 0.66 ms. The kernel releases the GIL,
 so concurrent searches (the read lock admits many) run in parallel.
 
 Compiled code is cached on disk (``cache=True``): the first use on a machine compiles for ~5 s,

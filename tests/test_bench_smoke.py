@@ -66,7 +66,7 @@ def test_tiny_run_writes_json_plot_and_table(tmp_path):
     for r in doc["results"]:
         assert r["source"] == "measured" and r["distance_errors"] == 0, r["label"]
         assert r["load"]["same_results"], r["label"]
-        assert r["latency"]["n_queries"] == 16 and len(r["latency"]["quantiles_ms"]) == 101
+        assert r["latency"]["n_queries"] == 16 and len(r["latency"]["quantiles_ms"]) == 1001
         assert r["latency"]["passes"] == 3 and len(r["latency"]["pass_p99_ms"]) == 3
         assert r["memory"]["index_bytes"] > 0 and r["build"]["codes_per_s"] > 0
         if r["kind"] == "flat":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from encoders.augment import apply_family
-from encoders.base import hamming, unpack_bits
+from encoders.base import hamming, unpack_bits, weighted_hamming
 from encoders.deephash import (WEIGHTS_DIR, Backbone, DeepHashEncoder, DeepHashNet, build_deephash,
                                bundled_weights, load_model, read_metadata, save_weights)
 from encoders.decode import load_image
@@ -151,6 +151,28 @@ def test_edited_copy_is_closer_than_unrelated_image(tmp_path, photo_dir):
     nearest_is_source = d_true < np.where(unrelated, d, 10_000).min(axis=1)
     assert nearest_is_source.mean() >= 0.75, f"{nearest_is_source.mean():.2f}"
     assert np.median(d_true) < np.median(d[unrelated])
+    # ranked by the queries' bit confidences (the service's default) the same bars hold
+    q_codes, q_weights = enc.encode_weighted(np.stack([enc.preprocess(q) for q in queries]))
+    w = np.stack([weighted_hamming(c, wt, refs) for c, wt in zip(q_codes, q_weights)])
+    w_true = w[np.arange(len(truth)), truth]
+    assert (w_true[:, None] < w)[unrelated].mean() >= 0.95
+    assert (w_true < np.where(unrelated, w, np.inf).min(axis=1)).mean() >= 0.75
+
+
+def test_encode_weighted_matches_codes_and_weighs_bits():
+    enc = DeepHashEncoder(_model(), input_size=SIZE, device="cpu")
+    batch = _batch(5)
+    codes, weights = enc.encode_weighted(batch)
+    assert np.array_equal(codes, enc.encode_batch(batch))
+    assert weights.shape == (5, 128) and weights.dtype == np.float32
+    assert weights.min() >= 0 and weights.max() <= 1
+    other = _batch(4, seed=1)
+    refs = enc.encode_batch(other)
+    # unit weights give Hamming distance; a bit's weight is what flipping it costs
+    assert np.allclose(weighted_hamming(codes[0], np.ones(128), refs), hamming(codes[:1], refs)[0])
+    flipped = codes[0].copy()
+    flipped[2] ^= 0b1000_0000  # bit 16
+    assert weighted_hamming(codes[0], weights[0], flipped[None])[0] == pytest.approx(weights[0, 16])
 
 
 # ---------------------------------------------------------------- training losses and evaluation metrics

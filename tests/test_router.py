@@ -47,7 +47,7 @@ def _kill(handle) -> None:
 class SlowShard:
     """Stands in for a hung shard: every call sleeps far longer than the router's timeout."""
 
-    def search(self, codes, k=10, radius=None, with_meta=False):
+    def search(self, codes, k=10, radius=None, with_meta=False, with_codes=False):
         time.sleep(30)
         return [[] for _ in codes]
 
@@ -130,6 +130,23 @@ def test_search_merges_by_distance_then_id(router, data):
             assert h["shard"] == router.shard_for(h["id"])
     assert [(h["id"], h["distance"]) for h in results[0][:3]] == [
         ("img-0000", 0), ("img-0001", 1), ("img-0002", 3)]
+
+
+def test_weighted_rerank_orders_by_bit_confidence(router, data):
+    ids, codes = data
+    weights = np.ones((1, BITS), np.float32)
+    weights[0, 13:16] = 0.1  # img-0002 differs from img-0000 in exactly these 3 bits, img-0001 in bit 7
+    results, missing = router.search(codes[:1], k=3, weights=weights)
+    assert missing == []
+    top = results[0]
+    assert [h["id"] for h in top] == ["img-0000", "img-0002", "img-0001"]
+    assert [h["weighted"] for h in top] == [0.0, 0.3, 1.0] and all("code" not in h for h in top)
+    # the radius still bounds the Hamming distance; the async twin agrees
+    assert [h["id"] for h in router.search(codes[:1], k=3, radius=1, weights=weights)[0][0]] == [
+        "img-0000", "img-0001"]
+    assert asyncio.run(router.asearch(codes[:1], k=3, weights=weights)) == (results, missing)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        router.search(codes[:1], k=3, weights=np.ones((1, 8), np.float32))
 
 
 def test_radius_filters_and_meta(router, data):

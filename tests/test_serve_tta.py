@@ -1,8 +1,10 @@
-"""Query-time TTA through Ray Serve: real Ray, deephash, real JPEG files over HTTP.
+"""Query-time TTA and weighted ranking through Ray Serve: real Ray, deephash, real JPEG files
+over HTTP.
 
-Photos: the bundled CC0 samples. With ``encoder.tta = flip_rot90`` the API also searches the query's mirrored and 90/270-degree
-rotated variants and keeps each id's best distance, so rotated and mirrored copies come back
-near; a hex-code query (no pixels) is searched as is.
+Photos: the bundled CC0 samples. With ``encoder.tta = flip_rot90`` the API also searches the
+query's mirrored and 90/270-degree rotated variants and keeps each id's best rank, so rotated and
+mirrored copies come back near; an image query is ranked by weighted Hamming distance (its bit
+confidences); a hex-code query (no pixels) is searched as is, by Hamming distance.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def _search(client: httpx.Client, data: bytes) -> dict:
 
 
 def test_rotated_and_mirrored_copies_are_found_with_tta(client):
-    assert client.get("/v1/status").json()["encoder"]["tta"] == "flip_rot90"
+    encoder = client.get("/v1/status").json()["encoder"]
+    assert encoder["tta"] == "flip_rot90" and encoder["rank"] == "weighted"
     photos = {f"p{i}": Image.open(path).convert("RGB") for i, path in enumerate(SAMPLES[:12])}
     for pid, img in photos.items():
         resp = client.post("/v1/items", files={"file": (f"{pid}.jpg", jpeg_bytes(img), "image/jpeg")},
@@ -58,11 +61,15 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
         query = jpeg_bytes(target.transpose(edit))
         found = _search(client, query)
         assert found["results"][0]["id"] == "p1", (edit, found["results"])
+        weighted = [r["weighted"] for r in found["results"]]
+        assert weighted == sorted(weighted) and all(
+            0 <= r["weighted"] <= r["distance"] for r in found["results"])
         with_tta = found["results"][0]["distance"]
         assert with_tta <= 10, (edit, with_tta)
         # the same query as a hex code is searched without variants: the copy is farther
         plain = client.post("/v1/search", json={"code": found["code"], "k": 5}).json()
         plain_p1 = {r["id"]: r["distance"] for r in plain["results"]}.get("p1", 129)
+        assert all("weighted" not in r for r in plain["results"])
         assert with_tta < plain_p1, (edit, with_tta, plain_p1)
     # an unrelated photo is not pulled in by the variants
     other = _search(client, jpeg_bytes(Image.open(SAMPLES[-1]).convert("RGB")))
