@@ -62,9 +62,9 @@ def _lower_bound(a, x):
 
 
 @njit(cache=True, nogil=True)
-def _probe(keys, masks, starts, counts, run_buckets, nbuckets):
+def _probe(keys, masks, starts, counts, run_buckets, run_dir, run_shift, nbuckets):
     """Where each probed bucket's entries lie: (start, length) in the postings, then (start,
-    length) in the pending run (all empty when there is no run)."""
+    length) in the pending run (all empty when there is no run), found through its directory."""
     nh, nm, nrun = keys.shape[0], masks.shape[0], run_buckets.shape[0]
     ps = np.empty(nh * nm, dtype=np.int64)
     pc = np.empty(nh * nm, dtype=np.int64)
@@ -77,9 +77,10 @@ def _probe(keys, masks, starts, counts, run_buckets, nbuckets):
             ps[p], pc[p] = starts[t, v], counts[t, v]
             if nrun:
                 bucket = t * nbuckets + v
-                j = _lower_bound(run_buckets, bucket)
+                lo, hi = run_dir[bucket >> run_shift], run_dir[(bucket >> run_shift) + 1]
+                j = lo + _lower_bound(run_buckets[lo:hi], bucket)
                 rs[p] = j
-                while j < nrun and run_buckets[j] == bucket:
+                while j < hi and run_buckets[j] == bucket:
                     j += 1
                 rc[p] = j - rs[p]
             p += 1
@@ -97,8 +98,8 @@ def _copy_ranges(src, starts, lengths, out, n):
 
 
 @njit(cache=True, nogil=True)
-def _gather(keys, masks, starts, counts, post, run_buckets, run_rows, tail_rows, words, q, deadbits,
-            any_dead, nbuckets):
+def _gather(keys, masks, starts, counts, post, run_buckets, run_dir, run_shift, run_rows, tail_rows,
+            words, q, deadbits, any_dead, nbuckets):
     """(rows, dists) of every live row in a probed bucket of one query, with repeats (once per
     table at most; ``tail_rows`` holds each waiting row once, and is scanned whole).
 
@@ -106,7 +107,7 @@ def _gather(keys, masks, starts, counts, post, run_buckets, run_rows, tail_rows,
     flight: where the buckets lie, a touch of each bucket's first line, the rows, the distances.
     Fused into one loop the same work ran 1.6x slower (measured: a miss per bucket, one at a time).
     """
-    ps, pc, rs, rc = _probe(keys, masks, starts, counts, run_buckets, nbuckets)
+    ps, pc, rs, rc = _probe(keys, masks, starts, counts, run_buckets, run_dir, run_shift, nbuckets)
     touch = np.uint32(0)
     for p in range(ps.shape[0]):
         if pc[p]:
@@ -144,8 +145,8 @@ def _bound_for_k(dists, k, nh, bits):
 
 
 @njit(cache=True, nogil=True)
-def candidates(keys, qwords, k, radius, bits, masks, starts, counts, post, run_buckets, run_rows,
-               tail_rows, words, deadbits, any_dead):
+def candidates(keys, qwords, k, radius, bits, masks, starts, counts, post, run_buckets, run_dir,
+               run_shift, run_rows, tail_rows, words, deadbits, any_dead):
     """(query index, row, distance) of the candidates each query keeps: distance <= radius, and,
     when k > 0, no farther than needed to hold its k nearest unique rows. Rows may repeat."""
     nq, nh = keys.shape
@@ -155,8 +156,9 @@ def candidates(keys, qwords, k, radius, bits, masks, starts, counts, post, run_b
     out_d = np.empty(cap, dtype=np.int32)
     n = 0
     for i in range(nq):
-        rows, dists = _gather(keys[i], masks, starts, counts, post, run_buckets, run_rows, tail_rows,
-                              words, qwords[i], deadbits, any_dead, starts.shape[1] - 1)
+        rows, dists = _gather(keys[i], masks, starts, counts, post, run_buckets, run_dir, run_shift,
+                              run_rows, tail_rows, words, qwords[i], deadbits, any_dead,
+                              starts.shape[1] - 1)
         limit = radius if k <= 0 else min(radius, _bound_for_k(dists, k, nh, bits))
         for j in range(rows.shape[0]):  # plain loops: numpy-style masks compile ~5 s slower
             if dists[j] <= limit:

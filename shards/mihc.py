@@ -62,6 +62,7 @@ class CompactMIHIndex(BinaryIndex):
     search_params = ("nflip",)
     _MAX_B = 24  # bucket tables are dense: 2^b entries per table
     _STEP = 1 << 18  # rows keyed per pass while inserting (bounds temporaries)
+    _RUN_DIR_BITS = 18  # the pending run's directory has at most 2^18 cells (2 MB)
 
     def __init__(self, bits: int = 128, nhash: int | None = None, b: int | None = None,
                  nflip: int | None = None, growth: float = 1.15, overflow: int = 2048) -> None:
@@ -102,7 +103,7 @@ class CompactMIHIndex(BinaryIndex):
         self._starts = np.zeros((geo.nhash, self._nbuckets + 1), dtype=np.uint32)
         self._counts = np.zeros((geo.nhash, self._nbuckets), dtype=np.uint32)
         self._post = np.zeros(0, dtype=np.uint32)
-        self._run_buckets, self._run_rows = np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        self._set_run(np.zeros(0, np.uint32), np.zeros(0, np.uint32))
         self._reset_tail()
         self._apply_search_params()
 
@@ -212,8 +213,8 @@ class CompactMIHIndex(BinaryIndex):
             tb, tr = self._tail_buckets.view, self._tail_rows.view
             order = np.argsort(tb, kind="stable")
             at = np.searchsorted(self._run_buckets, tb[order], side="right")
-            self._run_buckets = np.insert(self._run_buckets, at, tb[order])
-            self._run_rows = np.insert(self._run_rows, at, tr[order])
+            self._set_run(np.insert(self._run_buckets, at, tb[order]),
+                          np.insert(self._run_rows, at, tr[order]))
             self._reset_tail()
         if len(self._run_rows) > self._pending_budget():
             self._relayout_with(np.zeros(0, dtype=np.uint32))
@@ -221,6 +222,18 @@ class CompactMIHIndex(BinaryIndex):
     def _pending_budget(self) -> int:
         """Most pending entries before a re-layout: 1/16 of all entries (at least ``overflow``)."""
         return max(self.params["overflow"], (self._ids.n * self.geometry.nhash) >> 4)
+
+    def _set_run(self, buckets: np.ndarray, rows: np.ndarray) -> None:
+        """Adopt a bucket-sorted run and index it: ``_run_dir[c]`` is where the run's entries for
+        buckets ``c << _run_shift`` onwards begin, so a probe binary-searches a few entries, not
+        the whole run (a multi-million-entry run otherwise costs ~0.2 ms per query at 10M)."""
+        self._run_buckets, self._run_rows = buckets, rows
+        total = self.geometry.nhash << self.geometry.b
+        self._run_shift = max(0, (total - 1).bit_length() - self._RUN_DIR_BITS)
+        cells = ((total - 1) >> self._run_shift) + 1
+        self._run_dir = np.zeros(cells + 1, dtype=np.int64)
+        if len(buckets):
+            np.cumsum(np.bincount(buckets >> self._run_shift, minlength=cells), out=self._run_dir[1:])
 
     def _reset_tail(self) -> None:
         self._tail_buckets, self._tail_rows = Growable(np.uint32), Growable(np.uint32)
@@ -237,7 +250,7 @@ class CompactMIHIndex(BinaryIndex):
         for s in range(0, len(rows), self._STEP):
             extra += np.bincount(self._flat_keys(self._codes.view[rows[s:s + self._STEP]]), minlength=nh * nb)
         self._relayout(extra.reshape(nh, nb))
-        self._run_buckets, self._run_rows = np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        self._set_run(np.zeros(0, np.uint32), np.zeros(0, np.uint32))
         self._reset_tail()
         self._insert(pend_b, pend_r)
         for s in range(0, len(rows), self._STEP):
@@ -288,7 +301,8 @@ class CompactMIHIndex(BinaryIndex):
         tail = np.unique(self._tail_rows.view) if self._tail_rows.n else self._tail_rows.view
         return kernels.candidates(
             self._keys(codes), as_words(np.ascontiguousarray(codes)), k, radius, self.bits,
-            self._masks, self._starts, self._counts, self._post, self._run_buckets, self._run_rows,
+            self._masks, self._starts, self._counts, self._post, self._run_buckets, self._run_dir,
+            self._run_shift, self._run_rows,
             tail, as_words(self._codes.view), self._deadbits.view, self._dead > 0)
 
     def _search(self, codes, k):
@@ -350,7 +364,7 @@ class CompactMIHIndex(BinaryIndex):
         # so it is not resident); postings: all of it (every bucket's slack sits between
         # written entries)
         return (self._codes.used_bytes + self._ids.used_bytes + self._deadbits.used_bytes
-                + self._run_buckets.nbytes + self._run_rows.nbytes
+                + self._run_buckets.nbytes + self._run_rows.nbytes + self._run_dir.nbytes
                 + self._tail_buckets.used_bytes + self._tail_rows.used_bytes
                 + self._post.nbytes + self._starts.nbytes + self._counts.nbytes)
 
@@ -375,7 +389,7 @@ class CompactMIHIndex(BinaryIndex):
         self._deadbits = Growable(np.uint8, data=load_npy(src / "deadbits.npy"))
         pend_b, pend_r = load_npy(src / "pending_buckets.npy"), load_npy(src / "pending_rows.npy")
         run = len(pend_r) - int(state.get("pending_tail", 0))
-        self._run_buckets, self._run_rows = pend_b[:run], pend_r[:run]
+        self._set_run(pend_b[:run], pend_r[:run])
         self._reset_tail()
         self._tail_buckets.append(pend_b[run:])
         self._tail_rows.append(pend_r[run:])
