@@ -45,7 +45,8 @@ class CompactMIHIndex(BinaryIndex):
     to ``starts[t, v + 1]``. Each of a new row's ``nhash`` entries goes into its bucket's spare
     room when there is some; the rest wait as *pending* entries, first in a short unsorted tail
     (searched exhaustively, at most ``overflow`` entries), then merged into one run sorted by
-    bucket (searched by binary search, so it stays cheap while large). When the run passes 1/16
+    bucket (a directory narrows each probe to a few entries, so it stays cheap while large;
+    ``_set_run``). Queries run in a compiled kernel (``shards.kernels``). When the run passes 1/16
     of all entries, or one add brings over 1/16 of the rows, every table is re-laid out with
     ``growth`` slack: re-layouts come at geometric intervals, so adds are O(1) amortised.
     Removal marks rows dead (filtered on every search); ``compact()`` drops them and sorts rows by
