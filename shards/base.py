@@ -319,9 +319,7 @@ class BinaryIndex(ABC):
         pass
 
     def warm_up(self) -> None:
-        """Get ready for the first query (``mihc`` compiles or loads its kernel); cheap when ready."""
-        with self._lock.read():
-            self._search(np.zeros((1, self.code_bytes), dtype=np.uint8), 1)
+        """Get ready for the first query (``mihc`` compiles or loads its kernel); a no-op here."""
 
     def info(self) -> dict:
         return {"kind": self.kind, "bits": self.bits, "params": self.params, "count": self.ntotal,

@@ -306,6 +306,12 @@ class CompactMIHIndex(BinaryIndex):
             self._run_shift, self._run_rows,
             tail, as_words(self._codes.view), self._deadbits.view, self._dead > 0)
 
+    def warm_up(self) -> None:
+        """Compile the query kernel for this index's array types, or load it from numba's disk
+        cache (~5 s the first time on a machine, ~0.3 s after), before the first real query."""
+        with self._lock.read():
+            self._candidates(np.zeros((1, self.code_bytes), dtype=np.uint8), 1, self.bits)
+
     def _search(self, codes, k):
         qidx, rows, dists = self._candidates(codes, k, self.bits)
         return topk_from_candidates(qidx, self._ids.view[rows], dists, len(codes), k)
