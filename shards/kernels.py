@@ -8,8 +8,9 @@ at 10M, single queries: P50 0.58 -> 0.39 ms, P99 0.86 -> 0.66 ms. The kernel rel
 so concurrent searches (the read lock admits many) run in parallel.
 
 Compiled code is cached on disk (``cache=True``): the first use on a machine compiles for ~5 s,
-later processes load it in ~0.3 s. ``BinaryIndex.warm_up()`` does this before the first query;
-loops stand where numpy-style slicing would do, because those constructs compile seconds slower.
+later processes load it in ~0.3 s. ``CompactMIHIndex.warm_up()`` does this before the first
+query. Plain loops stand in for slice assignment, boolean masks and np.argsort: each of those
+costs seconds of compile time here.
 """
 from __future__ import annotations
 
