@@ -247,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refs")
     ap.add_argument("--queries")
     ap.add_argument("--ground-truth")
-    ap.add_argument("--encoders", nargs="+", default=["deephash:tta=flip", "deephash:tta=flip,rank=hamming", "deephash", "pdq", "phash"])
+    ap.add_argument("--encoders", nargs="+",
+                    default=["deephash:tta=flip", "deephash:tta=flip,rank=hamming", "deephash",
+                             "deephash:rank=hamming", "deephash:tta=flip_rot90", "pdq", "phash"],
+                    help="encoder specs, name[:opt=value,...] (opts: tta, rank=weighted|hamming, "
+                         "weights); the default gives the model card's table")
     ap.add_argument("--n-refs", type=int, default=450)
     ap.add_argument("--n-queries", type=int, default=900)
     ap.add_argument("--n-negatives", type=int, default=280)
