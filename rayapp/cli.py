@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from encoders.base import RANK_MODES
+from encoders.tta import TTA_MODES
 from rayapp.config import Config, load_config
 from rayapp.ingest import list_files
 from rayapp.ingest import main as index_command
@@ -94,10 +96,10 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query.")
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--timeout", default=10.0, show_default=True, help="Per-shard timeout in seconds.")
-@click.option("--tta", default=None, type=click.Choice(["none", "flip", "flip_rot90", "d4"]),
+@click.option("--tta", default=None, type=click.Choice(TTA_MODES),
               help="Also search the query's flipped/rotated variants, keeping each id's best distance "
                    "(default: encoder.tta from the config, flip).")
-@click.option("--rank", default=None, type=click.Choice(["weighted", "hamming"]),
+@click.option("--rank", default=None, type=click.Choice(RANK_MODES),
               help="Order matches by weighted Hamming distance (the query's bit confidences; "
                    "deephash only) or plain Hamming (default: encoder.rank from the config, weighted).")
 def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -> None:
@@ -171,7 +173,7 @@ def dedup(paths, report, radius, encoder, weights) -> None:
 @click.option("--token", default=None, help="Bearer token required for writes.")
 @click.option("--encoder", default=None)
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
-@click.option("--tta", default=None, type=click.Choice(["none", "flip", "flip_rot90", "d4"]),
+@click.option("--tta", default=None, type=click.Choice(TTA_MODES),
               help="Also search the query's flipped/rotated variants, keeping each id's best distance "
                    "(default: encoder.tta from the config, flip).")
 def serve(config_path, index_dir, host, port, num_shards, token, encoder, address, tta) -> None:

@@ -265,7 +265,7 @@ class Ingress:
             return code, code[None, :], None
         answer = await self._encoder_call("encode_image", item.data, True)
         code = _answer_code(answer, "")
-        queries = np.stack([np.asarray(c, dtype=np.uint8) for c in answer.get("variants", [code])])
+        queries = np.stack([np.asarray(c, dtype=np.uint8) for c in answer["variants"]])
         weights = answer.get("weights")
         return code, queries, None if weights is None else np.stack(weights).astype(np.float32)
 
