@@ -32,7 +32,7 @@ import numpy as np
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
-from encoders.tta import variants as tta_variants
+from encoders.tta import FLIP_COST, ROT_COST, costs as tta_costs, variants as tta_variants
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
@@ -166,16 +166,18 @@ def encode_files(enc: Encoder, paths: list[Path], tta: str = "none",
     return np.concatenate(codes), None if weights[0] is None else np.concatenate(weights), speed
 
 
-def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.ndarray) -> np.ndarray:
-    """(queries x refs) distances, min over query variants: weighted Hamming when the queries have
-    bit confidences (what the service ranks by), else Hamming."""
+def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.ndarray,
+              costs: np.ndarray | None = None) -> np.ndarray:
+    """(queries x refs) distances, min over query variants of the variant's distance plus its
+    prior cost (``encoders.tta.costs``): weighted Hamming when the queries have bit confidences
+    (what the service ranks by), else Hamming."""
     per_variant = []
     for v in range(q_codes.shape[1]):
         if q_weights is None:
-            per_variant.append(hamming(q_codes[:, v], r_codes).astype(np.float32))
+            d = hamming(q_codes[:, v], r_codes).astype(np.float32)
         else:
-            per_variant.append(np.stack([weighted_hamming(c, w, r_codes)
-                                         for c, w in zip(q_codes[:, v], q_weights[:, v])]))
+            d = np.stack([weighted_hamming(c, w, r_codes) for c, w in zip(q_codes[:, v], q_weights[:, v])])
+        per_variant.append(d + (0.0 if costs is None else float(costs[v])))
     return np.min(np.stack(per_variant), axis=0)
 
 
@@ -197,13 +199,18 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
     for spec in encoders:
         name, kwargs = parse_spec(spec)
         rank = check_rank(kwargs.pop("rank", "weighted"))
+        prior = {key: float(kwargs.pop(key, default)) for key, default in
+                 (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST))}
         enc = get_encoder(name, **kwargs)
         r_codes, _, speed = encode_files(enc, ref_paths)
-        q_codes, q_weights, _ = encode_files(enc, q_paths, tta=getattr(enc, "tta", "none"))
+        tta = getattr(enc, "tta", "none")
+        q_codes, q_weights, _ = encode_files(enc, q_paths, tta=tta)
         q_weights = None if rank == "hamming" else q_weights
-        dist = distances(q_codes, q_weights, r_codes[:, 0])
+        prior = tta_costs(tta, **prior)
+        dist = distances(q_codes, q_weights, r_codes[:, 0], prior)
         results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),
                          "rank": "hamming" if q_weights is None else "weighted",
+                         "tta_costs": [round(float(c), 3) for c in prior],
                          **score_codes(dist, enc.bits, gt_ref, families, k_micro)}
         print(f"{spec:40s} mAP@100={results[spec]['mAP@100']:.3f} muAP={results[spec]['muAP']:.3f} "
               f"R@1={results[spec]['recall@1']:.3f} worst={results[spec]['worst_family']} "
@@ -248,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries")
     ap.add_argument("--ground-truth")
     ap.add_argument("--encoders", nargs="+",
-                    default=["deephash:tta=flip", "deephash:tta=flip,rank=hamming", "deephash",
-                             "deephash:rank=hamming", "deephash:tta=flip_rot90", "pdq", "phash"],
+                    default=["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,rank=hamming",
+                             "deephash:tta=flip_rot90,flip_cost=0,rot_cost=0", "deephash:tta=flip",
+                             "deephash", "pdq", "phash"],
                     help="encoder specs, name[:opt=value,...] (opts: tta, rank=weighted|hamming, "
-                         "weights); the default gives the model card's table")
+                         "flip_cost, rot_cost, weights); the default gives the model card's table")
     ap.add_argument("--n-refs", type=int, default=450)
     ap.add_argument("--n-queries", type=int, default=900)
     ap.add_argument("--n-negatives", type=int, default=280)

@@ -98,7 +98,7 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
 @click.option("--timeout", default=10.0, show_default=True, help="Per-shard timeout in seconds.")
 @click.option("--tta", default=None, type=click.Choice(TTA_MODES),
               help="Also search the query's flipped/rotated variants, keeping each id's best distance "
-                   "(default: encoder.tta from the config, flip).")
+                   "(default: encoder.tta from the config, flip_rot90).")
 @click.option("--rank", default=None, type=click.Choice(RANK_MODES),
               help="Order matches by weighted Hamming distance (the query's bit confidences; "
                    "deephash only) or plain Hamming (default: encoder.rank from the config, weighted).")
@@ -106,7 +106,7 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
     from rayapp.cluster import ensure_shards, init_ray
-    from encoders.tta import variants
+    from encoders.tta import costs, variant_names, variants
     from rayapp.router import ShardRouter, merge_variants
     cfg = _index_config(index_dir, None, address)
     mode = tta or cfg.encoder.tta
@@ -127,9 +127,10 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
         queries = np.concatenate([c for c, _ in parts])
         weights = np.concatenate([w for _, w in parts]) if weighted and parts[0][1] is not None else None
         results, missing = router.search(queries, k=k, radius=radius, with_meta=True, weights=weights)
+        merged = merge_variants(results, k, costs(mode, cfg.encoder.flip_cost, cfg.encoder.rot_cost),
+                                variant_names(mode))
         hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
-                 **({"weighted": r["weighted"]} if "weighted" in r else {})}
-                for r in merge_variants(results, k)]
+                 **{key: r[key] for key in ("weighted", "variant") if key in r}} for r in merged]
         if as_json:
             click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))
         else:
@@ -175,7 +176,7 @@ def dedup(paths, report, radius, encoder, weights) -> None:
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--tta", default=None, type=click.Choice(TTA_MODES),
               help="Also search the query's flipped/rotated variants, keeping each id's best distance "
-                   "(default: encoder.tta from the config, flip).")
+                   "(default: encoder.tta from the config, flip_rot90).")
 def serve(config_path, index_dir, host, port, num_shards, token, encoder, address, tta) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray

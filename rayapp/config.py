@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from encoders.registry import DEFAULT_ENCODER
+from encoders.tta import FLIP_COST, ROT_COST
 
 
 @dataclass
@@ -24,7 +25,9 @@ class EncoderConfig:
     device: str = "auto"             # auto | cpu | cuda
     num_replicas: int = 1            # encoder actors (ingest) / replicas (serve)
     max_pixels: int = 50_000_000     # decompression-bomb cap
-    tta: str = "flip"                # query-time variants searched too: none|flip|flip_rot90|d4
+    tta: str = "flip_rot90"          # query-time variants searched too: none|flip|flip_rot90|d4
+    flip_cost: float = FLIP_COST     # prior cost a mirrored match pays (encoders.tta.costs)
+    rot_cost: float = ROT_COST       # prior cost a turned match pays
     rank: str = "weighted"           # weighted (by the query's bit confidences, if any) | hamming
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from itertools import islice
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
@@ -61,15 +61,25 @@ def merge_results(per_shard: dict[int, list[list[dict]]], num_queries: int, k: i
     return merged
 
 
-def merge_variants(rows: list[list[dict]], k: int) -> list[dict]:
-    """Results of one query's TTA variants -> one list: per id its best-ranked hit, top k."""
-    best: dict[str, dict] = {}
-    for hits in rows:
+def merge_variants(rows: list[list[dict]], k: int, costs: Sequence[float] | None = None,
+                   names: Sequence[str] | None = None) -> list[dict]:
+    """Results of one query's TTA variants -> one list: per id its best hit, top k.
+
+    A hit of variant v ranks as if its distance were ``costs[v]`` larger (``encoders.tta.costs``:
+    a mirrored or turned match must be clearly better than the query as given). With ``names``
+    each hit says which ``variant`` matched.
+    """
+    best: dict[str, tuple[tuple, dict]] = {}
+    names = names if len(rows) > 1 else None
+    for v, hits in enumerate(rows):
+        cost = float(costs[v]) if costs is not None else 0.0
         for hit in hits:
+            d, dist, item = _order(hit)
+            key = (d + cost, dist, item)
             seen = best.get(hit["id"])
-            if seen is None or _order(hit) < _order(seen):
-                best[hit["id"]] = hit
-    return sorted(best.values(), key=_order)[:k]
+            if seen is None or key < seen[0]:
+                best[hit["id"]] = (key, {**hit, "variant": names[v]} if names else hit)
+    return [hit for _, hit in sorted(best.values(), key=lambda kv: kv[0])[:k]]
 
 
 def rerank_depth(k: int) -> int:

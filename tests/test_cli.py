@@ -80,7 +80,7 @@ def test_index_then_search_json(images, query, tmp_path):
     first = lines[0]
     assert first["partial"] is False and len(first["results"]) == 3
     top = first["results"][0]
-    assert set(top) == {"id", "path", "distance"}
+    assert set(top) == {"id", "path", "distance", "variant"} and top["variant"] == "original"
     assert top["id"] == SAMPLES[0].name and top["distance"] <= 31
     assert lines[1]["results"][0]["distance"] > top["distance"]
     # a mirrored copy: PDQ alone is far off; --tta flip also searches the mirror image
@@ -90,7 +90,7 @@ def test_index_then_search_json(images, query, tmp_path):
     r = run("search", mirrored, "--index-dir", index, "--k", "1", "--json", "--tta", "flip")
     assert r.returncode == 0, r.stderr
     hit = json.loads(r.stdout)["results"][0]
-    assert hit["id"] == SAMPLES[1].name and hit["distance"] <= 10
+    assert hit["id"] == SAMPLES[1].name and hit["distance"] <= 10 and hit["variant"] == "flip"
 
 
 def test_dedup_report(images, query, tmp_path):

@@ -10,6 +10,7 @@ from encoders.base import hamming, unpack_bits, weighted_hamming
 from encoders.deephash import (WEIGHTS_DIR, Backbone, DeepHashEncoder, DeepHashNet, build_deephash,
                                bundled_weights, load_model, read_metadata, save_weights)
 from encoders.decode import load_image
+from encoders.tta import costs, variant_names, variants
 
 torch.set_num_threads(1)
 SIZE = 64  # small inputs keep the random-model tests fast
@@ -87,6 +88,17 @@ def test_tta_variants_shape_and_identity_first():
     assert np.array_equal(v[:, 0], enc.encode_batch(batch))
     with pytest.raises(ValueError, match="tta"):
         DeepHashEncoder(_model(), input_size=SIZE, device="cpu", tta="spin")
+
+
+def test_tta_variant_names_and_prior_costs():
+    assert variant_names("none") == ("original",)
+    assert variant_names("flip_rot90") == ("original", "flip", "rot90", "rot270")
+    assert len(variant_names("d4")) == len(set(variant_names("d4"))) == 8
+    assert costs("flip_rot90", flip_cost=0.5, rot_cost=1.5).tolist() == [0.0, 0.5, 1.5, 1.5]
+    assert costs("d4", 0.5, 1.5).tolist() == [0.0, 0.5] + [1.5] * 6
+    assert len(costs("d4")) == len(variants(_batch(1), "d4"))
+    with pytest.raises(ValueError, match=">= 0"):
+        costs("flip", flip_cost=-1)
 
 
 def test_weights_round_trip(tmp_path):

@@ -10,7 +10,7 @@ import ray
 import xxhash
 
 from encoders.base import hamming
-from rayapp.router import ShardRouter, ShardUnavailable, merge_results, shard_for
+from rayapp.router import ShardRouter, ShardUnavailable, merge_results, merge_variants, shard_for
 from shards.actor import ShardActor
 
 BITS = 64
@@ -147,6 +147,25 @@ def test_weighted_rerank_orders_by_bit_confidence(router, data):
     assert asyncio.run(router.asearch(codes[:1], k=3, weights=weights)) == (results, missing)
     with pytest.raises(ValueError, match="weights must have shape"):
         router.search(codes[:1], k=3, weights=np.ones((1, 8), np.float32))
+
+
+def test_merge_variants_charges_each_variant_its_prior_cost():
+    as_given = [{"id": "a", "distance": 9, "weighted": 3.0}, {"id": "b", "distance": 12, "weighted": 4.0}]
+    mirrored = [{"id": "b", "distance": 8, "weighted": 2.8}, {"id": "c", "distance": 9, "weighted": 3.2}]
+    names = ("original", "flip")
+    # equal costs: b's mirrored match (2.8) beats a (3.0)
+    assert [(h["id"], h["variant"]) for h in merge_variants([as_given, mirrored], 3, [0, 0], names)] == [
+        ("b", "flip"), ("a", "original"), ("c", "flip")]
+    # a mirrored match pays 0.5: a (3.0) now leads b (2.8 + 0.5) and c (3.2 + 0.5); b keeps its
+    # best hit (3.3 < 4.0), with its own distances, not the cost
+    top = merge_variants([as_given, mirrored], 3, [0, 0.5], names)
+    assert [(h["id"], h["variant"], h["weighted"]) for h in top] == [
+        ("a", "original", 3.0), ("b", "flip", 2.8), ("c", "flip", 3.2)]
+    assert merge_variants([as_given, mirrored], 1, [0, 0.5], names) == top[:1]
+    # one variant: nothing to say about it; without weights the cost applies to the distance
+    assert "variant" not in merge_variants([as_given], 2, [0], names[:1])[0]
+    plain = [[{"id": "a", "distance": 9}], [{"id": "b", "distance": 8}]]
+    assert [h["id"] for h in merge_variants(plain, 2, [0, 1.5])] == ["a", "b"]
 
 
 def test_radius_filters_and_meta(router, data):

@@ -2,8 +2,9 @@
 over HTTP.
 
 Photos: the bundled CC0 samples. With ``encoder.tta = flip_rot90`` the API also searches the
-query's mirrored and 90/270-degree rotated variants and keeps each id's best rank, so rotated and
-mirrored copies come back near; an image query is ranked by weighted Hamming distance (its bit
+query's mirrored and 90/270-degree rotated variants and keeps each id's best rank (a turned or
+mirrored match pays a small prior cost), so rotated and mirrored copies come back near and say
+which variant matched; an image query is ranked by weighted Hamming distance (its bit
 confidences); a hex-code query (no pixels) is searched as is, by Hamming distance.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ray
 from PIL import Image
 from ray import serve
 
+from encoders.tta import costs, variant_names
 from rayapp.config import Config
 from rayapp.serve import run_server
 from tests.helpers_images import jpeg_bytes
@@ -57,12 +59,17 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
                            data={"id": pid})
         assert resp.status_code == 200, resp.text
     target = photos["p1"]
-    for edit in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.FLIP_LEFT_RIGHT):
+    # the variant that undoes each edit is the one that matched (np.rot90 turns counter-clockwise)
+    undo = {Image.Transpose.ROTATE_90: "rot270", Image.Transpose.ROTATE_270: "rot90",
+            Image.Transpose.FLIP_LEFT_RIGHT: "flip"}
+    for edit, variant in undo.items():
         query = jpeg_bytes(target.transpose(edit))
         found = _search(client, query)
         assert found["results"][0]["id"] == "p1", (edit, found["results"])
-        weighted = [r["weighted"] for r in found["results"]]
-        assert weighted == sorted(weighted) and all(
+        assert found["results"][0]["variant"] == variant, (edit, found["results"][0])
+        prior = dict(zip(variant_names("flip_rot90"), costs("flip_rot90")))
+        ranked = [r["weighted"] + prior[r["variant"]] for r in found["results"]]
+        assert ranked == sorted(ranked) and all(
             0 <= r["weighted"] <= r["distance"] for r in found["results"])
         with_tta = found["results"][0]["distance"]
         assert with_tta <= 10, (edit, with_tta)
@@ -71,6 +78,8 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
         plain_p1 = {r["id"]: r["distance"] for r in plain["results"]}.get("p1", 129)
         assert all("weighted" not in r for r in plain["results"])
         assert with_tta < plain_p1, (edit, with_tta, plain_p1)
-    # an unrelated photo is not pulled in by the variants
+    # an unrelated photo is not pulled in by the variants; a stored photo matches as given
     other = _search(client, jpeg_bytes(Image.open(SAMPLES[-1]).convert("RGB")))
     assert all(r["distance"] > 10 for r in other["results"])
+    same = _search(client, jpeg_bytes(photos["p2"]))["results"][0]
+    assert same["id"] == "p2" and same["variant"] == "original"
