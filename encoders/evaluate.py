@@ -32,7 +32,7 @@ import numpy as np
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
-from encoders.tta import FLIP_COST, ROT_COST, costs as tta_costs, variants as tta_variants
+from encoders.tta import CONTENT_COST, FLIP_COST, ROT_COST, costs as tta_costs, query_variants, variant_names
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
@@ -151,34 +151,57 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def encode_files(enc: Encoder, paths: list[Path], tta: str = "none",
-                 batch: int = 128) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """Decode + preprocess + encode files -> (codes (n, v, B), bit confidences (n, v, bits) or
-    None, images per second); v = the TTA variants of each image, the image itself first."""
+def encode_refs(enc: Encoder, paths: list[Path], batch: int = 128) -> tuple[np.ndarray, float]:
+    """Decode + preprocess + encode files as given -> (codes (n, B), images per second)."""
     t0 = time.perf_counter()
-    codes, weights = [], []
-    for i in range(0, len(paths), batch):
-        arr = np.stack([enc.preprocess(load_image(p)) for p in paths[i:i + batch]])
-        parts = [enc.encode_weighted(v) for v in tta_variants(arr, tta)]
-        codes.append(np.stack([c for c, _ in parts], axis=1))
-        weights.append(None if parts[0][1] is None else np.stack([w for _, w in parts], axis=1))
-    speed = len(paths) / max(1e-9, time.perf_counter() - t0)
-    return np.concatenate(codes), None if weights[0] is None else np.concatenate(weights), speed
+    codes = [enc.encode_batch(np.stack([enc.preprocess(load_image(p)) for p in paths[i:i + batch]]))
+             for i in range(0, len(paths), batch)]
+    return np.concatenate(codes), len(paths) / max(1e-9, time.perf_counter() - t0)
+
+
+def encode_queries(enc: Encoder, paths: list[Path], tta: str = "none", content: bool = False,
+                   batch: int = 128) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
+    """Each query's views, as the service searches them (``encoders.tta.query_variants``) ->
+    (codes (n, v, B), bit confidences (n, v, bits) or None, valid (n, v): False where a query
+    has no such view (no frame found), the v view names)."""
+    names = list(variant_names(tta)) + (["content", "content+flip"][:1 if tta == "none" else 2]
+                                        if content else [])
+    col = {name: j for j, name in enumerate(names)}
+    n, nb = len(paths), enc.bits // 8
+    codes, valid = np.zeros((n, len(names), nb), np.uint8), np.zeros((n, len(names)), bool)
+    weights = np.zeros((n, len(names), enc.bits), np.float32)
+    for i in range(0, n, batch):
+        arrays, where = [], []
+        for q in range(i, min(n, i + batch)):
+            views, view_names = query_variants(load_image(paths[q]), enc.preprocess, tta, content)
+            arrays += views
+            where += [(q, col[name]) for name in view_names]
+        c, w = enc.encode_weighted(np.concatenate(arrays))
+        rows, cols = np.array(where).T
+        codes[rows, cols], valid[rows, cols] = c, True
+        if w is not None:
+            weights[rows, cols] = w
+        else:
+            weights = None
+    return codes, weights, valid, names
 
 
 def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.ndarray,
-              costs: np.ndarray | None = None) -> np.ndarray:
-    """(queries x refs) distances, min over query variants of the variant's distance plus its
+              costs: np.ndarray | None = None, valid: np.ndarray | None = None) -> np.ndarray:
+    """(queries x refs) distances, min over each query's views of the view's distance plus its
     prior cost (``encoders.tta.costs``): weighted Hamming when the queries have bit confidences
-    (what the service ranks by), else Hamming."""
-    per_variant = []
+    (what the service ranks by), else Hamming. Views not ``valid`` are skipped."""
+    best = np.full((len(q_codes), len(r_codes)), np.inf, np.float32)
     for v in range(q_codes.shape[1]):
         if q_weights is None:
             d = hamming(q_codes[:, v], r_codes).astype(np.float32)
         else:
             d = np.stack([weighted_hamming(c, w, r_codes) for c, w in zip(q_codes[:, v], q_weights[:, v])])
-        per_variant.append(d + (0.0 if costs is None else float(costs[v])))
-    return np.min(np.stack(per_variant), axis=0)
+        d = d + (0.0 if costs is None else float(costs[v]))
+        if valid is not None:
+            d[~valid[:, v]] = np.inf
+        best = np.minimum(best, d)
+    return best
 
 
 def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
@@ -200,17 +223,18 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         name, kwargs = parse_spec(spec)
         rank = check_rank(kwargs.pop("rank", "weighted"))
         prior = {key: float(kwargs.pop(key, default)) for key, default in
-                 (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST))}
+                 (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST), ("content_cost", CONTENT_COST))}
+        content = kwargs.pop("content", "on") not in ("off", "0", "false")
         enc = get_encoder(name, **kwargs)
-        r_codes, _, speed = encode_files(enc, ref_paths)
+        r_codes, speed = encode_refs(enc, ref_paths)
         tta = getattr(enc, "tta", "none")
-        q_codes, q_weights, _ = encode_files(enc, q_paths, tta=tta)
+        q_codes, q_weights, valid, names = encode_queries(enc, q_paths, tta, content)
         q_weights = None if rank == "hamming" else q_weights
-        prior = tta_costs(tta, **prior)
-        dist = distances(q_codes, q_weights, r_codes[:, 0], prior)
+        prior = tta_costs(names, **prior)
+        dist = distances(q_codes, q_weights, r_codes, prior, valid)
         results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),
                          "rank": "hamming" if q_weights is None else "weighted",
-                         "tta_costs": [round(float(c), 3) for c in prior],
+                         "views": {n: round(float(c), 3) for n, c in zip(names, prior)},
                          **score_codes(dist, enc.bits, gt_ref, families, k_micro)}
         print(f"{spec:40s} mAP@100={results[spec]['mAP@100']:.3f} muAP={results[spec]['muAP']:.3f} "
               f"R@1={results[spec]['recall@1']:.3f} worst={results[spec]['worst_family']} "
@@ -256,10 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ground-truth")
     ap.add_argument("--encoders", nargs="+",
                     default=["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,rank=hamming",
-                             "deephash:tta=flip_rot90,flip_cost=0,rot_cost=0", "deephash:tta=flip",
-                             "deephash", "pdq", "phash"],
+                             "deephash:tta=flip_rot90,content=off",
+                             "deephash:tta=flip_rot90,content=off,flip_cost=0,rot_cost=0",
+                             "deephash:content=off", "pdq", "phash"],
                     help="encoder specs, name[:opt=value,...] (opts: tta, rank=weighted|hamming, "
-                         "flip_cost, rot_cost, weights); the default gives the model card's table")
+                         "content=on|off, flip_cost, rot_cost, content_cost, weights); "
+                         "the default gives the model card's table")
     ap.add_argument("--n-refs", type=int, default=450)
     ap.add_argument("--n-queries", type=int, default=900)
     ap.add_argument("--n-negatives", type=int, default=280)

@@ -1,26 +1,34 @@
-"""Query-time augmentation (TTA): dihedral variants of a query, searched together.
+"""Query-time augmentation (TTA): the views of a query image that are searched together.
 
 A flipped or rotated copy is found by searching the query's flipped and rotated variants too and
 keeping, per stored id, its best distance. Modes: ``none``, ``flip`` (+ mirror), ``flip_rot90``
-(+ mirror, 90 and 270 degrees), ``d4`` (all 8 symmetries).
+(+ mirror, 90 and 270 degrees), ``d4`` (all 8 symmetries). With ``content`` on, a query that is
+a photo inside a flat frame (padding, meme bands, a screenshot; ``encoders.frame``) also searches
+the framed photo's crop and its mirror.
 
-Each variant's distance first pays a prior cost (``costs``): most copies are neither mirrored nor
-turned, so a variant must match clearly better than the query as given. Without it every extra
-variant is one more chance for an unrelated image to come close; ``flip_rot90`` then lifted
-rotated copies to 1.0 recall@1 but lost as much elsewhere. The default costs were picked on a
-validation benchmark built from training sources (runs/tta2 in the model card), not on held-out.
+Each view's distance first pays a prior cost (``costs``): most copies are neither mirrored,
+turned nor framed, so another view must match clearly better than the query as given. Without
+it every extra view is one more chance for an unrelated image to come close; ``flip_rot90`` then
+lifted rotated copies to 1.0 recall@1 but lost as much elsewhere. The default costs were picked
+on a validation benchmark built from training sources (see the model card), not on held-out.
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
+from PIL import Image
+
+from encoders.frame import content_box
 
 TTA_MODES = ("none", "flip", "flip_rot90", "d4")
-# Variant names in the order ``variants`` returns them (a mode takes a prefix of this list).
+# Dihedral variant names in the order ``variants`` returns them (a mode takes a prefix).
 VARIANT_NAMES = ("original", "flip", "rot90", "rot270", "rot180", "flip+rot90", "flip+rot180", "flip+rot270")
 _COUNT = {"none": 1, "flip": 2, "flip_rot90": 4, "d4": 8}
 # Prior costs in weighted-Hamming units (one fully confident bit = 1; plain Hamming: bits).
 FLIP_COST = 0.5
 ROT_COST = 1.5
+CONTENT_COST = 0.5
 
 
 def check_mode(mode: str) -> str:
@@ -35,13 +43,40 @@ def variant_names(mode: str) -> tuple[str, ...]:
     return VARIANT_NAMES[:_COUNT[check_mode(mode)]]
 
 
-def costs(mode: str, flip_cost: float = FLIP_COST, rot_cost: float = ROT_COST) -> np.ndarray:
-    """Prior cost added to each variant's distance: 0 for the original, ``flip_cost`` for the
-    mirror, ``rot_cost`` for any turned variant (mirrored or not)."""
-    if flip_cost < 0 or rot_cost < 0:
-        raise ValueError(f"TTA costs must be >= 0; got flip {flip_cost}, rot {rot_cost}")
-    return np.array([0.0 if n == "original" else flip_cost if n == "flip" else rot_cost
-                     for n in variant_names(mode)], dtype=np.float32)
+def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = ROT_COST,
+          content_cost: float = CONTENT_COST) -> np.ndarray:
+    """Prior cost added to each named view's distance: 0 for the original, ``flip_cost`` for the
+    mirror, ``rot_cost`` for any turned view, ``content_cost`` for the framed photo's crop (plus
+    ``flip_cost`` for its mirror)."""
+    if isinstance(names, str):
+        raise TypeError("costs() takes a sequence of view names, e.g. variant_names(mode)")
+    if min(flip_cost, rot_cost, content_cost) < 0:
+        raise ValueError(f"TTA costs must be >= 0; got flip {flip_cost}, rot {rot_cost}, "
+                         f"content {content_cost}")
+
+    def one(name: str) -> float:
+        if "rot" in name:
+            return rot_cost
+        return (content_cost if "content" in name else 0.0) + (flip_cost if "flip" in name else 0.0)
+    return np.array([one(n) for n in names], dtype=np.float32)
+
+
+def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndarray], mode: str,
+                   content: bool = True) -> tuple[list[np.ndarray], list[str]]:
+    """The views of one query image to search, as (1, S, S, 3) arrays, and their names: the
+    dihedral variants of ``mode``, then, with ``content`` and a frame found, the framed photo's
+    crop (``content``) and, unless ``mode`` is none, its mirror (``content+flip``)."""
+    arrays = variants(preprocess(img)[None], mode)
+    names = list(variant_names(mode))
+    box = content_box(img) if content else None
+    if box is not None:
+        inner = preprocess(img.crop(box))[None]
+        arrays.append(inner)
+        names.append("content")
+        if mode != "none":
+            arrays.append(np.ascontiguousarray(inner[:, :, ::-1]))
+            names.append("content+flip")
+    return arrays, names
 
 
 def variants(batch: np.ndarray, mode: str) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from encoders.registry import DEFAULT_ENCODER
-from encoders.tta import FLIP_COST, ROT_COST
+from encoders.tta import CONTENT_COST, FLIP_COST, ROT_COST
 
 
 @dataclass
@@ -28,6 +28,8 @@ class EncoderConfig:
     tta: str = "flip_rot90"          # query-time variants searched too: none|flip|flip_rot90|d4
     flip_cost: float = FLIP_COST     # prior cost a mirrored match pays (encoders.tta.costs)
     rot_cost: float = ROT_COST       # prior cost a turned match pays
+    content: bool = True             # also search the photo inside a flat frame (encoders.frame)
+    content_cost: float = CONTENT_COST  # prior cost a match of that crop pays
     rank: str = "weighted"           # weighted (by the query's bit confidences, if any) | hamming
 
 

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from encoders.base import check_rank, code_to_hex, hex_to_code
 from encoders.decode import ImageDecodeError, load_image
-from encoders.tta import check_mode, costs, variant_names, variants
+from encoders.tta import check_mode, costs, query_variants
 from rayapp import metrics
 from rayapp.config import Config, load_config
 from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_id, decode_status, error_response,
@@ -71,36 +71,37 @@ class EncoderDeployment:
                                    device=cfg.encoder.device)
         self.tta = check_mode(cfg.encoder.tta)
         self.rank = check_rank(cfg.encoder.rank)
+        self.content = bool(cfg.encoder.content)
         self.max_pixels = int(cfg.encoder.max_pixels)
         self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
 
     def info(self) -> dict:
         """Encoder name, bits, input size, the query-time TTA mode and ranking."""
-        return {**self.encoder.info(), "tta": self.tta, "rank": self.rank}
+        return {**self.encoder.info(), "tta": self.tta, "content": self.content, "rank": self.rank}
 
     async def encode_image(self, data: bytes, query: bool = False) -> dict:
         """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``.
 
-        For a query, ``"variants"`` holds the codes to search: the plain code first, then with
-        TTA on those of the flipped/rotated variants; with weighted ranking (and an encoder that
-        has bit confidences) ``"weights"`` holds each variant's confidences. Every variant goes
-        through the same dynamic batcher.
+        For a query, ``"variants"`` holds the codes to search and ``"names"`` their names: the
+        plain code first, then with TTA those of the flipped/rotated variants and of the photo
+        inside a flat frame, if any (``encoders.tta.query_variants``); with weighted ranking (and
+        an encoder that has bit confidences) ``"weights"`` holds each variant's confidences.
+        Every variant goes through the same dynamic batcher.
         """
         try:
-            array = await asyncio.to_thread(self._preprocess, data)
+            img = await asyncio.to_thread(load_image, data, max_pixels=self.max_pixels)
         except ImageDecodeError as exc:
             return {"error": str(exc), "status": decode_status(exc)}
         if not query:
+            array = await asyncio.to_thread(self.encoder.preprocess, img)
             return {"code": (await self.encode_arrays(array))[0]}
-        parts = await asyncio.gather(*(self.encode_arrays(v[0])
-                                       for v in variants(array[None], self.tta)))
-        answer = {"code": parts[0][0], "variants": [c for c, _ in parts]}
+        arrays, names = await asyncio.to_thread(query_variants, img, self.encoder.preprocess, self.tta,
+                                                self.content)
+        parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
+        answer = {"code": parts[0][0], "variants": [c for c, _ in parts], "names": names}
         if self.rank == "weighted" and parts[0][1] is not None:
             answer["weights"] = [w for _, w in parts]
         return answer
-
-    def _preprocess(self, data: bytes) -> np.ndarray:
-        return self.encoder.preprocess(load_image(data, max_pixels=self.max_pixels))
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
     async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -199,8 +200,8 @@ class Ingress:
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
         e = cfg.encoder
-        self._variant_costs = costs(e.tta, e.flip_cost, e.rot_cost)
-        self._variant_names = variant_names(e.tta)
+        self._costs = partial(costs, flip_cost=e.flip_cost, rot_cost=e.rot_cost, content_cost=e.content_cost)
+        self._costs(["original"])  # validates the configured costs at start
 
     # ---- helpers ----------------------------------------------------------------------
     def _admit(self, request: Request, write: bool = False) -> None:
@@ -260,17 +261,19 @@ class Ingress:
             codes.append(_answer_code(next(answers), where))
         return np.stack(codes)
 
-    async def _query_codes(self, item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    async def _query_codes(self, item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
         """One query -> (its code, the codes to search: (v, bits/8), more than one with TTA,
-        their bit confidences (v, bits) for weighted ranking, or None: a hex code has none)."""
+        their bit confidences (v, bits) for weighted ranking, or None: a hex code has none,
+        and the variants' names)."""
         if item.code is not None:
             code = (await self._codes([item]))[0]
-            return code, code[None, :], None
+            return code, code[None, :], None, ["original"]
         answer = await self._encoder_call("encode_image", item.data, True)
         code = _answer_code(answer, "")
         queries = np.stack([np.asarray(c, dtype=np.uint8) for c in answer["variants"]])
         weights = answer.get("weights")
-        return code, queries, None if weights is None else np.stack(weights).astype(np.float32)
+        weights = None if weights is None else np.stack(weights).astype(np.float32)
+        return code, queries, weights, answer["names"]
 
     async def _items(self, request: Request) -> tuple[list[Item], dict]:
         s = self.cfg.serve
@@ -330,12 +333,11 @@ class Ingress:
         radius = params.get("radius")
         radius = None if radius in (None, "") else int_param(radius, "radius", 0, s.max_radius)
         with_meta = bool_param(params.get("with_meta", False), "with_meta")
-        code, queries, weights = await self._query_codes(items[0])
+        code, queries, weights, names = await self._query_codes(items[0])
         results, missing = await self.router.asearch(queries, k, radius, with_meta, weights)
         for _ in missing:
             metrics.count_error("shard_timeout")
-        hits = results[0] if len(queries) == 1 else \
-            merge_variants(results, k, self._variant_costs, self._variant_names)
+        hits = results[0] if len(queries) == 1 else merge_variants(results, k, self._costs(names), names)
         return {"results": hits, "partial": bool(missing), "missing_shards": missing,
                 "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 

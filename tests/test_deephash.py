@@ -94,11 +94,13 @@ def test_tta_variant_names_and_prior_costs():
     assert variant_names("none") == ("original",)
     assert variant_names("flip_rot90") == ("original", "flip", "rot90", "rot270")
     assert len(variant_names("d4")) == len(set(variant_names("d4"))) == 8
-    assert costs("flip_rot90", flip_cost=0.5, rot_cost=1.5).tolist() == [0.0, 0.5, 1.5, 1.5]
-    assert costs("d4", 0.5, 1.5).tolist() == [0.0, 0.5] + [1.5] * 6
-    assert len(costs("d4")) == len(variants(_batch(1), "d4"))
+    assert costs(variant_names("flip_rot90"), flip_cost=0.5, rot_cost=1.5).tolist() == [0.0, 0.5, 1.5, 1.5]
+    assert costs(variant_names("d4"), 0.5, 1.5).tolist() == [0.0, 0.5] + [1.5] * 6
+    assert len(costs(variant_names("d4"))) == len(variants(_batch(1), "d4"))
     with pytest.raises(ValueError, match=">= 0"):
-        costs("flip", flip_cost=-1)
+        costs(["flip"], flip_cost=-1)
+    with pytest.raises(TypeError, match="sequence of view names"):
+        costs("flip")
 
 
 def test_weights_round_trip(tmp_path):

@@ -67,7 +67,8 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
         found = _search(client, query)
         assert found["results"][0]["id"] == "p1", (edit, found["results"])
         assert found["results"][0]["variant"] == variant, (edit, found["results"][0])
-        prior = dict(zip(variant_names("flip_rot90"), costs("flip_rot90")))
+        names = variant_names("flip_rot90") + ("content", "content+flip")
+        prior = dict(zip(names, costs(names)))
         ranked = [r["weighted"] + prior[r["variant"]] for r in found["results"]]
         assert ranked == sorted(ranked) and all(
             0 <= r["weighted"] <= r["distance"] for r in found["results"])

@@ -1,0 +1,85 @@
+"""The framed-photo finder (encoders/frame.py) and the query views built on it, on the bundled
+real photos (JPEG files, CC0/free licences in rayapp/samples/LICENSES.tsv)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from encoders.augment import screenshot
+from encoders.frame import content_box
+from encoders.registry import get_encoder
+from encoders.tta import costs, query_variants
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
+# photos whose own background is not flat (the clothing shots sit on plain white or grey)
+SCENES = [p for p in SAMPLES if not p.name.startswith("clothing")]
+
+
+def _jpeg(img: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def _framed(photo: Image.Image, colour: tuple[int, int, int], where: tuple[int, int],
+            canvas: tuple[int, int], caption: bool) -> Image.Image:
+    out = Image.new("RGB", canvas, colour)
+    out.paste(photo, where)
+    if caption:  # a meme-style caption in the band above the photo
+        ImageDraw.Draw(out).text((10, 8), "WHEN THE BUILD IS GREEN", fill=(0, 0, 0), font_size=28)
+    return _jpeg(out)
+
+
+@pytest.mark.parametrize("colour,caption", [((255, 255, 255), True), ((30, 30, 34), False),
+                                            ((200, 40, 90), False)])
+def test_finds_the_photo_inside_a_flat_frame(colour, caption):
+    assert SCENES, "bundled scene photos missing"
+    for path in SCENES:
+        photo = Image.open(path).convert("RGB")
+        photo.thumbnail((360, 360))
+        w, h = photo.size
+        framed = _framed(photo, colour, (40, 70), (w + 90, h + 140), caption)
+        box = content_box(framed)
+        assert box is not None, path.name
+        # the finder works at 160 px, and a dark photo edge on a dark frame is lost to it
+        assert _iou(box, (40, 70, 40 + w, 70 + h)) >= 0.85, (path.name, box)
+
+
+def test_finds_screenshots_and_leaves_plain_photos_alone():
+    rng = np.random.default_rng(0)
+    found = sum(content_box(_jpeg(screenshot(Image.open(p).convert("RGB"), rng))) is not None
+                for p in SAMPLES)
+    assert found >= 0.8 * len(SAMPLES)
+    for path in SCENES:  # a photo edge to edge is no frame
+        assert content_box(Image.open(path).convert("RGB")) is None, path.name
+    assert content_box(Image.new("RGB", (200, 100), "white")) is None  # nothing inside
+
+
+def test_query_views_add_the_framed_photo_and_its_mirror():
+    enc = get_encoder("deephash", device="cpu")
+    photo = Image.open(SCENES[0]).convert("RGB")
+    photo.thumbnail((300, 300))
+    framed = _framed(photo, (250, 250, 250), (30, 60), (photo.width + 60, photo.height + 160), True)
+    arrays, names = query_variants(framed, enc.preprocess, "flip_rot90")
+    assert names == ["original", "flip", "rot90", "rot270", "content", "content+flip"]
+    assert all(a.shape == (1, enc.input_size, enc.input_size, 3) for a in arrays)
+    assert np.array_equal(arrays[5], arrays[4][:, :, ::-1])
+    assert query_variants(framed, enc.preprocess, "none", content=False)[1] == ["original"]
+    assert query_variants(framed, enc.preprocess, "none")[1] == ["original", "content"]
+    assert query_variants(photo, enc.preprocess, "flip")[1] == ["original", "flip"]
+    assert costs(names, 0.5, 1.5, 0.5).tolist() == [0, 0.5, 1.5, 1.5, 0.5, 1.0]
+    # the crop's code is much nearer the photo's own code than the framed image's code is
+    own = enc.encode_batch(enc.preprocess(photo)[None])
+    codes = [enc.encode_batch(a) for a in arrays]
+    hamming = [int(np.unpackbits(c ^ own).sum()) for c in codes]
+    assert hamming[4] < hamming[0], hamming
