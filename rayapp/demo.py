@@ -14,7 +14,7 @@ import numpy as np
 
 SAMPLES = Path(__file__).parent / "samples"
 HELD_OUT = 2            # the last samples are kept out of the index, to show honest non-matches
-DEMO_EDITS = ["center_crop", "jpeg", "text_overlay", "downscale", "hflip", "pad", "meme", "screenshot"]
+DEMO_EDITS = ["center_crop", "jpeg", "text_overlay", "downscale", "hflip", "rot90", "pad", "meme", "screenshot"]
 
 
 def sample_files() -> list[Path]:
@@ -90,7 +90,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
 
 def _query_over_http(base: str, queries: list, radius: int) -> None:
     click.echo(f"      {'query edit':<14} {'expected':<34} {'top match':<34} {'dist':>4} "
-               f"{'wtd':>5}  verdict")
+               f"{'wtd':>5}  {'matched as':<12} verdict")
     with httpx.Client(base_url=base, timeout=60) as http:
         for path, edit, expected in queries:
             with open(path, "rb") as fh:
@@ -103,5 +103,6 @@ def _query_over_http(base: str, queries: list, radius: int) -> None:
             verdict = click.style("found" if expected else "no match (correct)", fg="green") if ok \
                 else click.style("missed" if expected else "false match", fg="red")
             weighted = f"{top['weighted']:.1f}" if top and "weighted" in top else ""
+            view = top.get("variant", "original") if top else ""
             click.echo(f"      {edit:<14} {expected or '-':<34} {top['id'] if top else '-':<34} "
-                       f"{top['distance'] if top else '':>4} {weighted:>5}  {verdict}")
+                       f"{top['distance'] if top else '':>4} {weighted:>5}  {view:<12} {verdict}")
