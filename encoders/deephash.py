@@ -23,7 +23,7 @@ from torch import nn
 
 from encoders.base import Encoder, pack_bits
 from encoders.registry import register
-from encoders.tta import check_mode, variants
+from encoders.tta import check_mode
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_BACKBONE = "mobilenet_v3_small"
@@ -270,11 +270,6 @@ class DeepHashEncoder(Encoder):
         and capping it keeps one very sure bit from outweighing several (measured: as good as |h|)."""
         h = self._logits(self._check(batch))
         return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32)
-
-    def encode_variants(self, batch: np.ndarray) -> np.ndarray:
-        """Codes of the TTA variants: uint8 (n, v, bits // 8); search keeps the min distance over v."""
-        batch = self._check(batch)
-        return np.stack([self.encode_batch(v) for v in variants(batch, self.tta)], axis=1)
 
     def info(self) -> dict:
         return {**super().info(), "backbone": self.model.backbone_name, "tta": self.tta,

@@ -83,7 +83,7 @@ def test_wrong_batch_shape_is_a_clear_error():
 def test_tta_variants_shape_and_identity_first():
     enc = DeepHashEncoder(_model(), input_size=SIZE, device="cpu", tta="flip_rot90")
     batch = _batch(2)
-    v = enc.encode_variants(batch)
+    v = np.stack([enc.encode_batch(x) for x in variants(batch, enc.tta)], axis=1)
     assert v.shape == (2, 4, 16)
     assert np.array_equal(v[:, 0], enc.encode_batch(batch))
     with pytest.raises(ValueError, match="tta"):
