@@ -5,7 +5,8 @@ global code drifts. The query side can undo that: when the image is one solid bl
 on a flat background, the block's crop is searched too (``encoders.tta.query_variants``).
 
 The test is deliberately strict, so that ordinary photos are left alone: the background is the
-commonest colour of the outer pixel ring; content is what differs from it, opened by a 5x5 square
+commonest colour of the outer pixel ring, plus the colours of thin bars along the top and bottom
+edge (a screenshot's title and nav bars); content is what differs from them, opened by a 5x5 square
 so that caption text and thin UI lines drop out; the largest content blob must fill at least 60%
 of its bounding box, which covers 15-85% of the image; and at least 60% of the pixels outside
 that box must be flat (a local range of at most 8 levels), as padding and UI backgrounds are
@@ -30,13 +31,32 @@ def _small(img: Image.Image) -> tuple[np.ndarray, float]:
 
 
 def _background(a: np.ndarray) -> tuple[np.ndarray, float]:
-    """Commonest colour of the outer ring (12-level bins) and the share of the ring near it."""
+    """The frame's flat colours: the commonest colour of the outer ring (12-level bins) plus
+    those of thin bars along the top and bottom edge (a screenshot's title and nav bars), and
+    the share of the ring near one of them."""
     ring = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
     q = (ring // 12).astype(np.int32)
     keys = (q[:, 0] * 32 + q[:, 1]) * 32 + q[:, 2]
     values, counts = np.unique(keys, return_counts=True)
-    bg = ring[keys == values[counts.argmax()]].mean(axis=0)
-    return bg, float((np.abs(ring - bg).max(axis=-1) <= TOLERANCE).mean())
+    main = ring[keys == values[counts.argmax()]].mean(axis=0)
+    colours = np.stack([main] + [c for c in (_bar(a), _bar(a[::-1])) if c is not None
+                                 and np.abs(c - main).max() > TOLERANCE])
+    return colours, float((_distance(ring, colours) <= TOLERANCE).mean())
+
+
+def _bar(a: np.ndarray) -> np.ndarray | None:
+    """Colour of a bar along the first rows of ``a``: rows at least 90% one flat colour, no more
+    than 12% of the height (a band of sky is thicker and is no bar)."""
+    colour = np.median(a[0], axis=0)
+    rows = 0
+    while rows < len(a) and (np.abs(a[rows] - colour).max(axis=-1) <= TOLERANCE).mean() >= 0.9:
+        rows += 1
+    return colour if 1 <= rows <= 0.12 * len(a) else None
+
+
+def _distance(pixels: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Per pixel, the max-channel difference to the nearest of ``colours``."""
+    return np.min([np.abs(pixels - c).max(axis=-1) for c in colours], axis=0)
 
 
 def _largest_blob(mask: np.ndarray) -> tuple[tuple[slice, slice], float] | None:
@@ -63,7 +83,7 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     bg, ring_share = _background(a)
     if ring_share < 0.25:
         return None
-    content = np.abs(a - bg).max(axis=-1) > TOLERANCE
+    content = _distance(a, bg) > TOLERANCE
     content = ndimage.binary_opening(content, structure=np.ones((5, 5), bool))
     blob = _largest_blob(content)
     if blob is None or blob[1] < 0.6:
