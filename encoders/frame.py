@@ -10,8 +10,9 @@ edge (a screenshot's title and nav bars); content is what differs from them, ope
 so that caption text and thin UI lines drop out; the largest content blob must fill at least 60%
 of its bounding box, which covers 15-85% of the image; and at least 60% of the pixels outside
 that box must be flat (a local range of at most 8 levels), as padding and UI backgrounds are
-and photos seldom are. On the held-out benchmark it finds a box in 80% of screenshots and all
-padded queries, and in 5% of queries with no frame.
+and photos seldom are. On the held-out benchmark it finds the box in 40 of 43 screenshots and
+in every padded query; it also fires on 8% of unedited photos, mostly objects on a plain
+backdrop, which is why a match through the crop pays a prior cost.
 """
 from __future__ import annotations
 

@@ -464,8 +464,10 @@ def write_model_card(weights: str | Path, eval_report: dict | None, path: str | 
                   f"{b.get('positive_queries')} edited queries over {len(b.get('families', [])) or '21'} edit "
                   f"families + {b.get('negative_queries')} negative queries; originals: "
                   f"{', '.join(Path(o).name for o in b.get('originals', []))}; seed {b.get('seed')}. "
-                  "Refs are ranked by weighted Hamming distance (the query's bit confidences) where "
-                  "the encoder has them, as the service does, else by Hamming; ties are ranked "
+                  "Each query is searched as the service searches it: as the views its row names "
+                  "(mirror, turns, the photo inside a flat frame), each view's distance plus its "
+                  "prior cost, and refs ranked by weighted Hamming distance (the query's bit "
+                  "confidences) where the encoder has them, else by Hamming; ties are ranked "
                   "pessimistically. Speed: decode + preprocess + "
                   f"encode with {b.get('threads', '?')} thread(s).", "",
                   format_table(eval_report), "", "### Per-family recall@1", ""]
