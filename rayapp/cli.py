@@ -137,7 +137,8 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
         else:
             click.echo(f"{path}:" + (" (partial: shards %s did not answer)" % missing if missing else ""))
             for h in hits:
-                click.echo(f"  {h['distance']:4d}  {h['id']}")
+                view = f"  (as {h['variant']})" if h.get("variant", "original") != "original" else ""
+                click.echo(f"  {h['distance']:4d}  {h['id']}{view}")
             if not hits:
                 click.echo("  no matches")
     if failed:
