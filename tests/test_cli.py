@@ -91,6 +91,9 @@ def test_index_then_search_json(images, query, tmp_path):
     assert r.returncode == 0, r.stderr
     hit = json.loads(r.stdout)["results"][0]
     assert hit["id"] == SAMPLES[1].name and hit["distance"] <= 10 and hit["variant"] == "flip"
+    r = run("search", mirrored, "--index-dir", index, "--k", "1", "--tta", "flip")  # text output
+    assert r.returncode == 0, r.stderr
+    assert f"{SAMPLES[1].name}  (as flip)" in r.stdout
 
 
 def test_dedup_report(images, query, tmp_path):
