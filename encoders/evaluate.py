@@ -32,7 +32,7 @@ import numpy as np
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
-from encoders.tta import CONTENT_COST, FLIP_COST, ROT_COST, costs as tta_costs, query_variants, variant_names
+from encoders.tta import CONTENT_COST, FLIP_COST, ROT_COST, costs as tta_costs, query_variants, view_names
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
@@ -164,8 +164,7 @@ def encode_queries(enc: Encoder, paths: list[Path], tta: str = "none", content: 
     """Each query's views, as the service searches them (``encoders.tta.query_variants``) ->
     (codes (n, v, B), bit confidences (n, v, bits) or None, valid (n, v): False where a query
     has no such view (no frame found), the v view names)."""
-    names = list(variant_names(tta)) + (["content", "content+flip"][:1 if tta == "none" else 2]
-                                        if content else [])
+    names = list(view_names(tta, content))
     col = {name: j for j, name in enumerate(names)}
     n, nb = len(paths), enc.bits // 8
     codes, valid = np.zeros((n, len(names), nb), np.uint8), np.zeros((n, len(names)), bool)
@@ -173,9 +172,9 @@ def encode_queries(enc: Encoder, paths: list[Path], tta: str = "none", content: 
     for i in range(0, n, batch):
         arrays, where = [], []
         for q in range(i, min(n, i + batch)):
-            views, view_names = query_variants(load_image(paths[q]), enc.preprocess, tta, content)
+            views, got = query_variants(load_image(paths[q]), enc.preprocess, tta, content)
             arrays += views
-            where += [(q, col[name]) for name in view_names]
+            where += [(q, col[name]) for name in got]
         c, w = enc.encode_weighted(np.concatenate(arrays))
         rows, cols = np.array(where).T
         codes[rows, cols], valid[rows, cols] = c, True

@@ -61,22 +61,23 @@ def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = 
     return np.array([one(n) for n in names], dtype=np.float32)
 
 
+def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
+    """Every view ``query_variants`` can return for ``mode``, in its order: the dihedral
+    variants, then with ``content`` the framed photo's crop and, unless mode is none, its mirror."""
+    extra = ("content",) if mode == "none" else ("content", "content+flip")
+    return variant_names(mode) + (extra if content else ())
+
+
 def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndarray], mode: str,
                    content: bool = True) -> tuple[list[np.ndarray], list[str]]:
-    """The views of one query image to search, as (1, S, S, 3) arrays, and their names: the
-    dihedral variants of ``mode``, then, with ``content`` and a frame found, the framed photo's
-    crop (``content``) and, unless ``mode`` is none, its mirror (``content+flip``)."""
+    """The views of one query image to search, as (1, S, S, 3) arrays, and their names (a prefix
+    of ``view_names``): the framed photo's views come only when a frame is found."""
     arrays = variants(preprocess(img)[None], mode)
-    names = list(variant_names(mode))
     box = content_box(img) if content else None
     if box is not None:
         inner = preprocess(img.crop(box))[None]
-        arrays.append(inner)
-        names.append("content")
-        if mode != "none":
-            arrays.append(np.ascontiguousarray(inner[:, :, ::-1]))
-            names.append("content+flip")
-    return arrays, names
+        arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
+    return arrays, list(view_names(mode, content)[:len(arrays)])
 
 
 def variants(batch: np.ndarray, mode: str) -> list[np.ndarray]:

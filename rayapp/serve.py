@@ -89,19 +89,23 @@ class EncoderDeployment:
         Every variant goes through the same dynamic batcher.
         """
         try:
-            img = await asyncio.to_thread(load_image, data, max_pixels=self.max_pixels)
+            arrays, names = await asyncio.to_thread(self._views, data, query)
         except ImageDecodeError as exc:
             return {"error": str(exc), "status": decode_status(exc)}
-        if not query:
-            array = await asyncio.to_thread(self.encoder.preprocess, img)
-            return {"code": (await self.encode_arrays(array))[0]}
-        arrays, names = await asyncio.to_thread(query_variants, img, self.encoder.preprocess, self.tta,
-                                                self.content)
         parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
+        if not query:
+            return {"code": parts[0][0]}
         answer = {"code": parts[0][0], "variants": [c for c, _ in parts], "names": names}
         if self.rank == "weighted" and parts[0][1] is not None:
             answer["weights"] = [w for _, w in parts]
         return answer
+
+    def _views(self, data: bytes, query: bool) -> tuple[list[np.ndarray], list[str]]:
+        """Decode once, then the arrays to encode: the image as given, plus a query's views."""
+        img = load_image(data, max_pixels=self.max_pixels)
+        if not query:
+            return [self.encoder.preprocess(img)[None]], ["original"]
+        return query_variants(img, self.encoder.preprocess, self.tta, self.content)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
     async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:

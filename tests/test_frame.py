@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from encoders.augment import screenshot
 from encoders.frame import content_box
 from encoders.registry import get_encoder
-from encoders.tta import costs, query_variants
+from encoders.tta import costs, query_variants, view_names
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
 # photos whose own background is not flat (the clothing shots sit on plain white or grey)
@@ -72,6 +72,7 @@ def test_query_views_add_the_framed_photo_and_its_mirror():
     framed = _framed(photo, (250, 250, 250), (30, 60), (photo.width + 60, photo.height + 160), True)
     arrays, names = query_variants(framed, enc.preprocess, "flip_rot90")
     assert names == ["original", "flip", "rot90", "rot270", "content", "content+flip"]
+    assert tuple(names) == view_names("flip_rot90") and view_names("none", content=False) == ("original",)
     assert all(a.shape == (1, enc.input_size, enc.input_size, 3) for a in arrays)
     assert np.array_equal(arrays[5], arrays[4][:, :, ::-1])
     assert query_variants(framed, enc.preprocess, "none", content=False)[1] == ["original"]
