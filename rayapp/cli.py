@@ -106,7 +106,7 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
     from rayapp.cluster import ensure_shards, init_ray
-    from encoders.tta import costs, query_variants
+    from encoders.tta import query_variants
     from rayapp.router import ShardRouter, merge_variants
     cfg = _index_config(index_dir, None, address)
     mode = tta or cfg.encoder.tta
@@ -128,8 +128,7 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
         queries = np.concatenate([c for c, _ in parts])
         weights = np.concatenate([w for _, w in parts]) if weighted and parts[0][1] is not None else None
         results, missing = router.search(queries, k=k, radius=radius, with_meta=True, weights=weights)
-        e = cfg.encoder
-        merged = merge_variants(results, k, costs(names, e.flip_cost, e.rot_cost, e.content_cost), names)
+        merged = merge_variants(results, k, cfg.encoder.view_costs(names), names)
         hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
                  **{key: r[key] for key in ("weighted", "variant") if key in r}} for r in merged]
         if as_json:

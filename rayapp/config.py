@@ -9,12 +9,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import yaml
 
 from encoders.registry import DEFAULT_ENCODER
-from encoders.tta import CONTENT_COST, FLIP_COST, ROT_COST
+from encoders.tta import CONTENT_COST, FLIP_COST, ROT_COST, costs
 
 
 @dataclass
@@ -31,6 +32,10 @@ class EncoderConfig:
     content: bool = True             # also search the photo inside a flat frame (encoders.frame)
     content_cost: float = CONTENT_COST  # prior cost a match of that crop pays
     rank: str = "weighted"           # weighted (by the query's bit confidences, if any) | hamming
+
+    def view_costs(self, names: Sequence[str]) -> np.ndarray:
+        """The prior cost of each named query view under these settings (``encoders.tta.costs``)."""
+        return costs(names, self.flip_cost, self.rot_cost, self.content_cost)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from encoders.base import check_rank, code_to_hex, hex_to_code
 from encoders.decode import ImageDecodeError, load_image
-from encoders.tta import check_mode, costs, query_variants
+from encoders.tta import check_mode, query_variants
 from rayapp import metrics
 from rayapp.config import Config, load_config
 from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_id, decode_status, error_response,
@@ -203,9 +203,7 @@ class Ingress:
                                   resolver=partial(_lookup_shard, cfg.shards.namespace))
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
-        e = cfg.encoder
-        self._costs = partial(costs, flip_cost=e.flip_cost, rot_cost=e.rot_cost, content_cost=e.content_cost)
-        self._costs(["original"])  # validates the configured costs at start
+        cfg.encoder.view_costs(["original"])  # validates the configured costs at start
 
     # ---- helpers ----------------------------------------------------------------------
     def _admit(self, request: Request, write: bool = False) -> None:
@@ -341,7 +339,7 @@ class Ingress:
         results, missing = await self.router.asearch(queries, k, radius, with_meta, weights)
         for _ in missing:
             metrics.count_error("shard_timeout")
-        hits = results[0] if len(queries) == 1 else merge_variants(results, k, self._costs(names), names)
+        hits = merge_variants(results, k, self.cfg.encoder.view_costs(names), names)
         return {"results": hits, "partial": bool(missing), "missing_shards": missing,
                 "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
