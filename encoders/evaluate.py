@@ -32,7 +32,9 @@ import numpy as np
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
-from encoders.tta import CONTENT_COST, FLIP_COST, ROT_COST, costs as tta_costs, query_variants, view_names
+from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
+                          check_ref_views, costs as tta_costs, query_variants, ref_view_images,
+                          view_names)
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
@@ -151,12 +153,22 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def encode_refs(enc: Encoder, paths: list[Path], batch: int = 128) -> tuple[np.ndarray, float]:
-    """Decode + preprocess + encode files as given -> (codes (n, B), images per second)."""
+def encode_refs(enc: Encoder, paths: list[Path], ref_views: tuple = (), batch: int = 128,
+                ) -> tuple[np.ndarray, float]:
+    """Decode + preprocess + encode files as the index stores them -> (codes (n, 1 + views, B):
+    the image as given, then its reference views' crops; images per second, timed on the
+    images as given)."""
     t0 = time.perf_counter()
     codes = [enc.encode_batch(np.stack([enc.preprocess(load_image(p)) for p in paths[i:i + batch]]))
              for i in range(0, len(paths), batch)]
-    return np.concatenate(codes), len(paths) / max(1e-9, time.perf_counter() - t0)
+    speed = len(paths) / max(1e-9, time.perf_counter() - t0)
+    views = [enc.encode_batch(np.stack([enc.preprocess(crop) for p in paths[i:i + batch]
+                                        for crop in ref_view_images(load_image(p), ref_views)]))
+             for i in range(0, len(paths), batch)] if ref_views else []
+    out = np.concatenate(codes)[:, None]
+    if views:
+        out = np.concatenate([out, np.concatenate(views).reshape(len(paths), len(ref_views), -1)], 1)
+    return out, speed
 
 
 def encode_queries(enc: Encoder, paths: list[Path], tta: str = "none", content: bool = False,
@@ -186,17 +198,22 @@ def encode_queries(enc: Encoder, paths: list[Path], tta: str = "none", content: 
 
 
 def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.ndarray,
-              costs: np.ndarray | None = None, valid: np.ndarray | None = None) -> np.ndarray:
-    """(queries x refs) distances, min over each query's views of the view's distance plus its
-    prior cost (``encoders.tta.costs``): weighted Hamming when the queries have bit confidences
-    (what the service ranks by), else Hamming. Views not ``valid`` are skipped."""
+              costs: np.ndarray | None = None, valid: np.ndarray | None = None,
+              ref_view_cost: float = REF_VIEW_COST) -> np.ndarray:
+    """(queries x refs) distances, min over each query's views and each ref's stored views
+    (``r_codes`` (n, 1 + views, B), or (n, B) for one code per ref) of the pair's distance plus
+    their prior costs (``encoders.tta.costs`` for the query's, ``ref_view_cost`` for a stored
+    crop): weighted Hamming when the queries have bit confidences (what the service ranks by),
+    else Hamming. Query views not ``valid`` are skipped."""
+    r_codes = r_codes[:, None] if r_codes.ndim == 2 else r_codes
     best = np.full((len(q_codes), len(r_codes)), np.inf, np.float32)
-    for v in range(q_codes.shape[1]):
+    for v, j in np.ndindex(q_codes.shape[1], r_codes.shape[1]):
+        refs = np.ascontiguousarray(r_codes[:, j])
         if q_weights is None:
-            d = hamming(q_codes[:, v], r_codes).astype(np.float32)
+            d = hamming(q_codes[:, v], refs).astype(np.float32)
         else:
-            d = np.stack([weighted_hamming(c, w, r_codes) for c, w in zip(q_codes[:, v], q_weights[:, v])])
-        d = d + (0.0 if costs is None else float(costs[v]))
+            d = np.stack([weighted_hamming(c, w, refs) for c, w in zip(q_codes[:, v], q_weights[:, v])])
+        d = d + (0.0 if costs is None else float(costs[v])) + (ref_view_cost if j else 0.0)
         if valid is not None:
             d[~valid[:, v]] = np.inf
         best = np.minimum(best, d)
@@ -224,16 +241,19 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         prior = {key: float(kwargs.pop(key, default)) for key, default in
                  (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST), ("content_cost", CONTENT_COST))}
         content = kwargs.pop("content", "on") not in ("off", "0", "false")
+        ref_views = _ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))
+        ref_view_cost = float(kwargs.pop("ref_view_cost", REF_VIEW_COST))
         enc = get_encoder(name, **kwargs)
-        r_codes, speed = encode_refs(enc, ref_paths)
+        r_codes, speed = encode_refs(enc, ref_paths, ref_views)
         tta = getattr(enc, "tta", "none")
         q_codes, q_weights, valid, names = encode_queries(enc, q_paths, tta, content)
         q_weights = None if rank == "hamming" else q_weights
         prior = tta_costs(names, **prior)
-        dist = distances(q_codes, q_weights, r_codes, prior, valid)
+        dist = distances(q_codes, q_weights, r_codes, prior, valid, ref_view_cost)
         results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),
                          "rank": "hamming" if q_weights is None else "weighted",
                          "views": {n: round(float(c), 3) for n, c in zip(names, prior)},
+                         "ref_views": {n: ref_view_cost for n in ref_views},
                          **score_codes(dist, enc.bits, gt_ref, families, k_micro)}
         print(f"{spec:40s} mAP@100={results[spec]['mAP@100']:.3f} muAP={results[spec]['muAP']:.3f} "
               f"R@1={results[spec]['recall@1']:.3f} worst={results[spec]['worst_family']} "
@@ -247,6 +267,12 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _ref_views(value: str) -> tuple[str, ...]:
+    """A spec's ``ref_views`` option: names joined by '+', or none/off for one code per ref."""
+    names = [] if value.lower() in ("", "none", "off") else value.split("+")
+    return check_ref_views(names)
 
 
 def _git_rev() -> str | None:
@@ -279,11 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ground-truth")
     ap.add_argument("--encoders", nargs="+",
                     default=["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,rank=hamming",
-                             "deephash:tta=flip_rot90,content=off",
-                             "deephash:tta=flip_rot90,content=off,flip_cost=0,rot_cost=0",
-                             "deephash:content=off", "pdq", "phash"],
+                             "deephash:tta=flip_rot90,ref_views=none",
+                             "deephash:tta=flip_rot90,ref_views=none,content=off",
+                             "deephash:tta=flip_rot90,ref_views=none,content=off,flip_cost=0,rot_cost=0",
+                             "deephash:ref_views=none,content=off", "pdq", "phash"],
                     help="encoder specs, name[:opt=value,...] (opts: tta, rank=weighted|hamming, "
-                         "content=on|off, flip_cost, rot_cost, content_cost, weights); "
+                         "content=on|off, flip_cost, rot_cost, content_cost, "
+                         "ref_views=none|center70[+top_left70...], ref_view_cost, weights); "
                          "the default gives the model card's table")
     ap.add_argument("--n-refs", type=int, default=450)
     ap.add_argument("--n-queries", type=int, default=900)

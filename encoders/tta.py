@@ -6,6 +6,10 @@ keeping, per stored id, its best distance. Modes: ``none``, ``flip`` (+ mirror),
 a photo inside a flat frame (padding, meme bands, a screenshot; ``encoders.frame``) also searches
 the framed photo's crop and its mirror.
 
+The index side has views too (``ref_view_images``): an image may also be stored under the
+codes of some of its crops (``REF_VIEWS``; ``shards.views``), because a 128-bit code of a
+60-75% crop is far from the full image's. A stored view's match pays ``REF_VIEW_COST``.
+
 Each view's distance first pays a prior cost (``costs``): most copies are neither mirrored,
 turned nor framed, so another view must match clearly better than the query as given. Without
 it every extra view is one more chance for an unrelated image to come close; ``flip_rot90`` then
@@ -29,6 +33,15 @@ _COUNT = {"none": 1, "flip": 2, "flip_rot90": 4, "d4": 8}
 FLIP_COST = 0.5
 ROT_COST = 1.5
 CONTENT_COST = 0.5
+# Stored crops of an indexed image: name -> (side fraction kept, x and y anchor: 0 = left/top,
+# 0.5 = centred, 1 = right/bottom). On the held-out benchmark the centre crop alone lifted
+# centre-cropped copies from 0.35 to 0.91 recall@1 (mAP@100 0.886 -> 0.909) for one more code
+# per image; the four corners added 0.007 more for four more codes (see the model card).
+REF_VIEWS = {"center70": (0.7, 0.5, 0.5), "top_left70": (0.7, 0.0, 0.0),
+             "top_right70": (0.7, 1.0, 0.0), "bottom_left70": (0.7, 0.0, 1.0),
+             "bottom_right70": (0.7, 1.0, 1.0)}
+DEFAULT_REF_VIEWS = ("center70",)
+REF_VIEW_COST = 0.5
 
 
 def check_mode(mode: str) -> str:
@@ -93,3 +106,25 @@ def variants(batch: np.ndarray, mode: str) -> list[np.ndarray]:
         out += [np.rot90(batch, 2, axes=(1, 2)), np.rot90(flip, 1, axes=(1, 2)),
                 np.rot90(flip, 2, axes=(1, 2)), np.rot90(flip, 3, axes=(1, 2))]
     return [np.ascontiguousarray(v) for v in out]
+
+
+def check_ref_views(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` as a tuple if every one is a known reference view (``REF_VIEWS``), else ValueError."""
+    if isinstance(names, str):
+        raise TypeError("ref views are a sequence of names, e.g. ['center70']")
+    unknown = [n for n in names if n not in REF_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown reference view(s) {unknown}; known: {', '.join(REF_VIEWS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def ref_view_images(img: Image.Image, names: Sequence[str]) -> list[Image.Image]:
+    """The crops of ``img`` stored with it as reference views ``names``, in that order."""
+    out = []
+    for name in check_ref_views(names):
+        keep, ax, ay = REF_VIEWS[name]
+        w, h = img.size
+        cw, ch = max(1, int(w * keep)), max(1, int(h * keep))
+        x, y = int(ax * (w - cw)), int(ay * (h - ch))
+        out.append(img.crop((x, y, x + cw, y + ch)))
+    return out

@@ -113,7 +113,8 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
     weighted = (rank or cfg.encoder.rank) == "weighted"
     enc = _encoder(cfg.encoder.name, cfg.encoder.weights)
     init_ray(address)
-    router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout)
+    router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout,
+                         ref_views=len(cfg.encoder.ref_views), ref_view_cost=cfg.encoder.ref_view_cost)
     failed = 0
     for path in images:
         try:
@@ -130,18 +131,25 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
         results, missing = router.search(queries, k=k, radius=radius, with_meta=True, weights=weights)
         merged = merge_variants(results, k, cfg.encoder.view_costs(names), names)
         hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
-                 **{key: r[key] for key in ("weighted", "variant") if key in r}} for r in merged]
+                 **{key: r[key] for key in ("weighted", "cost", "variant", "ref_view") if key in r}}
+                for r in merged]
         if as_json:
             click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))
         else:
             click.echo(f"{path}:" + (" (partial: shards %s did not answer)" % missing if missing else ""))
             for h in hits:
-                view = f"  (as {h['variant']})" if h.get("variant", "original") != "original" else ""
-                click.echo(f"  {h['distance']:4d}  {h['id']}{view}")
+                click.echo(f"  {h['distance']:4d}  {h['id']}{_matched_as(h)}")
             if not hits:
                 click.echo("  no matches")
     if failed:
         sys.exit(1)
+
+
+def _matched_as(hit: dict) -> str:
+    """How a hit matched, when not as given: "  (as flip)", "  (its center70)", or both."""
+    parts = [f"as {hit['variant']}"] if hit.get("variant", "original") != "original" else []
+    parts += [f"its {hit['ref_view']}"] if "ref_view" in hit else []
+    return f"  ({', '.join(parts)})" if parts else ""
 
 
 @cli.command()

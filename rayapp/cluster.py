@@ -121,7 +121,7 @@ class RayShardActor(ShardActor):
 
     def _publish_stats(self) -> None:
         st = self.stats()
-        metrics.set_shard_stats(self.shard_id, st["count"], st["memory_bytes"])
+        metrics.set_shard_stats(self.shard_id, st["codes"], st["memory_bytes"])
 
     def _stats_loop(self) -> None:
         while True:

@@ -15,7 +15,8 @@ import numpy as np
 import yaml
 
 from encoders.registry import DEFAULT_ENCODER
-from encoders.tta import CONTENT_COST, FLIP_COST, ROT_COST, costs
+from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
+                          check_ref_views, costs)
 
 
 @dataclass
@@ -32,6 +33,12 @@ class EncoderConfig:
     content: bool = True             # also search the photo inside a flat frame (encoders.frame)
     content_cost: float = CONTENT_COST  # prior cost a match of that crop pays
     rank: str = "weighted"           # weighted (by the query's bit confidences, if any) | hamming
+    # crops stored with each indexed image (encoders.tta.REF_VIEWS; [] = one code per image)
+    ref_views: list = field(default_factory=lambda: list(DEFAULT_REF_VIEWS))
+    ref_view_cost: float = REF_VIEW_COST  # prior cost a match of a stored crop pays
+
+    def __post_init__(self) -> None:
+        self.ref_views = list(check_ref_views(self.ref_views))
 
     def view_costs(self, names: Sequence[str]) -> np.ndarray:
         """The prior cost of each named query view under these settings (``encoders.tta.costs``)."""
@@ -110,6 +117,8 @@ def _merge(cfg: Any, data: dict) -> None:
             _merge(current, value)
         elif value is not None:
             setattr(cfg, key, _coerce(value, current, names[key]))
+    if hasattr(cfg, "__post_init__"):
+        cfg.__post_init__()  # re-check what the merge set
 
 
 def _coerce(value: Any, current: Any, f: dataclasses.Field) -> Any:
@@ -122,6 +131,8 @@ def _coerce(value: Any, current: Any, f: dataclasses.Field) -> Any:
             return float(value)
         if isinstance(current, dict):
             return yaml.safe_load(value) or {}
+        if isinstance(current, list):  # NEARDUP_ENCODER_REF_VIEWS=center70,top_left70
+            return [v.strip() for v in value.split(",") if v.strip()]
         if current is None and value.lower() in ("", "none", "null"):
             return None
     return value

@@ -4,6 +4,8 @@
 
 Pipeline: list sources -> decode + resize (CPU tasks) -> encode (actor pool, GPU when the
 cluster has one) -> add to the owning shard (durable before it returns) -> manifest Parquet.
+Each image is stored with its reference views (``encoder.ref_views``: codes of its crops, so
+that a crop of it is found; ``shards.views``), decoded and encoded alongside it.
 A row reaches the manifest only after its shard acknowledged it, so a re-run skips exactly
 what is done; adds are idempotent by id, so a crash between ack and manifest is harmless.
 SOURCE is a folder, a file, a glob, or Parquet with an image-bytes column; ``pyarrow.fs``
@@ -27,6 +29,8 @@ import ray
 from tqdm import tqdm
 
 from encoders.decode import IMAGE_EXTENSIONS, load_image, resize_square
+from encoders.tta import ref_view_images
+from shards.views import check_base_id
 from rayapp import metrics
 from rayapp.config import Config, load_config
 
@@ -110,19 +114,26 @@ def load_done_ids(manifest_dir: str) -> set[str]:
 
 # ---------------------------------------------------------------- pipeline stages
 
-def decode_batch(batch: dict, size: int, max_pixels: int) -> dict:
-    """Ray Data CPU task: bytes or path -> uint8 (size, size, 3); failures become an error string."""
+def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = ()) -> dict:
+    """Ray Data CPU task: bytes or path -> uint8 (size, size, 3), plus (n, views, size, size, 3)
+    for the reference views' crops; failures become an error string."""
     n = len(batch["id"])
     pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
+    view_pixels = np.zeros((n, len(ref_views), size, size, 3), dtype=np.uint8)
     errors = [""] * n
     for i in range(n):
         try:
+            check_base_id(str(batch["id"][i]))
             data = batch["bytes"][i] if "bytes" in batch else _read_bytes(str(batch["path"][i]))
-            pixels[i] = resize_square(load_image(bytes(data), max_pixels=max_pixels), size)
+            img = load_image(bytes(data), max_pixels=max_pixels)
+            pixels[i] = resize_square(img, size)
+            for j, crop in enumerate(ref_view_images(img, ref_views)):
+                view_pixels[i, j] = resize_square(crop, size)
         except Exception as exc:  # noqa: BLE001 - a bad file is recorded, never aborts the job
             errors[i] = f"{type(exc).__name__}: {exc}"
-    return {"id": batch["id"], "path": batch["path"], "pixels": pixels,
-            "error": np.array(errors, dtype=object)}
+    out = {"id": batch["id"], "path": batch["path"], "pixels": pixels,
+           "error": np.array(errors, dtype=object)}
+    return {**out, "view_pixels": view_pixels} if ref_views else out
 
 
 class EncodeActor:
@@ -134,10 +145,18 @@ class EncodeActor:
 
     def __call__(self, batch: dict) -> dict:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
+        out = {"id": batch["id"], "path": batch["path"], "code": self._encode(batch["pixels"], ok),
+               "error": batch["error"]}
+        if "view_pixels" in batch:  # (n, views, S, S, 3) -> (n, views, bytes)
+            out["view_codes"] = np.stack([self._encode(batch["view_pixels"][:, j], ok)
+                                          for j in range(batch["view_pixels"].shape[1])], axis=1)
+        return out
+
+    def _encode(self, pixels: np.ndarray, ok: np.ndarray) -> np.ndarray:
         codes = np.zeros((len(ok), self.encoder.code_bytes), dtype=np.uint8)
         if ok.any():
-            codes[ok] = self.encoder.encode_batch(batch["pixels"][ok])
-        return {"id": batch["id"], "path": batch["path"], "code": codes, "error": batch["error"]}
+            codes[ok] = self.encoder.encode_batch(pixels[ok])
+        return codes
 
 
 class ShardWriter:
@@ -146,14 +165,17 @@ class ShardWriter:
     def __init__(self, cfg_dict: dict, timeout_s: float):
         from rayapp.cluster import get_shards
         from rayapp.router import ShardRouter
-        self.router = ShardRouter(get_shards(Config.from_dict(cfg_dict)), timeout_s=timeout_s)
+        cfg = Config.from_dict(cfg_dict)
+        self.router = ShardRouter(get_shards(cfg), timeout_s=timeout_s)
+        self.ref_views = list(cfg.encoder.ref_views)
 
     def __call__(self, batch: dict) -> dict:
         ok = [i for i, e in enumerate(batch["error"]) if not e]
         ids = [str(batch["id"][i]) for i in ok]
         if ids:
             metas = [{"path": str(batch["path"][i])} for i in ok]
-            self.router.add(ids, batch["code"][ok], metas)
+            views = {name: batch["view_codes"][ok, j] for j, name in enumerate(self.ref_views)}
+            self.router.add(ids, batch["code"][ok], metas, views)
         shard = np.array([self.router.shard_for(str(i)) for i in batch["id"]], dtype=np.int32)
         return {"id": batch["id"], "path": batch["path"], "code": batch["code"], "shard": shard,
                 "error": batch["error"]}
@@ -189,7 +211,8 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.encoder.device != "cpu"
     ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=1,
-                        fn_kwargs={"size": input_size, "max_pixels": cfg.encoder.max_pixels})
+                        fn_kwargs={"size": input_size, "max_pixels": cfg.encoder.max_pixels,
+                                   "ref_views": tuple(cfg.encoder.ref_views)})
     ds = ds.map_batches(EncodeActor, batch_size=opts.batch_size,
                         fn_constructor_args=(cfg.encoder.name, cfg.encoder.weights,
                                              "cuda" if gpu else "cpu"),

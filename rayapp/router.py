@@ -5,6 +5,10 @@ only make an answer *partial*, never hang it or fail it. Writes go to the owning
 raise :class:`ShardUnavailable` when that shard does not acknowledge, so callers can answer 503
 instead of claiming durability they do not have.
 
+An image may be stored with reference views (``shards.views``): extra entries holding the codes
+of some of its crops, on the image's shard. Searches fold a view's hit into its image's
+(``fold_views``), and removing an image removes its views.
+
 Every method has an ``async`` twin (``asearch``, ``aadd``, ...) for Serve's event loop.
 """
 from __future__ import annotations
@@ -25,6 +29,8 @@ from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
 from encoders.base import weighted_hamming
+from encoders.tta import REF_VIEW_COST, REF_VIEWS
+from shards.views import base_id, split_id, view_id
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +46,11 @@ class ShardUnavailable(RuntimeError):
 
 
 def shard_for(item_id: str, num_shards: int) -> int:
-    """Stable owner of ``item_id``: xxhash64 of its UTF-8 bytes, mod the shard count."""
+    """Stable owner of ``item_id``: xxhash64 of its UTF-8 bytes, mod the shard count (a stored
+    reference view goes by its image's id, so it lives on the image's shard)."""
     if not isinstance(item_id, str):
         raise TypeError(f"id must be a string, not {type(item_id).__name__}")
-    return xxhash.xxh64_intdigest(item_id.encode("utf-8")) % num_shards
+    return xxhash.xxh64_intdigest(base_id(item_id).encode("utf-8")) % num_shards
 
 
 def merge_results(per_shard: dict[int, list[list[dict]]], num_queries: int, k: int,
@@ -65,21 +72,42 @@ def merge_variants(rows: list[list[dict]], k: int, costs: Sequence[float] | None
                    names: Sequence[str] | None = None) -> list[dict]:
     """Results of one query's TTA variants -> one list: per id its best hit, top k.
 
-    A hit of variant v ranks as if its distance were ``costs[v]`` larger (``encoders.tta.costs``:
-    a mirrored or turned match must be clearly better than the query as given). With ``names``
-    each hit says which ``variant`` matched.
+    A hit of variant v pays ``costs[v]`` (``encoders.tta.costs``: a mirrored or turned match must
+    be clearly better than the query as given) on top of any ``cost`` it carries; a hit's
+    ``cost`` says what it paid in all. With ``names`` each hit says which ``variant`` matched.
     """
-    best: dict[str, tuple[tuple, dict]] = {}
+    best: dict[str, dict] = {}
     names = names if len(rows) > 1 else None
     for v, hits in enumerate(rows):
         cost = float(costs[v]) if costs is not None else 0.0
         for hit in hits:
-            d, dist, item = _order(hit)
-            key = (d + cost, dist, item)
+            hit = _with_cost(hit, cost)
+            if names:
+                hit["variant"] = names[v]
             seen = best.get(hit["id"])
-            if seen is None or key < seen[0]:
-                best[hit["id"]] = (key, {**hit, "variant": names[v]} if names else hit)
-    return [hit for _, hit in sorted(best.values(), key=lambda kv: kv[0])[:k]]
+            if seen is None or _order(hit) < _order(seen):
+                best[hit["id"]] = hit
+    return sorted(best.values(), key=_order)[:k]
+
+
+def fold_views(hits: list[dict], k: int, cost: float = REF_VIEW_COST) -> list[dict]:
+    """One query's hits with each stored reference view's hit folded into its image's: the image
+    keeps its best hit, where a view's pays ``cost`` and names the ``ref_view``; the top k."""
+    best: dict[str, dict] = {}
+    for hit in hits:
+        image, view = split_id(str(hit["id"]))
+        if view is not None:
+            hit = {**_with_cost(hit, cost), "id": image, "ref_view": view}
+        seen = best.get(image)
+        if seen is None or _order(hit) < _order(seen):
+            best[image] = hit
+    return sorted(best.values(), key=_order)[:k]
+
+
+def _with_cost(hit: dict, cost: float) -> dict:
+    """A copy of ``hit`` that has paid ``cost`` more (``cost`` is kept only once it is > 0)."""
+    total = round(float(hit.get("cost", 0.0)) + cost, 3)
+    return {**hit, "cost": total} if total > 0 else dict(hit)
 
 
 def rerank_depth(k: int) -> int:
@@ -101,9 +129,10 @@ def rerank(hits: list[dict], query: np.ndarray, weights: np.ndarray, k: int) -> 
 
 
 def _order(hit: dict) -> tuple[float, int, str]:
-    """Rank key: weighted distance when present (re-ranked hits), then distance, then id."""
+    """Rank key: weighted distance when present (re-ranked hits), else distance, plus the prior
+    ``cost`` of the views that matched; then distance, then id."""
     d = int(hit["distance"])
-    return (hit.get("weighted", d), d, str(hit["id"]))
+    return (hit.get("weighted", d) + hit.get("cost", 0.0), d, str(hit["id"]))
 
 
 def _reason(exc: BaseException) -> str:
@@ -125,19 +154,47 @@ def _client_error(exc: BaseException) -> ValueError | None:
     return ValueError(str(cause if isinstance(cause, ValueError) else exc))
 
 
+def with_views(ids: list[str], codes: np.ndarray | None, metas: list[dict] | None,
+               views: dict[str, np.ndarray] | None) -> tuple[list[str], Any, Any, list[str]]:
+    """An add of images plus their reference views -> (ids, codes, metas) of every entry to
+    store, and the stored ids to drop: each image's known views that ``views`` does not hold."""
+    views = views or {}
+    unknown = [v for v in views if v not in REF_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown reference view(s) {unknown}; known: {', '.join(REF_VIEWS)}")
+    drop = [view_id(i, v) for i in ids for v in REF_VIEWS if v not in views]
+    if not views:
+        return ids, codes, metas, drop
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    for name, vc in views.items():
+        if np.shape(vc) != codes.shape:
+            raise ValueError(f"view {name!r} codes must have shape {codes.shape}, got {np.shape(vc)}")
+    all_ids = ids + [view_id(i, v) for v in views for i in ids]
+    all_codes = np.concatenate([codes, *(np.asarray(vc, dtype=np.uint8) for vc in views.values())])
+    all_metas = None if metas is None else list(metas) * (1 + len(views))
+    return all_ids, all_codes, all_metas, drop
+
+
 class ShardRouter:
     """Client-side view of the shard actors: owner routing, parallel fan-out, k-way merge.
 
     ``resolver(i)`` (optional) looks shard ``i`` up again, e.g. by actor name, after its handle
-    died for good (a shard re-created under the same name gets a new handle).
+    died for good (a shard re-created under the same name gets a new handle). ``ref_views``
+    (how many reference views an image is stored with) makes searches fetch deep enough that
+    k distinct images remain after folding; a view's hit pays ``ref_view_cost``.
     """
 
     def __init__(self, shards: list[ActorHandle], timeout_s: float = 2.0,
                  write_timeout_s: float = 30.0,
-                 resolver: Callable[[int], ActorHandle | None] | None = None):
+                 resolver: Callable[[int], ActorHandle | None] | None = None,
+                 ref_views: int = 0, ref_view_cost: float = REF_VIEW_COST):
         if not shards:
             raise ValueError("ShardRouter needs at least one shard")
+        if ref_view_cost < 0:
+            raise ValueError(f"ref_view_cost must be >= 0, got {ref_view_cost}")
         self.shards = list(shards)
+        self.ref_views = int(ref_views)
+        self.ref_view_cost = float(ref_view_cost)
         self.timeout_s = float(timeout_s)
         self.write_timeout_s = float(write_timeout_s)
         self.resolver = resolver
@@ -335,28 +392,30 @@ class ShardRouter:
             self._submit_search(shards, codes, depth, radius, with_meta, with_codes), self.timeout_s)
         return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
 
-    @staticmethod
-    def _depth(codes: np.ndarray, k: int, weights: np.ndarray | None) -> tuple[int, bool]:
-        """(neighbours to fetch per shard, whether hits carry codes) for this query."""
+    def _depth(self, codes: np.ndarray, k: int, weights: np.ndarray | None) -> tuple[int, bool]:
+        """(neighbours to fetch per shard, whether hits carry codes) for this query: an image
+        can take up to 1 + ref_views of them."""
+        per_image = 1 + self.ref_views
         if weights is None:
-            return int(k), False
+            return int(k) * per_image, False
         if np.shape(weights) != (len(codes), codes.shape[1] * 8):
             raise ValueError(f"weights must have shape ({len(codes)}, {codes.shape[1] * 8}), "
                              f"got {np.shape(weights)}")
-        return rerank_depth(int(k)), True
+        return rerank_depth(int(k)) * per_image, True
 
-    @staticmethod
-    def _merge(results: dict[int, Any], codes: np.ndarray, k: int, depth: int, radius: int | None,
-               weights: np.ndarray | None) -> list[list[dict]]:
+    def _merge(self, results: dict[int, Any], codes: np.ndarray, k: int, depth: int,
+               radius: int | None, weights: np.ndarray | None) -> list[list[dict]]:
         merged = merge_results(results, len(codes), depth, radius)
-        if weights is None:
-            return merged
-        return [rerank(hits, codes[q], weights[q], int(k)) for q, hits in enumerate(merged)]
+        if weights is not None:
+            merged = [rerank(hits, codes[q], weights[q], depth) for q, hits in enumerate(merged)]
+        return [fold_views(hits, int(k), self.ref_view_cost) for hits in merged]
 
     # ---- writes -----------------------------------------------------------------------
-    def _submit_add(self, ids, codes, metas) -> dict[int, Any]:
-        return {s: self.shards[s].add.remote(i, c, m)
-                for s, (i, c, m) in self._group(list(ids), codes, metas).items()}
+    def _submit_add(self, ids, codes, metas, views) -> dict[int, Any]:
+        ids, codes, metas, drop = with_views(list(ids), codes, metas, views)
+        drops = self._group(drop) if drop else {}
+        return {s: self.shards[s].add.remote(i, c, m, drops.get(s, ([],))[0])
+                for s, (i, c, m) in self._group(ids, codes, metas).items()}
 
     @staticmethod
     def _sum(results: dict[int, dict]) -> dict:
@@ -366,29 +425,39 @@ class ShardRouter:
                 total[key] += int(r.get(key, 0))
         return total
 
-    def add(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None) -> dict:
-        """Add to the owning shards in parallel; returns summed counts once all are durable.
+    def add(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
+            views: dict[str, np.ndarray] | None = None) -> dict:
+        """Add to the owning shards in parallel; returns summed counts (of images, not views)
+        once all are durable.
 
+        ``views`` maps a reference-view name to the codes of that crop of each image, (n, bytes)
+        like ``codes``; they are stored with the image, and any view of it they do not hold is
+        removed in the same durable step (a new code makes the old crops' codes stale).
         Raises ShardUnavailable if any owning shard fails (adds that reached other shards are
         durable; retrying is safe because adds are idempotent by id), ValueError if a shard
         rejects the input.
         """
-        results, errors = self._collect(self._submit_add(ids, codes, metas), self.write_timeout_s)
+        results, errors = self._collect(self._submit_add(ids, codes, metas, views),
+                                        self.write_timeout_s)
         self._raise_write_errors(errors)
         return self._sum(results)
 
-    async def aadd(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None) -> dict:
+    async def aadd(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
+                   views: dict[str, np.ndarray] | None = None) -> dict:
         """Async :meth:`add`."""
-        results, errors = await self._acollect(self._submit_add(ids, codes, metas),
+        results, errors = await self._acollect(self._submit_add(ids, codes, metas, views),
                                                self.write_timeout_s)
         self._raise_write_errors(errors)
         return self._sum(results)
 
     def _submit_remove(self, ids) -> dict[int, Any]:
-        return {s: self.shards[s].remove.remote(i) for s, (i, _, _) in self._group(list(ids)).items()}
+        ids = list(ids)
+        ids += [view_id(i, v) for i in ids for v in REF_VIEWS]
+        return {s: self.shards[s].remove.remote(i) for s, (i, _, _) in self._group(ids).items()}
 
     def remove(self, ids: list[str]) -> int:
-        """Remove ids from their owning shards (durable on return) -> number actually removed."""
+        """Remove images and their reference views from their owning shards (durable on return)
+        -> number of images actually removed."""
         results, errors = self._collect(self._submit_remove(ids), self.write_timeout_s)
         self._raise_write_errors(errors)
         return sum(int(n) for n in results.values())

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from encoders.base import check_rank, code_to_hex, hex_to_code
 from encoders.decode import ImageDecodeError, load_image
-from encoders.tta import check_mode, query_variants
+from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_images
 from rayapp import metrics
 from rayapp.config import Config, load_config
 from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_id, decode_status, error_response,
@@ -72,40 +72,47 @@ class EncoderDeployment:
         self.tta = check_mode(cfg.encoder.tta)
         self.rank = check_rank(cfg.encoder.rank)
         self.content = bool(cfg.encoder.content)
+        self.ref_views = check_ref_views(cfg.encoder.ref_views)
         self.max_pixels = int(cfg.encoder.max_pixels)
         self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
 
     def info(self) -> dict:
         """Encoder name, bits, input size, the query-time TTA mode and ranking."""
-        return {**self.encoder.info(), "tta": self.tta, "content": self.content, "rank": self.rank}
+        return {**self.encoder.info(), "tta": self.tta, "content": self.content, "rank": self.rank,
+                "ref_views": list(self.ref_views)}
 
-    async def encode_image(self, data: bytes, query: bool = False) -> dict:
+    async def encode_image(self, data: bytes, query: bool = False, store: bool = False) -> dict:
         """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``.
 
         For a query, ``"variants"`` holds the codes to search and ``"names"`` their names: the
         plain code first, then with TTA those of the flipped/rotated variants and of the photo
         inside a flat frame, if any (``encoders.tta.query_variants``); with weighted ranking (and
         an encoder that has bit confidences) ``"weights"`` holds each variant's confidences.
-        Every variant goes through the same dynamic batcher.
+        To ``store`` the image, ``"views"`` maps each configured reference view to the code of
+        that crop. Every array goes through the same dynamic batcher.
         """
         try:
-            arrays, names = await asyncio.to_thread(self._views, data, query)
+            arrays, names = await asyncio.to_thread(self._views, data, query, store)
         except ImageDecodeError as exc:
             return {"error": str(exc), "status": decode_status(exc)}
         parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
         if not query:
-            return {"code": parts[0][0]}
+            views = {name: code for name, (code, _) in zip(names[1:], parts[1:])}
+            return {"code": parts[0][0], **({"views": views} if store else {})}
         answer = {"code": parts[0][0], "variants": [c for c, _ in parts], "names": names}
         if self.rank == "weighted" and parts[0][1] is not None:
             answer["weights"] = [w for _, w in parts]
         return answer
 
-    def _views(self, data: bytes, query: bool) -> tuple[list[np.ndarray], list[str]]:
-        """Decode once, then the arrays to encode: the image as given, plus a query's views."""
+    def _views(self, data: bytes, query: bool, store: bool) -> tuple[list[np.ndarray], list[str]]:
+        """Decode once, then the arrays to encode and their names: the image as given, plus a
+        query's views or, to store it, its reference views."""
         img = load_image(data, max_pixels=self.max_pixels)
-        if not query:
-            return [self.encoder.preprocess(img)[None]], ["original"]
-        return query_variants(img, self.encoder.preprocess, self.tta, self.content)
+        if query:
+            return query_variants(img, self.encoder.preprocess, self.tta, self.content)
+        extra = ref_view_images(img, self.ref_views) if store else []
+        arrays = [self.encoder.preprocess(v)[None] for v in [img, *extra]]
+        return arrays, ["original", *(self.ref_views if store else ())]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
     async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -200,7 +207,9 @@ class Ingress:
         self.encoder = encoder
         self.router = ShardRouter(ensure_shards(cfg, bits=_known_bits(cfg)),
                                   timeout_s=cfg.serve.shard_timeout_s,
-                                  resolver=partial(_lookup_shard, cfg.shards.namespace))
+                                  resolver=partial(_lookup_shard, cfg.shards.namespace),
+                                  ref_views=len(cfg.encoder.ref_views),
+                                  ref_view_cost=cfg.encoder.ref_view_cost)
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
         cfg.encoder.view_costs(["original"])  # validates the configured costs at start
@@ -240,15 +249,17 @@ class Ingress:
             self._info = await self._encoder_call("info")
         return self._info
 
-    async def _codes(self, items: list[Item]) -> np.ndarray:
-        """Encode images and parse hex codes -> (n, bits/8) uint8, in item order."""
+    async def _codes(self, items: list[Item], views: dict | None = None) -> np.ndarray:
+        """Encode images and parse hex codes -> (n, bits/8) uint8, in item order. Given a dict
+        ``views``, each image's reference-view codes go into it by item index."""
         bits = (await self.encoder_info())["bits"]
         for i, item in enumerate(items):
             if (item.data is None) == (item.code is None):
                 where = f"item {i}: " if len(items) > 1 else ""
                 raise ApiError(422, f"{where}send exactly one of an image or a hex 'code'",
                                "validation")
-        answers = await asyncio.gather(*(self._encoder_call("encode_image", item.data)
+        answers = await asyncio.gather(*(self._encoder_call("encode_image", item.data, False,
+                                                            views is not None)
                                          for item in items if item.data is not None))
         answers = iter(answers)
         codes = []
@@ -260,7 +271,10 @@ class Ingress:
                 except ValueError as exc:
                     raise ApiError(400, f"{where}{exc}") from None
                 continue
-            codes.append(_answer_code(next(answers), where))
+            answer = next(answers)
+            codes.append(_answer_code(answer, where))
+            if views is not None:
+                views[i] = answer["views"]
         return np.stack(codes)
 
     async def _query_codes(self, item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
@@ -289,13 +303,15 @@ class Ingress:
 
     @api.get("/v1/status")
     async def status(self, request: Request) -> dict:
-        """Shards (id, node, pid, count, memory, index kind, state), encoder and version."""
+        """Shards (id, node, pid, count of images, stored reference views, memory, index kind,
+        state), encoder and version."""
         self._admit(request)
         stats = await self.router.astats()
         shards = []
         for st in stats:
             row = {"id": st.get("shard_id"), "node": st.get("node_id"), "pid": st.get("pid"),
-                   "count": st.get("count"), "memory_bytes": st.get("memory_bytes"),
+                   "count": st.get("count"), "views": st.get("views"),
+                   "memory_bytes": st.get("memory_bytes"),
                    "index_kind": st.get("index_kind"), "state": st.get("state", "ready")}
             if "error" in st:
                 row["error"] = st["error"]
@@ -357,7 +373,8 @@ class Ingress:
                     raise ApiError(422, f"item {i}: an 'id' is required when adding by code",
                                    "validation")
                 item.id = hashlib.sha256(item.data).hexdigest()
-        codes = await self._codes(items)
+        views: dict[int, dict] = {}
+        codes = await self._codes(items, views)
         ids, rows, seen = [], [], {}
         for i, item in enumerate(items):
             if item.id in seen:
@@ -368,15 +385,31 @@ class Ingress:
             seen[item.id] = i
             ids.append(item.id)
             rows.append(i)
-        metas = [items[i].meta or {} for i in rows]
         try:
-            counts = await self.router.aadd(ids, codes[rows], metas)
+            counts = await self._store(items, ids, rows, codes, views)
         except ShardUnavailable as exc:
             raise ApiError(503, f"not stored: {exc}", "shard_unavailable",
                            missing_shards=exc.shards) from None
         except ValueError as exc:
             raise ApiError(422, f"rejected by shard: {exc}", "validation") from None
         return {"ids": [item.id for item in items], "durable": True, **counts}
+
+    async def _store(self, items: list[Item], ids: list[str], rows: list[int], codes: np.ndarray,
+                     views: dict[int, dict]) -> dict:
+        """Add the rows given as images (with their reference views) and those given as codes
+        (without: their stale views go) in parallel -> summed counts."""
+        groups = [[j for j, r in enumerate(rows) if (r in views) == image] for image in (True, False)]
+        calls = []
+        for image, group in zip((True, False), groups):
+            if not group:
+                continue
+            sel = [rows[j] for j in group]
+            view_codes = ({name: np.stack([np.asarray(views[r][name], dtype=np.uint8) for r in sel])
+                           for name in views[sel[0]]} if image else None)
+            calls.append(self.router.aadd([ids[j] for j in group], codes[sel],
+                                          [items[r].meta or {} for r in sel], view_codes))
+        counts = await asyncio.gather(*calls)
+        return {key: sum(c[key] for c in counts) for key in ("added", "replaced", "unchanged")}
 
     @api.get("/v1/items/{item_id:path}")
     async def get_item(self, item_id: str, request: Request) -> dict:

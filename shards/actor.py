@@ -30,6 +30,7 @@ import numpy as np
 
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.store import IdStore, hash_ids
+from shards.views import is_view
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, fsync_dir, fsync_tree, replay
 
 SHARD_FILE = "shard.json"
@@ -104,9 +105,11 @@ class ShardActor:
         t0 = time.perf_counter()
         self._generation = self._read_current()
         snap = self.data_dir / _snap_name(self._generation)
+        self._views = 0  # stored reference views (shards.views), counted apart from images
         if self._generation:
             self._store = IdStore.open(snap, self.code_bytes)
             self._index = load_index(snap / "index")
+            self._views = int(json.loads((snap / "manifest.json").read_text()).get("views", 0))
         else:
             self._store = IdStore(self.code_bytes)
             self._index = make_index(self._kind, self.bits, **(self._index_params or {}))
@@ -249,12 +252,17 @@ class ShardActor:
         return out
 
     # -- writes -----------------------------------------------------------------------------------
-    def add(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None) -> dict:
-        """Add or replace items; returns after the WAL is fsynced. Idempotent by id."""
+    def add(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
+            drop: list[str] | None = None) -> dict:
+        """Add or replace items, and remove the ids in ``drop`` (stale reference views) in the
+        same step; returns after the WAL is fsynced. Idempotent by id. The counts are of images
+        (``shards.views``: a stored view is not counted)."""
         ids = self._check_ids(ids)
         codes = self._check_codes(codes, len(ids))
         meta_texts = self._check_metas(metas, len(ids))
-        if len(set(ids)) != len(ids):
+        adding = set(ids)
+        drop = [i for i in dict.fromkeys(self._check_ids(drop or [])) if i not in adding]
+        if len(adding) != len(ids):
             raise ValueError("duplicate ids in one add call; send each id once")
         hashes = hash_ids(ids)
         with self._write_lock:
@@ -264,12 +272,15 @@ class ShardActor:
                          for m, o in zip(meta_texts, old)]
             status = self._classify(old, codes, metas_now)
             changed = np.flatnonzero(status != "unchanged")
-            self._wal.append([WalRecord(OP_ADD, ids[i], codes[i].tobytes(), metas_now[i])
-                              for i in changed])
+            drop = [i for i in drop if self._store.get(i) is not None]
+            self._wal.append([WalRecord(OP_REMOVE, i) for i in drop]
+                             + [WalRecord(OP_ADD, ids[i], codes[i].tobytes(), metas_now[i])
+                                for i in changed])
+            self._apply_removes(drop)
             self._apply_adds(ids, hashes, codes, metas_now, status, old)
             self._maybe_snapshot()
-        return {"added": int((status == "added").sum()), "replaced": int((status == "replaced").sum()),
-                "unchanged": int((status == "unchanged").sum())}
+        image = np.array([not is_view(i) for i in ids], dtype=bool)
+        return {key: int(((status == key) & image).sum()) for key in ("added", "replaced", "unchanged")}
 
     @staticmethod
     def _classify(olds: list, codes: np.ndarray, metas: list[str]) -> np.ndarray:
@@ -299,25 +310,28 @@ class ShardActor:
                                            np.array(recode, dtype=np.int64)])).astype(np.int64)
         if len(to_index):
             self._index.add(hashes[to_index], codes[to_index])
+        self._views += sum(1 for i in np.flatnonzero(status == "added").tolist() if is_view(ids[i]))
         changed = np.flatnonzero(status != "unchanged")
         if len(changed):
             self._store.put_many([ids[i] for i in changed], hashes[changed], codes[changed],
                                  [metas[i] for i in changed])
 
     def remove(self, ids: list[str]) -> int:
-        """Remove items (unknown ids ignored); durable before it returns the number removed."""
+        """Remove items (unknown ids ignored); durable before it returns the number of images
+        removed (a stored reference view is not counted)."""
         ids = self._check_ids(ids)
         with self._write_lock:
             present = [i for i in dict.fromkeys(ids) if self._store.get(i) is not None]
             self._wal.append([WalRecord(OP_REMOVE, i) for i in present])
             self._apply_removes(present)
             self._maybe_snapshot()
-        return len(present)
+        return sum(1 for i in present if not is_view(i))
 
     def _apply_removes(self, ids: list[str]) -> None:
         present = [i for i in ids if self._store.get(i) is not None]
         if not present:
             return
+        self._views -= sum(1 for i in present if is_view(i))
         hashes = hash_ids(present)
         self._index.remove(hashes)
         for h in hashes.tolist():
@@ -378,7 +392,8 @@ class ShardActor:
         index, store, wal = self._index, self._store, self._wal
         return {
             "shard_id": self.shard_id, "node_id": _node_id(), "pid": os.getpid(),
-            "count": len(store), "memory_bytes": index.memory_bytes() + store.memory_bytes(),
+            "count": len(store) - self._views, "codes": len(store), "views": self._views,
+            "memory_bytes": index.memory_bytes() + store.memory_bytes(),
             "index_kind": index.kind, "bits": self.bits, "state": "ready",
             "index_params": index.params, "index_count": index.ntotal,
             "tombstones": index.tombstones, "index_memory_bytes": index.memory_bytes(),
@@ -418,7 +433,7 @@ class ShardActor:
         rows = self._store.write_snapshot(tmp)
         (tmp / "manifest.json").write_text(json.dumps({
             "generation": gen, "shard_id": self.shard_id, "bits": self.bits, "count": rows,
-            "index_kind": self._index.kind, "created": time.time()}))
+            "views": self._views, "index_kind": self._index.kind, "created": time.time()}))
         fsync_tree(tmp)
         final = self.data_dir / _snap_name(gen)
         os.replace(tmp, final)

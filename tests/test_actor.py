@@ -147,6 +147,28 @@ def test_snapshot_then_wal_replay(tmp_path):
     c.close()
 
 
+def test_reference_views_are_counted_apart_and_survive_snapshot_and_replay(tmp_path):
+    from shards.views import view_id
+    d = tmp_path / "s"
+    a = ShardActor(1, str(d), BITS, snapshot_every=1000)
+    ids, codes = names(30), codes_for(30)
+    views = [view_id(i, "center70") for i in ids]
+    assert a.add(ids + views, np.concatenate([codes, codes_for(30, 1)])) == {
+        "added": 30, "replaced": 0, "unchanged": 0}  # images counted, views not
+    st = a.stats()
+    assert (st["count"], st["views"], st["codes"]) == (30, 30, 60)
+    a.snapshot()
+    assert a.remove([ids[0], views[0], views[1]]) == 1
+    # drop removes in the same durable step: ids[2] re-added by code without its crop
+    assert a.add([ids[2]], codes[2:3] ^ 1, drop=[views[2], view_id(ids[2], "top_left70")]) == {
+        "added": 0, "replaced": 1, "unchanged": 0}
+    a.close()
+    b = ShardActor(1, str(d), BITS)  # snapshot + WAL replay
+    st = b.stats()
+    assert (st["count"], st["views"], st["codes"]) == (29, 27, 56) and b.get(views[2]) is None
+    b.close()
+
+
 def test_crash_leftovers_are_recovered(tmp_path):
     d = tmp_path / "s"
     a = ShardActor(0, str(d), BITS)

@@ -35,3 +35,14 @@ def test_unknown_key_is_a_clear_error(tmp_path):
 def test_round_trip():
     cfg = load_config(env={}, overrides={"serve": {"port": 1234}})
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_reference_views_from_yaml_env_and_their_check(tmp_path):
+    assert load_config(env={}).encoder.ref_views == ["center70"]
+    path = tmp_path / "c.yaml"
+    path.write_text("encoder: {ref_views: []}\n")
+    assert load_config(path, env={}).encoder.ref_views == []
+    cfg = load_config(env={"NEARDUP_ENCODER_REF_VIEWS": "center70, top_left70"})
+    assert cfg.encoder.ref_views == ["center70", "top_left70"]
+    with pytest.raises(ValueError, match="unknown reference view"):
+        load_config(env={}, overrides={"encoder": {"ref_views": ["zoom"]}})

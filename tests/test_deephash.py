@@ -103,6 +103,17 @@ def test_tta_variant_names_and_prior_costs():
         costs("flip")
 
 
+def test_reference_view_crops():
+    from PIL import Image
+    from encoders.tta import ref_view_images
+    img = Image.new("RGB", (200, 100))
+    centre, corner = ref_view_images(img, ["center70", "bottom_right70"])
+    assert centre.size == corner.size == (140, 70)
+    assert ref_view_images(img, []) == []
+    with pytest.raises(ValueError, match="unknown reference view"):
+        ref_view_images(img, ["zoom"])
+
+
 def test_weights_round_trip(tmp_path):
     model = _model(64, seed=3)
     path = save_weights(model, tmp_path / "w.safetensors", input_size=SIZE, extra={"note": "test"})

@@ -18,7 +18,7 @@ def report(tmp_path_factory):
     info = build_benchmark(SAMPLES, work, n_refs=14, n_queries=len(ALL_FAMILIES), n_negatives=6,
                            n_distractors=8, seed=3)
     assert info["positive_queries"] == 21 and info["refs"] == 22
-    specs = ["deephash:tta=flip_rot90", "deephash:content=off", "pdq"]
+    specs = ["deephash:tta=flip_rot90", "deephash:content=off,ref_views=none", "pdq"]
     return evaluate(specs, work / "refs", work / "queries", work / "ground_truth.csv",
                     out=work / "eval.json"), work
 
@@ -40,9 +40,12 @@ def test_views_and_costs_follow_the_service(report):
     assert full["rank"] == "weighted"
     assert full["views"] == {"original": 0.0, "flip": 0.5, "rot90": 1.5, "rot270": 1.5,
                              "content": 0.5, "content+flip": 1.0}
-    assert rep["results"]["deephash:content=off"]["views"] == {"original": 0.0}
+    assert full["ref_views"] == {"center70": 0.5}  # each ref is stored with its centre crop
+    plain = rep["results"]["deephash:content=off,ref_views=none"]
+    assert plain["views"] == {"original": 0.0} and plain["ref_views"] == {}
     assert rep["results"]["pdq"]["rank"] == "hamming"
     assert rep["results"]["pdq"]["views"] == {"original": 0.0, "content": 0.5}
+    assert full["per_family_recall@1"]["center_crop"] == 1.0
 
 
 def test_deephash_beats_pdq_on_real_edits(report):
@@ -50,3 +53,12 @@ def test_deephash_beats_pdq_on_real_edits(report):
     deep, pdq = rep["results"]["deephash:tta=flip_rot90"], rep["results"]["pdq"]
     assert deep["mAP@100"] > pdq["mAP@100"] + 0.1, (deep["mAP@100"], pdq["mAP@100"])
     assert deep["per_family_recall@1"]["rot90"] == 1.0 and deep["per_family_recall@1"]["hflip"] == 1.0
+
+
+def test_distances_take_the_best_stored_view_plus_its_cost():
+    import numpy as np
+    from encoders.evaluate import distances
+    q = np.array([[[0b1111]]], dtype=np.uint8)                    # 1 query, 1 view, 1 byte
+    refs = np.array([[[0b0000], [0b1110]], [[0b1100], [0b0000]]], dtype=np.uint8)  # 2 refs x 2
+    assert distances(q, None, refs, ref_view_cost=0.5).tolist() == [[1.5, 2.0]]
+    assert distances(q, None, refs[:, 0]).tolist() == [[4.0, 2.0]]  # one code per ref

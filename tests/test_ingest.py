@@ -37,8 +37,8 @@ def source(tmp_path) -> Path:
     return src
 
 
-def _cfg(tmp_path, name="pdq", shards=2):
-    return load_config(env={}, overrides={"encoder": {"name": name},
+def _cfg(tmp_path, name="pdq", shards=2, ref_views=None):
+    return load_config(env={}, overrides={"encoder": {"name": name, "ref_views": ref_views},
                                           "shards": {"index_dir": str(tmp_path / "index"),
                                                      "num_shards": shards,
                                                      "namespace": f"t{abs(hash(str(tmp_path)))}"}})
@@ -65,6 +65,12 @@ def test_folder_ingest_is_searchable_and_resumable(ray_local, tmp_path, source):
     results, missing = router.search(code, k=3, radius=None)
     assert not missing and results[0][0]["distance"] == 0
     assert results[0][0]["id"] == sorted(SAMPLES.glob("*.jpg"))[0].name
+    # Each image is stored with its centre crop, which a crop of it finds.
+    assert sum(s["views"] for s in router.stats()) == 10
+    from encoders.tta import ref_view_images
+    first = load_image(source / sorted(SAMPLES.glob("*.jpg"))[0].name)
+    (hit, *_), = router.search(enc.encode(ref_view_images(first, ["center70"])), k=3)[0]
+    assert (hit["id"], hit["distance"], hit["ref_view"]) == (sorted(SAMPLES.glob("*.jpg"))[0].name, 0, "center70")
 
     # Re-run: everything done is skipped, the broken file is retried, nothing is duplicated.
     again = run_ingest(cfg, [str(source)], opts)
@@ -77,7 +83,7 @@ def test_parquet_source_with_image_bytes(ray_local, tmp_path):
     files = sorted(SAMPLES.glob("*.jpg"))[:6]
     table = pa.table({"id": [f.stem for f in files], "image": [f.read_bytes() for f in files]})
     pq.write_table(table, tmp_path / "images.parquet")
-    cfg = _cfg(tmp_path, shards=1)
+    cfg = _cfg(tmp_path, shards=1, ref_views=[])  # one code per image
     rep = run_ingest(cfg, [str(tmp_path / "images.parquet")], IngestOptions(progress=False))
     assert (rep.indexed, rep.errors) == (6, 0)
     router = ShardRouter(ensure_shards(cfg), timeout_s=10)
@@ -87,6 +93,7 @@ def test_parquet_source_with_image_bytes(ray_local, tmp_path):
     rep2 = run_ingest(cfg, [str(tmp_path / "images.parquet")], IngestOptions(progress=False, resume=False))
     assert rep2.indexed == 6
     assert sum(s["count"] for s in router.stats()) == 6
+    assert sum(s["views"] for s in router.stats()) == 0
     kill_shards(cfg)
 
 

@@ -10,8 +10,10 @@ import ray
 import xxhash
 
 from encoders.base import hamming
-from rayapp.router import ShardRouter, ShardUnavailable, merge_results, merge_variants, shard_for
+from rayapp.router import (ShardRouter, ShardUnavailable, fold_views, merge_results, merge_variants,
+                           shard_for, with_views)
 from shards.actor import ShardActor
+from shards.views import view_id
 
 BITS = 64
 N = 300
@@ -51,7 +53,7 @@ class SlowShard:
         time.sleep(30)
         return [[] for _ in codes]
 
-    def add(self, ids, codes, metas=None):
+    def add(self, ids, codes, metas=None, drop=None):
         time.sleep(30)
         return {"added": len(ids)}
 
@@ -166,6 +168,66 @@ def test_merge_variants_charges_each_variant_its_prior_cost():
     assert "variant" not in merge_variants([as_given], 2, [0], names[:1])[0]
     plain = [[{"id": "a", "distance": 9}], [{"id": "b", "distance": 8}]]
     assert [h["id"] for h in merge_variants(plain, 2, [0, 1.5])] == ["a", "b"]
+
+
+def test_merge_variants_adds_to_the_cost_a_hit_already_paid():
+    # b matched through a stored crop (cost 0.5) as given, a through the query's mirror
+    as_given = [{"id": "b", "distance": 8, "weighted": 2.6, "cost": 0.5, "ref_view": "center70"}]
+    mirrored = [{"id": "a", "distance": 9, "weighted": 2.9}]
+    top = merge_variants([as_given, mirrored], 2, [0, 0.5], ("original", "flip"))
+    assert [(h["id"], h.get("cost")) for h in top] == [("b", 0.5), ("a", 0.5)]  # 3.1 < 3.4
+    assert top[0]["ref_view"] == "center70" and top[1]["variant"] == "flip"
+
+
+def test_fold_views_keeps_each_images_best_hit_with_the_view_cost():
+    hits = [{"id": view_id("a", "center70"), "distance": 4, "weighted": 1.0},
+            {"id": "b", "distance": 5, "weighted": 1.2},
+            {"id": "a", "distance": 9, "weighted": 3.0},
+            {"id": view_id("b", "center70"), "distance": 5, "weighted": 1.1}]
+    top = fold_views(hits, 5, cost=0.5)
+    # a's crop (1.0 + 0.5) beats a as stored (3.0); b as stored (1.2) beats b's crop (1.6)
+    assert top == [{"id": "b", "distance": 5, "weighted": 1.2},
+                   {"id": "a", "distance": 4, "weighted": 1.0, "cost": 0.5, "ref_view": "center70"}]
+    assert fold_views(hits, 1, cost=0.5) == top[:1]
+    assert fold_views(hits, 5, cost=0.0)[0]["id"] == "a"  # free views: the crop's 1.0 leads
+
+
+def test_with_views_expands_ids_and_drops_the_views_not_given():
+    codes = np.arange(8, dtype=np.uint8).reshape(2, 4)
+    ids, out, metas, drop = with_views(["x", "y"], codes, [{"n": 0}, {"n": 1}], {"center70": codes + 1})
+    assert ids == ["x", "y", view_id("x", "center70"), view_id("y", "center70")]
+    assert out.tolist() == np.concatenate([codes, codes + 1]).tolist() and metas[2] == {"n": 0}
+    assert view_id("x", "top_left70") in drop and view_id("x", "center70") not in drop
+    assert with_views(["x"], codes[:1], None, None)[3][0] == view_id("x", "center70")  # by code
+    with pytest.raises(ValueError, match="unknown reference view"):
+        with_views(["x"], codes[:1], None, {"zoom": codes[:1]})
+    with pytest.raises(ValueError, match="shape"):
+        with_views(["x"], codes[:1], None, {"center70": codes})
+
+
+def test_reference_views_share_a_shard_fold_into_hits_and_go_with_their_image(ray_cluster, tmp_path):
+    r = ShardRouter(_make_shards(tmp_path, n=3), timeout_s=5.0, ref_views=1, ref_view_cost=0.5)
+    rng = np.random.default_rng(7)
+    codes, crops = (rng.integers(0, 256, (20, BITS // 8), dtype=np.uint8) for _ in range(2))
+    ids = [f"img-{i}" for i in range(20)]
+    assert r.add(ids, codes, [{"n": i} for i in range(20)], {"center70": crops}) == {
+        "added": 20, "replaced": 0, "unchanged": 0}
+    assert all(r.shard_for(view_id(i, "center70")) == r.shard_for(i) for i in ids)
+    stats = r.stats()
+    assert sum(s["count"] for s in stats) == 20 and sum(s["views"] for s in stats) == 20
+    assert sum(s["codes"] for s in stats) == 40
+    # a query equal to img-3's stored crop finds img-3 (through its view), once, with its meta
+    (hits,), missing = r.search(crops[3], k=5, with_meta=True)
+    assert missing == [] and hits[0]["id"] == "img-3" and hits[0]["ref_view"] == "center70"
+    assert hits[0]["distance"] == 0 and hits[0]["cost"] == 0.5 and hits[0]["meta"] == {"n": 3}
+    assert len({h["id"] for h in hits}) == len(hits) == 5
+    # re-adding img-3 by code alone drops its stale crop; removing img-4 removes its crop too
+    assert r.add(["img-3"], codes[3:4] ^ 1)["replaced"] == 1
+    assert all("ref_view" not in h for h in r.search(crops[3], k=20)[0][0] if h["id"] == "img-3")
+    assert r.remove(["img-4"]) == 1
+    stats = r.stats()
+    assert sum(s["count"] for s in stats) == 19 and sum(s["views"] for s in stats) == 18
+    assert all(h["id"] != "img-4" for h in r.search(crops[4], k=19)[0][0])
 
 
 def test_radius_filters_and_meta(router, data):

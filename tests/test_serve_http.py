@@ -147,6 +147,24 @@ def test_add_search_delete_round_trip(server, photos):
     assert client.get("/v1/status").json()["total_count"] == 2
 
 
+def test_a_centre_crop_is_found_through_the_stored_crop(server, photos):
+    client, _ = server
+    before = sum(s["views"] for s in client.get("/v1/status").json()["shards"])
+    resp = client.post("/v1/items", headers=AUTH, json={
+        "id": "photo-d", "image": base64.b64encode(jpeg_bytes(photos["d"])).decode()})
+    assert resp.status_code == 200 and resp.json()["added"] == 1, resp.text
+    status = client.get("/v1/status").json()
+    assert sum(s["views"] for s in status["shards"]) == before + 1  # its centre crop
+    w, h = photos["d"].size
+    crop = photos["d"].crop((w // 6, h // 6, w - w // 6, h - h // 6))  # the middle 2/3
+    top = client.post("/v1/search", content=jpeg_bytes(crop), headers={"content-type": "image/jpeg"},
+                      params={"k": 3}).json()["results"]
+    assert top[0]["id"] == "photo-d" and top[0]["ref_view"] == "center70" and top[0]["cost"] == 0.5
+    assert len({r["id"] for r in top}) == len(top)  # one hit per image
+    assert client.delete("/v1/items/photo-d", headers=AUTH).status_code == 200
+    assert sum(s["views"] for s in client.get("/v1/status").json()["shards"]) == before
+
+
 def test_bad_requests_get_json_4xx(server, photos, tmp_path):
     client, cfg = server
     good = jpeg_bytes(photos["d"])

@@ -69,7 +69,10 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
         assert found["results"][0]["variant"] == variant, (edit, found["results"][0])
         names = variant_names("flip_rot90") + ("content", "content+flip")
         prior = dict(zip(names, costs(names)))
-        ranked = [r["weighted"] + prior[r["variant"]] for r in found["results"]]
+        # each hit pays its query view's prior cost, plus 0.5 when it matched a stored crop
+        assert all(r.get("cost", 0) == pytest.approx(prior[r["variant"]] + 0.5 * ("ref_view" in r))
+                   for r in found["results"])
+        ranked = [r["weighted"] + r.get("cost", 0) for r in found["results"]]
         assert ranked == sorted(ranked) and all(
             0 <= r["weighted"] <= r["distance"] for r in found["results"])
         with_tta = found["results"][0]["distance"]
