@@ -465,8 +465,10 @@ def write_model_card(weights: str | Path, eval_report: dict | None, path: str | 
                   f"families + {b.get('negative_queries')} negative queries; originals: "
                   f"{', '.join(Path(o).name for o in b.get('originals', []))}; seed {b.get('seed')}. "
                   "Each query is searched as the service searches it: as the views its row names "
-                  "(mirror, turns, the photo inside a flat frame), each view's distance plus its "
-                  "prior cost, and refs ranked by weighted Hamming distance (the query's bit "
+                  "(mirror, turns, the photo inside a flat frame) against each ref as the index "
+                  "stores it (as given and, unless the row says ref_views=none, its centre 70% "
+                  "crop), each pair's distance plus its views' prior costs, and refs ranked by "
+                  "weighted Hamming distance (the query's bit "
                   "confidences) where the encoder has them, else by Hamming; ties are ranked "
                   "pessimistically. Speed: decode + preprocess + "
                   f"encode with {b.get('threads', '?')} thread(s).", "",

@@ -138,18 +138,20 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
         else:
             click.echo(f"{path}:" + (" (partial: shards %s did not answer)" % missing if missing else ""))
             for h in hits:
-                click.echo(f"  {h['distance']:4d}  {h['id']}{_matched_as(h)}")
+                how = matched_as(h)
+                click.echo(f"  {h['distance']:4d}  {h['id']}" + ("" if how == "original" else f"  (as {how})"))
             if not hits:
                 click.echo("  no matches")
     if failed:
         sys.exit(1)
 
 
-def _matched_as(hit: dict) -> str:
-    """How a hit matched, when not as given: "  (as flip)", "  (its center70)", or both."""
-    parts = [f"as {hit['variant']}"] if hit.get("variant", "original") != "original" else []
+def matched_as(hit: dict) -> str:
+    """How a hit matched: "original", or the query's view and/or the stored crop that matched,
+    e.g. "flip", "its center70", "flip, its center70"."""
+    parts = [hit["variant"]] if hit.get("variant", "original") != "original" else []
     parts += [f"its {hit['ref_view']}"] if "ref_view" in hit else []
-    return f"  ({', '.join(parts)})" if parts else ""
+    return ", ".join(parts) or "original"
 
 
 @cli.command()
