@@ -30,7 +30,7 @@ from ray.exceptions import ActorDiedError, RayActorError
 
 from encoders.base import weighted_hamming
 from encoders.tta import REF_VIEW_COST, REF_VIEWS
-from shards.views import base_id, split_id, view_id
+from shards.views import base_id, check_base_id, split_id, view_id
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,8 @@ def with_views(ids: list[str], codes: np.ndarray | None, metas: list[dict] | Non
                views: dict[str, np.ndarray] | None) -> tuple[list[str], Any, Any, list[str]]:
     """An add of images plus their reference views -> (ids, codes, metas) of every entry to
     store, and the stored ids to drop: each image's known views that ``views`` does not hold."""
+    for item_id in ids:
+        check_base_id(item_id)  # a client id must not pose as a stored view
     views = views or {}
     unknown = [v for v in views if v not in REF_VIEWS]
     if unknown:

@@ -107,3 +107,14 @@ def test_index_meta_refuses_another_encoder(ray_local, tmp_path, source):
     with pytest.raises(ValueError, match="built with encoder='pdq'"):
         run_ingest(_cfg(tmp_path, name="phash", shards=1), [str(source)], IngestOptions(progress=False))
     kill_shards(_cfg(tmp_path, shards=1))
+
+
+def test_decode_records_bad_ids_and_files_and_crops_the_stored_views():
+    from rayapp.ingest import decode_batch
+    good = sorted(SAMPLES.glob("*.jpg"))[0].read_bytes()
+    out = decode_batch({"id": ["ok", "bad\x1fid", "broken"], "path": ["a", "b", "c"],
+                        "bytes": [good, good, b"not an image"]}, 64, 10_000_000, ("center70",))
+    assert out["error"][0] == "" and "reserved" in out["error"][1] and out["error"][2]
+    assert out["pixels"].shape == (3, 64, 64, 3) and out["view_pixels"].shape == (3, 1, 64, 64, 3)
+    assert out["view_pixels"][0].any() and not (out["view_pixels"][0, 0] == out["pixels"][0]).all()
+    assert "view_pixels" not in decode_batch({"id": ["ok"], "path": ["a"], "bytes": [good]}, 64, 10_000_000)

@@ -201,6 +201,8 @@ def test_with_views_expands_ids_and_drops_the_views_not_given():
     assert with_views(["x"], codes[:1], None, None)[3][0] == view_id("x", "center70")  # by code
     with pytest.raises(ValueError, match="unknown reference view"):
         with_views(["x"], codes[:1], None, {"zoom": codes[:1]})
+    with pytest.raises(ValueError, match="reserved"):
+        with_views([view_id("x", "center70")], codes[:1], None, None)
     with pytest.raises(ValueError, match="shape"):
         with_views(["x"], codes[:1], None, {"center70": codes})
 
