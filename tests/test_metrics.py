@@ -117,13 +117,14 @@ def test_metrics_reach_the_prometheus_endpoint(served, tmp_path):
     assert sum(values("ray_neardup_wal_fsync_ms_count", 'shard="0"')) >= 2
     assert sum(values("ray_neardup_ingest_images_total", 'outcome="indexed"')) == 6
     # The shard actor publishes its count every few seconds (and /v1/status sets it from the
-    # ingress): wait until every series shows the last add.
+    # ingress): wait until every series shows the last add. Codes, not images: the 6 ingested
+    # images are each stored with their centre crop, plus the one added by code.
     deadline = time.monotonic() + 60
-    while set(values("ray_neardup_shard_codes", 'shard="0"')) != {7.0} \
+    while set(values("ray_neardup_shard_codes", 'shard="0"')) != {13.0} \
             and time.monotonic() < deadline:
         time.sleep(2)
         series = _series(_scrape(port))
-    assert set(values("ray_neardup_shard_codes", 'shard="0"')) == {7.0}
+    assert set(values("ray_neardup_shard_codes", 'shard="0"')) == {13.0}
     assert values("ray_neardup_shard_memory_bytes", 'shard="0"')[0] > 0
 
     # Ray drops a gauge ~30 s after its last set: the driver keeps its gauges alive, and a
