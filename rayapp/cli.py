@@ -248,15 +248,16 @@ def eval_cmd(args) -> None:
 
 
 @cli.command(**PASSTHROUGH)
-@click.argument("which", type=click.Choice(["shard", "chaos"]))
+@click.argument("which", type=click.Choice(["shard", "chaos", "gpu"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
-    """Benchmarks from a source checkout: `shard` (index kinds) or `chaos` (SIGKILL shards)."""
+    """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards) or
+    `gpu` (encoder and faiss-gpu throughput against the CPU)."""
     import importlib
     import os
     sys.path.insert(0, os.getcwd())  # the console script's path does not include the checkout
     try:
-        module = importlib.import_module(f"bench.{'shard_bench' if which == 'shard' else 'chaos'}")
+        module = importlib.import_module(f"bench.{'shard_bench' if which == 'shard' else which}")
     except ModuleNotFoundError:
         raise click.ClickException("benchmarks run from a source checkout (the bench/ folder)") from None
     sys.exit(module.main(list(args)))

@@ -173,3 +173,14 @@ def test_render_merges_a_separate_large_size_run(tmp_path, capsys):
     table = (main_json.parent / f"{main_json.stem}_table.md").read_text()
     assert f"Merged from {big_json.name}" in table and "replacing 1 earlier" in table
     assert sb.main(["--render"]) == 2 and "usage" in capsys.readouterr().err
+
+
+def test_gpu_bench_runs_and_says_why_it_skipped(tmp_path):
+    from bench import gpu
+    res = json.loads(gpu.run(["--quick", "--out-dir", str(tmp_path)]).read_text())
+    assert [r["backbone"] for r in res["encoders"]] == ["mobilenet_v3_small", "resnet50"]
+    assert all(r["cpu_img_per_s"] > 0 for r in res["encoders"]) and res["faiss"]["cpu_qps"] > 0
+    if res["cuda_device"] is None:  # CI: the GPU side is null, with the reason
+        assert all(r["cuda_img_per_s"] is None and r["cuda_skipped"] for r in res["encoders"])
+    else:
+        assert res["encoders"][0]["max_bits_differing"] <= 4  # the bundled, trained model
