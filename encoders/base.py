@@ -20,6 +20,7 @@ class Encoder(ABC):
     bits: int = 0
     input_size: int = 0  # side of the square uint8 array ``preprocess`` returns
     match_radius: int = 0  # default Hamming radius that counts as a near-duplicate (0 = bits // 8)
+    vector_bytes: int = 0  # int8 side-vector width (encode_vectors); 0 = none
 
     @property
     def default_radius(self) -> int:
@@ -47,6 +48,12 @@ class Encoder(ABC):
         codes by :func:`weighted_hamming`; None when the encoder has no confidences (PDQ, pHash)."""
         return self.encode_batch(batch), None
 
+    def encode_vectors(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None,
+                                                         np.ndarray | None]:
+        """Codes, bit confidences and int8 side vectors (n, ``vector_bytes``; ``shards.vectors``)
+        for re-ranking by cosine; None where the encoder has none (PDQ, pHash)."""
+        return (*self.encode_weighted(batch), None)
+
     def encode(self, images: Iterable[Image.Image]) -> np.ndarray:
         """Convenience: preprocess and encode a list of PIL images."""
         arrays = [self.preprocess(im) for im in images]
@@ -55,7 +62,8 @@ class Encoder(ABC):
         return self.encode_batch(np.stack(arrays))
 
     def info(self) -> dict:
-        return {"encoder": self.name, "bits": self.bits, "input_size": self.input_size}
+        return {"encoder": self.name, "bits": self.bits, "input_size": self.input_size,
+                "vector_bytes": self.vector_bytes}
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -76,11 +84,11 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(x, axis=-1).sum(axis=-1, dtype=np.int32)
 
 
-RANK_MODES = ("weighted", "hamming")
+RANK_MODES = ("vector", "weighted", "hamming")
 
 
 def check_rank(mode: str) -> str:
-    """``mode`` if it is a known ranking (weighted | hamming), else ValueError."""
+    """``mode`` if it is a known ranking (vector | weighted | hamming), else ValueError."""
     if mode not in RANK_MODES:
         raise ValueError(f"rank must be one of {', '.join(RANK_MODES)}; got {mode!r}")
     return mode

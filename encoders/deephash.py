@@ -24,6 +24,7 @@ from torch import nn
 from encoders.base import Encoder, pack_bits
 from encoders.registry import register
 from encoders.tta import check_mode
+from shards.vectors import quantize
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_BACKBONE = "mobilenet_v3_small"
@@ -270,6 +271,16 @@ class DeepHashEncoder(Encoder):
         and capping it keeps one very sure bit from outweighing several (measured: as good as |h|)."""
         h = self._logits(self._check(batch))
         return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32)
+
+    def encode_vectors(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Codes, bit confidences, and the head's outputs h as int8 side vectors (one value per
+        bit; ``shards.vectors``): their cosine ranks candidates better than any Hamming distance."""
+        h = self._logits(self._check(batch))
+        return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32), quantize(h)
+
+    @property
+    def vector_bytes(self) -> int:
+        return self.bits
 
     def info(self) -> dict:
         return {**super().info(), "backbone": self.model.backbone_name, "tta": self.tta,

@@ -3,8 +3,8 @@
 Metrics (per encoder):
 - mAP@100: one relevant ref per positive query; ties are counted pessimistically (every
   irrelevant ref at the same distance ranks before the relevant one). Refs are ranked as the
-  service ranks them: by weighted Hamming distance when the encoder gives bit confidences
-  (deephash), else by Hamming; ``deephash:rank=hamming`` scores plain Hamming.
+  service ranks them: by the cosine of side vectors when the encoder has them (deephash), else
+  by Hamming; ``rank=weighted`` scores weighted Hamming, ``rank=hamming`` plain Hamming.
 - µAP (DISC21): one global precision-recall curve over all (query, ref, score) predictions
   (top ``k_micro`` refs per query, negatives included), recall relative to the positive queries;
   equal scores are ordered wrong-first.
@@ -32,6 +32,7 @@ import numpy as np
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
+from shards.vectors import vector_distances
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
                           check_ref_views, costs as tta_costs, query_variants, ref_view_images,
                           view_names)
@@ -154,62 +155,76 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 
 def encode_refs(enc: Encoder, paths: list[Path], ref_views: tuple = (), batch: int = 128,
-                ) -> tuple[np.ndarray, float]:
+                ) -> tuple[np.ndarray, np.ndarray | None, float]:
     """Decode + preprocess + encode files as the index stores them -> (codes (n, 1 + views, B):
-    the image as given, then its reference views' crops; images per second, timed on the
-    images as given)."""
+    the image as given, then its reference views' crops; their side vectors (n, 1 + views, d)
+    or None; images per second, timed on the images as given)."""
+    def run(images_of) -> tuple[np.ndarray, np.ndarray | None]:
+        parts = [enc.encode_vectors(np.stack([enc.preprocess(im) for p in paths[i:i + batch]
+                                              for im in images_of(p)]))
+                 for i in range(0, len(paths), batch)]
+        codes = np.concatenate([c for c, _, _ in parts]).reshape(len(paths), -1, enc.code_bytes)
+        vecs = None if parts[0][2] is None else np.concatenate([v for _, _, v in parts])
+        return codes, None if vecs is None else vecs.reshape(len(paths), codes.shape[1], -1)
+
     t0 = time.perf_counter()
-    codes = [enc.encode_batch(np.stack([enc.preprocess(load_image(p)) for p in paths[i:i + batch]]))
-             for i in range(0, len(paths), batch)]
+    codes, vectors = run(lambda p: [load_image(p)])
     speed = len(paths) / max(1e-9, time.perf_counter() - t0)
-    views = [enc.encode_batch(np.stack([enc.preprocess(crop) for p in paths[i:i + batch]
-                                        for crop in ref_view_images(load_image(p), ref_views)]))
-             for i in range(0, len(paths), batch)] if ref_views else []
-    out = np.concatenate(codes)[:, None]
-    if views:
-        out = np.concatenate([out, np.concatenate(views).reshape(len(paths), len(ref_views), -1)], 1)
-    return out, speed
+    if ref_views:
+        v_codes, v_vectors = run(lambda p: ref_view_images(load_image(p), ref_views))
+        codes = np.concatenate([codes, v_codes], axis=1)
+        vectors = None if vectors is None else np.concatenate([vectors, v_vectors], axis=1)
+    return codes, vectors, speed
 
 
 def encode_queries(enc: Encoder, paths: list[Path], tta: str = "none", content: bool = False,
-                   batch: int = 128) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
+                   batch: int = 128) -> tuple:
     """Each query's views, as the service searches them (``encoders.tta.query_variants``) ->
     (codes (n, v, B), bit confidences (n, v, bits) or None, valid (n, v): False where a query
-    has no such view (no frame found), the v view names)."""
+    has no such view (no frame found), the v view names, side vectors (n, v, d) or None)."""
     names = list(view_names(tta, content))
     col = {name: j for j, name in enumerate(names)}
     n, nb = len(paths), enc.bits // 8
     codes, valid = np.zeros((n, len(names), nb), np.uint8), np.zeros((n, len(names)), bool)
     weights = np.zeros((n, len(names), enc.bits), np.float32)
+    vectors = np.zeros((n, len(names), enc.vector_bytes), np.int8) if enc.vector_bytes else None
     for i in range(0, n, batch):
         arrays, where = [], []
         for q in range(i, min(n, i + batch)):
             views, got = query_variants(load_image(paths[q]), enc.preprocess, tta, content)
             arrays += views
             where += [(q, col[name]) for name in got]
-        c, w = enc.encode_weighted(np.concatenate(arrays))
+        c, w, vec = enc.encode_vectors(np.concatenate(arrays))
         rows, cols = np.array(where).T
         codes[rows, cols], valid[rows, cols] = c, True
         if w is not None:
             weights[rows, cols] = w
         else:
             weights = None
-    return codes, weights, valid, names
+        if vectors is not None:
+            vectors[rows, cols] = vec
+    return codes, weights, valid, names, vectors
 
 
 def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.ndarray,
               costs: np.ndarray | None = None, valid: np.ndarray | None = None,
-              ref_view_cost: float = REF_VIEW_COST) -> np.ndarray:
+              ref_view_cost: float = REF_VIEW_COST, q_vectors: np.ndarray | None = None,
+              r_vectors: np.ndarray | None = None) -> np.ndarray:
     """(queries x refs) distances, min over each query's views and each ref's stored views
     (``r_codes`` (n, 1 + views, B), or (n, B) for one code per ref) of the pair's distance plus
     their prior costs (``encoders.tta.costs`` for the query's, ``ref_view_cost`` for a stored
-    crop): weighted Hamming when the queries have bit confidences (what the service ranks by),
-    else Hamming. Query views not ``valid`` are skipped."""
+    crop). The pair's distance is what the service ranks by: the side vectors' cosine distance
+    (``shards.vectors``) when both sides have vectors (the service scores its Hamming top
+    ``rerank_depth`` candidates; on this benchmark the top 40 gave the same figures as all refs),
+    else weighted Hamming when the queries have bit confidences, else Hamming. Query views not
+    ``valid`` are skipped."""
     r_codes = r_codes[:, None] if r_codes.ndim == 2 else r_codes
     best = np.full((len(q_codes), len(r_codes)), np.inf, np.float32)
     for v, j in np.ndindex(q_codes.shape[1], r_codes.shape[1]):
         refs = np.ascontiguousarray(r_codes[:, j])
-        if q_weights is None:
+        if q_vectors is not None and r_vectors is not None:
+            d = vector_distances(q_vectors[:, v], r_vectors[:, j])
+        elif q_weights is None:
             d = hamming(q_codes[:, v], refs).astype(np.float32)
         else:
             d = np.stack([weighted_hamming(c, w, refs) for c, w in zip(q_codes[:, v], q_weights[:, v])])
@@ -237,21 +252,23 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
     results = {}
     for spec in encoders:
         name, kwargs = parse_spec(spec)
-        rank = check_rank(kwargs.pop("rank", "weighted"))
+        rank = check_rank(kwargs.pop("rank", "vector"))
         prior = {key: float(kwargs.pop(key, default)) for key, default in
                  (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST), ("content_cost", CONTENT_COST))}
         content = kwargs.pop("content", "on") not in ("off", "0", "false")
         ref_views = _ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))
         ref_view_cost = float(kwargs.pop("ref_view_cost", REF_VIEW_COST))
         enc = get_encoder(name, **kwargs)
-        r_codes, speed = encode_refs(enc, ref_paths, ref_views)
+        r_codes, r_vectors, speed = encode_refs(enc, ref_paths, ref_views)
         tta = getattr(enc, "tta", "none")
-        q_codes, q_weights, valid, names = encode_queries(enc, q_paths, tta, content)
+        q_codes, q_weights, valid, names, q_vectors = encode_queries(enc, q_paths, tta, content)
         q_weights = None if rank == "hamming" else q_weights
+        q_vectors = q_vectors if rank == "vector" else None
         prior = tta_costs(names, **prior)
-        dist = distances(q_codes, q_weights, r_codes, prior, valid, ref_view_cost)
+        dist = distances(q_codes, q_weights, r_codes, prior, valid, ref_view_cost, q_vectors, r_vectors)
+        used = "vector" if q_vectors is not None else "hamming" if q_weights is None else "weighted"
         results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),
-                         "rank": "hamming" if q_weights is None else "weighted",
+                         "rank": used,
                          "views": {n: round(float(c), 3) for n, c in zip(names, prior)},
                          "ref_views": {n: ref_view_cost for n in ref_views},
                          **score_codes(dist, enc.bits, gt_ref, families, k_micro)}
@@ -304,12 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries")
     ap.add_argument("--ground-truth")
     ap.add_argument("--encoders", nargs="+",
-                    default=["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,rank=hamming",
+                    default=["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,rank=weighted",
+                             "deephash:tta=flip_rot90,rank=hamming",
                              "deephash:tta=flip_rot90,ref_views=none",
                              "deephash:tta=flip_rot90,ref_views=none,content=off",
                              "deephash:tta=flip_rot90,ref_views=none,content=off,flip_cost=0,rot_cost=0",
                              "deephash:ref_views=none,content=off", "pdq", "phash"],
-                    help="encoder specs, name[:opt=value,...] (opts: tta, rank=weighted|hamming, "
+                    help="encoder specs, name[:opt=value,...] (opts: tta, rank=vector|weighted|hamming, "
                          "content=on|off, flip_cost, rot_cost, content_cost, "
                          "ref_views=none|center70[+top_left70...], ref_view_cost, weights); "
                          "the default gives the model card's table")

@@ -100,8 +100,9 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
               help="Also search the query's flipped/rotated variants, keeping each id's best distance "
                    "(default: encoder.tta from the config, flip_rot90).")
 @click.option("--rank", default=None, type=click.Choice(RANK_MODES),
-              help="Order matches by weighted Hamming distance (the query's bit confidences; "
-                   "deephash only) or plain Hamming (default: encoder.rank from the config, weighted).")
+              help="Order matches by the cosine of stored side vectors (vector), weighted Hamming "
+                   "distance (the query's bit confidences), both deephash only, or plain Hamming "
+                   "(default: encoder.rank from the config, vector).")
 def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -> None:
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
@@ -110,7 +111,7 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
     from rayapp.router import ShardRouter, merge_variants
     cfg = _index_config(index_dir, None, address)
     mode = tta or cfg.encoder.tta
-    weighted = (rank or cfg.encoder.rank) == "weighted"
+    ranking = rank or cfg.encoder.rank
     enc = _encoder(cfg.encoder.name, cfg.encoder.weights)
     init_ray(address)
     router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout,
@@ -120,18 +121,22 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
         try:
             arrays, names = query_variants(load_image(path, max_pixels=cfg.encoder.max_pixels),
                                            enc.preprocess, mode, cfg.encoder.content)
-            parts = [enc.encode_weighted(v) for v in arrays]
+            parts = [enc.encode_vectors(v) for v in arrays]
         except (OSError, ValueError) as exc:
             failed += 1
             click.echo(json.dumps({"query": path, "error": str(exc)}) if as_json
                        else f"{path}: error: {exc}", err=not as_json)
             continue
-        queries = np.concatenate([c for c, _ in parts])
-        weights = np.concatenate([w for _, w in parts]) if weighted and parts[0][1] is not None else None
-        results, missing = router.search(queries, k=k, radius=radius, with_meta=True, weights=weights)
+        queries = np.concatenate([c for c, _, _ in parts])
+        weights = (np.concatenate([w for _, w, _ in parts])
+                   if ranking != "hamming" and parts[0][1] is not None else None)
+        vectors = (np.concatenate([v for _, _, v in parts])
+                   if ranking == "vector" and parts[0][2] is not None else None)
+        results, missing = router.search(queries, k=k, radius=radius, with_meta=True, weights=weights,
+                                         vectors=vectors)
         merged = merge_variants(results, k, cfg.encoder.view_costs(names), names)
         hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
-                 **{key: r[key] for key in ("weighted", "cost", "variant", "ref_view") if key in r}}
+                 **{key: r[key] for key in ("score", "weighted", "cost", "variant", "ref_view") if key in r}}
                 for r in merged]
         if as_json:
             click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))

@@ -83,8 +83,12 @@ def uses_shard_resource(cfg: Config) -> bool:
     return mode == "resource" or (mode == "auto" and shard_nodes() > 0)
 
 
-def index_meta(cfg: Config, bits: int) -> dict:
-    """Read or create ``index_dir/neardup.json``: encoder, bits and the shard count.
+def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
+    """Read or create ``index_dir/neardup.json``: encoder, bits, side-vector width and the
+    shard count.
+
+    A new index stores the encoder's side vectors (``vector_bytes``, ``shards.vectors``) when
+    ``shards.vectors`` is on; an existing one keeps what it was built with.
 
     The shard count is fixed when an index is created, because adds are routed by
     hash(id) mod shards: a later run must use the same count (a dead node must not
@@ -98,11 +102,14 @@ def index_meta(cfg: Config, bits: int) -> dict:
             if have.get(key) != value:
                 raise ValueError(f"index at {path.parent} was built with {key}={have.get(key)!r}, "
                                  f"not {value!r}; use the same encoder or a new --index-dir")
-        return have
+        return {"vector_bytes": 0, **have}  # indexes from before side vectors have none
     # Another node may have created this index: its named shard actors are cluster-wide.
     n = len(get_shards(cfg)) or (shard_nodes() if uses_shard_resource(cfg)
                                  else cfg.shards.num_shards)
-    meta = {**want, "num_shards": max(1, n), "index_kind": cfg.shards.index_kind}
+    if vector_bytes is None:
+        vector_bytes = _encoder_widths(cfg)[1]
+    meta = {**want, "vector_bytes": int(vector_bytes) if cfg.shards.vectors else 0,
+            "num_shards": max(1, n), "index_kind": cfg.shards.index_kind}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
@@ -132,8 +139,8 @@ class RayShardActor(ShardActor):
                 log.warning("shard %d: could not publish metrics: %s", self.shard_id, exc)
 
 
-def ensure_shards(cfg: Config, bits: int | None = None,
-                  wait_s: float | None = 120.0) -> list[ActorHandle]:
+def ensure_shards(cfg: Config, bits: int | None = None, wait_s: float | None = 120.0,
+                  vector_bytes: int | None = None) -> list[ActorHandle]:
     """Get or create the named, detached, restartable shard actors. Idempotent.
 
     Waits up to ``wait_s`` (None: forever) for each shard to answer. A shard still pending
@@ -141,8 +148,8 @@ def ensure_shards(cfg: Config, bits: int | None = None,
     logged and returned anyway: the router reports it as missing until it comes up. A shard
     that failed to start (e.g. a bits mismatch on disk) raises.
     """
-    bits = bits or cfg.shards.bits or _encoder_bits(cfg)
-    meta = index_meta(cfg, bits)
+    bits = bits or cfg.shards.bits or _encoder_widths(cfg)[0]
+    meta = index_meta(cfg, bits, vector_bytes)
     use_resource = uses_shard_resource(cfg)
     handles = []
     for i in range(meta["num_shards"]):
@@ -153,7 +160,7 @@ def ensure_shards(cfg: Config, bits: int | None = None,
             opts["resources"] = {SHARD_RESOURCE: 1}
         handles.append(ray.remote(RayShardActor).options(**opts).remote(
             i, shard_dir(cfg, i), bits, cfg.shards.index_kind, cfg.shards.index_params,
-            cfg.shards.snapshot_every))
+            cfg.shards.snapshot_every, meta["vector_bytes"]))
     refs = [h.ping.remote() for h in handles]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
     ray.get(ready)  # raises if a shard could not start
@@ -184,9 +191,20 @@ def kill_shards(cfg: Config) -> None:
         ray.kill(h, no_restart=True)
 
 
-def _encoder_bits(cfg: Config) -> int:
+def _encoder_widths(cfg: Config) -> tuple[int, int]:
+    """The configured encoder's (bits, side-vector bytes); loads it."""
     from encoders.registry import get_encoder
-    return get_encoder(cfg.encoder.name, weights=cfg.encoder.weights).bits
+    enc = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights)
+    return enc.bits, enc.vector_bytes
+
+
+def index_vector_bytes(cfg: Config) -> int:
+    """The side-vector width the index at ``shards.index_dir`` stores (0: none, or no index)."""
+    path = Path(cfg.shards.index_dir).expanduser() / INDEX_META
+    try:
+        return int(json.loads(path.read_text()).get("vector_bytes", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 # ---------------------------------------------------------------- simulated cluster (one machine)

@@ -32,7 +32,7 @@ class EncoderConfig:
     rot_cost: float = ROT_COST       # prior cost a turned match pays
     content: bool = True             # also search the photo inside a flat frame (encoders.frame)
     content_cost: float = CONTENT_COST  # prior cost a match of that crop pays
-    rank: str = "weighted"           # weighted (by the query's bit confidences, if any) | hamming
+    rank: str = "vector"             # vector (cosine of side vectors) | weighted (bit confidences) | hamming
     # crops stored with each indexed image (encoders.tta.REF_VIEWS; [] = one code per image)
     ref_views: list = field(default_factory=lambda: list(DEFAULT_REF_VIEWS))
     ref_view_cost: float = REF_VIEW_COST  # prior cost a match of a stored crop pays
@@ -53,6 +53,7 @@ class ShardConfig:
     bits: int = 0                    # 0 = take the encoder's bits
     index_params: dict = field(default_factory=dict)
     snapshot_every: int = 100_000    # WAL records between snapshots
+    vectors: bool = True             # a new index stores the encoder's int8 side vectors (re-rank)
     placement: str = "auto"          # auto | resource (one per node with {"shard": 1}) | local
     namespace: str = "neardup"
 

@@ -91,7 +91,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
 def _query_over_http(base: str, queries: list, radius: int) -> None:
     from rayapp.cli import matched_as
     click.echo(f"      {'query edit':<14} {'expected':<34} {'top match':<34} {'dist':>4} "
-               f"{'wtd':>5}  {'matched as':<20} verdict")
+               f"{'score':>5}  {'matched as':<20} verdict")
     with httpx.Client(base_url=base, timeout=60) as http:
         for path, edit, expected in queries:
             with open(path, "rb") as fh:
@@ -103,7 +103,8 @@ def _query_over_http(base: str, queries: list, radius: int) -> None:
             ok = (top is not None and top["id"] == expected) if expected else top is None
             verdict = click.style("found" if expected else "no match (correct)", fg="green") if ok \
                 else click.style("missed" if expected else "false match", fg="red")
-            weighted = f"{top['weighted']:.1f}" if top and "weighted" in top else ""
+            score = top.get("score", top.get("weighted")) if top else None
+            weighted = "" if score is None else f"{score:.1f}"
             view = matched_as(top) if top else ""
             click.echo(f"      {edit:<14} {expected or '-':<34} {top['id'] if top else '-':<34} "
                        f"{top['distance'] if top else '':>4} {weighted:>5}  {view:<20} {verdict}")

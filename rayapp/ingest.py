@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from encoders.decode import IMAGE_EXTENSIONS, load_image, resize_square
 from encoders.tta import ref_view_images
+from shards.vectors import records
 from shards.views import check_base_id
 from rayapp import metrics
 from rayapp.config import Config, load_config
@@ -144,19 +145,31 @@ class EncodeActor:
         self.encoder = get_encoder(name, weights=weights, device=device)
 
     def __call__(self, batch: dict) -> dict:
+        """Codes (n, bytes) and, where the encoder has them, side vectors (n, d); for the
+        reference views' crops (n, views, S, S, 3) the same with a views axis."""
         ok = np.array([not e for e in batch["error"]], dtype=bool)
-        out = {"id": batch["id"], "path": batch["path"], "code": self._encode(batch["pixels"], ok),
-               "error": batch["error"]}
-        if "view_pixels" in batch:  # (n, views, S, S, 3) -> (n, views, bytes)
-            out["view_codes"] = np.stack([self._encode(batch["view_pixels"][:, j], ok)
-                                          for j in range(batch["view_pixels"].shape[1])], axis=1)
+        out = {"id": batch["id"], "path": batch["path"], "error": batch["error"]}
+        out["code"], vectors = self._encode(batch["pixels"], ok)
+        with_vectors = self.encoder.vector_bytes > 0  # no empty (n, 0) columns for Ray Data
+        if with_vectors:
+            out["vector"] = vectors
+        if "view_pixels" in batch:
+            parts = [self._encode(batch["view_pixels"][:, j], ok)
+                     for j in range(batch["view_pixels"].shape[1])]
+            out["view_codes"] = np.stack([c for c, _ in parts], axis=1)
+            if with_vectors:
+                out["view_vectors"] = np.stack([v for _, v in parts], axis=1)
         return out
 
-    def _encode(self, pixels: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    def _encode(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         codes = np.zeros((len(ok), self.encoder.code_bytes), dtype=np.uint8)
+        vectors = np.zeros((len(ok), self.encoder.vector_bytes), dtype=np.int8)
         if ok.any():
-            codes[ok] = self.encoder.encode_batch(pixels[ok])
-        return codes
+            c, _, v = self.encoder.encode_vectors(pixels[ok])
+            codes[ok] = c
+            if v is not None:
+                vectors[ok] = v
+        return codes, vectors
 
 
 class ShardWriter:
@@ -165,17 +178,24 @@ class ShardWriter:
     def __init__(self, cfg_dict: dict, timeout_s: float):
         from rayapp.cluster import get_shards
         from rayapp.router import ShardRouter
+        from rayapp.cluster import index_vector_bytes
         cfg = Config.from_dict(cfg_dict)
         self.router = ShardRouter(get_shards(cfg), timeout_s=timeout_s)
         self.ref_views = list(cfg.encoder.ref_views)
+        self.vector_bytes = index_vector_bytes(cfg)  # 0: the index stores codes only
 
     def __call__(self, batch: dict) -> dict:
         ok = [i for i, e in enumerate(batch["error"]) if not e]
         ids = [str(batch["id"][i]) for i in ok]
         if ids:
             metas = [{"path": str(batch["path"][i])} for i in ok]
-            views = {name: batch["view_codes"][ok, j] for j, name in enumerate(self.ref_views)}
-            self.router.add(ids, batch["code"][ok], metas, views)
+            vb = self.vector_bytes
+
+            def vec(key: str, *col: int) -> np.ndarray | None:
+                return batch[key][(ok, *col)] if vb and key in batch else None
+            views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j), vb)
+                     for j, name in enumerate(self.ref_views)}
+            self.router.add(ids, records(batch["code"][ok], vec("vector"), vb), metas, views)
         shard = np.array([self.router.shard_for(str(i)) for i in batch["id"]], dtype=np.int32)
         return {"id": batch["id"], "path": batch["path"], "code": batch["code"], "shard": shard,
                 "error": batch["error"]}
@@ -256,7 +276,7 @@ def run_ingest(cfg: Config, sources: list[str], opts: IngestOptions | None = Non
 
     opts = opts or IngestOptions()
     enc = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights, device="cpu")
-    ensure_shards(cfg, bits=enc.bits)
+    ensure_shards(cfg, bits=enc.bits, vector_bytes=enc.vector_bytes)
     manifest_dir = opts.manifest_dir or str(Path(cfg.shards.index_dir) / "manifest")
     done = load_done_ids(manifest_dir) if opts.resume else set()
     t0 = time.perf_counter()

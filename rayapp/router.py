@@ -129,10 +129,11 @@ def rerank(hits: list[dict], query: np.ndarray, weights: np.ndarray, k: int) -> 
 
 
 def _order(hit: dict) -> tuple[float, int, str]:
-    """Rank key: weighted distance when present (re-ranked hits), else distance, plus the prior
-    ``cost`` of the views that matched; then distance, then id."""
+    """Rank key: the side-vector ``score`` or else the ``weighted`` distance when present
+    (re-ranked hits), else distance, plus the prior ``cost`` of the views that matched; then
+    distance, then id."""
     d = int(hit["distance"])
-    return (hit.get("weighted", d) + hit.get("cost", 0.0), d, str(hit["id"]))
+    return (hit.get("score", hit.get("weighted", d)) + hit.get("cost", 0.0), d, str(hit["id"]))
 
 
 def _reason(exc: BaseException) -> str:
@@ -251,9 +252,11 @@ class ShardRouter:
         """A read call: not replayed after an actor restart (the caller has long timed out)."""
         return getattr(self.shards[i], method).options(max_task_retries=0).remote(*args)
 
-    def _submit_search(self, shards: list[int], codes, k, radius, with_meta, with_codes) -> dict[int, Any]:
+    def _submit_search(self, shards: list[int], codes, k, radius, with_meta, with_codes,
+                       vectors=None) -> dict[int, Any]:
         radius = None if radius is None else int(radius)
-        return {i: self._read(i, "search", codes, int(k), radius, with_meta, with_codes)
+        extra = () if vectors is None else (vectors,)
+        return {i: self._read(i, "search", codes, int(k), radius, with_meta, with_codes, *extra)
                 for i in shards}
 
     # ---- shard health -----------------------------------------------------------------
@@ -367,39 +370,44 @@ class ShardRouter:
     # ---- search -----------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, weights: np.ndarray | None = None,
-               ) -> tuple[list[list[dict]], list[int]]:
+               vectors: np.ndarray | None = None) -> tuple[list[list[dict]], list[int]]:
         """Top-k per query over all shards -> (results, ids of shards that did not answer).
 
-        With ``weights`` (the queries' bit confidences, (n, bits)) each shard returns its
-        ``rerank_depth(k)`` Hamming neighbours and the merged lists are re-ranked by weighted
-        Hamming distance (each hit gains ``weighted``); without, hits rank by Hamming distance.
+        With ``weights`` (the queries' bit confidences, (n, bits)) or side ``vectors`` (n, d),
+        each shard returns its ``rerank_depth(k)`` Hamming neighbours. Shards that store side
+        vectors score them by cosine (``score``, ``shards.vectors``); otherwise, with weights,
+        the merged lists are re-ranked by weighted Hamming distance (``weighted``); without
+        either, hits rank by Hamming distance.
         """
         codes = self._query(codes, k, radius)
         shards, skipped = self._available()
         self._after_errors(skipped)
-        depth, with_codes = self._depth(codes, k, weights)
-        results, errors = self._collect(
-            self._submit_search(shards, codes, depth, radius, with_meta, with_codes), self.timeout_s)
+        depth, with_codes = self._depth(codes, k, weights, vectors)
+        results, errors = self._collect(self._submit_search(
+            shards, codes, depth, radius, with_meta, with_codes, vectors), self.timeout_s)
         return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
 
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                       with_meta: bool = False, weights: np.ndarray | None = None,
-                      ) -> tuple[list[list[dict]], list[int]]:
+                      vectors: np.ndarray | None = None) -> tuple[list[list[dict]], list[int]]:
         """Async :meth:`search`."""
         codes = self._query(codes, k, radius)
         shards, skipped = self._available()
         await self._aafter_errors(skipped)
-        depth, with_codes = self._depth(codes, k, weights)
-        results, errors = await self._acollect(
-            self._submit_search(shards, codes, depth, radius, with_meta, with_codes), self.timeout_s)
+        depth, with_codes = self._depth(codes, k, weights, vectors)
+        results, errors = await self._acollect(self._submit_search(
+            shards, codes, depth, radius, with_meta, with_codes, vectors), self.timeout_s)
         return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
 
-    def _depth(self, codes: np.ndarray, k: int, weights: np.ndarray | None) -> tuple[int, bool]:
+    def _depth(self, codes: np.ndarray, k: int, weights: np.ndarray | None,
+               vectors: np.ndarray | None = None) -> tuple[int, bool]:
         """(neighbours to fetch per shard, whether hits carry codes) for this query: an image
         can take up to 1 + ref_views of them."""
         per_image = 1 + self.ref_views
+        if vectors is not None and len(vectors) != len(codes):
+            raise ValueError(f"got {len(vectors)} query vectors for {len(codes)} codes")
         if weights is None:
-            return int(k) * per_image, False
+            return int(k) * per_image if vectors is None else rerank_depth(int(k)) * per_image, False
         if np.shape(weights) != (len(codes), codes.shape[1] * 8):
             raise ValueError(f"weights must have shape ({len(codes)}, {codes.shape[1] * 8}), "
                              f"got {np.shape(weights)}")
@@ -408,8 +416,10 @@ class ShardRouter:
     def _merge(self, results: dict[int, Any], codes: np.ndarray, k: int, depth: int,
                radius: int | None, weights: np.ndarray | None) -> list[list[dict]]:
         merged = merge_results(results, len(codes), depth, radius)
-        if weights is not None:
-            merged = [rerank(hits, codes[q], weights[q], depth) for q, hits in enumerate(merged)]
+        if weights is not None:  # shards that scored by side vector need no re-rank
+            merged = [[{key: v for key, v in h.items() if key != "code"} for h in hits]
+                      if any("score" in h for h in hits) else rerank(hits, codes[q], weights[q], depth)
+                      for q, hits in enumerate(merged)]
         return [fold_views(hits, int(k), self.ref_view_cost) for hits in merged]
 
     # ---- writes -----------------------------------------------------------------------

@@ -41,6 +41,7 @@ from rayapp.config import Config, load_config
 from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_id, decode_status, error_response,
                          int_param, parse_request)
 from rayapp.router import ShardRouter, ShardUnavailable, merge_variants
+from shards.vectors import records
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,10 @@ class EncoderDeployment:
         plain code first, then with TTA those of the flipped/rotated variants and of the photo
         inside a flat frame, if any (``encoders.tta.query_variants``); with weighted ranking (and
         an encoder that has bit confidences) ``"weights"`` holds each variant's confidences.
-        To ``store`` the image, ``"views"`` maps each configured reference view to the code of
-        that crop. Every array goes through the same dynamic batcher.
+        With ``vector`` ranking (and an encoder that has them) ``"vectors"`` holds each variant's
+        int8 side vector. To ``store`` the image, ``"vector"`` is its side vector (None without)
+        and ``"views"`` maps each configured reference view to that crop's (code, vector).
+        Every array goes through the same dynamic batcher.
         """
         try:
             arrays, names = await asyncio.to_thread(self._views, data, query, store)
@@ -97,11 +100,15 @@ class EncoderDeployment:
             return {"error": str(exc), "status": decode_status(exc)}
         parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
         if not query:
-            views = {name: code for name, (code, _) in zip(names[1:], parts[1:])}
-            return {"code": parts[0][0], **({"views": views} if store else {})}
-        answer = {"code": parts[0][0], "variants": [c for c, _ in parts], "names": names}
-        if self.rank == "weighted" and parts[0][1] is not None:
-            answer["weights"] = [w for _, w in parts]
+            if not store:
+                return {"code": parts[0][0]}
+            views = {name: (code, vec) for name, (code, _, vec) in zip(names[1:], parts[1:])}
+            return {"code": parts[0][0], "vector": parts[0][2], "views": views}
+        answer = {"code": parts[0][0], "variants": [c for c, _, _ in parts], "names": names}
+        if self.rank != "hamming" and parts[0][1] is not None:
+            answer["weights"] = [w for _, w, _ in parts]
+        if self.rank == "vector" and parts[0][2] is not None:
+            answer["vectors"] = [v for _, _, v in parts]
         return answer
 
     def _views(self, data: bytes, query: bool, store: bool) -> tuple[list[np.ndarray], list[str]]:
@@ -115,12 +122,13 @@ class EncoderDeployment:
         return arrays, ["original", *(self.ref_views if store else ())]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Batched: preprocessed uint8 arrays -> (packed code, bit confidences or None) each."""
-        codes, weights = await asyncio.to_thread(self.encoder.encode_weighted, np.stack(arrays))
-        if weights is None:
-            return [(c, None) for c in codes]
-        return list(zip(codes, weights))
+    async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple]:
+        """Batched: preprocessed uint8 arrays -> (packed code, bit confidences or None, int8 side
+        vector or None) each."""
+        codes, weights, vectors = await asyncio.to_thread(self.encoder.encode_vectors, np.stack(arrays))
+        n = len(codes)
+        return list(zip(codes, [None] * n if weights is None else weights,
+                        [None] * n if vectors is None else vectors))
 
 
 api = FastAPI(title="neardup", version=_version(),
@@ -187,6 +195,11 @@ def _lookup_shard(namespace: str, i: int):
     return ray.get_actor(shard_name(i), namespace=namespace)
 
 
+def _stack(vectors: list) -> np.ndarray | None:
+    """Side vectors of several images as one (n, d) int8 array, or None if the encoder has none."""
+    return None if any(v is None for v in vectors) else np.stack(vectors).astype(np.int8)
+
+
 def _answer_code(answer: dict, where: str) -> np.ndarray:
     """The code in an ``encode_image`` answer, or the 4xx ApiError it reports."""
     if "error" in answer:
@@ -202,7 +215,7 @@ class Ingress:
     """HTTP API (see DESIGN.md): validates, encodes via the Encoder deployment, routes to shards."""
 
     def __init__(self, cfg: Config, encoder: DeploymentHandle):
-        from rayapp.cluster import ensure_shards
+        from rayapp.cluster import ensure_shards, index_vector_bytes
         self.cfg = cfg
         self.encoder = encoder
         self.router = ShardRouter(ensure_shards(cfg, bits=_known_bits(cfg)),
@@ -210,6 +223,7 @@ class Ingress:
                                   resolver=partial(_lookup_shard, cfg.shards.namespace),
                                   ref_views=len(cfg.encoder.ref_views),
                                   ref_view_cost=cfg.encoder.ref_view_cost)
+        self.vector_bytes = index_vector_bytes(cfg)  # what the index stores with each code
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
         cfg.encoder.view_costs(["original"])  # validates the configured costs at start
@@ -274,22 +288,24 @@ class Ingress:
             answer = next(answers)
             codes.append(_answer_code(answer, where))
             if views is not None:
-                views[i] = answer["views"]
+                views[i] = answer  # its side vector and its reference views
         return np.stack(codes)
 
-    async def _query_codes(self, item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    async def _query_codes(self, item: Item) -> tuple:
         """One query -> (its code, the codes to search: (v, bits/8), more than one with TTA,
         their bit confidences (v, bits) for weighted ranking, or None: a hex code has none,
-        and the variants' names)."""
+        the variants' names, and their side vectors (v, d) for vector ranking, or None)."""
         if item.code is not None:
             code = (await self._codes([item]))[0]
-            return code, code[None, :], None, ["original"]
+            return code, code[None, :], None, ["original"], None
         answer = await self._encoder_call("encode_image", item.data, True)
         code = _answer_code(answer, "")
         queries = np.stack([np.asarray(c, dtype=np.uint8) for c in answer["variants"]])
         weights = answer.get("weights")
         weights = None if weights is None else np.stack(weights).astype(np.float32)
-        return code, queries, weights, answer["names"]
+        vectors = answer.get("vectors")
+        vectors = None if vectors is None else np.stack(vectors).astype(np.int8)
+        return code, queries, weights, answer["names"], vectors
 
     async def _items(self, request: Request) -> tuple[list[Item], dict]:
         s = self.cfg.serve
@@ -351,8 +367,8 @@ class Ingress:
         radius = params.get("radius")
         radius = None if radius in (None, "") else int_param(radius, "radius", 0, s.max_radius)
         with_meta = bool_param(params.get("with_meta", False), "with_meta")
-        code, queries, weights, names = await self._query_codes(items[0])
-        results, missing = await self.router.asearch(queries, k, radius, with_meta, weights)
+        code, queries, weights, names, vectors = await self._query_codes(items[0])
+        results, missing = await self.router.asearch(queries, k, radius, with_meta, weights, vectors)
         for _ in missing:
             metrics.count_error("shard_timeout")
         hits = merge_variants(results, k, self.cfg.encoder.view_costs(names), names)
@@ -396,18 +412,22 @@ class Ingress:
 
     async def _store(self, items: list[Item], ids: list[str], rows: list[int], codes: np.ndarray,
                      views: dict[int, dict]) -> dict:
-        """Add the rows given as images (with their reference views) and those given as codes
-        (without: their stale views go) in parallel -> summed counts."""
+        """Add the rows given as images (with their side vectors and reference views) and those
+        given as codes (without: their stale views go) in parallel -> summed counts."""
         groups = [[j for j, r in enumerate(rows) if (r in views) == image] for image in (True, False)]
-        calls = []
+        vb, calls = self.vector_bytes, []
         for image, group in zip((True, False), groups):
             if not group:
                 continue
             sel = [rows[j] for j in group]
-            view_codes = ({name: np.stack([np.asarray(views[r][name], dtype=np.uint8) for r in sel])
-                           for name in views[sel[0]]} if image else None)
-            calls.append(self.router.aadd([ids[j] for j in group], codes[sel],
-                                          [items[r].meta or {} for r in sel], view_codes))
+            recs, view_recs = records(codes[sel], None, vb), None
+            if image:
+                recs = records(codes[sel], _stack([views[r]["vector"] for r in sel]), vb)
+                view_recs = {name: records(np.stack([views[r]["views"][name][0] for r in sel]),
+                                           _stack([views[r]["views"][name][1] for r in sel]), vb)
+                             for name in views[sel[0]]["views"]}
+            calls.append(self.router.aadd([ids[j] for j in group], recs,
+                                          [items[r].meta or {} for r in sel], view_recs))
         counts = await asyncio.gather(*calls)
         return {key: sum(c[key] for c in counts) for key in ("added", "replaced", "unchanged")}
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.store import IdStore, hash_ids
+from shards.vectors import vector_distance
 from shards.views import is_view
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, fsync_dir, fsync_tree, replay
 
@@ -69,7 +70,8 @@ class ShardActor:
     fsync_observer: Callable[[float], None] | None = None
 
     def __init__(self, shard_id: int, data_dir: str, bits: int, kind: str | None = None,
-                 index_params: dict | None = None, snapshot_every: int = 100_000) -> None:
+                 index_params: dict | None = None, snapshot_every: int = 100_000,
+                 vector_bytes: int = 0) -> None:
         if not isinstance(bits, int) or bits <= 0 or bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits!r}")
         if snapshot_every < 1:
@@ -77,6 +79,9 @@ class ShardActor:
         self.shard_id = int(shard_id)
         self.bits = bits
         self.code_bytes = bits // 8
+        # a stored record is the code, then an int8 side vector when vector_bytes > 0
+        self.vector_bytes = int(vector_bytes)
+        self.record_bytes = self.code_bytes + self.vector_bytes
         self.data_dir = Path(data_dir)
         self.snapshot_every = int(snapshot_every)
         self._kind = kind or DEFAULT_KIND
@@ -95,10 +100,14 @@ class ShardActor:
             if info.get("bits") != self.bits:
                 raise ValueError(f"{self.data_dir} holds {info.get('bits')}-bit codes, not "
                                  f"{self.bits}-bit: use another index dir or the same encoder")
+            if int(info.get("vector_bytes", 0)) != self.vector_bytes:
+                raise ValueError(f"{self.data_dir} holds {info.get('vector_bytes', 0)}-byte side "
+                                 f"vectors, not {self.vector_bytes}: use another index dir")
             if info.get("shard_id") != self.shard_id:
                 print(f"neardup: {self.data_dir} was shard {info.get('shard_id')}, now shard "
                       f"{self.shard_id}", file=sys.stderr)
-        _write_atomic(path, json.dumps({"shard_id": self.shard_id, "bits": self.bits}))
+        _write_atomic(path, json.dumps({"shard_id": self.shard_id, "bits": self.bits,
+                                        "vector_bytes": self.vector_bytes}))
 
     def _recover(self) -> None:
         """Load the last snapshot, then replay every WAL written since, in order."""
@@ -107,11 +116,11 @@ class ShardActor:
         snap = self.data_dir / _snap_name(self._generation)
         self._views = 0  # stored reference views (shards.views), counted apart from images
         if self._generation:
-            self._store = IdStore.open(snap, self.code_bytes)
+            self._store = IdStore.open(snap, self.record_bytes)
             self._index = load_index(snap / "index")
             self._views = int(json.loads((snap / "manifest.json").read_text()).get("views", 0))
         else:
-            self._store = IdStore(self.code_bytes)
+            self._store = IdStore(self.record_bytes)
             self._index = make_index(self._kind, self.bits, **(self._index_params or {}))
         self._ensure_index_config()
         replayed = 0
@@ -155,8 +164,8 @@ class ShardActor:
             return
         print(f"neardup: shard {self.shard_id}: rebuilding {have.kind} index as {want.kind} "
               f"{want.params}", file=sys.stderr)
-        for hashes, codes in self._store.iter_codes():
-            want.add(hashes, codes)
+        for hashes, records in self._store.iter_codes():
+            want.add(hashes, np.ascontiguousarray(records[:, :self.code_bytes]))
         self._index = want
 
     def _replay(self, path: Path) -> int:
@@ -182,7 +191,7 @@ class ShardActor:
             return
         ids = [r.id for r in recs]
         codes = np.frombuffer(b"".join(r.code for r in recs), dtype=np.uint8)
-        self._apply_adds(ids, hash_ids(ids), codes.reshape(len(recs), self.code_bytes),
+        self._apply_adds(ids, hash_ids(ids), codes.reshape(len(recs), self.record_bytes),
                          [r.meta for r in recs])
 
     def _remove_stale(self, keep: int) -> None:
@@ -216,13 +225,16 @@ class ShardActor:
                                  f"{i[:40]!r}...")
         return list(ids)
 
-    def _check_codes(self, codes: Any, n: int | None = None) -> np.ndarray:
+    def _check_codes(self, codes: Any, n: int | None = None, width: int | None = None) -> np.ndarray:
+        """(n, width) uint8: query codes, or with ``width=record_bytes`` the records to store."""
+        width = width or self.code_bytes
+        what = "codes" if width == self.code_bytes else f"records (code + {self.vector_bytes}-byte vector)"
         if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8:
-            raise ValueError(f"codes must be a numpy uint8 array of shape (n, {self.code_bytes})")
-        if codes.ndim == 1 and codes.shape[0] == self.code_bytes:
+            raise ValueError(f"{what} must be a numpy uint8 array of shape (n, {width})")
+        if codes.ndim == 1 and codes.shape[0] == width:
             codes = codes[None, :]
-        if codes.ndim != 2 or codes.shape[1] != self.code_bytes:
-            raise ValueError(f"codes must have shape (n, {self.code_bytes}) for {self.bits}-bit "
+        if codes.ndim != 2 or codes.shape[1] != width:
+            raise ValueError(f"{what} must have shape (n, {width}) for {self.bits}-bit "
                              f"codes, got {codes.shape}")
         if n is not None and len(codes) != n:
             raise ValueError(f"got {len(codes)} codes for {n} ids")
@@ -258,7 +270,7 @@ class ShardActor:
         same step; returns after the WAL is fsynced. Idempotent by id. The counts are of images
         (``shards.views``: a stored view is not counted)."""
         ids = self._check_ids(ids)
-        codes = self._check_codes(codes, len(ids))
+        codes = self._check_codes(codes, len(ids), self.record_bytes)
         meta_texts = self._check_metas(metas, len(ids))
         adding = set(ids)
         drop = [i for i in dict.fromkeys(self._check_ids(drop or [])) if i not in adding]
@@ -309,7 +321,7 @@ class ShardActor:
         to_index = np.sort(np.concatenate([np.flatnonzero(status == "added"),
                                            np.array(recode, dtype=np.int64)])).astype(np.int64)
         if len(to_index):
-            self._index.add(hashes[to_index], codes[to_index])
+            self._index.add(hashes[to_index], np.ascontiguousarray(codes[to_index, :self.code_bytes]))
         self._views += sum(1 for i in np.flatnonzero(status == "added").tolist() if is_view(ids[i]))
         changed = np.flatnonzero(status != "unchanged")
         if len(changed):
@@ -339,21 +351,29 @@ class ShardActor:
 
     # -- reads ------------------------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
-               with_meta: bool = False, with_codes: bool = False) -> list[list[dict]]:
+               with_meta: bool = False, with_codes: bool = False,
+               vectors: np.ndarray | None = None) -> list[list[dict]]:
         """Per query, up to k results sorted by (distance, id), optionally within radius; with
-        ``with_codes`` each hit also carries its packed code (bytes), for re-ranking."""
+        ``with_codes`` each hit also carries its packed code (bytes), for re-ranking. With the
+        queries' side ``vectors`` (n, vector_bytes), on a shard that stores them, each hit gains
+        ``score`` (``shards.vectors.vector_distance``; its Hamming distance where the entry has
+        no vector) and the k hits are ordered by it."""
         codes = self._check_codes(codes)
         if not isinstance(k, (int, np.integer)) or not 0 <= k <= MAX_K:
             raise ValueError(f"k must be an integer in 0..{MAX_K}, got {k!r}")
         if radius is not None and (not isinstance(radius, (int, np.integer)) or radius < 0):
             raise ValueError(f"radius must be a non-negative integer or None, got {radius!r}")
+        scored = vectors is not None and self.vector_bytes > 0
+        if scored and np.shape(vectors) != (len(codes), self.vector_bytes):
+            raise ValueError(f"vectors must have shape ({len(codes)}, {self.vector_bytes}), "
+                             f"got {np.shape(vectors)}")
         D, I = self._index.search(codes, int(k))
         keep = I != -1
         if radius is not None:
             keep &= D <= radius
         store = self._store
         flat = I[keep]
-        if with_meta or with_codes:
+        if with_meta or with_codes or scored:
             found = store.get_many(flat)
             names = [None if it is None else it.id for it in found]
         else:
@@ -361,7 +381,7 @@ class ShardActor:
         out: list[list[dict]] = []
         j = 0
         for q in range(len(codes)):
-            row = []
+            row, items = [], []
             for d in D[q][keep[q]].tolist():
                 name = names[j]
                 if name is not None:  # None: removed between the index lookup and now
@@ -369,11 +389,22 @@ class ShardActor:
                     if with_meta:
                         hit["meta"] = found[j].meta_dict()
                     if with_codes:
-                        hit["code"] = found[j].code
+                        hit["code"] = found[j].code[:self.code_bytes]
                     row.append(hit)
+                    items.append(found[j] if scored else None)
                 j += 1
-            out.append(row)
+            out.append(self._score(row, items, vectors[q]) if scored else row)
         return out
+
+    def _score(self, row: list[dict], items: list, query_vector: np.ndarray) -> list[dict]:
+        """Hits with ``score``: the stored vectors' distance to the query's, ordered by it."""
+        if not row:
+            return row
+        stored = np.frombuffer(b"".join(it.code[self.code_bytes:] for it in items), np.int8)
+        scores = vector_distance(query_vector, stored.reshape(len(items), self.vector_bytes))
+        for hit, sc in zip(row, scores.tolist()):
+            hit["score"] = round(float(hit["distance"]) if sc != sc else sc, 3)  # NaN: no vector
+        return sorted(row, key=lambda h: (h["score"], h["distance"], h["id"]))
 
     def get(self, id: str) -> dict | None:
         """``{"id", "code": hex, "meta": dict}`` or None."""
@@ -382,7 +413,7 @@ class ShardActor:
         item = self._store.get(id)
         if item is None:
             return None
-        return {"id": item.id, "code": item.code.hex(), "meta": item.meta_dict()}
+        return {"id": item.id, "code": item.code[:self.code_bytes].hex(), "meta": item.meta_dict()}
 
     def contains(self, ids: list[str]) -> list[bool]:
         ids = self._check_ids(ids)
@@ -394,7 +425,8 @@ class ShardActor:
             "shard_id": self.shard_id, "node_id": _node_id(), "pid": os.getpid(),
             "count": len(store) - self._views, "codes": len(store), "views": self._views,
             "memory_bytes": index.memory_bytes() + store.memory_bytes(),
-            "index_kind": index.kind, "bits": self.bits, "state": "ready",
+            "index_kind": index.kind, "bits": self.bits, "vector_bytes": self.vector_bytes,
+            "state": "ready",
             "index_params": index.params, "index_count": index.ntotal,
             "tombstones": index.tombstones, "index_memory_bytes": index.memory_bytes(),
             "store_memory_bytes": store.memory_bytes(), "mapped_bytes": store.mapped_bytes(),
@@ -439,7 +471,7 @@ class ShardActor:
         os.replace(tmp, final)
         fsync_dir(self.data_dir)
         _write_atomic(self.data_dir / CURRENT_FILE, json.dumps({"generation": gen}))
-        self._store = IdStore.open(final, self.code_bytes)
+        self._store = IdStore.open(final, self.record_bytes)
         self._generation = gen
         self._remove_stale(keep=gen)
         size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())

@@ -352,3 +352,33 @@ def test_ray_actor_survives_kill(ray_cluster, tmp_path):
     # keeps accepting writes after the restart
     assert ray.get(actor.add.remote(["after-restart"], codes_for(1, 3)))["added"] == 1
     ray.kill(actor, no_restart=True)
+
+
+def test_side_vectors_rank_hits_and_survive_restart(tmp_path):
+    from shards.vectors import VECTOR_SCALE, quantize, records, vector_distance
+    rng = np.random.default_rng(5)
+    codes, floats = codes_for(40), rng.normal(size=(40, BITS)).astype(np.float32)
+    a = ShardActor(0, str(tmp_path / "s"), BITS, vector_bytes=BITS)
+    ids = names(40)
+    recs = records(codes, quantize(floats), BITS)
+    assert recs.shape == (40, BITS // 8 + BITS)
+    with pytest.raises(ValueError, match="records"):
+        a.add(ids, codes)  # a code alone is not a record of this shard
+    a.add(ids, recs)
+    a.add(["bare"], records(codes[:1], None, BITS))  # added by code: no vector
+    # the query's vector is item 7's: it ranks first by score though its code is far
+    query = codes[3:4]
+    (hits,) = a.search(query, k=41, vectors=quantize(floats[7:8]))
+    assert hits[0]["id"] == ids[7] and hits[0]["score"] < 0.01 * VECTOR_SCALE
+    assert [h["score"] for h in hits] == sorted(h["score"] for h in hits)
+    bare = next(h for h in hits if h["id"] == "bare")
+    assert bare["score"] == bare["distance"]  # no vector: ranked by its Hamming distance
+    assert "score" not in a.search(query, k=3)[0][0]  # without query vectors: Hamming order
+    assert a.get(ids[0])["code"] == codes[0].tobytes().hex()
+    assert np.isnan(vector_distance(floats[0], np.zeros((1, BITS), np.int8)))[0]
+    a.close()
+    b = ShardActor(0, str(tmp_path / "s"), BITS, vector_bytes=BITS)  # WAL replay keeps vectors
+    assert b.search(query, k=41, vectors=quantize(floats[7:8]))[0][0]["id"] == ids[7]
+    b.close()
+    with pytest.raises(ValueError, match="side vectors"):
+        ShardActor(0, str(tmp_path / "s"), BITS)  # the same dir without vectors is refused

@@ -37,7 +37,7 @@ def test_report_has_every_metric_per_encoder(report):
 def test_views_and_costs_follow_the_service(report):
     rep, _ = report
     full = rep["results"]["deephash:tta=flip_rot90"]
-    assert full["rank"] == "weighted"
+    assert full["rank"] == "vector"  # the side vectors' cosine, as the service ranks
     assert full["views"] == {"original": 0.0, "flip": 0.5, "rot90": 1.5, "rot270": 1.5,
                              "content": 0.5, "content+flip": 1.0}
     assert full["ref_views"] == {"center70": 0.5}  # each ref is stored with its centre crop

@@ -26,9 +26,10 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _make_shards(root, n=2, prefix="s"):
+def _make_shards(root, n=2, prefix="s", vector_bytes=0):
     actor = ray.remote(ShardActor).options(max_concurrency=16, num_cpus=0)
-    handles = [actor.remote(i, str(root / f"{prefix}-{i}"), BITS, "flat") for i in range(n)]
+    handles = [actor.remote(i, str(root / f"{prefix}-{i}"), BITS, "flat", None, 100_000, vector_bytes)
+               for i in range(n)]
     ray.get([h.ping.remote() for h in handles])
     return handles
 
@@ -149,6 +150,26 @@ def test_weighted_rerank_orders_by_bit_confidence(router, data):
     assert asyncio.run(router.asearch(codes[:1], k=3, weights=weights)) == (results, missing)
     with pytest.raises(ValueError, match="weights must have shape"):
         router.search(codes[:1], k=3, weights=np.ones((1, 8), np.float32))
+    # shards without side vectors ignore query vectors: the weighted re-rank still applies
+    vectors = np.ones((1, BITS), np.int8)
+    assert router.search(codes[:1], k=3, weights=weights, vectors=vectors) == (results, missing)
+
+
+def test_side_vectors_rank_across_shards_and_fold_views(ray_cluster, tmp_path):
+    from shards.vectors import quantize, records
+    r = ShardRouter(_make_shards(tmp_path, n=3, vector_bytes=BITS), timeout_s=5.0, ref_views=1)
+    rng = np.random.default_rng(11)
+    codes = rng.integers(0, 256, (30, BITS // 8), dtype=np.uint8)
+    floats = quantize(rng.normal(size=(30, BITS)))
+    crop_floats = quantize(rng.normal(size=(30, BITS)))
+    ids = [f"v-{i}" for i in range(30)]
+    r.add(ids, records(codes, floats, BITS), None, {"center70": records(codes ^ 255, crop_floats, BITS)})
+    # a query with img 4's code and img 9's crop vector: 9 wins through its stored crop's vector
+    (hits,), missing = r.search(codes[4:5], k=5, vectors=crop_floats[9:10])
+    assert missing == [] and hits[0]["id"] == "v-9" and hits[0]["ref_view"] == "center70"
+    assert hits[0]["score"] < 0.5 and hits[0]["cost"] == 0.5 and "code" not in hits[0]
+    keys = [h["score"] + h.get("cost", 0) for h in hits]
+    assert keys == sorted(keys) and len({h["id"] for h in hits}) == 5
 
 
 def test_merge_variants_charges_each_variant_its_prior_cost():

@@ -52,7 +52,8 @@ def _search(client: httpx.Client, data: bytes) -> dict:
 
 def test_rotated_and_mirrored_copies_are_found_with_tta(client):
     encoder = client.get("/v1/status").json()["encoder"]
-    assert encoder["tta"] == "flip_rot90" and encoder["rank"] == "weighted"
+    assert encoder["tta"] == "flip_rot90" and encoder["rank"] == "vector"
+    assert encoder["vector_bytes"] == 128  # the index keeps an int8 side vector per code
     photos = {f"p{i}": Image.open(path).convert("RGB") for i, path in enumerate(SAMPLES[:12])}
     for pid, img in photos.items():
         resp = client.post("/v1/items", files={"file": (f"{pid}.jpg", jpeg_bytes(img), "image/jpeg")},
@@ -72,9 +73,10 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
         # each hit pays its query view's prior cost, plus 0.5 when it matched a stored crop
         assert all(r.get("cost", 0) == pytest.approx(prior[r["variant"]] + 0.5 * ("ref_view" in r))
                    for r in found["results"])
-        ranked = [r["weighted"] + r.get("cost", 0) for r in found["results"]]
-        assert ranked == sorted(ranked) and all(
-            0 <= r["weighted"] <= r["distance"] for r in found["results"])
+        # ranked by the side vectors' cosine distance (score) plus that cost
+        ranked = [r["score"] + r.get("cost", 0) for r in found["results"]]
+        assert ranked == sorted(ranked) and all(0 <= r["score"] <= 64 for r in found["results"])
+        assert found["results"][0]["score"] < found["results"][1]["score"]
         with_tta = found["results"][0]["distance"]
         assert with_tta <= 10, (edit, with_tta)
         # the same query as a hex code is searched without variants: the copy is farther
