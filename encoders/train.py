@@ -467,10 +467,10 @@ def write_model_card(weights: str | Path, eval_report: dict | None, path: str | 
                   "Each query is searched as the service searches it: as the views its row names "
                   "(mirror, turns, the photo inside a flat frame) against each ref as the index "
                   "stores it (as given and, unless the row says ref_views=none, its centre 70% "
-                  "crop), each pair's distance plus its views' prior costs, and refs ranked by "
-                  "weighted Hamming distance (the query's bit "
-                  "confidences) where the encoder has them, else by Hamming; ties are ranked "
-                  "pessimistically. Speed: decode + preprocess + "
+                  "crop), each pair's distance plus its views' prior costs. The pair's distance "
+                  "is the row's ranking: the cosine distance of the side vectors (vector), the "
+                  "weighted Hamming distance by the query's bit confidences (weighted), or Hamming; "
+                  "ties are ranked pessimistically. Speed: decode + preprocess + "
                   f"encode with {b.get('threads', '?')} thread(s).", "",
                   format_table(eval_report), "", "### Per-family recall@1", ""]
         specs = list(eval_report["results"])

@@ -253,11 +253,11 @@ def eval_cmd(args) -> None:
 
 
 @cli.command(**PASSTHROUGH)
-@click.argument("which", type=click.Choice(["shard", "chaos", "gpu"]))
+@click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
-    """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards) or
-    `gpu` (encoder and faiss-gpu throughput against the CPU)."""
+    """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards), `gpu`
+    (encoder and faiss-gpu throughput against the CPU) or `rerank` (side-vector scoring)."""
     import importlib
     import os
     sys.path.insert(0, os.getcwd())  # the console script's path does not include the checkout

@@ -184,3 +184,11 @@ def test_gpu_bench_runs_and_says_why_it_skipped(tmp_path):
         assert all(r["cuda_img_per_s"] is None and r["cuda_skipped"] for r in res["encoders"])
     else:
         assert res["encoders"][0]["max_bits_differing"] <= 4  # the bundled, trained model
+
+
+def test_rerank_bench_measures_both_paths(tmp_path):
+    from bench import rerank
+    res = json.loads(rerank.run(["--entries", "3000", "--queries", "20", "--out-dir", str(tmp_path)]).read_text())
+    assert res["weighted_path"]["p50_ms"] > 0 and res["vector_scoring"]["p50_ms"] > 0
+    # the records carry 128 bytes of vector beside each 16-byte code
+    assert res["vector_scoring"]["store_mapped_bytes"] > res["weighted_path"]["store_mapped_bytes"]
