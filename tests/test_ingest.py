@@ -118,3 +118,23 @@ def test_decode_records_bad_ids_and_files_and_crops_the_stored_views():
     assert out["pixels"].shape == (3, 64, 64, 3) and out["view_pixels"].shape == (3, 1, 64, 64, 3)
     assert out["view_pixels"][0].any() and not (out["view_pixels"][0, 0] == out["pixels"][0]).all()
     assert "view_pixels" not in decode_batch({"id": ["ok"], "path": ["a"], "bytes": [good]}, 64, 10_000_000)
+
+
+def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
+    files = sorted(SAMPLES.glob("*.jpg"))[:4]
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in files:
+        shutil.copy(f, src / f.name)
+    cfg = _cfg(tmp_path, name="deephash", shards=1)
+    rep = run_ingest(cfg, [str(src)], IngestOptions(progress=False))
+    assert (rep.indexed, rep.errors) == (4, 0)
+    router = ShardRouter(ensure_shards(cfg), timeout_s=30, ref_views=1)
+    (stats,) = router.stats()
+    assert stats["vector_bytes"] == 128 and (stats["count"], stats["views"]) == (4, 4)
+    from encoders.decode import load_image
+    enc = get_encoder("deephash")
+    codes, _, vectors = enc.encode_vectors(enc.preprocess(load_image(files[2]))[None])
+    (hits,), _ = router.search(codes, k=3, vectors=vectors)
+    assert hits[0]["id"] == files[2].name and hits[0]["score"] < 0.05 and "ref_view" not in hits[0]
+    kill_shards(cfg)
