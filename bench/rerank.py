@@ -27,7 +27,7 @@ def _shard(codes: np.ndarray, vectors: np.ndarray, vector_bytes: int, root: str)
     shard = ShardActor(0, root, 128, snapshot_every=10 ** 9, vector_bytes=vector_bytes)
     ids = [f"img-{i}" for i in range(len(codes))]
     for s in range(0, len(codes), 100_000):
-        shard.add(ids[s:s + 100_000], records(codes[s:s + 100_000], vectors[s:s + 100_000], vector_bytes))
+        shard.add(ids[s:s + 100_000], records(codes[s:s + 100_000], vectors[s:s + 100_000] if vector_bytes else None))
     shard.snapshot()  # the store is then memory-mapped, as after a restart
     return shard
 

@@ -198,15 +198,6 @@ def _encoder_widths(cfg: Config) -> tuple[int, int]:
     return enc.bits, enc.vector_bytes
 
 
-def index_vector_bytes(cfg: Config) -> int:
-    """The side-vector width the index at ``shards.index_dir`` stores (0: none, or no index)."""
-    path = Path(cfg.shards.index_dir).expanduser() / INDEX_META
-    try:
-        return int(json.loads(path.read_text()).get("vector_bytes", 0))
-    except (OSError, ValueError, TypeError):
-        return 0
-
-
 # ---------------------------------------------------------------- simulated cluster (one machine)
 
 def start_local_cluster(shard_nodes: int = 3, head_cpus: int = 2,

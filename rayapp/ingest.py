@@ -178,24 +178,20 @@ class ShardWriter:
     def __init__(self, cfg_dict: dict, timeout_s: float):
         from rayapp.cluster import get_shards
         from rayapp.router import ShardRouter
-        from rayapp.cluster import index_vector_bytes
         cfg = Config.from_dict(cfg_dict)
         self.router = ShardRouter(get_shards(cfg), timeout_s=timeout_s)
         self.ref_views = list(cfg.encoder.ref_views)
-        self.vector_bytes = index_vector_bytes(cfg)  # 0: the index stores codes only
 
     def __call__(self, batch: dict) -> dict:
         ok = [i for i, e in enumerate(batch["error"]) if not e]
         ids = [str(batch["id"][i]) for i in ok]
         if ids:
             metas = [{"path": str(batch["path"][i])} for i in ok]
-            vb = self.vector_bytes
-
             def vec(key: str, *col: int) -> np.ndarray | None:
-                return batch[key][(ok, *col)] if vb and key in batch else None
-            views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j), vb)
+                return batch[key][(ok, *col)] if key in batch else None
+            views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j))
                      for j, name in enumerate(self.ref_views)}
-            self.router.add(ids, records(batch["code"][ok], vec("vector"), vb), metas, views)
+            self.router.add(ids, records(batch["code"][ok], vec("vector")), metas, views)
         shard = np.array([self.router.shard_for(str(i)) for i in batch["id"]], dtype=np.int32)
         return {"id": batch["id"], "path": batch["path"], "code": batch["code"], "shard": shard,
                 "error": batch["error"]}

@@ -215,7 +215,7 @@ class Ingress:
     """HTTP API (see DESIGN.md): validates, encodes via the Encoder deployment, routes to shards."""
 
     def __init__(self, cfg: Config, encoder: DeploymentHandle):
-        from rayapp.cluster import ensure_shards, index_vector_bytes
+        from rayapp.cluster import ensure_shards
         self.cfg = cfg
         self.encoder = encoder
         self.router = ShardRouter(ensure_shards(cfg, bits=_known_bits(cfg)),
@@ -223,7 +223,6 @@ class Ingress:
                                   resolver=partial(_lookup_shard, cfg.shards.namespace),
                                   ref_views=len(cfg.encoder.ref_views),
                                   ref_view_cost=cfg.encoder.ref_view_cost)
-        self.vector_bytes = index_vector_bytes(cfg)  # what the index stores with each code
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
         cfg.encoder.view_costs(["original"])  # validates the configured costs at start
@@ -415,16 +414,16 @@ class Ingress:
         """Add the rows given as images (with their side vectors and reference views) and those
         given as codes (without: their stale views go) in parallel -> summed counts."""
         groups = [[j for j, r in enumerate(rows) if (r in views) == image] for image in (True, False)]
-        vb, calls = self.vector_bytes, []
+        calls = []
         for image, group in zip((True, False), groups):
             if not group:
                 continue
             sel = [rows[j] for j in group]
-            recs, view_recs = records(codes[sel], None, vb), None
+            recs, view_recs = codes[sel], None
             if image:
-                recs = records(codes[sel], _stack([views[r]["vector"] for r in sel]), vb)
+                recs = records(codes[sel], _stack([views[r]["vector"] for r in sel]))
                 view_recs = {name: records(np.stack([views[r]["views"][name][0] for r in sel]),
-                                           _stack([views[r]["views"][name][1] for r in sel]), vb)
+                                           _stack([views[r]["views"][name][1] for r in sel]))
                              for name in views[sel[0]]["views"]}
             calls.append(self.router.aadd([ids[j] for j in group], recs,
                                           [items[r].meta or {} for r in sel], view_recs))

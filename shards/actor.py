@@ -240,6 +240,18 @@ class ShardActor:
             raise ValueError(f"got {len(codes)} codes for {n} ids")
         return np.ascontiguousarray(codes)
 
+    def _fit_records(self, codes: Any, n: int) -> np.ndarray:
+        """What an add sends -> (n, record_bytes) records: codes alone get a zero vector (no
+        vector: ranked by Hamming), and ``code || vector`` (one int8 per bit, ``shards.vectors``)
+        loses its vector on a shard that stores none. So writers need not know the index."""
+        if isinstance(codes, np.ndarray) and codes.dtype == np.uint8 and codes.ndim == 2:
+            width = codes.shape[1]
+            if width == self.code_bytes and self.vector_bytes:
+                codes = np.concatenate([codes, np.zeros((len(codes), self.vector_bytes), np.uint8)], 1)
+            elif width == self.code_bytes + self.bits and not self.vector_bytes:
+                codes = codes[:, :self.code_bytes]
+        return self._check_codes(codes, n, self.record_bytes)
+
     @staticmethod
     def _check_metas(metas: Any, n: int) -> list[str | None]:
         """JSON text per item; None = not given (a new item gets {}, an existing one keeps its)."""
@@ -270,7 +282,7 @@ class ShardActor:
         same step; returns after the WAL is fsynced. Idempotent by id. The counts are of images
         (``shards.views``: a stored view is not counted)."""
         ids = self._check_ids(ids)
-        codes = self._check_codes(codes, len(ids), self.record_bytes)
+        codes = self._fit_records(codes, len(ids))
         meta_texts = self._check_metas(metas, len(ids))
         adding = set(ids)
         drop = [i for i in dict.fromkeys(self._check_ids(drop or [])) if i not in adding]

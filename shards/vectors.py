@@ -41,13 +41,15 @@ def vector_distances(queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
     return ((1.0 - cos) * VECTOR_SCALE).astype(np.float32)
 
 
-def records(codes: np.ndarray, vectors: np.ndarray | None, vector_bytes: int) -> np.ndarray:
-    """Stored records ``code || vector`` (n, code bytes + vector_bytes) uint8; without vectors
-    (an item added by code) the vector part is zero, and such an entry ranks by Hamming."""
+def records(codes: np.ndarray, vectors: np.ndarray | None) -> np.ndarray:
+    """Records to store, ``code || vector`` (n, code bytes + d) uint8, or the codes alone when
+    there are no vectors (an encoder without them, an item added by code). A shard fits what it
+    gets to what it stores (``ShardActor.add``): it pads a missing vector with zeros, and such
+    an entry ranks by Hamming distance; a shard that stores no vectors drops them."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if vector_bytes == 0:
+    if vectors is None:
         return codes
-    vec = np.zeros((len(codes), vector_bytes), np.int8) if vectors is None else np.asarray(vectors)
-    if vec.shape != (len(codes), vector_bytes):
-        raise ValueError(f"vectors must have shape ({len(codes)}, {vector_bytes}), got {vec.shape}")
+    vec = np.asarray(vectors)
+    if vec.ndim != 2 or len(vec) != len(codes):
+        raise ValueError(f"vectors must have shape ({len(codes)}, d), got {vec.shape}")
     return np.concatenate([codes, vec.astype(np.int8).view(np.uint8)], axis=1)

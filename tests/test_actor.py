@@ -360,12 +360,12 @@ def test_side_vectors_rank_hits_and_survive_restart(tmp_path):
     codes, floats = codes_for(40), rng.normal(size=(40, BITS)).astype(np.float32)
     a = ShardActor(0, str(tmp_path / "s"), BITS, vector_bytes=BITS)
     ids = names(40)
-    recs = records(codes, quantize(floats), BITS)
+    recs = records(codes, quantize(floats))
     assert recs.shape == (40, BITS // 8 + BITS)
     with pytest.raises(ValueError, match="records"):
-        a.add(ids, codes)  # a code alone is not a record of this shard
+        a.add(ids, codes[:, :7])  # neither a code nor a record of this shard
     a.add(ids, recs)
-    a.add(["bare"], records(codes[:1], None, BITS))  # added by code: no vector
+    a.add(["bare"], codes[:1])  # added by code: no vector, padded with zeros
     # the query's vector is item 7's: it ranks first by score though its code is far
     query = codes[3:4]
     (hits,) = a.search(query, k=41, vectors=quantize(floats[7:8]))
@@ -382,3 +382,7 @@ def test_side_vectors_rank_hits_and_survive_restart(tmp_path):
     b.close()
     with pytest.raises(ValueError, match="side vectors"):
         ShardActor(0, str(tmp_path / "s"), BITS)  # the same dir without vectors is refused
+    plain = ShardActor(1, str(tmp_path / "plain"), BITS)  # stores codes only: drops the vectors
+    plain.add(ids[:2], recs[:2])
+    assert plain.get(ids[1])["code"] == codes[1].tobytes().hex() and plain.stats()["vector_bytes"] == 0
+    plain.close()

@@ -138,3 +138,24 @@ def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
     (hits,), _ = router.search(codes, k=3, vectors=vectors)
     assert hits[0]["id"] == files[2].name and hits[0]["score"] < 0.05 and "ref_view" not in hits[0]
     kill_shards(cfg)
+
+
+def test_an_index_without_side_vectors_ranks_by_weighted_hamming(ray_local, tmp_path):
+    files = sorted(SAMPLES.glob("*.jpg"))[4:7]
+    cfg = load_config(env={}, overrides={
+        "encoder": {"name": "deephash", "ref_views": []},
+        "shards": {"index_dir": str(tmp_path / "index"), "num_shards": 1, "vectors": False,
+                   "namespace": f"nv{abs(hash(str(tmp_path)))}"}})
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in files:
+        shutil.copy(f, src / f.name)
+    assert run_ingest(cfg, [str(src)], IngestOptions(progress=False)).indexed == 3
+    router = ShardRouter(ensure_shards(cfg), timeout_s=30)
+    assert router.stats()[0]["vector_bytes"] == 0  # the writers' vectors were dropped
+    from encoders.decode import load_image
+    enc = get_encoder("deephash")
+    codes, weights, vectors = enc.encode_vectors(enc.preprocess(load_image(files[1]))[None])
+    (hits,), _ = router.search(codes, k=2, weights=weights, vectors=vectors)
+    assert hits[0]["id"] == files[1].name and "score" not in hits[0] and hits[0]["weighted"] < 1
+    kill_shards(cfg)

@@ -163,7 +163,7 @@ def test_side_vectors_rank_across_shards_and_fold_views(ray_cluster, tmp_path):
     floats = quantize(rng.normal(size=(30, BITS)))
     crop_floats = quantize(rng.normal(size=(30, BITS)))
     ids = [f"v-{i}" for i in range(30)]
-    r.add(ids, records(codes, floats, BITS), None, {"center70": records(codes ^ 255, crop_floats, BITS)})
+    r.add(ids, records(codes, floats), None, {"center70": records(codes ^ 255, crop_floats)})
     # a query with img 4's code and img 9's crop vector: 9 wins through its stored crop's vector
     (hits,), missing = r.search(codes[4:5], k=5, vectors=crop_floats[9:10])
     assert missing == [] and hits[0]["id"] == "v-9" and hits[0]["ref_view"] == "center70"
