@@ -262,9 +262,10 @@ class Ingress:
             self._info = await self._encoder_call("info")
         return self._info
 
-    async def _codes(self, items: list[Item], views: dict | None = None) -> np.ndarray:
+    async def _codes(self, items: list[Item], stored: dict | None = None) -> np.ndarray:
         """Encode images and parse hex codes -> (n, bits/8) uint8, in item order. Given a dict
-        ``views``, each image's reference-view codes go into it by item index."""
+        ``stored``, the images are encoded to be stored: each one's encoder answer (its side
+        vector and its reference views) goes into it by item index."""
         bits = (await self.encoder_info())["bits"]
         for i, item in enumerate(items):
             if (item.data is None) == (item.code is None):
@@ -272,7 +273,7 @@ class Ingress:
                 raise ApiError(422, f"{where}send exactly one of an image or a hex 'code'",
                                "validation")
         answers = await asyncio.gather(*(self._encoder_call("encode_image", item.data, False,
-                                                            views is not None)
+                                                            stored is not None)
                                          for item in items if item.data is not None))
         answers = iter(answers)
         codes = []
@@ -286,8 +287,8 @@ class Ingress:
                 continue
             answer = next(answers)
             codes.append(_answer_code(answer, where))
-            if views is not None:
-                views[i] = answer  # its side vector and its reference views
+            if stored is not None:
+                stored[i] = answer
         return np.stack(codes)
 
     async def _query_codes(self, item: Item) -> tuple:
@@ -388,8 +389,8 @@ class Ingress:
                     raise ApiError(422, f"item {i}: an 'id' is required when adding by code",
                                    "validation")
                 item.id = hashlib.sha256(item.data).hexdigest()
-        views: dict[int, dict] = {}
-        codes = await self._codes(items, views)
+        stored: dict[int, dict] = {}
+        codes = await self._codes(items, stored)
         ids, rows, seen = [], [], {}
         for i, item in enumerate(items):
             if item.id in seen:
@@ -401,7 +402,7 @@ class Ingress:
             ids.append(item.id)
             rows.append(i)
         try:
-            counts = await self._store(items, ids, rows, codes, views)
+            counts = await self._store(items, ids, rows, codes, stored)
         except ShardUnavailable as exc:
             raise ApiError(503, f"not stored: {exc}", "shard_unavailable",
                            missing_shards=exc.shards) from None
@@ -410,10 +411,10 @@ class Ingress:
         return {"ids": [item.id for item in items], "durable": True, **counts}
 
     async def _store(self, items: list[Item], ids: list[str], rows: list[int], codes: np.ndarray,
-                     views: dict[int, dict]) -> dict:
+                     stored: dict[int, dict]) -> dict:
         """Add the rows given as images (with their side vectors and reference views) and those
         given as codes (without: their stale views go) in parallel -> summed counts."""
-        groups = [[j for j, r in enumerate(rows) if (r in views) == image] for image in (True, False)]
+        groups = [[j for j, r in enumerate(rows) if (r in stored) == image] for image in (True, False)]
         calls = []
         for image, group in zip((True, False), groups):
             if not group:
@@ -421,10 +422,10 @@ class Ingress:
             sel = [rows[j] for j in group]
             recs, view_recs = codes[sel], None
             if image:
-                recs = records(codes[sel], _stack([views[r]["vector"] for r in sel]))
-                view_recs = {name: records(np.stack([views[r]["views"][name][0] for r in sel]),
-                                           _stack([views[r]["views"][name][1] for r in sel]))
-                             for name in views[sel[0]]["views"]}
+                recs = records(codes[sel], _stack([stored[r]["vector"] for r in sel]))
+                view_recs = {name: records(np.stack([stored[r]["views"][name][0] for r in sel]),
+                                           _stack([stored[r]["views"][name][1] for r in sel]))
+                             for name in stored[sel[0]]["views"]}
             calls.append(self.router.aadd([ids[j] for j in group], recs,
                                           [items[r].meta or {} for r in sel], view_recs))
         counts = await asyncio.gather(*calls)
