@@ -128,6 +128,15 @@ def rerank(hits: list[dict], query: np.ndarray, weights: np.ndarray, k: int) -> 
     return sorted(out, key=_order)[:k]
 
 
+def _weighted_unless_scored(hits: list[dict], query: np.ndarray, weights: np.ndarray,
+                            k: int) -> list[dict]:
+    """Hits re-ranked by weighted Hamming distance, unless their shards already scored them by
+    side vector (``score``); either way without their codes."""
+    if not any("score" in h for h in hits):
+        return rerank(hits, query, weights, k)
+    return [{key: v for key, v in h.items() if key != "code"} for h in hits]
+
+
 def _order(hit: dict) -> tuple[float, int, str]:
     """Rank key: the side-vector ``score`` or else the ``weighted`` distance when present
     (re-ranked hits), else distance, plus the prior ``cost`` of the views that matched; then
@@ -401,24 +410,23 @@ class ShardRouter:
 
     def _depth(self, codes: np.ndarray, k: int, weights: np.ndarray | None,
                vectors: np.ndarray | None = None) -> tuple[int, bool]:
-        """(neighbours to fetch per shard, whether hits carry codes) for this query: an image
-        can take up to 1 + ref_views of them."""
-        per_image = 1 + self.ref_views
+        """(neighbours to fetch per shard, whether hits carry codes) for this query: re-ranked
+        queries (bit confidences or side vectors) fetch ``rerank_depth(k)``, and an image can
+        take up to 1 + ref_views of them."""
         if vectors is not None and len(vectors) != len(codes):
             raise ValueError(f"got {len(vectors)} query vectors for {len(codes)} codes")
-        if weights is None:
-            return int(k) * per_image if vectors is None else rerank_depth(int(k)) * per_image, False
-        if np.shape(weights) != (len(codes), codes.shape[1] * 8):
+        if weights is not None and np.shape(weights) != (len(codes), codes.shape[1] * 8):
             raise ValueError(f"weights must have shape ({len(codes)}, {codes.shape[1] * 8}), "
                              f"got {np.shape(weights)}")
-        return rerank_depth(int(k)) * per_image, True
+        reranked = weights is not None or vectors is not None
+        depth = rerank_depth(int(k)) if reranked else int(k)
+        return depth * (1 + self.ref_views), weights is not None
 
     def _merge(self, results: dict[int, Any], codes: np.ndarray, k: int, depth: int,
                radius: int | None, weights: np.ndarray | None) -> list[list[dict]]:
         merged = merge_results(results, len(codes), depth, radius)
-        if weights is not None:  # shards that scored by side vector need no re-rank
-            merged = [[{key: v for key, v in h.items() if key != "code"} for h in hits]
-                      if any("score" in h for h in hits) else rerank(hits, codes[q], weights[q], depth)
+        if weights is not None:
+            merged = [_weighted_unless_scored(hits, codes[q], weights[q], depth)
                       for q, hits in enumerate(merged)]
         return [fold_views(hits, int(k), self.ref_view_cost) for hits in merged]
 
