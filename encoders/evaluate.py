@@ -4,7 +4,8 @@ Metrics (per encoder):
 - mAP@100: one relevant ref per positive query; ties are counted pessimistically (every
   irrelevant ref at the same distance ranks before the relevant one). Refs are ranked as the
   service ranks them: by the cosine of side vectors when the encoder has them (deephash), else
-  by Hamming; ``rank=weighted`` scores weighted Hamming, ``rank=hamming`` plain Hamming.
+  by Hamming; ``rank=weighted`` scores weighted Hamming, ``rank=hamming`` plain Hamming. Then,
+  as the service does, each query's top ``verify`` refs are spatially verified (``shards.verify``).
 - µAP (DISC21): one global precision-recall curve over all (query, ref, score) predictions
   (top ``k_micro`` refs per query, negatives included), recall relative to the positive queries;
   equal scores are ordered wrong-first.
@@ -32,7 +33,9 @@ import numpy as np
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
+from encoders.keypoints import extract_many
 from shards.vectors import vector_distances
+from shards.verify import VERIFY_DEPTH, inliers, verify_bonus
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
                           check_ref_views, costs as tta_costs, query_variants, ref_view_images,
                           view_names)
@@ -235,6 +238,22 @@ def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.nda
     return best
 
 
+def verified(dist: np.ndarray, q_keypoints: np.ndarray, r_keypoints: np.ndarray,
+             depth: int = VERIFY_DEPTH) -> np.ndarray:
+    """``dist`` with each query's ``depth`` nearest refs spatially verified as the service
+    verifies them (``shards.verify``): a verified ref's distance drops by ``verify_bonus``."""
+    out = dist.copy()
+    for q, row in enumerate(dist):
+        for r in np.argsort(row, kind="stable")[:depth]:
+            out[q, r] -= verify_bonus(inliers(q_keypoints[q], r_keypoints[r]))
+    return out
+
+
+def _keypoints(paths: list[Path]) -> np.ndarray:
+    return np.concatenate([extract_many([load_image(p) for p in paths[i:i + 64]])
+                           for i in range(0, len(paths), 64)])
+
+
 def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
              ground_truth: str | Path, k_micro: int = 10, out: str | Path | None = None,
              extra: dict | None = None) -> dict:
@@ -249,7 +268,7 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
     q_paths = [Path(queries_dir) / q for q, _, _ in rows]
     gt_ref = np.array([ref_index[r] if r else -1 for _, r, _ in rows])
     families = [f for _, _, f in rows]
-    results = {}
+    results, keypoints = {}, None
     for spec in encoders:
         name, kwargs = parse_spec(spec)
         rank = check_rank(kwargs.pop("rank", "vector"))
@@ -258,6 +277,7 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         content = kwargs.pop("content", "on") not in ("off", "0", "false")
         ref_views = _ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))
         ref_view_cost = float(kwargs.pop("ref_view_cost", REF_VIEW_COST))
+        depth = int(kwargs.pop("verify", VERIFY_DEPTH))
         enc = get_encoder(name, **kwargs)
         r_codes, r_vectors, speed = encode_refs(enc, ref_paths, ref_views)
         tta = getattr(enc, "tta", "none")
@@ -266,11 +286,14 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         q_vectors = q_vectors if rank == "vector" else None
         prior = tta_costs(names, **prior)
         dist = distances(q_codes, q_weights, r_codes, prior, valid, ref_view_cost, q_vectors, r_vectors)
+        if depth > 0:
+            keypoints = keypoints or (_keypoints(q_paths), _keypoints(ref_paths))
+            dist = verified(dist, *keypoints, depth)
         used = "vector" if q_vectors is not None else "hamming" if q_weights is None else "weighted"
         results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),
                          "rank": used,
                          "views": {n: round(float(c), 3) for n, c in zip(names, prior)},
-                         "ref_views": {n: ref_view_cost for n in ref_views},
+                         "ref_views": {n: ref_view_cost for n in ref_views}, "verify": depth,
                          **score_codes(dist, enc.bits, gt_ref, families, k_micro)}
         print(f"{spec:40s} mAP@100={results[spec]['mAP@100']:.3f} muAP={results[spec]['muAP']:.3f} "
               f"R@1={results[spec]['recall@1']:.3f} worst={results[spec]['worst_family']} "
@@ -321,15 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries")
     ap.add_argument("--ground-truth")
     ap.add_argument("--encoders", nargs="+",
-                    default=["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,rank=weighted",
-                             "deephash:tta=flip_rot90,rank=hamming",
-                             "deephash:tta=flip_rot90,ref_views=none",
-                             "deephash:tta=flip_rot90,ref_views=none,content=off",
-                             "deephash:tta=flip_rot90,ref_views=none,content=off,flip_cost=0,rot_cost=0",
-                             "deephash:ref_views=none,content=off", "pdq", "phash"],
+                    default=["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,verify=0",
+                             "deephash:tta=flip_rot90,rank=weighted,verify=0",
+                             "deephash:tta=flip_rot90,rank=hamming,verify=0",
+                             "deephash:tta=flip_rot90,ref_views=none,verify=0",
+                             "deephash:tta=flip_rot90,ref_views=none,content=off,verify=0",
+                             "deephash:ref_views=none,content=off,verify=0",
+                             "pdq", "pdq:verify=0", "phash", "phash:verify=0"],
                     help="encoder specs, name[:opt=value,...] (opts: tta, rank=vector|weighted|hamming, "
                          "content=on|off, flip_cost, rot_cost, content_cost, "
-                         "ref_views=none|center70[+top_left70...], ref_view_cost, weights); "
+                         "ref_views=none|center70[+top_left70...], ref_view_cost, "
+                         f"verify=N (spatially verify the top N; default {VERIFY_DEPTH}, 0 = off), weights); "
                          "the default gives the model card's table")
     ap.add_argument("--n-refs", type=int, default=450)
     ap.add_argument("--n-queries", type=int, default=900)

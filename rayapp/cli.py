@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from encoders.base import RANK_MODES
 from encoders.tta import TTA_MODES
+from shards.verify import verify_bonus
 from rayapp.config import Config, load_config
 from rayapp.ingest import list_files
 from rayapp.ingest import main as index_command
@@ -106,6 +107,7 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
 def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -> None:
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
+    from encoders.keypoints import extract as extract_keypoints
     from rayapp.cluster import ensure_shards, init_ray
     from encoders.tta import query_variants
     from rayapp.router import ShardRouter, merge_variants
@@ -119,9 +121,11 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
     failed = 0
     for path in images:
         try:
-            arrays, names = query_variants(load_image(path, max_pixels=cfg.encoder.max_pixels),
-                                           enc.preprocess, mode, cfg.encoder.content)
+            img = load_image(path, max_pixels=cfg.encoder.max_pixels)
+            arrays, names = query_variants(img, enc.preprocess, mode, cfg.encoder.content)
             parts = [enc.encode_vectors(v) for v in arrays]
+            depth = max(0, int(cfg.encoder.verify))
+            keypoints = extract_keypoints(img) if depth else None
         except (OSError, ValueError) as exc:
             failed += 1
             click.echo(json.dumps({"query": path, "error": str(exc)}) if as_json
@@ -132,11 +136,13 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
                    if ranking != "hamming" and parts[0][1] is not None else None)
         vectors = (np.concatenate([v for _, _, v in parts])
                    if ranking == "vector" and parts[0][2] is not None else None)
-        results, missing = router.search(queries, k=k, radius=radius, with_meta=True, weights=weights,
-                                         vectors=vectors)
-        merged = merge_variants(results, k, cfg.encoder.view_costs(names), names)
+        results, missing = router.search(queries, k=max(k, depth), radius=radius, with_meta=True,
+                                         weights=weights, vectors=vectors)
+        merged = merge_variants(results, max(k, depth), cfg.encoder.view_costs(names), names)
+        merged = (router.verify(merged, keypoints, depth) if depth else merged)[:k]
         hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
-                 **{key: r[key] for key in ("score", "weighted", "cost", "variant", "ref_view") if key in r}}
+                 **{key: r[key] for key in ("score", "weighted", "cost", "variant", "ref_view", "inliers")
+                    if key in r}}
                 for r in merged]
         if as_json:
             click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))
@@ -153,9 +159,10 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
 
 def matched_as(hit: dict) -> str:
     """How a hit matched: "original", or the query's view and/or the stored crop that matched,
-    e.g. "flip", "its center70", "flip, its center70"."""
+    and the keypoints that verified it, e.g. "flip", "its center70", "flip, 57 keypoints"."""
     parts = [hit["variant"]] if hit.get("variant", "original") != "original" else []
     parts += [f"its {hit['ref_view']}"] if "ref_view" in hit else []
+    parts += [f"{hit['inliers']} keypoints"] if verify_bonus(hit.get("inliers", 0)) > 0 else []
     return ", ".join(parts) or "original"
 
 
@@ -253,11 +260,12 @@ def eval_cmd(args) -> None:
 
 
 @cli.command(**PASSTHROUGH)
-@click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank"]))
+@click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
     """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards), `gpu`
-    (encoder and faiss-gpu throughput against the CPU) or `rerank` (side-vector scoring)."""
+    (encoder and faiss-gpu throughput against the CPU), `rerank` (side-vector scoring) or `verify`
+    (spatial verification)."""
     import importlib
     import os
     sys.path.insert(0, os.getcwd())  # the console script's path does not include the checkout

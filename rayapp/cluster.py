@@ -27,6 +27,7 @@ from ray.actor import ActorHandle
 from rayapp import metrics
 from rayapp.config import Config
 from shards.actor import ShardActor
+from shards.verify import KEYPOINT_BYTES
 
 if TYPE_CHECKING:
     from ray.cluster_utils import Cluster
@@ -87,8 +88,9 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
     """Read or create ``index_dir/neardup.json``: encoder, bits, side-vector width and the
     shard count.
 
-    A new index stores the encoder's side vectors (``vector_bytes``, ``shards.vectors``) when
-    ``shards.vectors`` is on; an existing one keeps what it was built with.
+    A new index stores the encoder's side vectors (``vector_bytes``) when ``shards.vectors`` is
+    on, and each image's keypoints (``keypoint_bytes``, ``shards.verify``) when
+    ``shards.keypoints`` is on; an existing one keeps what it was built with.
 
     The shard count is fixed when an index is created, because adds are routed by
     hash(id) mod shards: a later run must use the same count (a dead node must not
@@ -102,13 +104,14 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
             if have.get(key) != value:
                 raise ValueError(f"index at {path.parent} was built with {key}={have.get(key)!r}, "
                                  f"not {value!r}; use the same encoder or a new --index-dir")
-        return {"vector_bytes": 0, **have}  # indexes from before side vectors have none
+        return {"vector_bytes": 0, "keypoint_bytes": 0, **have}  # older indexes have neither
     # Another node may have created this index: its named shard actors are cluster-wide.
     n = len(get_shards(cfg)) or (shard_nodes() if uses_shard_resource(cfg)
                                  else cfg.shards.num_shards)
     if vector_bytes is None:
         vector_bytes = _encoder_widths(cfg)[1]
     meta = {**want, "vector_bytes": int(vector_bytes) if cfg.shards.vectors else 0,
+            "keypoint_bytes": KEYPOINT_BYTES if cfg.shards.keypoints else 0,
             "num_shards": max(1, n), "index_kind": cfg.shards.index_kind}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -160,7 +163,7 @@ def ensure_shards(cfg: Config, bits: int | None = None, wait_s: float | None = 1
             opts["resources"] = {SHARD_RESOURCE: 1}
         handles.append(ray.remote(RayShardActor).options(**opts).remote(
             i, shard_dir(cfg, i), bits, cfg.shards.index_kind, cfg.shards.index_params,
-            cfg.shards.snapshot_every, meta["vector_bytes"]))
+            cfg.shards.snapshot_every, meta["vector_bytes"], meta["keypoint_bytes"]))
     refs = [h.ping.remote() for h in handles]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
     ray.get(ready)  # raises if a shard could not start

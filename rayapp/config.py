@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from encoders.registry import DEFAULT_ENCODER
+from shards.verify import VERIFY_DEPTH
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
                           check_ref_views, costs)
 
@@ -36,6 +37,7 @@ class EncoderConfig:
     # crops stored with each indexed image (encoders.tta.REF_VIEWS; [] = one code per image)
     ref_views: list = field(default_factory=lambda: list(DEFAULT_REF_VIEWS))
     ref_view_cost: float = REF_VIEW_COST  # prior cost a match of a stored crop pays
+    verify: int = VERIFY_DEPTH       # spatially verify an image query's top N hits (shards.verify; 0 = off)
 
     def __post_init__(self) -> None:
         self.ref_views = list(check_ref_views(self.ref_views))
@@ -54,6 +56,7 @@ class ShardConfig:
     index_params: dict = field(default_factory=dict)
     snapshot_every: int = 100_000    # WAL records between snapshots
     vectors: bool = True             # a new index stores the encoder's int8 side vectors (re-rank)
+    keypoints: bool = True           # a new index stores each image's ORB keypoints (verification)
     placement: str = "auto"          # auto | resource (one per node with {"shard": 1}) | local
     namespace: str = "neardup"
 

@@ -29,8 +29,10 @@ import ray
 from tqdm import tqdm
 
 from encoders.decode import IMAGE_EXTENSIONS, load_image, resize_square
+from encoders.keypoints import extract as extract_keypoints
 from encoders.tta import ref_view_images
 from shards.vectors import records
+from shards.verify import KEYPOINT_BYTES
 from shards.views import check_base_id
 from rayapp import metrics
 from rayapp.config import Config, load_config
@@ -115,11 +117,14 @@ def load_done_ids(manifest_dir: str) -> set[str]:
 
 # ---------------------------------------------------------------- pipeline stages
 
-def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = ()) -> dict:
+def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = (),
+                 keypoints: bool = False) -> dict:
     """Ray Data CPU task: bytes or path -> uint8 (size, size, 3), plus (n, views, size, size, 3)
-    for the reference views' crops; failures become an error string."""
+    for the reference views' crops and, with ``keypoints``, each image's packed keypoints
+    (``encoders.keypoints``); failures become an error string."""
     n = len(batch["id"])
     pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
+    kps = np.zeros((n, KEYPOINT_BYTES if keypoints else 0), dtype=np.uint8)
     view_pixels = np.zeros((n, len(ref_views), size, size, 3), dtype=np.uint8)
     errors = [""] * n
     for i in range(n):
@@ -128,12 +133,16 @@ def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = ())
             data = batch["bytes"][i] if "bytes" in batch else _read_bytes(str(batch["path"][i]))
             img = load_image(bytes(data), max_pixels=max_pixels)
             pixels[i] = resize_square(img, size)
+            if keypoints:
+                kps[i] = extract_keypoints(img)
             for j, crop in enumerate(ref_view_images(img, ref_views)):
                 view_pixels[i, j] = resize_square(crop, size)
         except Exception as exc:  # noqa: BLE001 - a bad file is recorded, never aborts the job
             errors[i] = f"{type(exc).__name__}: {exc}"
     out = {"id": batch["id"], "path": batch["path"], "pixels": pixels,
            "error": np.array(errors, dtype=object)}
+    if keypoints:  # no empty (n, 0) columns for Ray Data
+        out["keypoints"] = kps
     return {**out, "view_pixels": view_pixels} if ref_views else out
 
 
@@ -149,6 +158,8 @@ class EncodeActor:
         reference views' crops (n, views, S, S, 3) the same with a views axis."""
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         out = {"id": batch["id"], "path": batch["path"], "error": batch["error"]}
+        if "keypoints" in batch:
+            out["keypoints"] = batch["keypoints"]
         out["code"], vectors = self._encode(batch["pixels"], ok)
         with_vectors = self.encoder.vector_bytes > 0  # no empty (n, 0) columns for Ray Data
         if with_vectors:
@@ -191,7 +202,8 @@ class ShardWriter:
                 return batch[key][(ok, *col)] if key in batch else None
             views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j))
                      for j, name in enumerate(self.ref_views)}
-            self.router.add(ids, records(batch["code"][ok], vec("vector")), metas, views)
+            recs = records(batch["code"][ok], vec("vector"), vec("keypoints"))
+            self.router.add(ids, recs, metas, views)
         shard = np.array([self.router.shard_for(str(i)) for i in batch["id"]], dtype=np.int32)
         return {"id": batch["id"], "path": batch["path"], "code": batch["code"], "shard": shard,
                 "error": batch["error"]}
@@ -228,7 +240,8 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
     gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.encoder.device != "cpu"
     ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=1,
                         fn_kwargs={"size": input_size, "max_pixels": cfg.encoder.max_pixels,
-                                   "ref_views": tuple(cfg.encoder.ref_views)})
+                                   "ref_views": tuple(cfg.encoder.ref_views),
+                                   "keypoints": bool(cfg.shards.keypoints)})
     ds = ds.map_batches(EncodeActor, batch_size=opts.batch_size,
                         fn_constructor_args=(cfg.encoder.name, cfg.encoder.weights,
                                              "cuda" if gpu else "cpu"),

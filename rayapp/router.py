@@ -9,6 +9,10 @@ An image may be stored with reference views (``shards.views``): extra entries ho
 of some of its crops, on the image's shard. Searches fold a view's hit into its image's
 (``fold_views``), and removing an image removes its views.
 
+An image query's top hits can then be spatially verified (``verify``): each owning shard
+matches the query's keypoints against its stored images' (``shards.verify``), and a hit that
+shares many keypoints under one geometry gains a distance credit (``verify_bonus``).
+
 Every method has an ``async`` twin (``asearch``, ``aadd``, ...) for Serve's event loop.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ray.exceptions import ActorDiedError, RayActorError
 
 from encoders.base import weighted_hamming
 from encoders.tta import REF_VIEW_COST, REF_VIEWS
+from shards.verify import verify_bonus
 from shards.views import base_id, check_base_id, split_id, view_id
 
 log = logging.getLogger(__name__)
@@ -139,10 +144,19 @@ def _weighted_unless_scored(hits: list[dict], query: np.ndarray, weights: np.nda
 
 def _order(hit: dict) -> tuple[float, int, str]:
     """Rank key: the side-vector ``score`` or else the ``weighted`` distance when present
-    (re-ranked hits), else distance, plus the prior ``cost`` of the views that matched; then
-    distance, then id."""
+    (re-ranked hits), else distance, plus the prior ``cost`` of the views that matched, less
+    the credit of a spatially verified hit (``inliers``); then distance, then id."""
     d = int(hit["distance"])
-    return (hit.get("score", hit.get("weighted", d)) + hit.get("cost", 0.0), d, str(hit["id"]))
+    base = hit.get("score", hit.get("weighted", d)) + hit.get("cost", 0.0)
+    return (base - verify_bonus(hit.get("inliers", 0)), d, str(hit["id"]))
+
+
+def with_inliers(hits: list[dict], counts: dict[str, int | None]) -> list[dict]:
+    """One query's hits with each verified one's ``inliers`` (``counts`` by id; None: the shard
+    holds no keypoints for it), re-ordered by the credit that earns."""
+    out = [{**h, "inliers": counts[h["id"]]} if counts.get(h["id"]) is not None else h
+           for h in hits]
+    return sorted(out, key=_order)
 
 
 def _reason(exc: BaseException) -> str:
@@ -167,7 +181,9 @@ def _client_error(exc: BaseException) -> ValueError | None:
 def with_views(ids: list[str], codes: np.ndarray | None, metas: list[dict] | None,
                views: dict[str, np.ndarray] | None) -> tuple[list[str], Any, Any, list[str]]:
     """An add of images plus their reference views -> (ids, codes, metas) of every entry to
-    store, and the stored ids to drop: each image's known views that ``views`` does not hold."""
+    store, and the stored ids to drop: each image's known views that ``views`` does not hold.
+    A view's record may be shorter than its image's (no keypoints: verification uses the
+    image's); it is zero-filled to the same width."""
     for item_id in ids:
         check_base_id(item_id)  # a client id must not pose as a stored view
     views = views or {}
@@ -179,10 +195,12 @@ def with_views(ids: list[str], codes: np.ndarray | None, metas: list[dict] | Non
         return ids, codes, metas, drop
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     for name, vc in views.items():
-        if np.shape(vc) != codes.shape:
+        if np.ndim(vc) != 2 or len(vc) != len(codes) or np.shape(vc)[1] > codes.shape[1]:
             raise ValueError(f"view {name!r} codes must have shape {codes.shape}, got {np.shape(vc)}")
     all_ids = ids + [view_id(i, v) for v in views for i in ids]
-    all_codes = np.concatenate([codes, *(np.asarray(vc, dtype=np.uint8) for vc in views.values())])
+    padded = [np.pad(np.asarray(vc, dtype=np.uint8), ((0, 0), (0, codes.shape[1] - np.shape(vc)[1])))
+              for vc in views.values()]
+    all_codes = np.concatenate([codes, *padded])
     all_metas = None if metas is None else list(metas) * (1 + len(views))
     return all_ids, all_codes, all_metas, drop
 
@@ -429,6 +447,28 @@ class ShardRouter:
             merged = [_weighted_unless_scored(hits, codes[q], weights[q], depth)
                       for q, hits in enumerate(merged)]
         return [fold_views(hits, int(k), self.ref_view_cost) for hits in merged]
+
+    # ---- spatial verification ---------------------------------------------------------
+    def _submit_verify(self, groups: dict[int, tuple], keypoints: bytes) -> dict[int, Any]:
+        return {s: self._read(s, "verify", ids, keypoints) for s, (ids, _, _) in groups.items()}
+
+    @staticmethod
+    def _counts(groups: dict[int, tuple], results: dict[int, Any]) -> dict[str, int | None]:
+        return {item_id: n for s, got in results.items() for item_id, n in zip(groups[s][0], got)}
+
+    def verify(self, hits: list[dict], keypoints: bytes, depth: int) -> list[dict]:
+        """One image query's merged hits with its top ``depth`` spatially verified by their
+        shards (``ShardActor.verify``) and re-ordered; a shard that fails leaves its hits as
+        they were (the answer is still right, only less sure)."""
+        groups = self._group([str(h["id"]) for h in hits[:max(0, depth)]])
+        results, _ = self._collect(self._submit_verify(groups, bytes(keypoints)), self.timeout_s)
+        return with_inliers(hits, self._counts(groups, results))
+
+    async def averify(self, hits: list[dict], keypoints: bytes, depth: int) -> list[dict]:
+        """Async :meth:`verify`."""
+        groups = self._group([str(h["id"]) for h in hits[:max(0, depth)]])
+        results, _ = await self._acollect(self._submit_verify(groups, bytes(keypoints)), self.timeout_s)
+        return with_inliers(hits, self._counts(groups, results))
 
     # ---- writes -----------------------------------------------------------------------
     def _submit_add(self, ids, codes, metas, views) -> dict[int, Any]:

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from encoders.base import check_rank, code_to_hex, hex_to_code
 from encoders.decode import ImageDecodeError, load_image
+from encoders.keypoints import extract as extract_keypoints
 from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_images
 from rayapp import metrics
 from rayapp.config import Config, load_config
@@ -75,12 +76,14 @@ class EncoderDeployment:
         self.content = bool(cfg.encoder.content)
         self.ref_views = check_ref_views(cfg.encoder.ref_views)
         self.max_pixels = int(cfg.encoder.max_pixels)
+        self.verify = max(0, int(cfg.encoder.verify))  # queries: keypoints to verify hits
+        self.keypoints = bool(cfg.shards.keypoints)    # stored images: keypoints to keep
         self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
 
     def info(self) -> dict:
         """Encoder name, bits, input size, the query-time TTA mode and ranking."""
         return {**self.encoder.info(), "tta": self.tta, "content": self.content, "rank": self.rank,
-                "ref_views": list(self.ref_views)}
+                "ref_views": list(self.ref_views), "verify": self.verify}
 
     async def encode_image(self, data: bytes, query: bool = False, store: bool = False) -> dict:
         """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``.
@@ -92,10 +95,12 @@ class EncoderDeployment:
         With ``vector`` ranking (and an encoder that has them) ``"vectors"`` holds each variant's
         int8 side vector. To ``store`` the image, ``"vector"`` is its side vector (None without)
         and ``"views"`` maps each configured reference view to that crop's (code, vector).
+        ``"keypoints"`` holds the image's packed keypoints (``encoders.keypoints``) to store it
+        (``shards.keypoints``) or to verify a query's hits (``encoder.verify``), else None.
         Every array goes through the same dynamic batcher.
         """
         try:
-            arrays, names = await asyncio.to_thread(self._views, data, query, store)
+            arrays, names, keypoints = await asyncio.to_thread(self._views, data, query, store)
         except ImageDecodeError as exc:
             return {"error": str(exc), "status": decode_status(exc)}
         parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
@@ -103,23 +108,28 @@ class EncoderDeployment:
             if not store:
                 return {"code": parts[0][0]}
             views = {name: (code, vec) for name, (code, _, vec) in zip(names[1:], parts[1:])}
-            return {"code": parts[0][0], "vector": parts[0][2], "views": views}
-        answer = {"code": parts[0][0], "variants": [c for c, _, _ in parts], "names": names}
+            return {"code": parts[0][0], "vector": parts[0][2], "views": views,
+                    "keypoints": keypoints}
+        answer = {"code": parts[0][0], "variants": [c for c, _, _ in parts], "names": names,
+                  "keypoints": keypoints}
         if self.rank != "hamming" and parts[0][1] is not None:
             answer["weights"] = [w for _, w, _ in parts]
         if self.rank == "vector" and parts[0][2] is not None:
             answer["vectors"] = [v for _, _, v in parts]
         return answer
 
-    def _views(self, data: bytes, query: bool, store: bool) -> tuple[list[np.ndarray], list[str]]:
+    def _views(self, data: bytes, query: bool, store: bool) -> tuple[list[np.ndarray], list[str],
+                                                                     np.ndarray | None]:
         """Decode once, then the arrays to encode and their names: the image as given, plus a
-        query's views or, to store it, its reference views."""
+        query's views or, to store it, its reference views; and its keypoints, if wanted."""
         img = load_image(data, max_pixels=self.max_pixels)
+        want = self.verify > 0 if query else store and self.keypoints
+        keypoints = extract_keypoints(img) if want else None
         if query:
-            return query_variants(img, self.encoder.preprocess, self.tta, self.content)
+            return (*query_variants(img, self.encoder.preprocess, self.tta, self.content), keypoints)
         extra = ref_view_images(img, self.ref_views) if store else []
         arrays = [self.encoder.preprocess(v)[None] for v in [img, *extra]]
-        return arrays, ["original", *(self.ref_views if store else ())]
+        return arrays, ["original", *(self.ref_views if store else ())], keypoints
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
     async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple]:
@@ -195,9 +205,10 @@ def _lookup_shard(namespace: str, i: int):
     return ray.get_actor(shard_name(i), namespace=namespace)
 
 
-def _stack(vectors: list) -> np.ndarray | None:
-    """Side vectors of several images as one (n, d) int8 array, or None if the encoder has none."""
-    return None if any(v is None for v in vectors) else np.stack(vectors).astype(np.int8)
+def _stack(parts: list, dtype=np.int8) -> np.ndarray | None:
+    """Side vectors (or keypoints) of several images as one (n, d) array, or None if any is
+    missing (an encoder without vectors, keypoints not kept)."""
+    return None if any(v is None for v in parts) else np.stack(parts).astype(dtype)
 
 
 def _answer_code(answer: dict, where: str) -> np.ndarray:
@@ -294,10 +305,11 @@ class Ingress:
     async def _query_codes(self, item: Item) -> tuple:
         """One query -> (its code, the codes to search: (v, bits/8), more than one with TTA,
         their bit confidences (v, bits) for weighted ranking, or None: a hex code has none,
-        the variants' names, and their side vectors (v, d) for vector ranking, or None)."""
+        the variants' names, their side vectors (v, d) for vector ranking, or None, and the
+        image's packed keypoints to verify its hits, or None)."""
         if item.code is not None:
             code = (await self._codes([item]))[0]
-            return code, code[None, :], None, ["original"], None
+            return code, code[None, :], None, ["original"], None, None
         answer = await self._encoder_call("encode_image", item.data, True)
         code = _answer_code(answer, "")
         queries = np.stack([np.asarray(c, dtype=np.uint8) for c in answer["variants"]])
@@ -305,7 +317,7 @@ class Ingress:
         weights = None if weights is None else np.stack(weights).astype(np.float32)
         vectors = answer.get("vectors")
         vectors = None if vectors is None else np.stack(vectors).astype(np.int8)
-        return code, queries, weights, answer["names"], vectors
+        return code, queries, weights, answer["names"], vectors, answer.get("keypoints")
 
     async def _items(self, request: Request) -> tuple[list[Item], dict]:
         s = self.cfg.serve
@@ -367,11 +379,16 @@ class Ingress:
         radius = params.get("radius")
         radius = None if radius in (None, "") else int_param(radius, "radius", 0, s.max_radius)
         with_meta = bool_param(params.get("with_meta", False), "with_meta")
-        code, queries, weights, names, vectors = await self._query_codes(items[0])
-        results, missing = await self.router.asearch(queries, k, radius, with_meta, weights, vectors)
+        code, queries, weights, names, vectors, keypoints = await self._query_codes(items[0])
+        depth = max(0, int(self.cfg.encoder.verify)) if keypoints is not None else 0
+        results, missing = await self.router.asearch(queries, max(k, depth), radius, with_meta,
+                                                     weights, vectors)
         for _ in missing:
             metrics.count_error("shard_timeout")
-        hits = merge_variants(results, k, self.cfg.encoder.view_costs(names), names)
+        hits = merge_variants(results, max(k, depth), self.cfg.encoder.view_costs(names), names)
+        if depth:
+            hits = await self.router.averify(hits, keypoints, depth)
+        hits = hits[:k]
         return {"results": hits, "partial": bool(missing), "missing_shards": missing,
                 "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
@@ -422,7 +439,8 @@ class Ingress:
             sel = [rows[j] for j in group]
             recs, view_recs = codes[sel], None
             if image:
-                recs = records(codes[sel], _stack([stored[r]["vector"] for r in sel]))
+                recs = records(codes[sel], _stack([stored[r]["vector"] for r in sel]),
+                               _stack([stored[r]["keypoints"] for r in sel], np.uint8))
                 view_recs = {name: records(np.stack([stored[r]["views"][name][0] for r in sel]),
                                            _stack([stored[r]["views"][name][1] for r in sel]))
                              for name in stored[sel[0]]["views"]}

@@ -31,6 +31,7 @@ import numpy as np
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.store import IdStore, hash_ids
 from shards.vectors import vector_distance
+from shards.verify import KEYPOINT_BYTES, inliers
 from shards.views import is_view
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, fsync_dir, fsync_tree, replay
 
@@ -71,7 +72,7 @@ class ShardActor:
 
     def __init__(self, shard_id: int, data_dir: str, bits: int, kind: str | None = None,
                  index_params: dict | None = None, snapshot_every: int = 100_000,
-                 vector_bytes: int = 0) -> None:
+                 vector_bytes: int = 0, keypoint_bytes: int = 0) -> None:
         if not isinstance(bits, int) or bits <= 0 or bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits!r}")
         if snapshot_every < 1:
@@ -79,9 +80,13 @@ class ShardActor:
         self.shard_id = int(shard_id)
         self.bits = bits
         self.code_bytes = bits // 8
-        # a stored record is the code, then an int8 side vector when vector_bytes > 0
+        # a stored record is the code, then an int8 side vector when vector_bytes > 0, then the
+        # image's packed keypoints (shards.verify) when keypoint_bytes > 0
         self.vector_bytes = int(vector_bytes)
-        self.record_bytes = self.code_bytes + self.vector_bytes
+        self.keypoint_bytes = int(keypoint_bytes)
+        if self.keypoint_bytes not in (0, KEYPOINT_BYTES):
+            raise ValueError(f"keypoint_bytes must be 0 or {KEYPOINT_BYTES}, got {keypoint_bytes}")
+        self.record_bytes = self.code_bytes + self.vector_bytes + self.keypoint_bytes
         self.data_dir = Path(data_dir)
         self.snapshot_every = int(snapshot_every)
         self._kind = kind or DEFAULT_KIND
@@ -103,11 +108,15 @@ class ShardActor:
             if int(info.get("vector_bytes", 0)) != self.vector_bytes:
                 raise ValueError(f"{self.data_dir} holds {info.get('vector_bytes', 0)}-byte side "
                                  f"vectors, not {self.vector_bytes}: use another index dir")
+            if int(info.get("keypoint_bytes", 0)) != self.keypoint_bytes:
+                raise ValueError(f"{self.data_dir} holds {info.get('keypoint_bytes', 0)}-byte "
+                                 f"keypoints, not {self.keypoint_bytes}: use another index dir")
             if info.get("shard_id") != self.shard_id:
                 print(f"neardup: {self.data_dir} was shard {info.get('shard_id')}, now shard "
                       f"{self.shard_id}", file=sys.stderr)
         _write_atomic(path, json.dumps({"shard_id": self.shard_id, "bits": self.bits,
-                                        "vector_bytes": self.vector_bytes}))
+                                        "vector_bytes": self.vector_bytes,
+                                        "keypoint_bytes": self.keypoint_bytes}))
 
     def _recover(self) -> None:
         """Load the last snapshot, then replay every WAL written since, in order."""
@@ -228,7 +237,8 @@ class ShardActor:
     def _check_codes(self, codes: Any, n: int | None = None, width: int | None = None) -> np.ndarray:
         """(n, width) uint8: query codes, or with ``width=record_bytes`` the records to store."""
         width = width or self.code_bytes
-        what = "codes" if width == self.code_bytes else f"records (code + {self.vector_bytes}-byte vector)"
+        what = ("codes" if width == self.code_bytes else f"records (code + {self.vector_bytes}-byte "
+                f"vector + {self.keypoint_bytes}-byte keypoints)")
         if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8:
             raise ValueError(f"{what} must be a numpy uint8 array of shape (n, {width})")
         if codes.ndim == 1 and codes.shape[0] == width:
@@ -241,16 +251,24 @@ class ShardActor:
         return np.ascontiguousarray(codes)
 
     def _fit_records(self, codes: Any, n: int) -> np.ndarray:
-        """What an add sends -> (n, record_bytes) records: codes alone get a zero vector (no
-        vector: ranked by Hamming), and ``code || vector`` (one int8 per bit, ``shards.vectors``)
-        loses its vector on a shard that stores none. So writers need not know the index."""
-        if isinstance(codes, np.ndarray) and codes.dtype == np.uint8 and codes.ndim == 2:
-            width = codes.shape[1]
-            if width == self.code_bytes and self.vector_bytes:
-                codes = np.concatenate([codes, np.zeros((len(codes), self.vector_bytes), np.uint8)], 1)
-            elif width == self.code_bytes + self.bits and not self.vector_bytes:
-                codes = codes[:, :self.code_bytes]
-        return self._check_codes(codes, n, self.record_bytes)
+        """What an add sends -> (n, record_bytes) records. A writer sends ``code [|| vector]
+        [|| keypoints]`` (``shards.vectors.records``); a part the shard keeps but the writer lacks
+        is zero-filled (no vector: ranked by Hamming; no keypoints: never verified), and a part
+        the shard does not keep is dropped. So writers need not know the index."""
+        if not (isinstance(codes, np.ndarray) and codes.dtype == np.uint8 and codes.ndim == 2):
+            return self._check_codes(codes, n, self.record_bytes)
+        cb, width = self.code_bytes, codes.shape[1]
+        vec_width = self.vector_bytes or self.bits  # a writer's vector: one int8 per bit
+        kp = KEYPOINT_BYTES if width in (cb + KEYPOINT_BYTES, cb + vec_width + KEYPOINT_BYTES) else 0
+        vw = width - cb - kp
+        if width == self.record_bytes or vw not in (0, vec_width):
+            return self._check_codes(codes, n, self.record_bytes)
+        parts = [codes[:, :cb]]
+        for have, want, start in ((vw, self.vector_bytes, cb), (kp, self.keypoint_bytes, cb + vw)):
+            if want:
+                parts.append(codes[:, start:start + want] if have == want
+                             else np.zeros((len(codes), want), np.uint8))
+        return self._check_codes(np.concatenate(parts, 1), n, self.record_bytes)
 
     @staticmethod
     def _check_metas(metas: Any, n: int) -> list[str | None]:
@@ -412,11 +430,28 @@ class ShardActor:
         """Hits with ``score``: the stored vectors' distance to the query's, ordered by it."""
         if not row:
             return row
-        stored = np.frombuffer(b"".join(it.code[self.code_bytes:] for it in items), np.int8)
+        cb, vb = self.code_bytes, self.vector_bytes
+        stored = np.frombuffer(b"".join(it.code[cb:cb + vb] for it in items), np.int8)
         scores = vector_distance(query_vector, stored.reshape(len(items), self.vector_bytes))
         for hit, sc in zip(row, scores.tolist()):
             hit["score"] = round(float(hit["distance"]) if sc != sc else sc, 3)  # NaN: no vector
         return sorted(row, key=lambda h: (h["score"], h["distance"], h["id"]))
+
+    def verify(self, ids: list[str], keypoints: np.ndarray | bytes) -> list[int | None]:
+        """Spatially verify stored images against one query's packed keypoints
+        (``shards.verify``) -> each id's inlier count; None for an unknown id or one stored
+        without keypoints (or on a shard that keeps none)."""
+        ids = self._check_ids(ids)
+        query = np.frombuffer(bytes(keypoints), np.uint8)
+        if len(query) != KEYPOINT_BYTES:
+            raise ValueError(f"keypoints must be {KEYPOINT_BYTES} bytes, got {len(query)}")
+        out: list[int | None] = []
+        start = self.code_bytes + self.vector_bytes
+        for item_id in ids:
+            item = self._store.get(item_id) if self.keypoint_bytes else None
+            stored = None if item is None else np.frombuffer(item.code[start:], np.uint8)
+            out.append(None if stored is None or not stored[:2].any() else inliers(query, stored))
+        return out
 
     def get(self, id: str) -> dict | None:
         """``{"id", "code": hex, "meta": dict}`` or None."""
@@ -438,6 +473,7 @@ class ShardActor:
             "count": len(store) - self._views, "codes": len(store), "views": self._views,
             "memory_bytes": index.memory_bytes() + store.memory_bytes(),
             "index_kind": index.kind, "bits": self.bits, "vector_bytes": self.vector_bytes,
+            "keypoint_bytes": self.keypoint_bytes,
             "state": "ready",
             "index_params": index.params, "index_count": index.ntotal,
             "tombstones": index.tombstones, "index_memory_bytes": index.memory_bytes(),

@@ -41,15 +41,21 @@ def vector_distances(queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
     return ((1.0 - cos) * VECTOR_SCALE).astype(np.float32)
 
 
-def records(codes: np.ndarray, vectors: np.ndarray | None) -> np.ndarray:
-    """Records to store, ``code || vector`` (n, code bytes + d) uint8, or the codes alone when
-    there are no vectors (an encoder without them, an item added by code). A shard fits what it
-    gets to what it stores (``ShardActor.add``): it pads a missing vector with zeros, and such
-    an entry ranks by Hamming distance; a shard that stores no vectors drops them."""
+def records(codes: np.ndarray, vectors: np.ndarray | None,
+            keypoints: np.ndarray | None = None) -> np.ndarray:
+    """Records to store, ``code [|| vector] [|| keypoints]`` (n, ...) uint8: the codes, their
+    int8 side vectors unless there are none (an encoder without them, an item added by code),
+    then the images' packed keypoints (``shards.verify``) if given. A shard fits what it gets to
+    what it stores (``ShardActor.add``): it zero-fills a missing part (no vector: the entry
+    ranks by Hamming distance; no keypoints: it is never verified) and drops a part it does not
+    keep."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    if vectors is None:
-        return codes
-    vec = np.asarray(vectors)
-    if vec.ndim != 2 or len(vec) != len(codes):
-        raise ValueError(f"vectors must have shape ({len(codes)}, d), got {vec.shape}")
-    return np.concatenate([codes, vec.astype(np.int8).view(np.uint8)], axis=1)
+    parts = [codes]
+    for name, part in (("vectors", vectors), ("keypoints", keypoints)):
+        if part is None:
+            continue
+        arr = np.asarray(part)
+        if arr.ndim != 2 or len(arr) != len(codes):
+            raise ValueError(f"{name} must have shape ({len(codes)}, d), got {arr.shape}")
+        parts.append(arr.view(np.uint8) if arr.dtype.itemsize == 1 else arr.astype(np.uint8))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)

@@ -192,3 +192,12 @@ def test_rerank_bench_measures_both_paths(tmp_path):
     assert res["weighted_path"]["p50_ms"] > 0 and res["vector_scoring"]["p50_ms"] > 0
     # the records carry 128 bytes of vector beside each 16-byte code
     assert res["vector_scoring"]["store_mapped_bytes"] > res["weighted_path"]["store_mapped_bytes"]
+
+
+def test_verify_bench_measures_search_extract_and_verify(tmp_path):
+    from bench import verify
+    res = json.loads(verify.run(["--entries", "2000", "--queries", "10", "--out-dir", str(tmp_path)]).read_text())
+    assert res["record_bytes"] > res["record_bytes_without_keypoints"]
+    for part in ("search", "extract_query_keypoints", "verify_top"):
+        assert res[part]["p50_ms"] > 0
+    assert res["verify_over_search_p50"] > 0

@@ -7,11 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from encoders.keypoints import extract as extract_keypoints
 from encoders.registry import get_encoder
 from rayapp.cluster import ensure_shards, kill_shards
 from rayapp.config import load_config
 from rayapp.ingest import IngestOptions, load_done_ids, read_manifest, run_ingest
 from rayapp.router import ShardRouter
+from shards.verify import KEYPOINT_BYTES
 
 SAMPLES = Path(__file__).resolve().parents[1] / "rayapp" / "samples"
 
@@ -118,6 +120,10 @@ def test_decode_records_bad_ids_and_files_and_crops_the_stored_views():
     assert out["pixels"].shape == (3, 64, 64, 3) and out["view_pixels"].shape == (3, 1, 64, 64, 3)
     assert out["view_pixels"][0].any() and not (out["view_pixels"][0, 0] == out["pixels"][0]).all()
     assert "view_pixels" not in decode_batch({"id": ["ok"], "path": ["a"], "bytes": [good]}, 64, 10_000_000)
+    assert "keypoints" not in out  # only when asked for, so no empty columns reach Ray Data
+    kps = decode_batch({"id": ["ok", "broken"], "path": ["a", "b"], "bytes": [good, b"x"]},
+                       64, 10_000_000, keypoints=True)["keypoints"]
+    assert kps.shape == (2, KEYPOINT_BYTES) and kps[0, :2].any() and not kps[1].any()
 
 
 def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
@@ -137,6 +143,13 @@ def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
     codes, _, vectors = enc.encode_vectors(enc.preprocess(load_image(files[2]))[None])
     (hits,), _ = router.search(codes, k=3, vectors=vectors)
     assert hits[0]["id"] == files[2].name and hits[0]["score"] < 0.05 and "ref_view" not in hits[0]
+    # each image's keypoints were stored with it: a corner crop of it verifies
+    assert stats["keypoint_bytes"] == KEYPOINT_BYTES
+    img = load_image(files[2])
+    crop = img.crop((img.width // 3, img.height // 3, img.width, img.height))
+    verified = router.verify(hits, extract_keypoints(crop), 3)
+    assert verified[0]["id"] == files[2].name and verified[0]["inliers"] >= 40, verified
+    assert all(h.get("inliers", 0) < 25 for h in verified[1:])
     kill_shards(cfg)
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from ray import serve
 
 from encoders.tta import costs, variant_names
+from shards.verify import BONUS_FROM, verify_bonus
 from rayapp.config import Config
 from rayapp.serve import run_server
 from tests.helpers_images import jpeg_bytes
@@ -73,8 +74,10 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
         # each hit pays its query view's prior cost, plus 0.5 when it matched a stored crop
         assert all(r.get("cost", 0) == pytest.approx(prior[r["variant"]] + 0.5 * ("ref_view" in r))
                    for r in found["results"])
-        # ranked by the side vectors' cosine distance (score) plus that cost
-        ranked = [r["score"] + r.get("cost", 0) for r in found["results"]]
+        # ranked by the side vectors' cosine distance (score) plus that cost, less the credit
+        # of hits whose keypoints verified them
+        ranked = [r["score"] + r.get("cost", 0) - verify_bonus(r.get("inliers", 0))
+                  for r in found["results"]]
         assert ranked == sorted(ranked) and all(0 <= r["score"] <= 64 for r in found["results"])
         assert found["results"][0]["score"] < found["results"][1]["score"]
         with_tta = found["results"][0]["distance"]
@@ -89,3 +92,23 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
     assert all(r["distance"] > 10 for r in other["results"])
     same = _search(client, jpeg_bytes(photos["p2"]))["results"][0]
     assert same["id"] == "p2" and same["variant"] == "original"
+
+
+def test_an_off_centre_crop_is_found_by_its_keypoints(client):
+    """40% of a stored photo, cut from its corner and re-encoded: too little of it for the
+    global code, but its keypoints verify it (``inliers``) and lift it to the top."""
+    photos = {f"c{i}": Image.open(path).convert("RGB") for i, path in enumerate(SAMPLES[20:32])}
+    for pid, img in photos.items():
+        resp = client.post("/v1/items", files={"file": (f"{pid}.jpg", jpeg_bytes(img), "image/jpeg")},
+                           data={"id": pid})
+        assert resp.status_code == 200, resp.text
+    assert client.get("/v1/status").json()["encoder"]["verify"] == 20
+    for pid in ("c3", "c7"):
+        img = photos[pid]
+        w, h = img.size
+        crop = img.crop((int(w * 0.37), int(h * 0.37), w, h))
+        top = _search(client, jpeg_bytes(crop, 40))["results"][0]
+        assert top["id"] == pid and top["inliers"] > BONUS_FROM, top
+    # a hex-code query has no pixels, so nothing is verified
+    plain = client.post("/v1/search", json={"code": "00" * 16, "k": 5}).json()["results"]
+    assert all("inliers" not in r for r in plain)

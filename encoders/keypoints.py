@@ -1,0 +1,39 @@
+"""ORB keypoints of a decoded image, packed for storage and spatial verification
+(``shards.verify``: layout, matching and scoring)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from shards.verify import KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack
+
+cv2.setNumThreads(1)
+_ORB = None
+
+
+def _orb():
+    global _ORB
+    if _ORB is None:  # small patches: keypoints survive near the edges of a crop
+        _ORB = cv2.ORB_create(nfeatures=KEYPOINTS, scaleFactor=1.2, nlevels=8, edgeThreshold=15,
+                              patchSize=15, fastThreshold=10)
+    return _ORB
+
+
+def extract(image: Image.Image) -> np.ndarray:
+    """A decoded image -> its packed ORB keypoints (KEYPOINT_BYTES,) uint8, detected on the
+    grey image scaled to KEYPOINT_SIDE on its longest side (never enlarged)."""
+    grey = image.convert("L")
+    grey.thumbnail((KEYPOINT_SIDE, KEYPOINT_SIDE), Image.BILINEAR)
+    kps, des = _orb().detectAndCompute(np.asarray(grey), None)
+    if des is None or not kps:
+        return np.zeros(KEYPOINT_BYTES, np.uint8)
+    return pack(np.array([k.pt for k in kps], np.float32), des)
+
+
+def extract_many(images: list[Image.Image]) -> np.ndarray:
+    """Packed keypoints of several images -> (n, KEYPOINT_BYTES) uint8."""
+    out = np.zeros((len(images), KEYPOINT_BYTES), np.uint8)
+    for i, im in enumerate(images):
+        out[i] = extract(im)
+    return out

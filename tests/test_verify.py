@@ -1,0 +1,104 @@
+"""Spatial verification (ORB keypoints + RANSAC) on the bundled real photos, decoded from JPEG."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encoders.keypoints import extract
+from shards.actor import ShardActor
+from shards.vectors import records
+from shards.verify import (BONUS_FROM, KEYPOINT_BYTES, VERIFY_BONUS, inliers, pack, unpack,
+                           verify_bonus)
+from tests.helpers_images import jpeg_bytes
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
+
+
+def _photo(i: int) -> Image.Image:
+    return Image.open(SAMPLES[i]).convert("RGB")
+
+
+def _jpeg(img: Image.Image, quality: int = 80) -> Image.Image:
+    return Image.open(io.BytesIO(jpeg_bytes(img, quality))).convert("RGB")
+
+
+def _corner_crop(img: Image.Image, area: float = 0.4) -> Image.Image:
+    """An off-centre crop of ``area`` of the image, touching its bottom-right corner."""
+    w, h = img.size
+    s = area ** 0.5
+    return img.crop((int(w * (1 - s)), int(h * (1 - s)), w, h))
+
+
+def test_pack_round_trip_and_empty():
+    xy = np.array([[1.5, 2.25], [319.0, 200.0]], np.float32)
+    des = np.arange(64, dtype=np.uint8).reshape(2, 32)
+    packed = pack(xy, des)
+    assert packed.shape == (KEYPOINT_BYTES,) and packed.dtype == np.uint8
+    got_xy, got_des = unpack(packed)
+    assert np.allclose(got_xy, xy, atol=1 / 16) and np.array_equal(got_des, des)
+    assert unpack(np.zeros(KEYPOINT_BYTES, np.uint8))[0].shape == (0, 2)
+    with pytest.raises(ValueError, match="bytes"):
+        unpack(b"short")
+    flat = extract(Image.new("RGB", (300, 200), (40, 90, 200)))  # nothing to detect
+    assert not flat[:2].any() and inliers(flat, flat) == 0
+
+
+def test_off_centre_crop_is_verified_and_unrelated_photos_are_not():
+    ref = _photo(0)
+    stored = extract(ref)
+    assert int(stored[:2].view("<u2")[0]) > 100  # a real photo yields many keypoints
+    copy = extract(_jpeg(_corner_crop(ref, 0.4), 30))  # 40% of the area, re-encoded at q30
+    n_copy = inliers(copy, stored)
+    n_other = [inliers(extract(_photo(i)), stored) for i in range(1, 8)]
+    # unrelated photos of one kind (clothes on plain backdrops) share a few chance matches
+    assert n_copy >= 40 and max(n_other) < 25, (n_copy, n_other)
+    assert verify_bonus(n_copy) == VERIFY_BONUS and verify_bonus(max(n_other)) < VERIFY_BONUS / 2
+    # rotation and scale are part of the model: a turned, shrunk copy verifies too
+    turned = ref.rotate(10, expand=True).resize((ref.width // 2, ref.height // 2))
+    assert inliers(extract(turned), stored) >= 20
+
+
+def test_bonus_is_zero_then_linear_then_capped():
+    assert verify_bonus(0) == 0 and verify_bonus(BONUS_FROM) == 0
+    assert 0 < verify_bonus(BONUS_FROM + 5) < VERIFY_BONUS
+    assert verify_bonus(1000) == VERIFY_BONUS
+
+
+def test_shard_stores_and_verifies_keypoints_across_restart(tmp_path):
+    bits = 128
+    photos = [_photo(i) for i in range(3)]
+    kps = np.stack([extract(p) for p in photos])
+    codes = np.random.default_rng(0).integers(0, 256, (3, 16), dtype=np.uint8)
+    vectors = np.random.default_rng(1).integers(-127, 128, (3, bits), dtype=np.int8)
+    shard = ShardActor(0, str(tmp_path / "s"), bits, vector_bytes=bits, keypoint_bytes=KEYPOINT_BYTES)
+    shard.add(["a", "b"], records(codes[:2], vectors[:2], kps[:2]))
+    shard.add(["bare"], codes[2:])  # added by code: no vector, no keypoints
+    query = extract(_jpeg(_corner_crop(photos[0], 0.45), 40))
+    got = shard.verify(["a", "b", "bare", "missing"], query)
+    assert got[0] >= 40 and got[1] < 25 and got[2] is None and got[3] is None
+    assert shard.stats()["keypoint_bytes"] == KEYPOINT_BYTES
+    # the side vector still scores search hits (the keypoints sit after it in the record)
+    (hits,) = shard.search(codes[:1], k=3, vectors=vectors[:1])
+    assert hits[0]["id"] == "a" and hits[0]["score"] == pytest.approx(0, abs=1e-3)
+    shard.close()
+    again = ShardActor(0, str(tmp_path / "s"), bits, vector_bytes=bits, keypoint_bytes=KEYPOINT_BYTES)
+    assert again.verify(["a"], query) == got[:1]  # replayed from the WAL
+    with pytest.raises(ValueError, match="keypoints"):
+        again.verify(["a"], b"\0" * 10)
+    again.close()
+    with pytest.raises(ValueError, match="keypoints"):  # the layout is pinned in shard.json
+        ShardActor(0, str(tmp_path / "s"), bits, vector_bytes=bits)
+
+
+def test_shard_without_keypoints_drops_them(tmp_path):
+    kps = extract(_photo(0))[None]
+    codes = np.zeros((1, 16), np.uint8)
+    shard = ShardActor(0, str(tmp_path / "s"), 128, vector_bytes=128)
+    shard.add(["a"], records(codes, np.ones((1, 128), np.int8), kps))
+    assert shard.verify(["a"], kps[0]) == [None]
+    assert shard.get("a")["code"] == "00" * 16
+    shard.close()
