@@ -4,7 +4,7 @@
     python -m bench.verify --entries 5000     # smoke size
 
 One in-process ShardActor holding code, side vector and keypoints per entry (the keypoints of
-the bundled sample photos, in turn). Per query (an off-centre crop of a sample, re-encoded as
+the bundled sample photos, in turn; in its blob log, ``shards.blobs``). Per query (an off-centre crop of a sample, re-encoded as
 JPEG): the shard search with side-vector scoring (6 views x 40 candidates, as ``bench.rerank``),
 extracting the query's keypoints, and verifying its top ``VERIFY_DEPTH`` hits.
 """
@@ -46,7 +46,7 @@ def run(argv: list[str] | None = None) -> Path:
     """Measure and write ``bench/results/verify_<date>.json`` -> its path."""
     ap = argparse.ArgumentParser(prog="python -m bench.verify", description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--out-dir", default=str(common.RESULTS_DIR))
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -77,12 +77,14 @@ def run(argv: list[str] | None = None) -> Path:
             search_ms.append((t1 - t0) * 1000)
             extract_ms.append((t2 - t1) * 1000)
             verify_ms.append((t3 - t2) * 1000)
-        record_bytes, mapped = shard.record_bytes, shard.stats()["mapped_bytes"]
+        stats = shard.stats()
+        store_bytes, mapped, blob_bytes = shard.store_bytes, stats["mapped_bytes"], stats["keypoint_file_bytes"]
         shard.close()
     result = {"machine": common.machine_info(), "entries": args.entries, "views_per_query": 6,
               "candidates_per_view": 40, "verified_per_query": VERIFY_DEPTH,
-              "record_bytes": record_bytes, "record_bytes_without_keypoints": 16 + 128,
-              "store_mapped_bytes": mapped,
+              "store_bytes_per_entry": store_bytes, "store_bytes_without_keypoints": 16 + 128,
+              "keypoint_bytes_per_image": KEYPOINT_BYTES, "store_mapped_bytes": mapped,
+              "keypoint_file_bytes": blob_bytes,
               "search": _percentiles(search_ms), "extract_query_keypoints": _percentiles(extract_ms),
               "verify_top": _percentiles(verify_ms)}
     result["verify_over_search_p50"] = round(result["verify_top"]["p50_ms"] / result["search"]["p50_ms"], 3)

@@ -14,7 +14,8 @@ import numpy as np
 
 SAMPLES = Path(__file__).parent / "samples"
 HELD_OUT = 2            # the last samples are kept out of the index, to show honest non-matches
-DEMO_EDITS = ["center_crop", "jpeg", "text_overlay", "downscale", "hflip", "rot90", "pad", "meme", "screenshot"]
+DEMO_EDITS = ["center_crop", "jpeg", "text_overlay", "downscale", "hflip", "rot90", "pad", "meme", "screenshot",
+              "random_crop"]
 
 
 def sample_files() -> list[Path]:
@@ -91,7 +92,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
 def _query_over_http(base: str, queries: list, radius: int) -> None:
     from rayapp.cli import matched_as
     click.echo(f"      {'query edit':<14} {'expected':<34} {'top match':<34} {'dist':>4} "
-               f"{'score':>5}  {'matched as':<20} verdict")
+               f"{'score':>5}  {'matched as':<28} verdict")
     with httpx.Client(base_url=base, timeout=60) as http:
         for path, edit, expected in queries:
             with open(path, "rb") as fh:
@@ -107,4 +108,4 @@ def _query_over_http(base: str, queries: list, radius: int) -> None:
             weighted = "" if score is None else f"{score:.1f}"
             view = matched_as(top) if top else ""
             click.echo(f"      {edit:<14} {expected or '-':<34} {top['id'] if top else '-':<34} "
-                       f"{top['distance'] if top else '':>4} {weighted:>5}  {view:<20} {verdict}")
+                       f"{top['distance'] if top else '':>4} {weighted:>5}  {view:<28} {verdict}")

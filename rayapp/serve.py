@@ -331,8 +331,8 @@ class Ingress:
 
     @api.get("/v1/status")
     async def status(self, request: Request) -> dict:
-        """Shards (id, node, pid, count of images, stored reference views, memory, index kind,
-        state), encoder and version."""
+        """Shards (id, node, pid, count of images, stored reference views, memory, keypoint blob
+        bytes on disk, index kind, state), encoder and version."""
         self._admit(request)
         stats = await self.router.astats()
         shards = []
@@ -340,6 +340,7 @@ class Ingress:
             row = {"id": st.get("shard_id"), "node": st.get("node_id"), "pid": st.get("pid"),
                    "count": st.get("count"), "views": st.get("views"),
                    "memory_bytes": st.get("memory_bytes"),
+                   "keypoint_file_bytes": st.get("keypoint_file_bytes"),
                    "index_kind": st.get("index_kind"), "state": st.get("state", "ready")}
             if "error" in st:
                 row["error"] = st["error"]

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from shards.blobs import NO_SLOT, BlobLog
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.store import IdStore, hash_ids
 from shards.vectors import vector_distance
@@ -41,6 +42,8 @@ MAX_ID_BYTES = 1024
 MAX_META_BYTES = 64 * 1024
 MAX_K = 10_000
 _REPLAY_BATCH = 10_000
+BLOB_FILE = "keypoints.blobs"  # shards.blobs: each image's keypoints, by slot
+_SLOT_BYTES = 8
 
 
 def _snap_name(gen: int) -> str:
@@ -80,13 +83,16 @@ class ShardActor:
         self.shard_id = int(shard_id)
         self.bits = bits
         self.code_bytes = bits // 8
-        # a stored record is the code, then an int8 side vector when vector_bytes > 0, then the
-        # image's packed keypoints (shards.verify) when keypoint_bytes > 0
+        # A record (what writers send and the WAL holds) is the code, then an int8 side vector
+        # when vector_bytes > 0, then the image's packed keypoints (shards.verify) when
+        # keypoint_bytes > 0. The store keeps the keypoints' slot in the blob log instead.
         self.vector_bytes = int(vector_bytes)
         self.keypoint_bytes = int(keypoint_bytes)
         if self.keypoint_bytes not in (0, KEYPOINT_BYTES):
             raise ValueError(f"keypoint_bytes must be 0 or {KEYPOINT_BYTES}, got {keypoint_bytes}")
         self.record_bytes = self.code_bytes + self.vector_bytes + self.keypoint_bytes
+        self.store_bytes = self.code_bytes + self.vector_bytes + (_SLOT_BYTES if keypoint_bytes else 0)
+        self._blobs: BlobLog | None = None
         self.data_dir = Path(data_dir)
         self.snapshot_every = int(snapshot_every)
         self._kind = kind or DEFAULT_KIND
@@ -124,13 +130,17 @@ class ShardActor:
         self._generation = self._read_current()
         snap = self.data_dir / _snap_name(self._generation)
         self._views = 0  # stored reference views (shards.views), counted apart from images
+        blob_slots = 0
         if self._generation:
-            self._store = IdStore.open(snap, self.record_bytes)
+            self._store = IdStore.open(snap, self.store_bytes)
             self._index = load_index(snap / "index")
-            self._views = int(json.loads((snap / "manifest.json").read_text()).get("views", 0))
+            manifest = json.loads((snap / "manifest.json").read_text())
+            self._views, blob_slots = int(manifest.get("views", 0)), int(manifest.get("blob_slots", 0))
         else:
-            self._store = IdStore(self.record_bytes)
+            self._store = IdStore(self.store_bytes)
             self._index = make_index(self._kind, self.bits, **(self._index_params or {}))
+        if self.keypoint_bytes:  # cut back to what the snapshot covers; replay appends the rest
+            self._blobs = BlobLog(self.data_dir / BLOB_FILE, self.keypoint_bytes, blob_slots)
         self._ensure_index_config()
         replayed = 0
         self._wal_gen = self._generation
@@ -324,18 +334,46 @@ class ShardActor:
         image = np.array([not is_view(i) for i in ids], dtype=bool)
         return {key: int(((status == key) & image).sum()) for key in ("added", "replaced", "unchanged")}
 
-    @staticmethod
-    def _classify(olds: list, codes: np.ndarray, metas: list[str]) -> np.ndarray:
-        """Per item: 'added', 'replaced' (new code or meta) or 'unchanged'."""
+    def _classify(self, olds: list, codes: np.ndarray, metas: list[str]) -> np.ndarray:
+        """Per item: 'added', 'replaced' (new record or meta) or 'unchanged'."""
         status = np.empty(len(olds), dtype=object)
         for i, old in enumerate(olds):
             if old is None:
                 status[i] = "added"
-            elif old.code == codes[i].tobytes() and old.meta == metas[i]:
+            elif old.meta == metas[i] and self._same_record(old.code, codes[i]):
                 status[i] = "unchanged"
             else:
                 status[i] = "replaced"
         return status
+
+    def _same_record(self, stored: bytes, record: np.ndarray) -> bool:
+        """Whether a stored entry (code, vector, keypoint slot) holds this record."""
+        n = self.code_bytes + self.vector_bytes
+        if stored[:n] != record[:n].tobytes():
+            return False
+        slot = self._slot(stored)
+        if slot is None:
+            return not record[n:].any()
+        return bool(np.array_equal(self._blobs.read(slot), record[n:]))
+
+    def _slot(self, stored: bytes) -> int | None:
+        """The blob-log slot of a stored entry's keypoints; None without keypoints."""
+        if not self.keypoint_bytes:
+            return None
+        n = self.code_bytes + self.vector_bytes
+        slot = int.from_bytes(stored[n:n + _SLOT_BYTES], "little", signed=True)
+        return None if slot == NO_SLOT else slot
+
+    def _to_store(self, records: np.ndarray) -> np.ndarray:
+        """Records -> store rows: keypoints go to the blob log, their slot into the row."""
+        if not self.keypoint_bytes:
+            return records
+        n = self.code_bytes + self.vector_bytes
+        kps = records[:, n:]
+        slots = np.full(len(records), NO_SLOT, dtype="<i8")
+        has = kps[:, :2].any(axis=1)  # a zero count: no keypoints (a view, an add by code)
+        slots[has] = self._blobs.append(kps[has])
+        return np.concatenate([records[:, :n], slots[:, None].view(np.uint8)], axis=1)
 
     def _apply_adds(self, ids: list[str], hashes: np.ndarray, codes: np.ndarray, metas: list[str],
                     status: np.ndarray | None = None, olds: list | None = None) -> None:
@@ -344,8 +382,9 @@ class ShardActor:
             self._store.check_collisions(ids, hashes)
             olds = self._store.get_many(hashes)
             status = self._classify(olds, codes, metas)
+        cb = self.code_bytes
         recode = [i for i in np.flatnonzero(status == "replaced").tolist()
-                  if olds[i].code != codes[i].tobytes()]
+                  if olds[i].code[:cb] != codes[i, :cb].tobytes()]
         if recode:
             self._index.remove(hashes[recode])
         to_index = np.sort(np.concatenate([np.flatnonzero(status == "added"),
@@ -355,8 +394,8 @@ class ShardActor:
         self._views += sum(1 for i in np.flatnonzero(status == "added").tolist() if is_view(ids[i]))
         changed = np.flatnonzero(status != "unchanged")
         if len(changed):
-            self._store.put_many([ids[i] for i in changed], hashes[changed], codes[changed],
-                                 [metas[i] for i in changed])
+            self._store.put_many([ids[i] for i in changed], hashes[changed],
+                                 self._to_store(codes[changed]), [metas[i] for i in changed])
 
     def remove(self, ids: list[str]) -> int:
         """Remove items (unknown ids ignored); durable before it returns the number of images
@@ -446,11 +485,10 @@ class ShardActor:
         if len(query) != KEYPOINT_BYTES:
             raise ValueError(f"keypoints must be {KEYPOINT_BYTES} bytes, got {len(query)}")
         out: list[int | None] = []
-        start = self.code_bytes + self.vector_bytes
         for item_id in ids:
             item = self._store.get(item_id) if self.keypoint_bytes else None
-            stored = None if item is None else np.frombuffer(item.code[start:], np.uint8)
-            out.append(None if stored is None or not stored[:2].any() else inliers(query, stored))
+            slot = None if item is None else self._slot(item.code)
+            out.append(None if slot is None else inliers(query, self._blobs.read(slot)))
         return out
 
     def get(self, id: str) -> dict | None:
@@ -474,6 +512,7 @@ class ShardActor:
             "memory_bytes": index.memory_bytes() + store.memory_bytes(),
             "index_kind": index.kind, "bits": self.bits, "vector_bytes": self.vector_bytes,
             "keypoint_bytes": self.keypoint_bytes,
+            "keypoint_file_bytes": self._blobs.bytes() if self._blobs is not None else 0,
             "state": "ready",
             "index_params": index.params, "index_count": index.ntotal,
             "tombstones": index.tombstones, "index_memory_bytes": index.memory_bytes(),
@@ -511,15 +550,18 @@ class ShardActor:
         tmp.mkdir()
         self._index.save(tmp / "index")
         rows = self._store.write_snapshot(tmp)
+        if self._blobs is not None:
+            self._blobs.sync()  # the slots this snapshot's rows point at are on disk
         (tmp / "manifest.json").write_text(json.dumps({
             "generation": gen, "shard_id": self.shard_id, "bits": self.bits, "count": rows,
-            "views": self._views, "index_kind": self._index.kind, "created": time.time()}))
+            "views": self._views, "index_kind": self._index.kind, "created": time.time(),
+            "blob_slots": self._blobs.count if self._blobs is not None else 0}))
         fsync_tree(tmp)
         final = self.data_dir / _snap_name(gen)
         os.replace(tmp, final)
         fsync_dir(self.data_dir)
         _write_atomic(self.data_dir / CURRENT_FILE, json.dumps({"generation": gen}))
-        self._store = IdStore.open(final, self.record_bytes)
+        self._store = IdStore.open(final, self.store_bytes)
         self._generation = gen
         self._remove_stale(keep=gen)
         size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
@@ -536,9 +578,11 @@ class ShardActor:
                 "seconds": time.perf_counter() - t0}
 
     def close(self) -> None:
-        """Close the WAL file (the object is unusable afterwards)."""
+        """Close the WAL and blob files (the object is unusable afterwards)."""
         with self._write_lock:
             self._wal.close()
+            if self._blobs is not None:
+                self._blobs.close()
 
 
 def _node_id() -> str | None:

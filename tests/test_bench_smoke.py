@@ -197,7 +197,8 @@ def test_rerank_bench_measures_both_paths(tmp_path):
 def test_verify_bench_measures_search_extract_and_verify(tmp_path):
     from bench import verify
     res = json.loads(verify.run(["--entries", "2000", "--queries", "10", "--out-dir", str(tmp_path)]).read_text())
-    assert res["record_bytes"] > res["record_bytes_without_keypoints"]
+    assert res["store_bytes_per_entry"] == res["store_bytes_without_keypoints"] + 8  # a blob slot
+    assert res["keypoint_file_bytes"] == 2000 * res["keypoint_bytes_per_image"]
     for part in ("search", "extract_query_keypoints", "verify_top"):
         assert res[part]["p50_ms"] > 0
     assert res["verify_over_search_p50"] > 0

@@ -19,7 +19,7 @@ from PIL import Image
 from ray import serve
 
 from encoders.tta import costs, variant_names
-from shards.verify import BONUS_FROM, verify_bonus
+from shards.verify import BONUS_FROM, KEYPOINT_BYTES, verify_bonus
 from rayapp.config import Config
 from rayapp.serve import run_server
 from tests.helpers_images import jpeg_bytes
@@ -102,7 +102,10 @@ def test_an_off_centre_crop_is_found_by_its_keypoints(client):
         resp = client.post("/v1/items", files={"file": (f"{pid}.jpg", jpeg_bytes(img), "image/jpeg")},
                            data={"id": pid})
         assert resp.status_code == 200, resp.text
-    assert client.get("/v1/status").json()["encoder"]["verify"] == 20
+    status = client.get("/v1/status").json()
+    assert status["encoder"]["verify"] == 20
+    # each stored image's keypoints sit in its shard's blob log (its centre crop has none)
+    assert sum(r["keypoint_file_bytes"] for r in status["shards"]) >= 24 * KEYPOINT_BYTES
     for pid in ("c3", "c7"):
         img = photos[pid]
         w, h = img.size

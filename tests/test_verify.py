@@ -102,3 +102,31 @@ def test_shard_without_keypoints_drops_them(tmp_path):
     assert shard.verify(["a"], kps[0]) == [None]
     assert shard.get("a")["code"] == "00" * 16
     shard.close()
+
+
+def test_keypoints_live_in_the_blob_log_and_survive_snapshot_crash_and_replay(tmp_path):
+    """The store keeps an 8-byte slot per entry; the blobs are cut back to the snapshot's count
+    on start-up and the WAL appends the rest again, so a torn tail after a crash is harmless."""
+    bits, root = 128, str(tmp_path / "s")
+    photos = [_photo(i) for i in range(4)]
+    kps = np.stack([extract(p) for p in photos])
+    codes = np.random.default_rng(0).integers(0, 256, (4, 16), dtype=np.uint8)
+    query = extract(_jpeg(_corner_crop(photos[3], 0.45), 40))
+    shard = ShardActor(0, root, bits, keypoint_bytes=KEYPOINT_BYTES)
+    assert shard.store_bytes == 16 + 8
+    shard.add(["a", "b"], records(codes[:2], None, kps[:2]))
+    shard.add(["a\x1fcenter70"], codes[:1])  # a view: no keypoints, no blob
+    shard.snapshot()
+    shard.add(["c", "d"], records(codes[2:], None, kps[2:]))
+    assert shard.add(["c"], records(codes[2:3], None, kps[2:3]))["unchanged"] == 1
+    assert shard.add(["c"], records(codes[2:3], None, kps[3:4]))["replaced"] == 1  # new keypoints
+    before = shard.verify(["a", "b", "c", "d", "a\x1fcenter70"], query)
+    assert before[2] >= 40 and before[3] >= 40 and before[4] is None  # c now holds d's keypoints
+    assert shard.stats()["keypoint_file_bytes"] == 5 * KEYPOINT_BYTES
+    # crash: no close, and a torn half-blob at the end of the file
+    with open(tmp_path / "s" / "keypoints.blobs", "ab") as fh:
+        fh.write(b"\x07" * (KEYPOINT_BYTES // 2))
+    again = ShardActor(0, root, bits, keypoint_bytes=KEYPOINT_BYTES)
+    assert again.verify(["a", "b", "c", "d", "a\x1fcenter70"], query) == before
+    assert again.stats()["keypoint_file_bytes"] == 5 * KEYPOINT_BYTES
+    again.close()
