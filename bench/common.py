@@ -258,6 +258,23 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
+def latency_percentiles(ms: list[float]) -> dict:
+    """Latencies in ms -> ``{"p50_ms", "p99_ms"}``, rounded to microseconds."""
+    import numpy as np
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def small_bench_args(prog: str, doc: str, entries: int, queries: int,
+                     argv: list[str] | None) -> "Any":
+    """The flags of a one-shard micro-benchmark: --entries, --queries, --out-dir."""
+    import argparse
+    ap = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=entries)
+    ap.add_argument("--queries", type=int, default=queries)
+    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
+    return ap.parse_args(argv)
+
+
 def parse_count(text: str) -> int:
     """'100k', '2M', '1.5M', '1B', '250000' -> int."""
     t = str(text).strip().lower().replace("_", "")

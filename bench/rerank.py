@@ -10,8 +10,6 @@ candidates each (``rerank_depth(10)`` for an image stored with one crop).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -39,16 +37,12 @@ def _latencies(shard: ShardActor, queries: np.ndarray, qvec: np.ndarray | None, 
         t0 = time.perf_counter()
         shard.search(q, 40, None, False, qvec is None, None if qvec is None else qvec[i % len(qvec)])
         ms.append((time.perf_counter() - t0) * 1000)
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+    return common.latency_percentiles(ms)
 
 
 def run(argv: list[str] | None = None) -> Path:
     """Measure both modes and write ``bench/results/rerank_<date>.json`` -> its path."""
-    ap = argparse.ArgumentParser(prog="python -m bench.rerank", description=__doc__.splitlines()[0])
-    ap.add_argument("--entries", type=int, default=1_000_000)
-    ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--out-dir", default=str(common.RESULTS_DIR))
-    args = ap.parse_args(argv)
+    args = common.small_bench_args("python -m bench.rerank", __doc__, 1_000_000, 300, argv)
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (args.entries, 16), dtype=np.uint8)
     vectors = quantize(rng.normal(size=(args.entries, 128)).astype(np.float32))
@@ -65,9 +59,7 @@ def run(argv: list[str] | None = None) -> Path:
         print(name, result[name], flush=True)
     result["vector_over_weighted_p50"] = round(result["vector_scoring"]["p50_ms"]
                                                / result["weighted_path"]["p50_ms"], 3)
-    out = Path(args.out_dir) / f"rerank_{common.today()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = common.write_json(Path(args.out_dir) / f"rerank_{common.today()}.json", result)
     print(f"wrote {out}")
     return out
 

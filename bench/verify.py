@@ -6,11 +6,11 @@
 One in-process ShardActor holding code, side vector and keypoints per entry (the keypoints of
 the bundled sample photos, in turn; in its blob log, ``shards.blobs``). Per query (an off-centre crop of a sample, re-encoded as
 JPEG): the shard search with side-vector scoring (6 views x 40 candidates, as ``bench.rerank``),
-extracting the query's keypoints, and verifying its top ``VERIFY_DEPTH`` hits.
+extracting the query's keypoints (as given and mirrored), and verifying its top
+``VERIFY_DEPTH`` hits.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import tempfile
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from bench import common
-from encoders.keypoints import extract
+from encoders.keypoints import extract, extract_query
 from shards.actor import ShardActor
 from shards.vectors import quantize, records
 from shards.verify import KEYPOINT_BYTES, VERIFY_DEPTH
@@ -38,17 +38,9 @@ def _crop_jpeg(path: Path, rng: np.random.Generator) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def _percentiles(ms: list[float]) -> dict:
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
-
-
 def run(argv: list[str] | None = None) -> Path:
     """Measure and write ``bench/results/verify_<date>.json`` -> its path."""
-    ap = argparse.ArgumentParser(prog="python -m bench.verify", description=__doc__.splitlines()[0])
-    ap.add_argument("--entries", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--out-dir", default=str(common.RESULTS_DIR))
-    args = ap.parse_args(argv)
+    args = common.small_bench_args("python -m bench.verify", __doc__, 100_000, 1000, argv)
     rng = np.random.default_rng(0)
     photos = sorted(SAMPLES.glob("*.jpg"))
     kps = np.stack([extract(Image.open(p).convert("RGB")) for p in photos])
@@ -70,7 +62,7 @@ def run(argv: list[str] | None = None) -> Path:
             t0 = time.perf_counter()
             (hits, *_) = shard.search(codes[pick] ^ 3, 40, None, False, False, vectors[pick])
             t1 = time.perf_counter()
-            query = extract(img)
+            query = extract_query(img)  # as given and mirrored
             t2 = time.perf_counter()
             shard.verify([h["id"] for h in hits[:VERIFY_DEPTH]], query)
             t3 = time.perf_counter()
@@ -85,12 +77,11 @@ def run(argv: list[str] | None = None) -> Path:
               "store_bytes_per_entry": store_bytes, "store_bytes_without_keypoints": 16 + 128,
               "keypoint_bytes_per_image": KEYPOINT_BYTES, "store_mapped_bytes": mapped,
               "keypoint_file_bytes": blob_bytes,
-              "search": _percentiles(search_ms), "extract_query_keypoints": _percentiles(extract_ms),
-              "verify_top": _percentiles(verify_ms)}
+              "search": common.latency_percentiles(search_ms),
+              "extract_query_keypoints": common.latency_percentiles(extract_ms),
+              "verify_top": common.latency_percentiles(verify_ms)}
     result["verify_over_search_p50"] = round(result["verify_top"]["p50_ms"] / result["search"]["p50_ms"], 3)
-    out = Path(args.out_dir) / f"verify_{common.today()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = common.write_json(Path(args.out_dir) / f"verify_{common.today()}.json", result)
     print(json.dumps({k: result[k] for k in ("search", "extract_query_keypoints", "verify_top",
                                              "verify_over_search_p50")}))
     print(f"wrote {out}")

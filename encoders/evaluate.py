@@ -33,7 +33,7 @@ import numpy as np
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
-from encoders.keypoints import extract_many
+from encoders.keypoints import extract, extract_query
 from shards.vectors import vector_distances
 from shards.verify import VERIFY_DEPTH, inliers, verify_bonus
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
@@ -212,7 +212,8 @@ def encode_queries(enc: Encoder, paths: list[Path], tta: str = "none", content: 
 def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.ndarray,
               costs: np.ndarray | None = None, valid: np.ndarray | None = None,
               ref_view_cost: float = REF_VIEW_COST, q_vectors: np.ndarray | None = None,
-              r_vectors: np.ndarray | None = None) -> np.ndarray:
+              r_vectors: np.ndarray | None = None,
+              with_views: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """(queries x refs) distances, min over each query's views and each ref's stored views
     (``r_codes`` (n, 1 + views, B), or (n, B) for one code per ref) of the pair's distance plus
     their prior costs (``encoders.tta.costs`` for the query's, ``ref_view_cost`` for a stored
@@ -220,9 +221,10 @@ def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.nda
     (``shards.vectors``) when both sides have vectors (the service scores its Hamming top
     ``rerank_depth`` candidates; on this benchmark the top 40 gave the same figures as all refs),
     else weighted Hamming when the queries have bit confidences, else Hamming. Query views not
-    ``valid`` are skipped."""
+    ``valid`` are skipped. ``with_views`` also returns which query view gave each minimum."""
     r_codes = r_codes[:, None] if r_codes.ndim == 2 else r_codes
     best = np.full((len(q_codes), len(r_codes)), np.inf, np.float32)
+    view = np.zeros(best.shape, np.int16)
     for v, j in np.ndindex(q_codes.shape[1], r_codes.shape[1]):
         refs = np.ascontiguousarray(r_codes[:, j])
         if q_vectors is not None and r_vectors is not None:
@@ -234,24 +236,29 @@ def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.nda
         d = d + (0.0 if costs is None else float(costs[v])) + (ref_view_cost if j else 0.0)
         if valid is not None:
             d[~valid[:, v]] = np.inf
+        view[d < best] = v
         best = np.minimum(best, d)
-    return best
+    return (best, view) if with_views else best
 
 
 def verified(dist: np.ndarray, q_keypoints: np.ndarray, r_keypoints: np.ndarray,
-             depth: int = VERIFY_DEPTH) -> np.ndarray:
+             depth: int = VERIFY_DEPTH, mirrored: np.ndarray | None = None) -> np.ndarray:
     """``dist`` with each query's ``depth`` nearest refs spatially verified as the service
-    verifies them (``shards.verify``): a verified ref's distance drops by ``verify_bonus``."""
+    verifies them (``shards.verify``): a verified ref's distance drops by ``verify_bonus``.
+    ``q_keypoints`` (n, 2, K) holds each query's blocks as given and mirrored; a pair whose
+    best view was mirrored (``mirrored``, (queries, refs) bool) is verified with the second."""
     out = dist.copy()
     for q, row in enumerate(dist):
         for r in np.argsort(row, kind="stable")[:depth]:
-            out[q, r] -= verify_bonus(inliers(q_keypoints[q], r_keypoints[r]))
+            block = q_keypoints[q, int(mirrored is not None and mirrored[q, r])]
+            out[q, r] -= verify_bonus(inliers(block, r_keypoints[r]))
     return out
 
 
-def _keypoints(paths: list[Path]) -> np.ndarray:
-    return np.concatenate([extract_many([load_image(p) for p in paths[i:i + 64]])
-                           for i in range(0, len(paths), 64)])
+def _keypoints(paths: list[Path], query: bool = False) -> np.ndarray:
+    """Packed keypoints of image files: (n, K), or (n, 2, K) as given and mirrored for queries."""
+    one = extract_query if query else extract
+    return np.stack([one(load_image(p)) for p in paths])
 
 
 def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
@@ -285,10 +292,12 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         q_weights = None if rank == "hamming" else q_weights
         q_vectors = q_vectors if rank == "vector" else None
         prior = tta_costs(names, **prior)
-        dist = distances(q_codes, q_weights, r_codes, prior, valid, ref_view_cost, q_vectors, r_vectors)
+        dist, view = distances(q_codes, q_weights, r_codes, prior, valid, ref_view_cost,
+                               q_vectors, r_vectors, with_views=True)
         if depth > 0:
-            keypoints = keypoints or (_keypoints(q_paths), _keypoints(ref_paths))
-            dist = verified(dist, *keypoints, depth)
+            keypoints = keypoints or (_keypoints(q_paths, query=True), _keypoints(ref_paths))
+            mirrored = np.array(["flip" in n for n in names])[view]
+            dist = verified(dist, *keypoints, depth, mirrored)
         used = "vector" if q_vectors is not None else "hamming" if q_weights is None else "weighted"
         results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),
                          "rank": used,

@@ -31,9 +31,8 @@ def extract(image: Image.Image) -> np.ndarray:
     return pack(np.array([k.pt for k in kps], np.float32), des)
 
 
-def extract_many(images: list[Image.Image]) -> np.ndarray:
-    """Packed keypoints of several images -> (n, KEYPOINT_BYTES) uint8."""
-    out = np.zeros((len(images), KEYPOINT_BYTES), np.uint8)
-    for i, im in enumerate(images):
-        out[i] = extract(im)
-    return out
+def extract_query(image: Image.Image) -> np.ndarray:
+    """A query image's packed keypoints as given and mirrored -> (2, KEYPOINT_BYTES) uint8.
+    ORB is not mirror-invariant, so a hit that matched through a mirrored view is verified
+    with the mirrored image's keypoints (``rayapp.router.ShardRouter.verify``)."""
+    return np.stack([extract(image), extract(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])

@@ -107,7 +107,7 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
 def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -> None:
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
-    from encoders.keypoints import extract as extract_keypoints
+    from encoders.keypoints import extract_query
     from rayapp.cluster import ensure_shards, init_ray
     from encoders.tta import query_variants
     from rayapp.router import ShardRouter, merge_variants
@@ -125,7 +125,7 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
             arrays, names = query_variants(img, enc.preprocess, mode, cfg.encoder.content)
             parts = [enc.encode_vectors(v) for v in arrays]
             depth = max(0, int(cfg.encoder.verify))
-            keypoints = extract_keypoints(img) if depth else None
+            keypoints = extract_query(img) if depth else None
         except (OSError, ValueError) as exc:
             failed += 1
             click.echo(json.dumps({"query": path, "error": str(exc)}) if as_json

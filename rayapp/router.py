@@ -34,7 +34,7 @@ from ray.exceptions import ActorDiedError, RayActorError
 
 from encoders.base import weighted_hamming
 from encoders.tta import REF_VIEW_COST, REF_VIEWS
-from shards.verify import verify_bonus
+from shards.verify import KEYPOINT_BYTES, verify_bonus
 from shards.views import base_id, check_base_id, split_id, view_id
 
 log = logging.getLogger(__name__)
@@ -449,25 +449,34 @@ class ShardRouter:
         return [fold_views(hits, int(k), self.ref_view_cost) for hits in merged]
 
     # ---- spatial verification ---------------------------------------------------------
-    def _submit_verify(self, groups: dict[int, tuple], keypoints: bytes) -> dict[int, Any]:
-        return {s: self._read(s, "verify", ids, keypoints) for s, (ids, _, _) in groups.items()}
+    def _submit_verify(self, hits: list[dict], keypoints: np.ndarray,
+                       depth: int) -> tuple[dict[int, tuple], dict[int, Any]]:
+        """Each owning shard's top hits, with the keypoint block to verify each by: the
+        mirrored image's (block 1, when given) for a hit that matched through a mirrored view."""
+        blocks = np.ascontiguousarray(keypoints, dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
+        top = hits[:max(0, depth)]
+        which = [int(len(blocks) > 1 and "flip" in str(h.get("variant", ""))) for h in top]
+        groups = self._group([str(h["id"]) for h in top], None, which)
+        return groups, {s: self._read(s, "verify", ids, blocks.tobytes(), ws)
+                        for s, (ids, _, ws) in groups.items()}
 
     @staticmethod
     def _counts(groups: dict[int, tuple], results: dict[int, Any]) -> dict[str, int | None]:
         return {item_id: n for s, got in results.items() for item_id, n in zip(groups[s][0], got)}
 
-    def verify(self, hits: list[dict], keypoints: bytes, depth: int) -> list[dict]:
+    def verify(self, hits: list[dict], keypoints: np.ndarray, depth: int) -> list[dict]:
         """One image query's merged hits with its top ``depth`` spatially verified by their
-        shards (``ShardActor.verify``) and re-ordered; a shard that fails leaves its hits as
-        they were (the answer is still right, only less sure)."""
-        groups = self._group([str(h["id"]) for h in hits[:max(0, depth)]])
-        results, _ = self._collect(self._submit_verify(groups, bytes(keypoints)), self.timeout_s)
+        shards (``ShardActor.verify``; ``keypoints``: the query's blocks as given and, optionally,
+        mirrored, ``encoders.keypoints.extract_query``) and re-ordered. A shard that fails
+        leaves its hits as they were (the answer is still right, only less sure)."""
+        groups, refs = self._submit_verify(hits, keypoints, depth)
+        results, _ = self._collect(refs, self.timeout_s)
         return with_inliers(hits, self._counts(groups, results))
 
-    async def averify(self, hits: list[dict], keypoints: bytes, depth: int) -> list[dict]:
+    async def averify(self, hits: list[dict], keypoints: np.ndarray, depth: int) -> list[dict]:
         """Async :meth:`verify`."""
-        groups = self._group([str(h["id"]) for h in hits[:max(0, depth)]])
-        results, _ = await self._acollect(self._submit_verify(groups, bytes(keypoints)), self.timeout_s)
+        groups, refs = self._submit_verify(hits, keypoints, depth)
+        results, _ = await self._acollect(refs, self.timeout_s)
         return with_inliers(hits, self._counts(groups, results))
 
     # ---- writes -----------------------------------------------------------------------

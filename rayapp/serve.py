@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from encoders.base import check_rank, code_to_hex, hex_to_code
 from encoders.decode import ImageDecodeError, load_image
-from encoders.keypoints import extract as extract_keypoints
+from encoders.keypoints import extract as extract_keypoints, extract_query
 from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_images
 from rayapp import metrics
 from rayapp.config import Config, load_config
@@ -124,7 +124,7 @@ class EncoderDeployment:
         query's views or, to store it, its reference views; and its keypoints, if wanted."""
         img = load_image(data, max_pixels=self.max_pixels)
         want = self.verify > 0 if query else store and self.keypoints
-        keypoints = extract_keypoints(img) if want else None
+        keypoints = None if not want else extract_query(img) if query else extract_keypoints(img)
         if query:
             return (*query_variants(img, self.encoder.preprocess, self.tta, self.content), keypoints)
         extra = ref_view_images(img, self.ref_views) if store else []

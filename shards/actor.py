@@ -7,7 +7,9 @@ named, detached, restartable actor. On disk (``data_dir``):
 - ``CURRENT``: the generation g of the last complete snapshot (absent: none yet);
 - ``snapshot-<g>/``: ``index/`` (FAISS format or npy + index.json) and ``store.*`` (Parquet +
   memory-mapped Arrow, sorted by id hash);
-- ``wal-<g>.log``: every add/remove acknowledged after snapshot g.
+- ``wal-<g>.log``: every add/remove acknowledged after snapshot g;
+- ``keypoints.blobs``: each image's keypoints for spatial verification (``shards.blobs``), when
+  the shard keeps them; a snapshot's manifest says how many of its slots it covers.
 
 A snapshot first switches writes to ``wal-<g+1>.log``, writes ``snapshot-<g+1>.tmp``, fsyncs
 it, renames it, then points ``CURRENT`` at it (atomic rename) and only then deletes the older
@@ -476,19 +478,25 @@ class ShardActor:
             hit["score"] = round(float(hit["distance"]) if sc != sc else sc, 3)  # NaN: no vector
         return sorted(row, key=lambda h: (h["score"], h["distance"], h["id"]))
 
-    def verify(self, ids: list[str], keypoints: np.ndarray | bytes) -> list[int | None]:
-        """Spatially verify stored images against one query's packed keypoints
-        (``shards.verify``) -> each id's inlier count; None for an unknown id or one stored
-        without keypoints (or on a shard that keeps none)."""
+    def verify(self, ids: list[str], keypoints: np.ndarray | bytes,
+               which: list[int] | None = None) -> list[int | None]:
+        """Spatially verify stored images against a query's packed keypoints
+        (``shards.verify``; one block, or (m, KEYPOINT_BYTES) blocks with ``which`` naming each
+        id's block) -> each id's inlier count; None for an unknown id or one stored without
+        keypoints (or on a shard that keeps none)."""
         ids = self._check_ids(ids)
-        query = np.frombuffer(bytes(keypoints), np.uint8)
-        if len(query) != KEYPOINT_BYTES:
-            raise ValueError(f"keypoints must be {KEYPOINT_BYTES} bytes, got {len(query)}")
+        blocks = np.frombuffer(bytes(keypoints), np.uint8)
+        if len(blocks) == 0 or len(blocks) % KEYPOINT_BYTES:
+            raise ValueError(f"keypoints must be blocks of {KEYPOINT_BYTES} bytes, got {len(blocks)}")
+        blocks = blocks.reshape(-1, KEYPOINT_BYTES)
+        which = [0] * len(ids) if which is None else [int(w) for w in which]
+        if len(which) != len(ids) or any(not 0 <= w < len(blocks) for w in which):
+            raise ValueError(f"which must name one of {len(blocks)} keypoint blocks per id")
         out: list[int | None] = []
-        for item_id in ids:
+        for item_id, w in zip(ids, which):
             item = self._store.get(item_id) if self.keypoint_bytes else None
             slot = None if item is None else self._slot(item.code)
-            out.append(None if slot is None else inliers(query, self._blobs.read(slot)))
+            out.append(None if slot is None else inliers(blocks[w], self._blobs.read(slot)))
         return out
 
     def get(self, id: str) -> dict | None:

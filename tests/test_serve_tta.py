@@ -98,6 +98,7 @@ def test_an_off_centre_crop_is_found_by_its_keypoints(client):
     """40% of a stored photo, cut from its corner and re-encoded: too little of it for the
     global code, but its keypoints verify it (``inliers``) and lift it to the top."""
     photos = {f"c{i}": Image.open(path).convert("RGB") for i, path in enumerate(SAMPLES[20:32])}
+    photos["s44"] = Image.open(SAMPLES[44]).convert("RGB")  # not a (symmetric) garment
     for pid, img in photos.items():
         resp = client.post("/v1/items", files={"file": (f"{pid}.jpg", jpeg_bytes(img), "image/jpeg")},
                            data={"id": pid})
@@ -105,13 +106,18 @@ def test_an_off_centre_crop_is_found_by_its_keypoints(client):
     status = client.get("/v1/status").json()
     assert status["encoder"]["verify"] == 20
     # each stored image's keypoints sit in its shard's blob log (its centre crop has none)
-    assert sum(r["keypoint_file_bytes"] for r in status["shards"]) >= 24 * KEYPOINT_BYTES
+    assert sum(r["keypoint_file_bytes"] for r in status["shards"]) >= 25 * KEYPOINT_BYTES
     for pid in ("c3", "c7"):
         img = photos[pid]
         w, h = img.size
         crop = img.crop((int(w * 0.37), int(h * 0.37), w, h))
         top = _search(client, jpeg_bytes(crop, 40))["results"][0]
         assert top["id"] == pid and top["inliers"] > BONUS_FROM, top
+    # a mirrored crop matches through the mirrored view and is verified by mirrored keypoints
+    w, h = photos["s44"].size
+    flipped = photos["s44"].transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((0, 0, int(w * 0.75), int(h * 0.75)))
+    top = _search(client, jpeg_bytes(flipped, 60))["results"][0]
+    assert top["id"] == "s44" and "flip" in top["variant"] and top["inliers"] > BONUS_FROM, top
     # a hex-code query has no pixels, so nothing is verified
     plain = client.post("/v1/search", json={"code": "00" * 16, "k": 5}).json()["results"]
     assert all("inliers" not in r for r in plain)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.keypoints import extract
+from encoders.keypoints import extract, extract_query
 from shards.actor import ShardActor
 from shards.vectors import records
 from shards.verify import (BONUS_FROM, KEYPOINT_BYTES, VERIFY_BONUS, inliers, pack, unpack,
@@ -87,8 +87,14 @@ def test_shard_stores_and_verifies_keypoints_across_restart(tmp_path):
     shard.close()
     again = ShardActor(0, str(tmp_path / "s"), bits, vector_bytes=bits, keypoint_bytes=KEYPOINT_BYTES)
     assert again.verify(["a"], query) == got[:1]  # replayed from the WAL
+    # several query blocks (as given, mirrored): each id names the block it is verified by
+    mirrored = extract_query(_jpeg(_corner_crop(photos[0], 0.45), 40))[::-1]  # mirrored first
+    assert again.verify(["a", "a"], mirrored, [1, 0])[0] == got[0]
+    assert again.verify(["a", "a"], mirrored, [1, 0])[1] < got[0]  # a mirror image verifies worse
     with pytest.raises(ValueError, match="keypoints"):
         again.verify(["a"], b"\0" * 10)
+    with pytest.raises(ValueError, match="which"):
+        again.verify(["a"], mirrored, [2])
     again.close()
     with pytest.raises(ValueError, match="keypoints"):  # the layout is pinned in shard.json
         ShardActor(0, str(tmp_path / "s"), bits, vector_bytes=bits)
