@@ -246,12 +246,13 @@ def verified(dist: np.ndarray, q_keypoints: np.ndarray, r_keypoints: np.ndarray,
     """``dist`` with each query's ``depth`` nearest refs spatially verified as the service
     verifies them (``shards.verify``): a verified ref's distance drops by ``verify_bonus``.
     ``q_keypoints`` (n, 2, K) holds each query's blocks as given and mirrored; a pair whose
-    best view was mirrored (``mirrored``, (queries, refs) bool) is verified with the second."""
+    best view was mirrored (``mirrored``, (queries, refs) bool) takes the better of both."""
     out = dist.copy()
     for q, row in enumerate(dist):
         for r in np.argsort(row, kind="stable")[:depth]:
-            block = q_keypoints[q, int(mirrored is not None and mirrored[q, r])]
-            out[q, r] -= verify_bonus(inliers(block, r_keypoints[r]))
+            both = mirrored is not None and mirrored[q, r]
+            n = max(inliers(b, r_keypoints[r]) for b in q_keypoints[q, :2 if both else 1])
+            out[q, r] -= verify_bonus(n)
     return out
 
 
@@ -338,7 +339,8 @@ def format_table(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for spec, r in report["results"].items():
         worst = r["worst_family"]
-        lines.append(f"| {spec} | {r['bits']} | {r.get('rank', 'hamming')} | {r['mAP@100']:.3f} | "
+        ranked = r.get("rank", "hamming") + (f" + verify top {r['verify']}" if r.get("verify") else "")
+        lines.append(f"| {spec} | {r['bits']} | {ranked} | {r['mAP@100']:.3f} | "
                      f"{r['muAP']:.3f} | {r['recall@1']:.3f} | "
                      f"{worst} ({r['per_family_recall@1'].get(worst, 0):.2f}) | {r['encode_img_per_s']:.0f} |")
     return "\n".join(lines)

@@ -34,5 +34,5 @@ def extract(image: Image.Image) -> np.ndarray:
 def extract_query(image: Image.Image) -> np.ndarray:
     """A query image's packed keypoints as given and mirrored -> (2, KEYPOINT_BYTES) uint8.
     ORB is not mirror-invariant, so a hit that matched through a mirrored view is verified
-    with the mirrored image's keypoints (``rayapp.router.ShardRouter.verify``)."""
+    with the mirrored image's keypoints too (``rayapp.router.ShardRouter.verify``)."""
     return np.stack([extract(image), extract(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])

@@ -470,9 +470,9 @@ def write_model_card(weights: str | Path, eval_report: dict | None, path: str | 
                   "crop), each pair's distance plus its views' prior costs. The pair's distance "
                   "is the row's ranking: the cosine distance of the side vectors (vector), the "
                   "weighted Hamming distance by the query's bit confidences (weighted), or Hamming. "
-                  "Then, unless the row says verify=0, the query's 20 nearest refs are spatially "
-                  "verified by ORB keypoints (shards/verify.py) and each verified ref's distance "
-                  "drops by its credit; ties are ranked pessimistically. Speed: decode + preprocess + "
+                  "Then, where the ranking says '+ verify top N', the query's N nearest refs are "
+                  "spatially verified by ORB keypoints (shards/verify.py) and each verified ref's "
+                  "distance drops by its credit; ties are ranked pessimistically. Speed: decode + preprocess + "
                   f"encode with {b.get('threads', '?')} thread(s).", "",
                   format_table(eval_report), "", "### Per-family recall@1", ""]
         specs = list(eval_report["results"])

@@ -451,11 +451,12 @@ class ShardRouter:
     # ---- spatial verification ---------------------------------------------------------
     def _submit_verify(self, hits: list[dict], keypoints: np.ndarray,
                        depth: int) -> tuple[dict[int, tuple], dict[int, Any]]:
-        """Each owning shard's top hits, with the keypoint block to verify each by: the
-        mirrored image's (block 1, when given) for a hit that matched through a mirrored view."""
+        """Each owning shard's top hits, with the keypoint block to verify each by: the query as
+        given (block 0), or for a hit that matched through a mirrored view the better of the
+        query as given and mirrored (-1: a symmetric image's mirror can match as well)."""
         blocks = np.ascontiguousarray(keypoints, dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
         top = hits[:max(0, depth)]
-        which = [int(len(blocks) > 1 and "flip" in str(h.get("variant", ""))) for h in top]
+        which = [-1 if len(blocks) > 1 and "flip" in str(h.get("variant", "")) else 0 for h in top]
         groups = self._group([str(h["id"]) for h in top], None, which)
         return groups, {s: self._read(s, "verify", ids, blocks.tobytes(), ws)
                         for s, (ids, _, ws) in groups.items()}

@@ -482,21 +482,25 @@ class ShardActor:
                which: list[int] | None = None) -> list[int | None]:
         """Spatially verify stored images against a query's packed keypoints
         (``shards.verify``; one block, or (m, KEYPOINT_BYTES) blocks with ``which`` naming each
-        id's block) -> each id's inlier count; None for an unknown id or one stored without
-        keypoints (or on a shard that keeps none)."""
+        id's block, or -1 for the best of all) -> each id's inlier count; None for an unknown id
+        or one stored without keypoints (or on a shard that keeps none)."""
         ids = self._check_ids(ids)
         blocks = np.frombuffer(bytes(keypoints), np.uint8)
         if len(blocks) == 0 or len(blocks) % KEYPOINT_BYTES:
             raise ValueError(f"keypoints must be blocks of {KEYPOINT_BYTES} bytes, got {len(blocks)}")
         blocks = blocks.reshape(-1, KEYPOINT_BYTES)
         which = [0] * len(ids) if which is None else [int(w) for w in which]
-        if len(which) != len(ids) or any(not 0 <= w < len(blocks) for w in which):
-            raise ValueError(f"which must name one of {len(blocks)} keypoint blocks per id")
+        if len(which) != len(ids) or any(not -1 <= w < len(blocks) for w in which):
+            raise ValueError(f"which must name one of {len(blocks)} keypoint blocks (or -1) per id")
         out: list[int | None] = []
         for item_id, w in zip(ids, which):
             item = self._store.get(item_id) if self.keypoint_bytes else None
             slot = None if item is None else self._slot(item.code)
-            out.append(None if slot is None else inliers(blocks[w], self._blobs.read(slot)))
+            if slot is None:
+                out.append(None)
+                continue
+            stored = self._blobs.read(slot)
+            out.append(max(inliers(b, stored) for b in (blocks if w < 0 else blocks[w:w + 1])))
         return out
 
     def get(self, id: str) -> dict | None:

@@ -91,6 +91,7 @@ def test_shard_stores_and_verifies_keypoints_across_restart(tmp_path):
     mirrored = extract_query(_jpeg(_corner_crop(photos[0], 0.45), 40))[::-1]  # mirrored first
     assert again.verify(["a", "a"], mirrored, [1, 0])[0] == got[0]
     assert again.verify(["a", "a"], mirrored, [1, 0])[1] < got[0]  # a mirror image verifies worse
+    assert again.verify(["a"], mirrored, [-1]) == got[:1]  # -1: the better of the blocks
     with pytest.raises(ValueError, match="keypoints"):
         again.verify(["a"], b"\0" * 10)
     with pytest.raises(ValueError, match="which"):
