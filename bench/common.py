@@ -275,6 +275,15 @@ def small_bench_args(prog: str, doc: str, entries: int, queries: int,
     return ap.parse_args(argv)
 
 
+def main_for(run: "Any") -> "Any":
+    """A micro-benchmark's ``main(argv) -> 0`` (what ``neardup bench`` calls) from its
+    ``run(argv) -> result path``."""
+    def main(argv: list[str] | None = None) -> int:
+        print(f"wrote {run(argv)}")
+        return 0
+    return main
+
+
 def parse_count(text: str) -> int:
     """'100k', '2M', '1.5M', '1B', '250000' -> int."""
     t = str(text).strip().lower().replace("_", "")

@@ -60,13 +60,10 @@ def run(argv: list[str] | None = None) -> Path:
     result["vector_over_weighted_p50"] = round(result["vector_scoring"]["p50_ms"]
                                                / result["weighted_path"]["p50_ms"], 3)
     out = common.write_json(Path(args.out_dir) / f"rerank_{common.today()}.json", result)
-    print(f"wrote {out}")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    run(argv)
-    return 0
+main = common.main_for(run)
 
 
 if __name__ == "__main__":

@@ -84,13 +84,10 @@ def run(argv: list[str] | None = None) -> Path:
     out = common.write_json(Path(args.out_dir) / f"verify_{common.today()}.json", result)
     print(json.dumps({k: result[k] for k in ("search", "extract_query_keypoints", "verify_top",
                                              "verify_over_search_p50")}))
-    print(f"wrote {out}")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    run(argv)
-    return 0
+main = common.main_for(run)
 
 
 if __name__ == "__main__":
