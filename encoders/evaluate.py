@@ -37,7 +37,8 @@ from encoders.keypoints import extract, extract_query
 from shards.vectors import vector_distances
 from shards.verify import VERIFY_DEPTH, inliers, verify_bonus
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
-                          check_ref_views, costs as tta_costs, query_variants, ref_view_images,
+                          check_ref_views, costs as tta_costs, is_mirrored, query_variants,
+                          ref_view_images,
                           view_names)
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
@@ -297,7 +298,7 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
                                q_vectors, r_vectors, with_views=True)
         if depth > 0:
             keypoints = keypoints or (_keypoints(q_paths, query=True), _keypoints(ref_paths))
-            mirrored = np.array(["flip" in n for n in names])[view]
+            mirrored = np.array([is_mirrored(n) for n in names])[view]
             dist = verified(dist, *keypoints, depth, mirrored)
         used = "vector" if q_vectors is not None else "hamming" if q_weights is None else "weighted"
         results[spec] = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(),

@@ -56,6 +56,11 @@ def variant_names(mode: str) -> tuple[str, ...]:
     return VARIANT_NAMES[:_COUNT[check_mode(mode)]]
 
 
+def is_mirrored(name: str) -> bool:
+    """Whether a named query view is mirrored (``flip``, ``flip+rot90``, ``content+flip``...)."""
+    return "flip" in name
+
+
 def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = ROT_COST,
           content_cost: float = CONTENT_COST) -> np.ndarray:
     """Prior cost added to each named view's distance: 0 for the original, ``flip_cost`` for the
@@ -70,7 +75,7 @@ def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = 
     def one(name: str) -> float:
         if "rot" in name:
             return rot_cost
-        return (content_cost if "content" in name else 0.0) + (flip_cost if "flip" in name else 0.0)
+        return (content_cost if "content" in name else 0.0) + (flip_cost if is_mirrored(name) else 0.0)
     return np.array([one(n) for n in names], dtype=np.float32)
 
 

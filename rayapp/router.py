@@ -33,7 +33,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, RayActorError
 
 from encoders.base import weighted_hamming
-from encoders.tta import REF_VIEW_COST, REF_VIEWS
+from encoders.tta import REF_VIEW_COST, REF_VIEWS, is_mirrored
 from shards.verify import KEYPOINT_BYTES, verify_bonus
 from shards.views import base_id, check_base_id, split_id, view_id
 
@@ -456,7 +456,7 @@ class ShardRouter:
         query as given and mirrored (-1: a symmetric image's mirror can match as well)."""
         blocks = np.ascontiguousarray(keypoints, dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
         top = hits[:max(0, depth)]
-        which = [-1 if len(blocks) > 1 and "flip" in str(h.get("variant", "")) else 0 for h in top]
+        which = [-1 if len(blocks) > 1 and is_mirrored(str(h.get("variant", ""))) else 0 for h in top]
         groups = self._group([str(h["id"]) for h in top], None, which)
         return groups, {s: self._read(s, "verify", ids, blocks.tobytes(), ws)
                         for s, (ids, _, ws) in groups.items()}
