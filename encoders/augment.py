@@ -106,8 +106,8 @@ def rot90(img: Image.Image, rng: np.random.Generator, strength: float = 1.0) -> 
 
 
 def rotate(img: Image.Image, rng: np.random.Generator, strength: float = 1.0) -> Image.Image:
-    """Rotate by ±6-15 degrees with black fill (training: ±2-30)."""
-    deg = _param(rng, 6, 15, 2, 30, strength) * (1 if rng.random() < 0.5 else -1)
+    """Rotate by ±6-15 degrees with black fill (training: ±2-45)."""
+    deg = _param(rng, 6, 15, 2, 45, strength) * (1 if rng.random() < 0.5 else -1)
     expand = bool(rng.random() < 0.5)
     return _rgb(img).rotate(deg, resample=Image.BILINEAR, expand=expand, fillcolor=(0, 0, 0))
 
@@ -292,12 +292,30 @@ def hue_shift(img: Image.Image, rng: np.random.Generator, strength: float = 1.0)
     return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
 
 
+def fade(img: Image.Image, rng: np.random.Generator, strength: float = 1.0) -> Image.Image:
+    """Blend 30-60% toward white or black (training: 15-80%, sometimes toward any colour)."""
+    a = _param(rng, 0.30, 0.60, 0.15, 0.80, strength)
+    colour = (255, 255, 255) if rng.random() < 0.6 else (0, 0, 0)
+    if strength > 1.0 and rng.random() < 0.3:
+        colour = _colour(rng)
+    img = _rgb(img)
+    return Image.blend(img, Image.new("RGB", img.size, colour), a)
+
+
+def vflip(img: Image.Image, rng: np.random.Generator, strength: float = 1.0) -> Image.Image:
+    """Mirror top-bottom (training also turns by 180 degrees)."""
+    if strength > 1.0 and rng.random() < 0.5:
+        return img.transpose(Image.ROTATE_180)
+    return img.transpose(Image.FLIP_TOP_BOTTOM)
+
+
 FAMILIES: dict[str, Family] = {
     "jpeg": jpeg, "downscale": downscale, "center_crop": center_crop, "random_crop": random_crop,
     "hflip": hflip, "rot90": rot90, "rotate": rotate, "blur": blur,
     "brightness_contrast": brightness_contrast, "grayscale": grayscale, "text_overlay": text_overlay,
     "shape_overlay": shape_overlay, "pad": pad, "meme": meme, "screenshot": screenshot,
     "perspective": perspective, "noise": noise, "stretch": stretch, "hue_shift": hue_shift,
+    "fade": fade, "vflip": vflip,
 }
 
 # Evaluation combinations: (name, families applied in order).
@@ -307,7 +325,7 @@ COMBOS: dict[str, tuple[str, ...]] = {
 }
 
 # Families that change geometry strongly; random_edit applies them first, pixel edits after.
-_GEOMETRIC = ("center_crop", "random_crop", "hflip", "rot90", "rotate", "perspective", "stretch")
+_GEOMETRIC = ("center_crop", "random_crop", "hflip", "vflip", "rot90", "rotate", "perspective", "stretch")
 
 
 def apply_family(name: str, img: Image.Image, rng: np.random.Generator, strength: float = 1.0) -> Image.Image:

@@ -33,6 +33,12 @@ DEFAULT_INPUT_SIZE = 128
 FORMAT_VERSION = "1"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+# How pixels become network input. ``imagenet``: fixed per-channel mean/std (format 1 weights).
+# ``instance``: each image minus its own mean, over its own standard deviation (all channels
+# together), so any affine change of intensity (a fade toward white or black, brightness,
+# PIL-style contrast) leaves the input, and so the code, unchanged up to clipping.
+INPUT_NORMS = ("imagenet", "instance")
+DEFAULT_INPUT_NORM = "instance"
 
 
 # ---------------------------------------------------------------- backbones
@@ -114,10 +120,16 @@ class DeepHashNet(nn.Module):
     """Backbone -> (GeM global ⊕ attention local) -> MLP -> ``bits`` hash logits."""
 
     def __init__(self, backbone: str | Backbone = DEFAULT_BACKBONE, bits: int = DEFAULT_BITS,
-                 local_dim: int = 256, hidden: int = 512, gem_p: float = 3.0):
+                 local_dim: int = 256, hidden: int = 512, gem_p: float = 3.0,
+                 input_norm: str = DEFAULT_INPUT_NORM):
         super().__init__()
         if bits <= 0 or bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits}")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        self.input_norm = input_norm
+        self.register_buffer("pixel_mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
         self.backbone_name = Backbone.parse(backbone).value
         self.bits = bits
         self.backbone, channels = Backbone.parse(backbone).build()
@@ -128,7 +140,16 @@ class DeepHashNet(nn.Module):
             nn.Linear(hidden, bits), nn.BatchNorm1d(bits),
         )
         self.config = {"backbone": self.backbone_name, "bits": bits, "local_dim": local_dim,
-                       "hidden": hidden}
+                       "hidden": hidden, "input_norm": input_norm}
+
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 or float pixels (n, H, W, 3) in 0..255 -> normalised float input (n, 3, H, W)."""
+        x = pixels.permute(0, 3, 1, 2).float()
+        if self.input_norm == "imagenet":
+            return (x - self.pixel_mean) / self.pixel_std
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=2.0)  # a flat image stays flat, not noise
+        return (x - mean) / std
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
         """Fused float descriptor (before the hash head)."""
@@ -189,10 +210,23 @@ def load_model(path: str | Path) -> tuple[DeepHashNet, dict]:
         raise FileNotFoundError(f"deephash weights not found: {path}")
     meta = read_metadata(path)
     model = DeepHashNet(meta["backbone"], int(meta["bits"]), int(meta.get("local_dim", 256)),
-                        int(meta.get("hidden", 512)))
+                        int(meta.get("hidden", 512)), input_norm=meta.get("input_norm", "imagenet"))
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+# The bundled model before per-image input normalisation: indexes built before ``neardup.json``
+# named their model were built with it.
+LEGACY_MODEL_ID = "deephash:11cb8f3fa6fe0294"
+
+
+def model_id(weights: str | Path | None = None) -> str:
+    """``deephash:<first 16 hex of the weights file's sha256>``: codes are comparable only
+    between encoders with the same id (bundled weights when ``weights`` is None)."""
+    import hashlib
+    path = Path(weights) if weights is not None else bundled_weights()
+    return "deephash:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Path:
@@ -234,12 +268,9 @@ class DeepHashEncoder(Encoder):
         self.tta = tta
         self.batch_size = batch_size
         self.weights_path = weights_path
-        self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255
 
     def _to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2).float()
-        x = (x - self._mean) / self._std
+        x = self.model.prepare(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x.contiguous()
 
     def _check(self, batch: np.ndarray) -> np.ndarray:

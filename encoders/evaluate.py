@@ -18,88 +18,28 @@ Metrics (per encoder):
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
 import platform
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
-from encoders.augment import COMBOS, FAMILIES, apply_family
+from encoders.benchmark import ALL_FAMILIES, SUITES, build_benchmark, read_ground_truth  # noqa: F401
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
 from encoders.keypoints import extract, extract_query
 from shards.vectors import vector_distances
 from shards.verify import VERIFY_DEPTH, inliers, verify_bonus
-from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
+from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, REF_VIEW_COST, ROT_COST,
                           check_ref_views, costs as tta_costs, is_mirrored, query_variants,
                           ref_view_images,
                           view_names)
 
-ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
-
-
-# ---------------------------------------------------------------- benchmark construction
-def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_refs: int = 450, n_queries: int = 900,
-                    n_negatives: int = 280, n_distractors: int = 250, seed: int = 0,
-                    families: tuple[str, ...] = ALL_FAMILIES) -> dict:
-    """Write refs/, queries/ and ground_truth.csv (query,ref,family) under ``out_dir``.
-
-    ``n_refs`` originals get ``n_queries`` edited queries (families cycled evenly), ``n_distractors``
-    more originals are indexed without queries, and ``n_negatives`` non-indexed originals give edited
-    queries whose ref is empty. Returns the counts.
-    """
-    dirs = originals_dir if isinstance(originals_dir, (list, tuple)) else [originals_dir]
-    files = list(iter_image_files(dirs))
-    need = n_refs + n_distractors + n_negatives
-    if len(files) < need:
-        raise ValueError(f"{originals_dir}: {len(files)} images, need {need} (refs+distractors+negatives)")
-    rng = np.random.default_rng(seed)
-    order = [files[i] for i in rng.permutation(len(files))]
-    refs, distractors, negatives = order[:n_refs], order[n_refs:n_refs + n_distractors], \
-        order[n_refs + n_distractors:need]
-    out = Path(out_dir)
-    (out / "refs").mkdir(parents=True, exist_ok=True)
-    (out / "queries").mkdir(parents=True, exist_ok=True)
-    ref_names = {}
-    for i, f in enumerate(refs + distractors):
-        name = f"r{i:05d}{f.suffix.lower()}"
-        shutil.copyfile(f, out / "refs" / name)
-        ref_names[f] = name
-    rows = []
-    fam_order = [families[i % len(families)] for i in range(n_queries)]
-    rng.shuffle(fam_order)
-    sources = [(refs[i % len(refs)], fam) for i, fam in enumerate(fam_order)]
-    sources += [(f, families[int(rng.integers(0, len(families)))]) for f in negatives]
-    for j, (src, fam) in enumerate(sources):
-        img = apply_family(fam, load_image(src), rng, strength=1.0)
-        qname = f"q{j:05d}.jpg"
-        img.save(out / "queries" / qname, quality=95)
-        rows.append((qname, ref_names.get(src, ""), fam))
-    with open(out / "ground_truth.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["query", "ref", "family"])
-        w.writerows(rows)
-    info = {"originals": [str(d) for d in dirs], "refs": len(refs) + len(distractors), "queried_refs": len(refs),
-            "distractors": len(distractors), "positive_queries": n_queries, "negative_queries": len(negatives),
-            "families": list(families), "seed": seed}
-    (out / "benchmark.json").write_text(json.dumps(info, indent=2))
-    return info
-
-
-def read_ground_truth(path: str | Path) -> list[tuple[str, str, str]]:
-    """CSV with header query,ref[,family]; ref empty for negatives -> [(query, ref, family)]."""
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"query", "ref"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: ground truth needs a header with columns query,ref")
-        return [(r["query"], r["ref"] or "", r.get("family") or "unknown") for r in reader]
 
 
 # ---------------------------------------------------------------- metrics
@@ -265,8 +205,9 @@ def _keypoints(paths: list[Path], query: bool = False) -> np.ndarray:
 
 def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
              ground_truth: str | Path, k_micro: int = 10, out: str | Path | None = None,
-             extra: dict | None = None) -> dict:
-    """Score each encoder spec on the benchmark; writes JSON to ``out`` (default bench/results/eval_<date>.json)."""
+             extra: dict | None = None, write: bool = True) -> dict:
+    """Score each encoder spec on one benchmark; with ``write``, the JSON goes to ``out``
+    (default bench/results/eval_<date>.json)."""
     from encoders.registry import get_encoder
     rows = read_ground_truth(ground_truth)
     ref_paths = sorted(iter_image_files([refs_dir]))
@@ -282,8 +223,10 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         name, kwargs = parse_spec(spec)
         rank = check_rank(kwargs.pop("rank", "vector"))
         prior = {key: float(kwargs.pop(key, default)) for key, default in
-                 (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST), ("content_cost", CONTENT_COST))}
-        content = kwargs.pop("content", "on") not in ("off", "0", "false")
+                 (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST), ("content_cost", CONTENT_COST),
+                  ("half_turn_cost", HALF_TURN_COST))}
+        content = kwargs.pop("content", "on")
+        content = "frame" if content == "frame" else content not in ("off", "0", "false")
         ref_views = _ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))
         ref_view_cost = float(kwargs.pop("ref_view_cost", REF_VIEW_COST))
         depth = int(kwargs.pop("verify", VERIFY_DEPTH))
@@ -314,9 +257,10 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
               "benchmark": {"refs": len(ref_paths), "queries": len(rows), "positive_queries": int((gt_ref >= 0).sum()),
                             "negative_queries": int((gt_ref < 0).sum()), "k_micro": k_micro, **(extra or {})},
               "results": results}
-    out = Path(out) if out else RESULTS_DIR / f"eval_{dt.date.today().isoformat()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    if write:
+        out = Path(out) if out else RESULTS_DIR / f"eval_{dt.date.today().isoformat()}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -347,24 +291,64 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_SPECS = ["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,verify=0",
+                 "deephash:tta=flip_rot90,rank=weighted,verify=0",
+                 "deephash:tta=flip_rot90,rank=hamming,verify=0",
+                 "deephash:tta=flip_rot90,ref_views=none,verify=0",
+                 "deephash:tta=flip_rot90,ref_views=none,content=off,verify=0",
+                 "deephash:ref_views=none,content=off,rank=hamming,verify=0",
+                 "pdq", "pdq:verify=0", "phash", "phash:verify=0"]
+
+
+def format_suites(combined: dict) -> str:
+    """Markdown table, one row per encoder spec, each suite's headline metrics side by side."""
+    suites = list(combined["suites"])
+    head = "| encoder | ranked by | " + " | ".join(
+        f"{s}: mAP@100 | {s}: µAP | {s}: recall@1 | {s}: worst family (R@1)" for s in suites) + " |"
+    lines = [head, "|---|---|" + "---|---|---|---|" * len(suites)]
+    first = combined["suites"][suites[0]]["results"]
+    for spec, r in first.items():
+        ranked = r.get("rank", "hamming") + (f" + verify top {r['verify']}" if r.get("verify") else "")
+        cells = []
+        for s in suites:
+            x = combined["suites"][s]["results"].get(spec)
+            if x is None:
+                cells.append("— | — | — | —")
+                continue
+            w = x["worst_family"]
+            cells.append(f"{x['mAP@100']:.3f} | {x['muAP']:.3f} | {x['recall@1']:.3f} | "
+                         f"{w} ({x['per_family_recall@1'].get(w, 0):.2f})")
+        lines.append(f"| {spec} | {ranked} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _suite_benchmark(args, suite: str) -> tuple[Path, Path, Path, dict]:
+    """(refs, queries, ground truth, benchmark info) of one suite, built under --workdir/SUITE."""
+    work = Path(args.workdir) / suite
+    gt = work / "ground_truth.csv"
+    if not gt.exists():
+        info = build_benchmark(args.originals, work, args.n_refs, args.n_queries, args.n_negatives,
+                               args.n_distractors, args.seed, suite=suite, subset=args.subset)
+    else:
+        info = json.loads((work / "benchmark.json").read_text()) if (work / "benchmark.json").exists() else {}
+    return work / "refs", work / "queries", gt, info
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: build a benchmark from --originals (into --workdir) or use --refs/--queries/--ground-truth."""
+    """CLI: build benchmarks from --originals (one per --suite, under --workdir) or score a given
+    --refs/--queries/--ground-truth; writes one JSON with every suite's report."""
     ap = argparse.ArgumentParser(prog="python -m encoders.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--originals", nargs="+", help="folder(s) of originals to build a benchmark from")
-    ap.add_argument("--workdir", default="runs/eval-bench", help="where the built benchmark goes")
+    ap.add_argument("--suite", nargs="+", default=list(SUITES), choices=list(SUITES),
+                    help="edit suites to build and score, side by side (default: both)")
+    ap.add_argument("--subset", help="K/N: every N-th source file from the K-th (validation/test halves)")
+    ap.add_argument("--workdir", default="runs/eval-bench", help="where the built benchmarks go (one folder per suite)")
     ap.add_argument("--refs")
     ap.add_argument("--queries")
     ap.add_argument("--ground-truth")
-    ap.add_argument("--encoders", nargs="+",
-                    default=["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,verify=0",
-                             "deephash:tta=flip_rot90,rank=weighted,verify=0",
-                             "deephash:tta=flip_rot90,rank=hamming,verify=0",
-                             "deephash:tta=flip_rot90,ref_views=none,verify=0",
-                             "deephash:tta=flip_rot90,ref_views=none,content=off,verify=0",
-                             "deephash:ref_views=none,content=off,verify=0",
-                             "pdq", "pdq:verify=0", "phash", "phash:verify=0"],
+    ap.add_argument("--encoders", nargs="+", default=DEFAULT_SPECS,
                     help="encoder specs, name[:opt=value,...] (opts: tta, rank=vector|weighted|hamming, "
-                         "content=on|off, flip_cost, rot_cost, content_cost, "
+                         "content=on|frame|off (frame: flat frames only, no pasted-photo finder), flip_cost, rot_cost, half_turn_cost, content_cost, "
                          "ref_views=none|center70[+top_left70...], ref_view_cost, "
                          f"verify=N (spatially verify the top N; default {VERIFY_DEPTH}, 0 = off), weights); "
                          "the default gives the model card's table")
@@ -379,22 +363,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    extra = {}
     if args.originals:
-        work = Path(args.workdir)
-        gt = work / "ground_truth.csv"
-        if not gt.exists():
-            extra = build_benchmark(args.originals, work, args.n_refs, args.n_queries, args.n_negatives,
-                                    args.n_distractors, args.seed)
-        else:
-            extra = json.loads((work / "benchmark.json").read_text()) if (work / "benchmark.json").exists() else {}
-        refs, queries = work / "refs", work / "queries"
+        benches = {s: _suite_benchmark(args, s) for s in args.suite}
     elif args.refs and args.queries and args.ground_truth:
-        refs, queries, gt = Path(args.refs), Path(args.queries), Path(args.ground_truth)
+        benches = {"given": (Path(args.refs), Path(args.queries), Path(args.ground_truth), {})}
     else:
         ap.error("give --originals DIR, or all of --refs, --queries and --ground-truth")
-    report = evaluate(args.encoders, refs, queries, gt, args.k_micro, args.out, {**extra, "threads": args.threads})
-    print(format_table(report))
+    reports = {}
+    for suite, (refs, queries, gt, info) in benches.items():
+        print(f"== suite {suite}", flush=True)
+        reports[suite] = evaluate(args.encoders, refs, queries, gt, args.k_micro, write=False,
+                                  extra={**info, "threads": args.threads})
+    combined = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "git_rev": _git_rev(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                "suites": reports}
+    out = Path(args.out) if args.out else RESULTS_DIR / f"eval_{dt.date.today().isoformat()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(combined, indent=2))
+    print(format_suites(combined))
     return 0
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from encoders.augment import hue_shift, random_crop, random_edit
 from encoders.decode import resize_square
-from encoders.deephash import MEAN, STD, DeepHashNet, save_weights
+from encoders.deephash import DeepHashNet, save_weights
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -65,11 +65,16 @@ class TrainConfig:
     strength_min: float = 1.0
     strength_max: float = 2.0
     p_identity_ref: float = 0.4
-    p_paste: float = 0.15
-    p_crop: float = 0.4  # extra random crop before the edit families
-    p_color: float = 0.8  # colour jitter on the edited view
+    p_paste: float = 0.2  # another photo pasted over part of the copy
+    p_embed: float = 0.15  # the copy pasted, shrunk, onto another photo
+    p_crop: float = 0.6  # extra random crop before the edit families
+    p_dihedral: float = 0.15  # a random flip / quarter turn / 180 degrees of the edited view
+    p_color: float = 0.8  # colour jitter (brightness, contrast, saturation, gamma) on the edited view
     p_color_ref: float = 0.3  # colour jitter on the reference view
     p_gray: float = 0.15
+    max_chain: int = 4  # edit families composed on the hard view: 1..max_chain
+    input_norm: str = "instance"  # encoders.deephash.INPUT_NORMS
+    init: str | None = None  # start from these weights (safetensors) when there is no checkpoint
     preload_max_side: int = 224
     max_images: int = 0
     ema_decay: float = 0.998
@@ -128,10 +133,10 @@ def load_labels(path: str | None, files: list[Path]) -> np.ndarray:
 
 
 def _paste_other(img: Image.Image, other: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """Cut-mix style distractor: paste a patch of another image over 10-30% of this one."""
+    """Cut-mix style distractor: paste a patch of another image over 9-45% of this one."""
     w, h = img.size
     o = Image.fromarray(other)
-    frac = rng.uniform(0.3, 0.55)
+    frac = rng.uniform(0.3, 0.67)
     pw, ph = max(8, int(w * frac)), max(8, int(h * frac))
     patch = o.resize((pw, ph), Image.BILINEAR)
     img = img.copy()
@@ -139,17 +144,44 @@ def _paste_other(img: Image.Image, other: np.ndarray, rng: np.random.Generator) 
     return img
 
 
+def _embed_in_other(img: Image.Image, other: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """The copy as part of a bigger picture: shrunk to 40-85% of another photo's side, pasted at
+    a random place on it (the other photo is the background, not the copy)."""
+    bg = Image.fromarray(other)
+    bw, bh = bg.size
+    bg = bg.resize((max(16, int(bw * 1.5)), max(16, int(bh * 1.5))), Image.BILINEAR)
+    bw, bh = bg.size
+    s = rng.uniform(0.4, 0.85)
+    w, h = img.size
+    f = s * min(bw / w, bh / h)
+    pw, ph = max(8, int(w * f)), max(8, int(h * f))
+    bg.paste(img.resize((pw, ph), Image.BILINEAR),
+             (int(rng.integers(0, max(1, bw - pw + 1))), int(rng.integers(0, max(1, bh - ph + 1)))))
+    return bg
+
+
+_DIHEDRAL = (Image.FLIP_LEFT_RIGHT, Image.FLIP_TOP_BOTTOM, Image.ROTATE_90, Image.ROTATE_180,
+             Image.ROTATE_270, Image.TRANSPOSE, Image.TRANSVERSE)
+
+
 def _photometric(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """SimCLR-style colour jitter: without it the network shortcuts on colour statistics."""
     from PIL import ImageEnhance
-    ops = [lambda im: ImageEnhance.Brightness(im).enhance(rng.uniform(0.5, 1.5)),
-           lambda im: ImageEnhance.Contrast(im).enhance(rng.uniform(0.5, 1.5)),
-           lambda im: ImageEnhance.Color(im).enhance(rng.uniform(0.3, 1.7))]
+    ops = [lambda im: ImageEnhance.Brightness(im).enhance(rng.uniform(0.4, 1.8)),
+           lambda im: ImageEnhance.Contrast(im).enhance(rng.uniform(0.3, 1.8)),
+           lambda im: ImageEnhance.Color(im).enhance(rng.uniform(0.0, 2.5)),
+           lambda im: _gamma(im, math.exp(rng.uniform(math.log(0.4), math.log(2.5))))]
     for i in rng.permutation(len(ops)):
-        img = ops[i](img)
+        if i < 3 or rng.random() < 0.5:
+            img = ops[i](img)
     if rng.random() < 0.3:
         img = hue_shift(img, rng, strength=0.0)  # strength < 1 keeps the evaluation range
     return img
+
+
+def _gamma(img: Image.Image, g: float) -> Image.Image:
+    lut = [min(255, int(round(255 * (i / 255) ** g))) for i in range(256)]
+    return img.point(lut * 3)
 
 
 def _resized_crop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -164,6 +196,9 @@ class PairStream(IterableDataset):
     def __init__(self, images: list[np.ndarray], labels: np.ndarray, cfg: TrainConfig, seed: int):
         self.images, self.labels, self.cfg, self.seed = images, labels, cfg, seed
 
+    def _other(self, rng: np.random.Generator) -> np.ndarray:
+        return self.images[int(rng.integers(0, len(self.images)))]
+
     def _views(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         cfg, img = self.cfg, Image.fromarray(self.images[i])
         ref = img
@@ -174,9 +209,14 @@ class PairStream(IterableDataset):
         edit = img
         if rng.random() < cfg.p_crop:
             edit = _resized_crop(edit, rng)
+        if rng.random() < cfg.p_dihedral:
+            edit = edit.transpose(_DIHEDRAL[int(rng.integers(0, len(_DIHEDRAL)))])
         if rng.random() < cfg.p_paste:
-            edit = _paste_other(edit, self.images[int(rng.integers(0, len(self.images)))], rng)
-        edit, _ = random_edit(edit, rng, strength=rng.uniform(cfg.strength_min, cfg.strength_max))
+            edit = _paste_other(edit, self._other(rng), rng)
+        edit, _ = random_edit(edit, rng, strength=rng.uniform(cfg.strength_min, cfg.strength_max),
+                              n_max=cfg.max_chain)
+        if rng.random() < cfg.p_embed:
+            edit = _embed_in_other(edit, self._other(rng), rng)
         if rng.random() < cfg.p_color:
             edit = _photometric(edit, rng)
         if rng.random() < cfg.p_gray:
@@ -193,11 +233,9 @@ class PairStream(IterableDataset):
                 yield a, b, int(self.labels[i])
 
 
-def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
-    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    x = (x - mean) / std
+def _to_input(x: torch.Tensor, device: torch.device, model: DeepHashNet) -> torch.Tensor:
+    """uint8 pixel batch -> the network's normalised input, on ``device``."""
+    x = model.prepare(x.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
 
 
@@ -257,7 +295,7 @@ def _progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
 
 def _build(cfg: TrainConfig, n_classes: int) -> tuple[DeepHashNet, torch.nn.Module | None]:
     torch.manual_seed(cfg.seed)
-    model = DeepHashNet(cfg.backbone, cfg.bits)
+    model = DeepHashNet(cfg.backbone, cfg.bits, input_norm=cfg.input_norm)
     clf = torch.nn.Linear(cfg.bits, n_classes) if n_classes > 0 else None
     return model, clf
 
@@ -282,10 +320,11 @@ def recalibrate_bn(model: torch.nn.Module, batches: Iterator[torch.Tensor]) -> t
     return model.eval()
 
 
-def _bn_batches(loader_iter: Iterator, device: torch.device, n: int) -> Iterator[torch.Tensor]:
+def _bn_batches(loader_iter: Iterator, device: torch.device, n: int,
+                model: DeepHashNet) -> Iterator[torch.Tensor]:
     for _ in range(n):
         a, b, _y = next(loader_iter)
-        yield _to_input(torch.cat([a, b]), device)
+        yield _to_input(torch.cat([a, b]), device, model)
 
 
 def run_loop(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1,
@@ -314,6 +353,8 @@ def run_loop(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int =
             clf.load_state_dict(ck["clf"])
         step, elapsed = ck["step"], ck["elapsed"]
         print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min)")
+    elif cfg.init:
+        _init_from(model, ema, cfg.init)
     model.to(device)
     ema.to(device)
     if clf:
@@ -338,7 +379,7 @@ def run_loop(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int =
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, progress)
-        x = _to_input(torch.cat([a, b]), device)
+        x = _to_input(torch.cat([a, b]), device, model)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             t = net(x).float()  # forward = tanh(logits); going through DDP's forward syncs gradients
         t1, t2 = t.chunk(2)
@@ -385,8 +426,8 @@ def run_loop(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int =
         return out
     _checkpoint(ckpt_path, model, ema, opt, clf, step, time.time() - t_start, cfg)
     it = iter(loader)
-    recalibrate_bn(model, _bn_batches(it, device, cfg.bn_batches))
-    recalibrate_bn(ema.module, _bn_batches(it, device, cfg.bn_batches))
+    recalibrate_bn(model, _bn_batches(it, device, cfg.bn_batches, model))
+    recalibrate_bn(ema.module, _bn_batches(it, device, cfg.bn_batches, ema.module))
     extra = {"steps": step, "train_minutes": round((time.time() - t_start) / 60, 1), "images": len(images),
              "config": {k: v for k, v in asdict(cfg).items() if k != "data"},
              "data": [str(d) for d in cfg.data]}
@@ -396,6 +437,15 @@ def run_loop(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int =
                  cfg.input_size, extra={**extra, "ema": cfg.ema_decay})
     print(f"wrote {final} after {step} steps")
     return final
+
+
+def _init_from(model: DeepHashNet, ema: torch.nn.Module, weights: str) -> None:
+    """Start a fine-tune from a weights file (same architecture; input normalisation may differ)."""
+    from safetensors.torch import load_file
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    model.load_state_dict(state)
+    ema.module.load_state_dict(state)
+    print(f"initialised from {weights}")
 
 
 def _checkpoint(path: Path, model, ema, opt, clf, step: int, elapsed: float, cfg: TrainConfig) -> None:
@@ -418,8 +468,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True,
                       data: list[str] | None = None, bn_batches: int = 16, seed: int = 0) -> Path:
     """Write weights (safetensors) from a training checkpoint; with ``data``, re-estimate BN stats first."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    cfg = TrainConfig(**ck["config"])
-    model = DeepHashNet(cfg.backbone, cfg.bits)
+    cfg = TrainConfig(**{"input_norm": "imagenet", **ck["config"]})  # older runs predate the field
+    model = DeepHashNet(cfg.backbone, cfg.bits, input_norm=cfg.input_norm)
     if ema:
         state = {k.removeprefix("module."): v for k, v in ck["ema"].items() if k.startswith("module.")}
     else:
@@ -429,63 +479,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, ema: bool = True,
         files = list_images(data)
         images = preload(files, cfg.preload_max_side)
         stream = iter(DataLoader(PairStream(images, np.full(len(images), -1), cfg, seed), batch_size=cfg.batch_size))
-        recalibrate_bn(model, _bn_batches(stream, torch.device("cpu"), bn_batches))
+        recalibrate_bn(model, _bn_batches(stream, torch.device("cpu"), bn_batches, model))
     extra = {"steps": ck["step"], "train_minutes": round(ck["elapsed"] / 60, 1), "ema": ema,
              "bn_recalibrated": bool(data), "images": _count_images(ck["config"]["data"]),
              "config": {k: v for k, v in ck["config"].items() if k != "data"}, "data": ck["config"]["data"]}
     return save_weights(model.eval(), out, cfg.input_size, extra=extra)
-
-
-def write_model_card(weights: str | Path, eval_report: dict | None, path: str | Path, notes: str = "") -> Path:
-    """Model card (markdown): data, hyperparameters, seed, training time, date, evaluation table."""
-    from encoders.deephash import read_metadata
-    from encoders.evaluate import format_table
-    meta = read_metadata(weights)
-    extra = json.loads(meta.get("extra", "{}"))
-    cfg = extra.get("config", {})
-    size_mb = Path(weights).stat().st_size / 2**20
-    lines = [
-        f"# deephash model card: `{Path(weights).name}`", "",
-        f"- Architecture: {meta['backbone']} backbone (random init, no pretrained weights), dual branch "
-        "(GeM global + attention-pooled local features) -> MLP -> "
-        f"{meta['bits']}-bit hash head; input {meta['input_size']}x{meta['input_size']} squash resize; "
-        f"file {size_mb:.1f} MB (safetensors, fp32).",
-        f"- Training data: {', '.join(Path(d).name for d in extra.get('data', []))} "
-        f"({extra.get('images', '?')} images).",
-        f"- Steps: {extra.get('steps')}, training time {extra.get('train_minutes')} min on 2 shared CPU cores; "
-        f"EMA weights: {extra.get('ema', False)}; seed {cfg.get('seed')}; format version {meta['version']}.",
-        f"- Date: {time.strftime('%Y-%m-%d')}.", "",
-        "## Hyperparameters", "", "```json", json.dumps(cfg, indent=2, sort_keys=True), "```", "",
-    ]
-    if eval_report:
-        b = eval_report["benchmark"]
-        lines += ["## Evaluation (held-out sources, never seen in training)", "",
-                  f"Benchmark: {b.get('refs')} refs ({b.get('distractors', '?')} distractors), "
-                  f"{b.get('positive_queries')} edited queries over {len(b.get('families', [])) or '21'} edit "
-                  f"families + {b.get('negative_queries')} negative queries; originals: "
-                  f"{', '.join(Path(o).name for o in b.get('originals', []))}; seed {b.get('seed')}. "
-                  "Each query is searched as the service searches it: as the views its row names "
-                  "(mirror, turns, the photo inside a flat frame) against each ref as the index "
-                  "stores it (as given and, unless the row says ref_views=none, its centre 70% "
-                  "crop), each pair's distance plus its views' prior costs. The pair's distance "
-                  "is the row's ranking: the cosine distance of the side vectors (vector), the "
-                  "weighted Hamming distance by the query's bit confidences (weighted), or Hamming. "
-                  "Then, where the ranking says '+ verify top N', the query's N nearest refs are "
-                  "spatially verified by ORB keypoints (shards/verify.py) and each verified ref's "
-                  "distance drops by its credit; ties are ranked pessimistically. Speed: decode + preprocess + "
-                  f"encode with {b.get('threads', '?')} thread(s).", "",
-                  format_table(eval_report), "", "### Per-family recall@1", ""]
-        specs = list(eval_report["results"])
-        fams = sorted(eval_report["results"][specs[0]]["per_family_recall@1"])
-        lines += ["| family | " + " | ".join(specs) + " |", "|---|" + "---|" * len(specs)]
-        for f in fams:
-            lines.append(f"| {f} | " + " | ".join(f"{eval_report['results'][s]['per_family_recall@1'].get(f, 0):.2f}"
-                                                   for s in specs) + " |")
-        lines.append("")
-    if notes:
-        lines += ["## Notes", "", notes, ""]
-    Path(path).write_text("\n".join(lines))
-    return Path(path)
 
 
 # ---------------------------------------------------------------- entry points

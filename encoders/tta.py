@@ -2,9 +2,10 @@
 
 A flipped or rotated copy is found by searching the query's flipped and rotated variants too and
 keeping, per stored id, its best distance. Modes: ``none``, ``flip`` (+ mirror), ``flip_rot90``
-(+ mirror, 90 and 270 degrees), ``d4`` (all 8 symmetries). With ``content`` on, a query that is
-a photo inside a flat frame (padding, meme bands, a screenshot; ``encoders.frame``) also searches
-the framed photo's crop and its mirror.
+(+ mirror, 90 and 270 degrees), ``flip_turns`` (+ mirror, every turn and the vertical mirror),
+``d4`` (all 8 symmetries). With ``content`` on, a query that is a photo inside a flat frame
+(padding, meme bands, a screenshot; ``encoders.frame``) or a photo pasted into another picture
+(``encoders.region``) also searches that photo's crop and its mirror.
 
 The index side has views too (``ref_view_images``): an image may also be stored under the
 codes of some of its crops (``REF_VIEWS``; ``shards.views``), because a 128-bit code of a
@@ -24,14 +25,17 @@ import numpy as np
 from PIL import Image
 
 from encoders.frame import content_box
+from encoders.region import paste_box
 
-TTA_MODES = ("none", "flip", "flip_rot90", "d4")
-# Dihedral variant names in the order ``variants`` returns them (a mode takes a prefix).
-VARIANT_NAMES = ("original", "flip", "rot90", "rot270", "rot180", "flip+rot90", "flip+rot180", "flip+rot270")
-_COUNT = {"none": 1, "flip": 2, "flip_rot90": 4, "d4": 8}
+TTA_MODES = ("none", "flip", "flip_rot90", "flip_turns", "d4")
+# Dihedral variant names in the order ``variants`` returns them (a mode takes a prefix);
+# flip+rot180 is the vertical mirror.
+VARIANT_NAMES = ("original", "flip", "rot90", "rot270", "rot180", "flip+rot180", "flip+rot90", "flip+rot270")
+_COUNT = {"none": 1, "flip": 2, "flip_rot90": 4, "flip_turns": 6, "d4": 8}
 # Prior costs in weighted-Hamming units (one fully confident bit = 1; plain Hamming: bits).
 FLIP_COST = 0.5
 ROT_COST = 1.5
+HALF_TURN_COST = 1.5  # upside down: rot180 and the vertical mirror
 CONTENT_COST = 0.5
 # Stored crops of an indexed image: name -> (side fraction kept, x and y anchor: 0 = left/top,
 # 0.5 = centred, 1 = right/bottom). On the held-out benchmark the centre crop alone lifted
@@ -62,17 +66,20 @@ def is_mirrored(name: str) -> bool:
 
 
 def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = ROT_COST,
-          content_cost: float = CONTENT_COST) -> np.ndarray:
+          content_cost: float = CONTENT_COST, half_turn_cost: float = HALF_TURN_COST) -> np.ndarray:
     """Prior cost added to each named view's distance: 0 for the original, ``flip_cost`` for the
-    mirror, ``rot_cost`` for any turned view, ``content_cost`` for the framed photo's crop (plus
-    ``flip_cost`` for its mirror)."""
+    mirror, ``rot_cost`` for a quarter turn, ``half_turn_cost`` for upside down (rot180 and the
+    vertical mirror), ``content_cost`` for the framed or pasted photo's crop (plus ``flip_cost``
+    for its mirror)."""
     if isinstance(names, str):
         raise TypeError("costs() takes a sequence of view names, e.g. variant_names(mode)")
-    if min(flip_cost, rot_cost, content_cost) < 0:
+    if min(flip_cost, rot_cost, content_cost, half_turn_cost) < 0:
         raise ValueError(f"TTA costs must be >= 0; got flip {flip_cost}, rot {rot_cost}, "
-                         f"content {content_cost}")
+                         f"content {content_cost}, half turn {half_turn_cost}")
 
     def one(name: str) -> float:
+        if "rot180" in name:
+            return half_turn_cost
         if "rot" in name:
             return rot_cost
         return (content_cost if "content" in name else 0.0) + (flip_cost if is_mirrored(name) else 0.0)
@@ -87,15 +94,22 @@ def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
 
 
 def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndarray], mode: str,
-                   content: bool = True) -> tuple[list[np.ndarray], list[str]]:
+                   content: bool | str = True) -> tuple[list[np.ndarray], list[str]]:
     """The views of one query image to search, as (1, S, S, 3) arrays, and their names (a prefix
-    of ``view_names``): the framed photo's views come only when a frame is found."""
+    of ``view_names``): the framed or pasted photo's views come only when one is found
+    (``content="frame"`` looks for flat frames only)."""
     arrays = variants(preprocess(img)[None], mode)
-    box = content_box(img) if content else None
+    box = photo_box(img, region=content != "frame") if content else None
     if box is not None:
         inner = preprocess(img.crop(box))[None]
         arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
     return arrays, list(view_names(mode, content)[:len(arrays)])
+
+
+def photo_box(img: Image.Image, region: bool = True) -> tuple[int, int, int, int] | None:
+    """The box of the photo inside ``img``: inside a flat frame (``encoders.frame``), else (with
+    ``region``) pasted into another picture (``encoders.region``); None when neither is found."""
+    return content_box(img) or (paste_box(img) if region else None)
 
 
 def variants(batch: np.ndarray, mode: str) -> list[np.ndarray]:
@@ -103,13 +117,14 @@ def variants(batch: np.ndarray, mode: str) -> list[np.ndarray]:
     check_mode(mode)
     flip = batch[:, :, ::-1]
     out = [batch]
-    if mode in ("flip", "flip_rot90", "d4"):
+    if mode != "none":
         out.append(flip)
-    if mode in ("flip_rot90", "d4"):
+    if mode in ("flip_rot90", "flip_turns", "d4"):
         out += [np.rot90(batch, 1, axes=(1, 2)), np.rot90(batch, 3, axes=(1, 2))]
+    if mode in ("flip_turns", "d4"):
+        out += [np.rot90(batch, 2, axes=(1, 2)), np.rot90(flip, 2, axes=(1, 2))]
     if mode == "d4":
-        out += [np.rot90(batch, 2, axes=(1, 2)), np.rot90(flip, 1, axes=(1, 2)),
-                np.rot90(flip, 2, axes=(1, 2)), np.rot90(flip, 3, axes=(1, 2))]
+        out += [np.rot90(flip, 1, axes=(1, 2)), np.rot90(flip, 3, axes=(1, 2))]
     return [np.ascontiguousarray(v) for v in out]
 
 

@@ -104,13 +104,15 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
             if have.get(key) != value:
                 raise ValueError(f"index at {path.parent} was built with {key}={have.get(key)!r}, "
                                  f"not {value!r}; use the same encoder or a new --index-dir")
+        _check_model(have, cfg, path.parent)
         return {"vector_bytes": 0, "keypoint_bytes": 0, **have}  # older indexes have neither
     # Another node may have created this index: its named shard actors are cluster-wide.
     n = len(get_shards(cfg)) or (shard_nodes() if uses_shard_resource(cfg)
                                  else cfg.shards.num_shards)
     if vector_bytes is None:
         vector_bytes = _encoder_widths(cfg)[1]
-    meta = {**want, "vector_bytes": int(vector_bytes) if cfg.shards.vectors else 0,
+    meta = {**want, "model": model_id(cfg),
+            "vector_bytes": int(vector_bytes) if cfg.shards.vectors else 0,
             "keypoint_bytes": KEYPOINT_BYTES if cfg.shards.keypoints else 0,
             "num_shards": max(1, n), "index_kind": cfg.shards.index_kind}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,26 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, path)
     return meta
+
+
+def model_id(cfg: Config) -> str:
+    """Which model made an index's codes: the encoder name, and for deephash its weights' hash."""
+    if cfg.encoder.name != "deephash":
+        return cfg.encoder.name
+    from encoders.deephash import model_id as deephash_id
+    return deephash_id(cfg.encoder.weights)
+
+
+def _check_model(have: dict, cfg: Config, where: Path) -> None:
+    """Refuse to mix codes of two models: an index built before ``model`` was recorded holds the
+    previous bundled deephash's codes."""
+    from encoders.deephash import LEGACY_MODEL_ID
+    stored = have.get("model") or (LEGACY_MODEL_ID if have.get("encoder") == "deephash" else have.get("encoder"))
+    current = model_id(cfg)
+    if stored != current:
+        raise ValueError(f"index at {where} holds codes of model {stored}, but the encoder is {current}: "
+                         "codes of different models are not comparable; re-index into a new --index-dir, "
+                         "or pass --weights with the weights it was built with")
 
 
 class RayShardActor(ShardActor):

@@ -16,7 +16,7 @@ import yaml
 
 from encoders.registry import DEFAULT_ENCODER
 from shards.verify import VERIFY_DEPTH
-from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, REF_VIEW_COST, ROT_COST,
+from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, REF_VIEW_COST, ROT_COST,
                           check_ref_views, costs)
 
 
@@ -28,9 +28,10 @@ class EncoderConfig:
     device: str = "auto"             # auto | cpu | cuda
     num_replicas: int = 1            # encoder actors (ingest) / replicas (serve)
     max_pixels: int = 50_000_000     # decompression-bomb cap
-    tta: str = "flip_rot90"          # query-time variants searched too: none|flip|flip_rot90|d4
+    tta: str = "flip_rot90"          # query-time variants searched too: none|flip|flip_rot90|flip_turns|d4
     flip_cost: float = FLIP_COST     # prior cost a mirrored match pays (encoders.tta.costs)
-    rot_cost: float = ROT_COST       # prior cost a turned match pays
+    rot_cost: float = ROT_COST       # prior cost a quarter-turned match pays
+    half_turn_cost: float = HALF_TURN_COST  # prior cost an upside-down (rot180, vertical mirror) match pays
     content: bool = True             # also search the photo inside a flat frame (encoders.frame)
     content_cost: float = CONTENT_COST  # prior cost a match of that crop pays
     rank: str = "vector"             # vector (cosine of side vectors) | weighted (bit confidences) | hamming
@@ -44,7 +45,7 @@ class EncoderConfig:
 
     def view_costs(self, names: Sequence[str]) -> np.ndarray:
         """The prior cost of each named query view under these settings (``encoders.tta.costs``)."""
-        return costs(names, self.flip_cost, self.rot_cost, self.content_cost)
+        return costs(names, self.flip_cost, self.rot_cost, self.content_cost, self.half_turn_cost)
 
 
 @dataclass

@@ -46,3 +46,21 @@ def test_reference_views_from_yaml_env_and_their_check(tmp_path):
     assert cfg.encoder.ref_views == ["center70", "top_left70"]
     with pytest.raises(ValueError, match="unknown reference view"):
         load_config(env={}, overrides={"encoder": {"ref_views": ["zoom"]}})
+
+
+def test_an_index_of_another_model_says_it_needs_reindexing(tmp_path):
+    """Codes of two deephash models are not comparable: an index made by the previous bundled
+    model (its neardup.json predates the ``model`` field) or by other weights is refused with a
+    clear message, while one made by the current model opens."""
+    import json
+    from rayapp.cluster import index_meta, model_id
+    cfg = load_config(env={}, overrides={"shards": {"index_dir": str(tmp_path)}})
+    meta = tmp_path / "neardup.json"
+    meta.write_text(json.dumps({"encoder": "deephash", "bits": 128, "num_shards": 1}))  # an old index
+    with pytest.raises(ValueError, match="re-index"):
+        index_meta(cfg, 128)
+    meta.write_text(json.dumps({"encoder": "deephash", "bits": 128, "num_shards": 1, "model": "deephash:0"}))
+    with pytest.raises(ValueError, match="not comparable"):
+        index_meta(cfg, 128)
+    meta.write_text(json.dumps({"encoder": "deephash", "bits": 128, "num_shards": 1, "model": model_id(cfg)}))
+    assert index_meta(cfg, 128)["model"] == model_id(cfg)

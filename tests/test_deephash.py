@@ -95,7 +95,12 @@ def test_tta_variant_names_and_prior_costs():
     assert variant_names("flip_rot90") == ("original", "flip", "rot90", "rot270")
     assert len(variant_names("d4")) == len(set(variant_names("d4"))) == 8
     assert costs(variant_names("flip_rot90"), flip_cost=0.5, rot_cost=1.5).tolist() == [0.0, 0.5, 1.5, 1.5]
-    assert costs(variant_names("d4"), 0.5, 1.5).tolist() == [0.0, 0.5] + [1.5] * 6
+    assert costs(variant_names("d4"), 0.5, 1.5, half_turn_cost=2.0).tolist() == [0.0, 0.5, 1.5, 1.5, 2.0, 2.0, 1.5, 1.5]
+    assert variant_names("flip_turns") == ("original", "flip", "rot90", "rot270", "rot180", "flip+rot180")
+    b = _batch(1)
+    vs = dict(zip(variant_names("d4"), variants(b, "d4")))
+    assert np.array_equal(vs["flip+rot180"], b[:, ::-1]) and np.array_equal(vs["rot180"], b[:, ::-1, ::-1])
+    assert [v.tobytes() for v in variants(b, "flip_turns")] == [v.tobytes() for v in variants(b, "d4")[:6]]
     assert len(costs(variant_names("d4"))) == len(variants(_batch(1), "d4"))
     with pytest.raises(ValueError, match=">= 0"):
         costs(["flip"], flip_cost=-1)
@@ -237,3 +242,44 @@ def test_metrics_rank_ties_pessimistically():
     res = score_codes(np.array([[0, 5], [5, 0], [3, 3]]), 8, np.array([0, 1, -1]), ["a", "b", "neg"], k_micro=1)
     assert res["mAP@100"] == 1.0 and res["recall@1"] == 1.0 and set(res["per_family_recall@1"]) == {"a", "b"}
     assert 0.0 < res["muAP"] <= 1.0
+
+
+def _service_distances(enc, queries, refs) -> np.ndarray:
+    """(queries x refs) side-vector distance plus view cost, over the service's default views."""
+    from rayapp.config import EncoderConfig
+    from encoders.tta import query_variants
+    from shards.vectors import vector_distances
+    cfg = EncoderConfig()
+    _, _, r_vec = enc.encode_vectors(np.stack([enc.preprocess(im) for im in refs]))
+    rows = []
+    for q in queries:
+        views, names = query_variants(q, enc.preprocess, cfg.tta, cfg.content)
+        _, _, q_vec = enc.encode_vectors(np.concatenate(views))
+        d = vector_distances(q_vec, r_vec) + cfg.view_costs(names)[:, None]
+        rows.append(d.min(axis=0))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("edit", ["fade_white", "fade_black", "vflip", "rot180"])
+def test_faded_and_upside_down_copies_are_closer_than_unrelated_photos(tmp_path, edit):
+    """Real photo files: a copy faded 60% toward white or black, mirrored top-bottom or turned
+    upside down, saved as JPEG, is nearer its source than any unrelated photo."""
+    from pathlib import Path
+    from PIL import Image
+    _bundled()
+    enc = build_deephash(device="cpu")
+    sources = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))[::4][:10]
+    originals = [load_image(p) for p in sources]
+    queries = []
+    for i, img in enumerate(originals):
+        if edit.startswith("fade"):
+            colour = (255, 255, 255) if edit == "fade_white" else (0, 0, 0)
+            out = Image.blend(img, Image.new("RGB", img.size, colour), 0.6)
+        else:
+            out = img.transpose(Image.FLIP_TOP_BOTTOM if edit == "vflip" else Image.ROTATE_180)
+        out.save(tmp_path / f"{i}.jpg", quality=85)
+        queries.append(load_image(tmp_path / f"{i}.jpg"))
+    d = _service_distances(enc, queries, originals)
+    own = np.diag(d)
+    others = np.where(np.eye(len(d), dtype=bool), np.inf, d).min(axis=1)
+    assert (own < others).mean() >= 0.9, (edit, own.round(2), others.round(2))

@@ -1,0 +1,115 @@
+"""Sequential image-query latency over HTTP, against a baseline checkout in the same run.
+
+Each side (this checkout and ``--baseline``, e.g. a ``git worktree`` of the previous revision)
+indexes the same photos with ``neardup index``, serves them with ``neardup serve``, and answers
+the same edited queries one at a time (multipart upload to ``/v1/search``, k=10) after a warm-up.
+Sides alternate over ``--rounds`` so that drifting machine load hits both alike. The result is
+P50/P95/P99 per side and their ratio to the baseline.
+
+    python -m bench.query_latency --photos rayapp/samples --baseline ../neardup-prev --queries 200
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.common import RESULTS_DIR, REPO_ROOT, latency_percentiles, machine_info, today, utc_now, write_json
+
+
+def _env(repo: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(repo), "RAY_ADDRESS": ""}
+
+
+def _cli(repo: Path, *args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rayapp.cli", *args], cwd=repo, env=_env(repo), **kwargs)
+
+
+def _make_queries(photos: list[Path], out: Path, n: int) -> list[Path]:
+    """``n`` edited copies (JPEG) of the photos: crops, flips, text, pads, colour and fades."""
+    from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+    rng = np.random.default_rng(0)
+    edits = [lambda im: im.crop((im.width // 8, im.height // 8, im.width * 7 // 8, im.height * 7 // 8)),
+             ImageOps.mirror, lambda im: ImageEnhance.Contrast(im).enhance(0.5),
+             lambda im: ImageOps.expand(im, border=im.width // 6, fill=(240, 240, 240)),
+             lambda im: Image.blend(im, Image.new("RGB", im.size, "white"), 0.5)]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        im = Image.open(photos[i % len(photos)]).convert("RGB")
+        im = edits[int(rng.integers(0, len(edits)))](im)
+        ImageDraw.Draw(im).text((10, 10), f"copy {i}", fill=(255, 0, 0))
+        paths.append(out / f"q{i:04d}.jpg")
+        im.save(paths[-1], quality=85)
+    return paths
+
+
+def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], warmup: int) -> list[float]:
+    proc = _cli(repo, "serve", "--index-dir", str(index), "--port", str(port),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            raise RuntimeError(f"{repo}: server did not come up on {port}")
+        times = []
+        with httpx.Client(timeout=30) as client:
+            for i, q in enumerate(queries[:warmup] + queries):
+                t0 = time.perf_counter()
+                r = client.post(f"{url}/v1/search", files={"file": q.read_bytes()}, data={"k": "10"})
+                r.raise_for_status()
+                if i >= warmup:
+                    times.append((time.perf_counter() - t0) * 1000)
+        return times
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.query_latency", description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", default=str(REPO_ROOT / "rayapp" / "samples"))
+    ap.add_argument("--baseline", required=True, help="checkout of the baseline revision")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--port", type=int, default=28123)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    sides = {"current": REPO_ROOT, "baseline": Path(args.baseline).resolve()}
+    work = Path(tempfile.mkdtemp(prefix="neardup-latency-"))
+    queries = _make_queries(photos, work / "queries", args.queries)
+    for name, repo in sides.items():
+        _cli(repo, "index", *map(str, photos), "--index-dir", str(work / name)).wait()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        for name, repo in sides.items():
+            times[name] += _serve_and_time(repo, work / name, args.port + r, queries, args.warmup)
+            print(name, latency_percentiles(times[name]), flush=True)
+    stats = {name: latency_percentiles(t) for name, t in times.items()}
+    ratio = {k: round(stats["current"][k] / stats["baseline"][k], 3) for k in stats["current"]}
+    result = {"date": utc_now(), "machine": machine_info(), "queries": args.queries, "rounds": args.rounds,
+              "photos": len(photos), "sides": {k: str(v) for k, v in sides.items()},
+              "latency_ms": stats, "ratio_current_to_baseline": ratio}
+    out = Path(args.out) if args.out else RESULTS_DIR / f"query_latency_{today()}.json"
+    write_json(out, result)
+    print(result["latency_ms"], ratio)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

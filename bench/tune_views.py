@@ -1,0 +1,122 @@
+"""Pick the query views' prior costs and the verification credit on a validation benchmark.
+
+Each benchmark is encoded once with every view the service can search (all eight symmetries,
+the framed or pasted photo's crop and its mirror; refs as given and as their stored centre crop),
+and the side-vector distances are kept per (query view, stored view). A grid of view sets and
+costs is then scored exactly as ``neardup eval`` scores one spec: the minimum over views of
+distance plus cost, the top ``VERIFY_DEPTH`` verified by keypoints (cached per pair), mAP@100
+and µAP. Run it on validation sources only:
+
+    python -m bench.tune_views --workdir runs/bench-val --weights W.safetensors --out bench/results/tune.json
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from encoders.decode import iter_image_files
+from encoders.evaluate import (_keypoints, encode_queries, encode_refs, read_ground_truth,
+                               score_codes)
+from encoders.registry import get_encoder
+from encoders.tta import costs, is_mirrored
+from shards.vectors import vector_distances
+from shards.verify import inliers
+
+MODES = {"flip_rot90": ("original", "flip", "rot90", "rot270"),
+         "flip_turns": ("original", "flip", "rot90", "rot270", "rot180", "flip+rot180"),
+         "d4": ("original", "flip", "rot90", "rot270", "rot180", "flip+rot180", "flip+rot90", "flip+rot270")}
+
+
+class Encoded:
+    """One benchmark encoded once: per-view distance matrices, keypoints, truth."""
+
+    def __init__(self, work: Path, weights: str | None):
+        rows = read_ground_truth(work / "ground_truth.csv")
+        self.ref_paths = sorted(iter_image_files([work / "refs"]))
+        index = {p.name: i for i, p in enumerate(self.ref_paths)}
+        self.q_paths = [work / "queries" / q for q, _, _ in rows]
+        self.gt = np.array([index[r] if r else -1 for _, r, _ in rows])
+        self.families = [f for _, _, f in rows]
+        enc = get_encoder("deephash", **({"weights": weights} if weights else {}))
+        _, r_vec, _ = encode_refs(enc, self.ref_paths, ("center70",))
+        _, _, valid, self.names, q_vec = encode_queries(enc, self.q_paths, "d4", content=True)
+        self.d = {}
+        for v, name in enumerate(self.names):
+            for j in range(r_vec.shape[1]):
+                d = vector_distances(q_vec[:, v], r_vec[:, j])
+                d[~valid[:, v]] = np.inf
+                self.d[name, j] = d
+        self.q_kp, self.r_kp = _keypoints(self.q_paths, query=True), _keypoints(self.ref_paths)
+        self._inl: dict[tuple[int, int, int], int] = {}
+
+    def inliers(self, q: int, r: int, block: int) -> int:
+        key = (q, r, block)
+        if key not in self._inl:
+            self._inl[key] = inliers(self.q_kp[q, block], self.r_kp[r])
+        return self._inl[key]
+
+    def score(self, views: tuple[str, ...], cost: dict, ref_cost: float, credit: tuple) -> dict:
+        names = [n for n in self.names if n in views or (cost["content"] is not None and "content" in n)]
+        c = costs(names, cost["flip"], cost["rot"], cost["content"] or 0.0, cost["half"])
+        best = np.full(self.d[names[0], 0].shape, np.inf, np.float32)
+        view = np.zeros(best.shape, np.int16)
+        for v, name in enumerate(names):
+            for j in (0, 1):
+                d = self.d[name, j] + c[v] + (ref_cost if j else 0.0)
+                view[d < best] = v
+                best = np.minimum(best, d)
+        mirrored = np.array([is_mirrored(n) for n in names])[view]
+        first, full, bonus = credit
+        out = best.copy()
+        for q, row in enumerate(best):
+            for r in np.argsort(row, kind="stable")[:20]:
+                n = max(self.inliers(q, r, b) for b in range(2 if mirrored[q, r] else 1))
+                out[q, r] -= bonus * min(1.0, max(0.0, (n - first) / (full - first)))
+        return score_codes(out, 128, self.gt, self.families)
+
+
+def grid() -> list[dict]:
+    """Every (views, costs, credit) combination tried."""
+    out = []
+    for mode, flip, rot, half, content in itertools.product(
+            MODES, (0.25, 0.5, 1.0), (1.0, 1.5, 2.5), (1.0, 1.5, 2.5), (None, 0.25, 0.5, 1.0)):
+        if mode == "flip_rot90" and half != 1.5:
+            continue
+        out.append({"mode": mode, "flip": flip, "rot": rot, "half": half, "content": content,
+                    "ref_cost": 0.5, "credit": (10, 40, 4.0)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.tune_views", description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", required=True, help="benchmark root with one folder per suite")
+    ap.add_argument("--suite", nargs="+", default=["independent", "own"])
+    ap.add_argument("--objective", default="independent", help="the suite whose mAP@100 + µAP picks")
+    ap.add_argument("--weights")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
+    bench = {s: Encoded(Path(args.workdir) / s, args.weights) for s in args.suite}
+    rows = []
+    for g in grid():
+        res = {s: b.score(MODES[g["mode"]], g, g["ref_cost"], g["credit"]) for s, b in bench.items()}
+        row = {**g, **{s: {k: r[k] for k in ("mAP@100", "muAP", "recall@1", "worst_family")}
+                       for s, r in res.items()}}
+        row["objective"] = res[args.objective]["mAP@100"] + res[args.objective]["muAP"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    rows.sort(key=lambda r: -r["objective"])
+    Path(args.out).write_text(json.dumps({"weights": args.weights, "workdir": args.workdir,
+                                          "objective": args.objective, "rows": rows}, indent=2))
+    for r in rows[:10]:
+        print(r["objective"], {k: r[k] for k in ("mode", "flip", "rot", "half", "content")})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Copy-detection benchmarks built from folders of originals, with one of two edit suites.
+
+- ``own``: the training suite's families (``encoders.augment``) at their evaluation strength.
+- ``independent``: ``encoders.independent_edits``, written apart from training (albumentations
+  and OpenCV), at the strengths users apply; the suite every constant is chosen on.
+
+A benchmark is a folder: ``refs/`` (queried originals plus distractors), ``queries/`` (edited
+copies, and edited non-indexed photos as negatives) and ``ground_truth.csv`` (query,ref,family;
+ref empty for a negative). ``subset="K/N"`` keeps every N-th source file from the K-th, so one
+source splits into validation (``0/2``) and test (``1/2``) halves of different photos.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from encoders import independent_edits
+from encoders.augment import COMBOS, FAMILIES, apply_family
+from encoders.decode import iter_image_files, load_image
+
+ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
+SUITES = {"own": ALL_FAMILIES, "independent": independent_edits.FAMILIES}
+
+
+def source_files(originals: str | Path | list, subset: str | None = None) -> list[Path]:
+    """Image files under the folders, sorted, optionally every N-th from the K-th (``"K/N"``)."""
+    dirs = originals if isinstance(originals, (list, tuple)) else [originals]
+    files = list(iter_image_files(dirs))
+    if subset:
+        k, n = (int(x) for x in subset.split("/"))
+        if not 0 <= k < n:
+            raise ValueError(f"subset must be K/N with 0 <= K < N, got {subset!r}")
+        files = files[k::n]
+    return files
+
+
+def _editor(suite: str, pool: list[Path]):
+    """fn(source path, family, rng) -> edited PIL image, for the named suite."""
+    if suite == "own":
+        return lambda src, fam, rng: apply_family(fam, load_image(src), rng, strength=1.0)
+    if suite != "independent":
+        raise ValueError(f"unknown edit suite {suite!r}; choose from {list(SUITES)}")
+    others = [np.asarray(load_image(p)) for p in pool]
+
+    def edit(src: Path, fam: str, rng: np.random.Generator) -> Image.Image:
+        out, _ = independent_edits.apply(fam, np.asarray(load_image(src)), rng, others)
+        return Image.fromarray(out)
+    return edit
+
+
+def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_refs: int = 450,
+                    n_queries: int = 900, n_negatives: int = 280, n_distractors: int = 250,
+                    seed: int = 0, families: tuple[str, ...] | None = None, suite: str = "own",
+                    subset: str | None = None) -> dict:
+    """Write refs/, queries/ and ground_truth.csv (query,ref,family) under ``out_dir``.
+
+    ``n_refs`` originals get ``n_queries`` edited queries (families cycled evenly), ``n_distractors``
+    more originals are indexed without queries, and ``n_negatives`` non-indexed originals give edited
+    queries whose ref is empty (and, for the independent suite, the photos pasted around or over
+    a copy). Returns the counts.
+    """
+    families = tuple(families or SUITES.get(suite, ()))
+    files = source_files(originals_dir, subset)
+    need = n_refs + n_distractors + n_negatives
+    if len(files) < need:
+        raise ValueError(f"{originals_dir}: {len(files)} images, need {need} (refs+distractors+negatives)")
+    rng = np.random.default_rng(seed)
+    order = [files[i] for i in rng.permutation(len(files))]
+    refs, distractors, negatives = order[:n_refs], order[n_refs:n_refs + n_distractors], \
+        order[n_refs + n_distractors:need]
+    edit = _editor(suite, negatives)
+    out = Path(out_dir)
+    (out / "refs").mkdir(parents=True, exist_ok=True)
+    (out / "queries").mkdir(parents=True, exist_ok=True)
+    ref_names = {}
+    for i, f in enumerate(refs + distractors):
+        name = f"r{i:05d}{f.suffix.lower()}"
+        shutil.copyfile(f, out / "refs" / name)
+        ref_names[f] = name
+    fam_order = [families[i % len(families)] for i in range(n_queries)]
+    rng.shuffle(fam_order)
+    sources = [(refs[i % len(refs)], fam) for i, fam in enumerate(fam_order)]
+    sources += [(f, families[int(rng.integers(0, len(families)))]) for f in negatives]
+    rows = []
+    for j, (src, fam) in enumerate(sources):
+        qname = f"q{j:05d}.jpg"
+        edit(src, fam, rng).save(out / "queries" / qname, quality=95)
+        rows.append((qname, ref_names.get(src, ""), fam))
+    with open(out / "ground_truth.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["query", "ref", "family"])
+        w.writerows(rows)
+    dirs = originals_dir if isinstance(originals_dir, (list, tuple)) else [originals_dir]
+    info = {"originals": [str(d) for d in dirs], "subset": subset, "suite": suite,
+            "refs": len(refs) + len(distractors), "queried_refs": len(refs),
+            "distractors": len(distractors), "positive_queries": n_queries,
+            "negative_queries": len(negatives), "families": list(families), "seed": seed}
+    (out / "benchmark.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def read_ground_truth(path: str | Path) -> list[tuple[str, str, str]]:
+    """CSV with header query,ref[,family]; ref empty for negatives -> [(query, ref, family)]."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"query", "ref"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: ground truth needs a header with columns query,ref")
+        return [(r["query"], r["ref"] or "", r.get("family") or "unknown") for r in reader]

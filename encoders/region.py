@@ -1,0 +1,105 @@
+"""Find a photo pasted into another picture: an axis-aligned rectangle with sharp straight sides.
+
+A copy pasted onto another photo, or framed by a social-media post with avatars, icons and
+captions, shares too few pixels with the original for its global code to land near it, and its
+surroundings are not flat, so ``encoders.frame`` does not fire. What such a paste always leaves is
+a rectangle whose sides are one- or two-pixel steps that run straight for their whole length;
+edges inside photos are rarely both straight and that sharp for so long.
+
+At 192 pixels on the long side, every pixel gets a ridge test per axis: its step across the line
+is large and at least twice the steps two pixels to either side. Columns and rows rich in ridges
+are the candidate sides; every rectangle they form (15-85% of the image, each side at least 30%
+of its length) is scored by the ridge share along its four sides, and the best one is returned
+when every side that is not on the image border keeps at least ``MIN_SUPPORT`` of its length.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from PIL import Image
+
+SIZE = 192
+MIN_STEP = 12.0  # grey levels a side's step must reach
+MIN_SUPPORT = 0.6  # share of a side's length that must be a ridge
+CANDIDATES = 6  # candidate columns and rows per axis
+
+
+def _grey(img: Image.Image) -> tuple[np.ndarray, float]:
+    w, h = img.size
+    scale = SIZE / max(w, h)
+    size = (max(16, round(w * scale)), max(16, round(h * scale)))
+    return np.asarray(img.convert("L").resize(size, Image.BILINEAR), dtype=np.float32), scale
+
+
+def _ridges(g: np.ndarray) -> np.ndarray:
+    """(H, W-1) bool: the step between columns x and x+1 is a sharp ridge along the row."""
+    d = np.abs(np.diff(g, axis=1))
+    pad = np.pad(d, ((0, 0), (2, 2)))
+    side = np.maximum(pad[:, :-4], pad[:, 4:])
+    return (d >= MIN_STEP) & (d >= 2 * side)
+
+
+def _peaks(profile: np.ndarray, k: int) -> list[int]:
+    """Up to ``k`` local maxima of a ridge-count profile, strongest first, 3 apart."""
+    out: list[int] = []
+    for i in np.argsort(-profile, kind="stable"):
+        if profile[i] <= 0 or len(out) == k:
+            break
+        if all(abs(int(i) - j) > 2 for j in out):
+            out.append(int(i))
+    return out
+
+
+def _runs(ridge: np.ndarray, lines: list[int]) -> dict[int, np.ndarray]:
+    """Per candidate line inside the image, the running count of rows where it (or a neighbour)
+    is a ridge, so any side's support is one subtraction."""
+    out = {}
+    for x in lines:
+        if 0 <= x < ridge.shape[1]:
+            band = ridge[:, max(0, x - 1):x + 2].any(axis=1)
+            out[x] = np.concatenate([[0], np.cumsum(band)])
+    return out
+
+
+def _support(runs: dict[int, np.ndarray], line: int, lo: int, hi: int) -> float:
+    """Share of rows lo..hi where ``line`` is a ridge; 1 for a line on the image border."""
+    if line not in runs:
+        return 1.0
+    return float(runs[line][hi] - runs[line][lo]) / max(1, hi - lo)
+
+
+def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of a photo pasted into ``img``, or None when there is none.
+
+    >>> ramp = np.linspace(40, 200, 192).astype(np.uint8)
+    >>> bg = Image.fromarray(np.stack([np.tile(ramp, (144, 1))] * 3, axis=-1))
+    >>> bg.paste(Image.fromarray(np.stack([np.tile(ramp[::-2, None], (1, 96))[:72]] * 3, -1)), (60, 40))
+    >>> paste_box(bg)
+    (60, 40, 156, 112)
+    """
+    g, scale = _grey(img)
+    h, w = g.shape
+    vr, hr = _ridges(g), _ridges(g.T)  # vertical sides (between columns), horizontal sides
+    xs = _peaks(vr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, w - 1]
+    ys = _peaks(hr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, h - 1]
+    vruns, hruns = _runs(vr, xs), _runs(hr, ys)
+    best, best_score = None, 0.0
+    for (x0, x1), (y0, y1) in itertools.product(itertools.combinations(sorted(set(xs)), 2),
+                                                itertools.combinations(sorted(set(ys)), 2)):
+        bw, bh = x1 - x0, y1 - y0
+        if not (0.3 * w <= bw and 0.3 * h <= bh and 0.15 <= bw * bh / (w * h) <= 0.85):
+            continue
+        sides = [_support(vruns, x0, y0 + 1, y1 + 1), _support(vruns, x1, y0 + 1, y1 + 1),
+                 _support(hruns, y0, x0 + 1, x1 + 1), _support(hruns, y1, x0 + 1, x1 + 1)]
+        inner = [s for s, edge in zip(sides, (x0 < 0, x1 >= w - 1, y0 < 0, y1 >= h - 1)) if not edge]
+        if len(inner) < 3 or min(inner) < MIN_SUPPORT:
+            continue
+        score = float(np.mean(inner))
+        if score > best_score:
+            best, best_score = (x0 + 1, y0 + 1, x1 + 1, y1 + 1), score
+    if best is None:
+        return None
+    W, H = img.size
+    return (max(0, round(best[0] / scale)), max(0, round(best[1] / scale)),
+            min(W, round(best[2] / scale)), min(H, round(best[3] / scale)))
