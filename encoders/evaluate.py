@@ -205,9 +205,10 @@ def _keypoints(paths: list[Path], query: bool = False) -> np.ndarray:
 
 def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
              ground_truth: str | Path, k_micro: int = 10, out: str | Path | None = None,
-             extra: dict | None = None, write: bool = True) -> dict:
+             extra: dict | None = None, write: bool = True, pairs: dict | None = None) -> dict:
     """Score each encoder spec on one benchmark; with ``write``, the JSON goes to ``out``
-    (default bench/results/eval_<date>.json)."""
+    (default bench/results/eval_<date>.json). With ``pairs``, each spec's labelled top hits
+    (``top_hits``: rank values and whether each is the true copy) are put there too."""
     from encoders.registry import get_encoder
     rows = read_ground_truth(ground_truth)
     ref_paths = sorted(iter_image_files([refs_dir]))
@@ -249,6 +250,8 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
                          "views": {n: round(float(c), 3) for n, c in zip(names, prior)},
                          "ref_views": {n: ref_view_cost for n in ref_views}, "verify": depth,
                          **score_codes(dist, enc.bits, gt_ref, families, k_micro)}
+        if pairs is not None:
+            pairs[spec] = top_hits(dist, gt_ref, k_micro)
         print(f"{spec:40s} mAP@100={results[spec]['mAP@100']:.3f} muAP={results[spec]['muAP']:.3f} "
               f"R@1={results[spec]['recall@1']:.3f} worst={results[spec]['worst_family']} "
               f"{speed:.0f} img/s", flush=True)
@@ -262,6 +265,14 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
     return report
+
+
+def top_hits(dist: np.ndarray, gt_ref: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Every query's ``k`` best refs as (rank values, is the true copy), flattened: what a
+    confidence is calibrated on (negative queries give only wrong hits)."""
+    k = min(k, dist.shape[1])
+    idx = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(dist, idx, axis=1).ravel(), (idx == gt_ref[:, None]).ravel()
 
 
 def _ref_views(value: str) -> tuple[str, ...]:
@@ -298,6 +309,43 @@ DEFAULT_SPECS = ["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,verify=0",
                  "deephash:tta=flip_rot90,ref_views=none,content=off,verify=0",
                  "deephash:ref_views=none,content=off,rank=hamming,verify=0",
                  "pdq", "pdq:verify=0", "phash", "phash:verify=0"]
+
+
+CODE_SPEC = "deephash:tta=none,content=off,rank=hamming,verify=0"
+
+
+def _pooled(pairs: dict, spec: str) -> tuple[np.ndarray, np.ndarray]:
+    got = [p[spec] for p in pairs.values() if spec in p]
+    if not got:
+        raise SystemExit(f"neardup: error: --encoders has no spec {spec!r} to calibrate")
+    return np.concatenate([r for r, _ in got]), np.concatenate([c for _, c in got])
+
+
+def _pipelines(args) -> dict[str, str]:
+    return {"image": args.encoders[0], **({"code": args.code_spec} if args.code_spec in args.encoders else {})}
+
+
+def _calibrate(args, pairs: dict) -> dict:
+    """Fit and save one curve per pipeline; report each curve's error on the data it was fit on."""
+    from encoders import calibration
+    from encoders.deephash import model_id
+    spec_weights = parse_spec(args.encoders[0])[1].get("weights")
+    curves = {name: calibration.fit(*_pooled(pairs, spec)) for name, spec in _pipelines(args).items()}
+    calibration.save(curves, model_id(spec_weights), Path(args.calibrate),
+                     {"specs": _pipelines(args), "suites": list(pairs), "date": dt.date.today().isoformat()})
+    return {name: {"spec": spec, **calibration.calibration_error(curves[name], *_pooled(pairs, spec))}
+            for name, spec in _pipelines(args).items()}
+
+
+def _confidence_error(args, pairs: dict) -> dict:
+    """Each pipeline's curve from --confidence against the observed precision here, per suite."""
+    from encoders import calibration
+    data = json.loads(Path(args.confidence).read_text())
+    out = {}
+    for name, spec in _pipelines(args).items():
+        curve = calibration.Curve(**data["curves"][name])
+        out[name] = {suite: calibration.calibration_error(curve, *p[spec]) for suite, p in pairs.items() if spec in p}
+    return out
 
 
 def format_suites(combined: dict) -> str:
@@ -360,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k-micro", type=int, default=10)
     ap.add_argument("--out", help="JSON path (default bench/results/eval_<date>.json)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = speed per CPU core)")
+    ap.add_argument("--calibrate", metavar="PATH",
+                    help="fit confidence curves on these benchmarks (pooled over suites) and write them to "
+                         "PATH: 'image' from the first --encoders spec, 'code' from --code-spec")
+    ap.add_argument("--code-spec", default=CODE_SPEC, help="the spec that ranks as a hex-code query does")
+    ap.add_argument("--confidence", metavar="PATH",
+                    help="score these benchmarks' hits against the curves in PATH (calibration error)")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
@@ -369,14 +423,19 @@ def main(argv: list[str] | None = None) -> int:
         benches = {"given": (Path(args.refs), Path(args.queries), Path(args.ground_truth), {})}
     else:
         ap.error("give --originals DIR, or all of --refs, --queries and --ground-truth")
-    reports = {}
+    reports, pairs = {}, {}
     for suite, (refs, queries, gt, info) in benches.items():
         print(f"== suite {suite}", flush=True)
+        pairs[suite] = {}
         reports[suite] = evaluate(args.encoders, refs, queries, gt, args.k_micro, write=False,
-                                  extra={**info, "threads": args.threads})
+                                  extra={**info, "threads": args.threads}, pairs=pairs[suite])
     combined = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "git_rev": _git_rev(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
                 "suites": reports}
+    if args.calibrate:
+        combined["calibration"] = _calibrate(args, pairs)
+    if args.confidence:
+        combined["confidence"] = _confidence_error(args, pairs)
     out = Path(args.out) if args.out else RESULTS_DIR / f"eval_{dt.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(combined, indent=2))

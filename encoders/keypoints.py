@@ -10,6 +10,7 @@ from shards.verify import KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack
 
 cv2.setNumThreads(1)
 _ORB = None
+MIN_SIDE = 32  # ORB's pyramid and edge margin need this many pixels on the short side
 
 
 def _orb():
@@ -22,9 +23,12 @@ def _orb():
 
 def extract(image: Image.Image) -> np.ndarray:
     """A decoded image -> its packed ORB keypoints (KEYPOINT_BYTES,) uint8, detected on the
-    grey image scaled to KEYPOINT_SIDE on its longest side (never enlarged)."""
+    grey image scaled to KEYPOINT_SIDE on its longest side (never enlarged). An image thinner
+    than MIN_SIDE there (1x1, 1xN strips) has none: it is still encoded, just never verified."""
     grey = image.convert("L")
     grey.thumbnail((KEYPOINT_SIDE, KEYPOINT_SIDE), Image.BILINEAR)
+    if min(grey.size) < MIN_SIDE:
+        return np.zeros(KEYPOINT_BYTES, np.uint8)
     kps, des = _orb().detectAndCompute(np.asarray(grey), None)
     if des is None or not kps:
         return np.zeros(KEYPOINT_BYTES, np.uint8)

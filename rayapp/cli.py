@@ -104,14 +104,19 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
               help="Order matches by the cosine of stored side vectors (vector), weighted Hamming "
                    "distance (the query's bit confidences), both deephash only, or plain Hamming "
                    "(default: encoder.rank from the config, vector).")
-def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -> None:
+@click.option("--min-confidence", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Only matches at least this likely to be copies (calibrated precision).")
+def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank, min_confidence) -> None:
     """Find the stored images nearest to each query image."""
     from encoders.decode import load_image
     from encoders.keypoints import extract_query
     from rayapp.cluster import ensure_shards, init_ray
     from encoders.tta import query_variants
-    from rayapp.router import ShardRouter, merge_variants
+    from encoders import calibration
+    from rayapp.cluster import model_id
+    from rayapp.router import ShardRouter, merge_variants, with_confidence
     cfg = _index_config(index_dir, None, address)
+    curve = calibration.load(model_id(cfg)).get("image")
     mode = tta or cfg.encoder.tta
     ranking = rank or cfg.encoder.rank
     enc = _encoder(cfg.encoder.name, cfg.encoder.weights)
@@ -140,9 +145,10 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
                                          weights=weights, vectors=vectors)
         merged = merge_variants(results, max(k, depth), cfg.encoder.view_costs(names), names)
         merged = (router.verify(merged, keypoints, depth) if depth else merged)[:k]
+        merged = with_confidence(merged, curve, min_confidence)
         hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
-                 **{key: r[key] for key in ("score", "weighted", "cost", "variant", "ref_view", "inliers")
-                    if key in r}}
+                 **{key: r[key] for key in ("rank", "confidence", "score", "weighted", "cost", "variant",
+                                            "ref_view", "inliers") if key in r}}
                 for r in merged]
         if as_json:
             click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))
@@ -150,7 +156,8 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank) -
             click.echo(f"{path}:" + (" (partial: shards %s did not answer)" % missing if missing else ""))
             for h in hits:
                 how = matched_as(h)
-                click.echo(f"  {h['distance']:4d}  {h['id']}" + ("" if how == "original" else f"  (as {how})"))
+                conf = f"  {h['confidence']:.2f}" if "confidence" in h else ""
+                click.echo(f"  {h['distance']:4d}{conf}  {h['id']}" + ("" if how == "original" else f"  (as {how})"))
             if not hits:
                 click.echo("  no matches")
     if failed:

@@ -40,7 +40,9 @@ STATS_INTERVAL_S = 5.0   # how often a shard actor publishes its code count and 
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
-    """Attach to ``address`` (e.g. "auto"), or start an embedded local Ray when None."""
+    """Attach to ``address`` (e.g. "auto") or ``$RAY_ADDRESS`` and say so in one line, or start
+    an embedded local Ray when neither is given: ``address="local"``, so a leftover record of a
+    dead cluster (``/tmp/ray/ray_current_cluster``) is never joined."""
     if ray.is_initialized():
         return
     quiet_driver_logs()
@@ -51,8 +53,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     if address:
         kwargs.pop("include_dashboard")
         ray.init(address=address, **kwargs)
+        logging.getLogger("neardup").warning("neardup: attached to the Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 def quiet_driver_logs() -> None:

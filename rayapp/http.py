@@ -170,6 +170,22 @@ def int_param(value: Any, name: str, lo: int, hi: int) -> int:
     return value
 
 
+SEARCH_PARAMS = ("k", "radius", "min_confidence", "with_meta")
+
+
+def float_param(value: Any, name: str, lo: float, hi: float) -> float:
+    """A number in [lo, hi] from JSON, a form field or the query string; else 422."""
+    if isinstance(value, bool):
+        raise ApiError(422, f"{name} must be a number", "validation")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ApiError(422, f"{name} must be a number, got {value!r}", "validation") from None
+    if not lo <= number <= hi:  # NaN fails this too
+        raise ApiError(422, f"{name} must be between {lo:g} and {hi:g}, got {value}", "validation")
+    return number
+
+
 def bool_param(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -181,7 +197,7 @@ def bool_param(value: Any, name: str) -> bool:
 def json_item(obj: Any, where: str) -> Item:
     if not isinstance(obj, dict):
         raise ApiError(400, f"{where} must be a JSON object")
-    unknown = set(obj) - {"id", "image", "code", "meta", "k", "radius", "with_meta", "items"}
+    unknown = set(obj) - {"id", "image", "code", "meta", "k", "radius", "min_confidence", "with_meta", "items"}
     if unknown:
         raise ApiError(422, f"{where} has unknown field(s): {', '.join(sorted(unknown))}",
                        "validation")
@@ -200,7 +216,7 @@ async def parse_request(request: Request, max_bytes: int, max_items: int) -> tup
     """Body -> (items, params). Accepts multipart form, JSON, or raw image bytes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     params: dict = {key: request.query_params.get(key)
-                    for key in ("k", "radius", "with_meta", "id") if key in request.query_params}
+                    for key in ("k", "radius", "min_confidence", "with_meta", "id") if key in request.query_params}
     if ctype == "multipart/form-data":
         return await parse_multipart(request, max_bytes, max_items, params)
     if ctype == "application/json" or ctype.endswith("+json"):
@@ -211,7 +227,7 @@ async def parse_request(request: Request, max_bytes: int, max_items: int) -> tup
             raise ApiError(400, f"body is not valid JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise ApiError(400, "JSON body must be an object")
-        params.update({key: obj[key] for key in ("k", "radius", "with_meta") if key in obj})
+        params.update({key: obj[key] for key in SEARCH_PARAMS if key in obj})
         if "items" in obj:
             if not isinstance(obj["items"], list):
                 raise ApiError(400, "'items' must be a list")
@@ -248,7 +264,7 @@ async def parse_multipart(request: Request, max_bytes: int, max_items: int,
         codes = [c for c in form.getlist("code") if isinstance(c, str)]
         ids = [check_id(v) for v in form.getlist("id")]
         metas = [check_meta(v) for v in form.getlist("meta")]
-        params.update({key: form[key] for key in ("k", "radius", "with_meta") if key in form})
+        params.update({key: form[key] for key in SEARCH_PARAMS if key in form})
         items = [Item(data=await f.read(), meta={"filename": f.filename} if f.filename else None)
                  for f in files] + [Item(code=c) for c in codes]
     finally:

@@ -151,6 +151,22 @@ def _order(hit: dict) -> tuple[float, int, str]:
     return (base - verify_bonus(hit.get("inliers", 0)), d, str(hit["id"]))
 
 
+def with_confidence(hits: list[dict], curve=None, min_confidence: float = 0.0) -> list[dict]:
+    """Each hit with its final rank value (``rank``: lower is better, what hits are ordered
+    by) and, given a calibration curve (``encoders.calibration``), its ``confidence``: the
+    estimated precision of a hit at that rank value. Hits under ``min_confidence`` drop out."""
+    out = []
+    for h in hits:
+        rank = round(float(_order(h)[0]), 4)
+        if curve is None:
+            out.append({**h, "rank": rank})
+            continue
+        conf = round(float(curve(rank)), 4)
+        if conf >= min_confidence:
+            out.append({**h, "rank": rank, "confidence": conf})
+    return out
+
+
 def with_inliers(hits: list[dict], counts: dict[str, int | None]) -> list[dict]:
     """One query's hits with each verified one's ``inliers`` (``counts`` by id; None: the shard
     holds no keypoints for it), re-ordered by the credit that earns."""

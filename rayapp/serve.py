@@ -40,8 +40,8 @@ from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_i
 from rayapp import metrics
 from rayapp.config import Config, load_config
 from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_id, decode_status, error_response,
-                         int_param, parse_request)
-from rayapp.router import ShardRouter, ShardUnavailable, merge_variants
+                         float_param, int_param, parse_request)
+from rayapp.router import ShardRouter, ShardUnavailable, merge_variants, with_confidence
 from shards.vectors import records
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,20 @@ APP_NAME = "neardup"
 CPU_ONLY_ENCODERS = frozenset({"pdq", "phash"})  # classical hashes never use a GPU
 ENCODER_TIMEOUT_S = 60.0
 BATCH_WAIT_S = 0.005
+
+
+def _warm_up_png() -> bytes:
+    """A small photo-like PNG (a gradient with a square) that every view and detector can run on."""
+    import io
+    from PIL import Image, ImageDraw
+    img = Image.linear_gradient("L").resize((96, 72)).convert("RGB")
+    ImageDraw.Draw(img).rectangle((20, 15, 60, 50), fill=(200, 40, 40))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+_WARM_UP_IMAGE = _warm_up_png()
 
 
 def _version() -> str:
@@ -236,7 +250,11 @@ class Ingress:
                                   ref_view_cost=cfg.encoder.ref_view_cost)
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
+        self._ready = False
         cfg.encoder.view_costs(["original"])  # validates the configured costs at start
+        from encoders import calibration
+        from rayapp.cluster import model_id
+        self.curves = calibration.load(model_id(cfg))  # {} for a model without a fitted curve
 
     # ---- helpers ----------------------------------------------------------------------
     def _admit(self, request: Request, write: bool = False) -> None:
@@ -329,6 +347,25 @@ class Ingress:
         """Liveness: the ingress answers (shards are reported by /v1/status)."""
         return {"status": "ok"}
 
+    @api.get("/readyz")
+    async def readyz(self):
+        """Readiness: ok once a warm-up image query has gone through the encoder (model loaded,
+        every view encoded) and been answered by every shard (index kernels compiled); 503 with
+        the reason until then, so the first real query is answered in full."""
+        if not self._ready:
+            try:
+                await self._warm_up()
+            except (ApiError, ShardUnavailable, RuntimeError, ValueError) as exc:
+                return error_response(503, f"not ready: {getattr(exc, 'message', exc)}")
+            self._ready = True
+        return {"status": "ready"}
+
+    async def _warm_up(self) -> None:
+        _, queries, weights, _, vectors, keypoints = await self._query_codes(Item(data=_WARM_UP_IMAGE))
+        _, missing = await self.router.asearch(queries, 10, None, False, weights, vectors)
+        if missing:
+            raise RuntimeError(f"shards {missing} did not answer the warm-up search")
+
     @api.get("/v1/status")
     async def status(self, request: Request) -> dict:
         """Shards (id, node, pid, count of images, stored reference views, memory, keypoint blob
@@ -380,6 +417,8 @@ class Ingress:
         radius = params.get("radius")
         radius = None if radius in (None, "") else int_param(radius, "radius", 0, s.max_radius)
         with_meta = bool_param(params.get("with_meta", False), "with_meta")
+        min_conf = params.get("min_confidence")
+        min_conf = 0.0 if min_conf in (None, "") else float_param(min_conf, "min_confidence", 0.0, 1.0)
         code, queries, weights, names, vectors, keypoints = await self._query_codes(items[0])
         depth = max(0, int(self.cfg.encoder.verify)) if keypoints is not None else 0
         results, missing = await self.router.asearch(queries, max(k, depth), radius, with_meta,
@@ -389,7 +428,11 @@ class Ingress:
         hits = merge_variants(results, max(k, depth), self.cfg.encoder.view_costs(names), names)
         if depth:
             hits = await self.router.averify(hits, keypoints, depth)
-        hits = hits[:k]
+        curve = self.curves.get("image" if items[0].code is None else "code")
+        if curve is None and min_conf > 0:
+            raise ApiError(422, "min_confidence needs a calibrated model; this encoder has no confidence "
+                                "curve (encoders/weights/calibration.json)", "validation")
+        hits = with_confidence(hits[:k], curve, min_conf)
         return {"results": hits, "partial": bool(missing), "missing_shards": missing,
                 "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
@@ -529,7 +572,7 @@ def _config_path(path: str | None) -> str | None:
 def run_server(cfg: Config, blocking: bool = False, address: str | None = None) -> str:
     """Serve ``cfg`` on host:port (starting an embedded Ray if none is running) -> base URL.
 
-    Returns as soon as /healthz answers. With ``blocking=True`` it then waits for SIGINT or
+    Returns as soon as /readyz answers (the encoder and every shard have served a warm-up query). With ``blocking=True`` it then waits for SIGINT or
     SIGTERM and shuts Serve down before returning (the caller owns ``ray.shutdown()``).
     """
     from rayapp.cluster import init_ray
@@ -550,17 +593,18 @@ def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
-def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
+def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
+    """Wait until /readyz says ready: the model is loaded and every shard has answered."""
     import httpx
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=30.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"Serve did not become healthy at {url} within {timeout_s:g}s")
+            raise RuntimeError(f"Serve did not become ready at {url} within {timeout_s:g}s")
         time.sleep(0.2)
 
 

@@ -78,6 +78,7 @@ def _assert_error(resp: httpx.Response, status: int, client: httpx.Client) -> di
 def test_healthz_and_status(server):
     client, cfg = server
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}  # run_server waited for it
     status = client.get("/v1/status").json()
     assert status["encoder"]["encoder"] == "pdq" and status["encoder"]["bits"] == 256
     assert status["partial"] is False and status["missing_shards"] == []
@@ -122,6 +123,11 @@ def test_add_search_delete_round_trip(server, photos):
     assert hit["partial"] is False and hit["missing_shards"] == [] and hit["took_ms"] >= 0
     assert hit["results"][0]["id"] == "photo-a" and hit["results"][0]["distance"] == 0
     assert hit["results"][0]["shard"] in (0, 1) and len(hit["results"]) == 3
+    ranks = [r["rank"] for r in hit["results"]]  # the final rank value, the order's key
+    assert ranks == sorted(ranks) and "confidence" not in hit["results"][0]  # PDQ: no curve fitted
+    for bad in (2, "x", -0.1):
+        _assert_error(client.post("/v1/search", json={"code": "00" * 32, "min_confidence": bad}), 422, client)
+    _assert_error(client.post("/v1/search", json={"code": "00" * 32, "min_confidence": 0.9}), 422, client)
     # Edited copies (resize + JPEG, text overlay) are near; an unrelated image is far.
     for kind in ("resize", "text"):
         edited = jpeg_bytes(edited_copy(photos["b"], kind), quality=70)

@@ -137,3 +137,23 @@ def test_keypoints_live_in_the_blob_log_and_survive_snapshot_crash_and_replay(tm
     assert again.verify(["a", "b", "c", "d", "a\x1fcenter70"], query) == before
     assert again.stats()["keypoint_file_bytes"] == 5 * KEYPOINT_BYTES
     again.close()
+
+
+def test_tiny_and_strip_images_have_no_keypoints_but_encode():
+    """1x1 and 1xN images (once a 500 on /v1/search) are images: they are encoded, and carry no
+    keypoints because ORB cannot detect any on them."""
+    import io
+    from PIL import Image
+    from encoders.decode import load_image
+    from encoders.keypoints import extract, extract_query
+    from encoders.registry import get_encoder
+    from encoders.tta import query_variants
+    enc = get_encoder("deephash", device="cpu")
+    for size in [(1, 1), (1, 10000), (10000, 1), (3, 2)]:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (120, 30, 60)).save(buf, "PNG")
+        img = load_image(buf.getvalue())
+        assert not extract(img).any() and extract_query(img).shape == (2, KEYPOINT_BYTES)
+        views, names = query_variants(img, enc.preprocess, "flip_turns")
+        codes, _, vectors = enc.encode_vectors(np.concatenate(views))
+        assert len(codes) == len(names) == 6 and vectors.shape == (6, enc.vector_bytes)
