@@ -206,8 +206,13 @@ def dedup(paths, report, radius, encoder, weights) -> None:
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--tta", default=None, type=click.Choice(TTA_MODES),
               help="Also search the query's flipped/rotated variants, keeping each id's best distance "
-                   "(default: encoder.tta from the config, flip_rot90).")
-def serve(config_path, index_dir, host, port, num_shards, token, encoder, address, tta) -> None:
+                   "(default: encoder.tta from the config).")
+@click.option("--dashboard/--no-dashboard", default=True, show_default=True,
+              help="Run the Ray dashboard with the embedded Ray.")
+@click.option("--metrics-port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Export ray_neardup_* metrics (Prometheus) here with the embedded Ray; 0 = off.")
+def serve(config_path, index_dir, host, port, num_shards, token, encoder, address, tta, dashboard,
+          metrics_port) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray
     from rayapp.serve import run_server, stop_on_signals, wait_for_signal
@@ -215,12 +220,14 @@ def serve(config_path, index_dir, host, port, num_shards, token, encoder, addres
         "encoder": {"name": encoder, "tta": tta},
         "shards": {"index_dir": index_dir, "num_shards": num_shards},
         "serve": {"host": host, "port": port, "token": token}})
-    init_ray(address)
+    urls = init_ray(address, dashboard=dashboard, metrics_port=metrics_port or None)
     stop = stop_on_signals()
     try:
         run_server(cfg)
         click.echo(f"neardup API on http://{cfg.serve.host}:{cfg.serve.port} "
                    f"(index {cfg.shards.index_dir}); Ctrl-C to stop")
+        for name, url in urls.items():
+            click.echo(f"{name}: {url}")
         wait_for_signal(stop)
     finally:
         shutdown()

@@ -39,23 +39,41 @@ INDEX_META = "neardup.json"
 STATS_INTERVAL_S = 5.0   # how often a shard actor publishes its code count and memory
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
+             metrics_port: int | None = None, **kwargs) -> dict:
     """Attach to ``address`` (e.g. "auto") or ``$RAY_ADDRESS`` and say so in one line, or start
     an embedded local Ray when neither is given: ``address="local"``, so a leftover record of a
-    dead cluster (``/tmp/ray/ray_current_cluster``) is never joined."""
+    dead cluster (``/tmp/ray/ray_current_cluster``) is never joined. An embedded Ray can run the
+    dashboard and export metrics (Prometheus text) on ``metrics_port`` (the next free port when
+    it is taken). Returns the URLs it serves: ``{"dashboard": ..., "metrics": ...}``."""
     if ray.is_initialized():
-        return
+        return {}
     quiet_driver_logs()
     address = address or os.environ.get("RAY_ADDRESS")  # set by `ray job submit`
-    kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("log_to_driver", False)
     kwargs.setdefault("logging_level", "WARNING")
     if address:
-        kwargs.pop("include_dashboard")
         ray.init(address=address, **kwargs)
         logging.getLogger("neardup").warning("neardup: attached to the Ray cluster at %s", address)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        return {}
+    if metrics_port:
+        kwargs["_metrics_export_port"] = metrics_port = free_port_from(metrics_port)
+    ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+    urls = {"dashboard": f"http://{ctx.dashboard_url}"} if dashboard and ctx.dashboard_url else {}
+    return {**urls, **({"metrics": f"http://127.0.0.1:{metrics_port}/metrics"} if metrics_port else {})}
+
+
+def free_port_from(port: int, tries: int = 50) -> int:
+    """``port`` if nothing listens on it, else the next free one above it."""
+    import socket
+    for p in range(port, port + tries):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return p
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {port}-{port + tries - 1}")
 
 
 def quiet_driver_logs() -> None:

@@ -61,7 +61,9 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
                                  "serve": {"port": port}})
     enc = get_encoder(cfg.encoder.name)
     click.secho(f"[1/4] starting an embedded Ray; encoder {enc.name} ({enc.bits} bits)", bold=True)
-    init_ray()
+    urls = init_ray(dashboard=True, metrics_port=8080)
+    for name, url in urls.items():
+        click.echo(f"      {name}: {url}")
     stop = stop_on_signals()
     try:
         click.secho(f"[2/4] indexing {len(files) - HELD_OUT} bundled samples with Ray Data", bold=True)

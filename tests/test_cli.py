@@ -125,15 +125,34 @@ def test_passthrough_commands_show_their_flags(args):
     assert "usage: python -m" in r.stdout
 
 
+def _scrape_neardup_metrics(port: int, metrics_port: int) -> None:
+    """After a few queries, the single-node server's metrics port serves the query latency and
+    the shard gauges (Ray exports them every few seconds)."""
+    import time
+    import httpx
+    for _ in range(3):
+        httpx.post(f"http://127.0.0.1:{port}/v1/search", json={"code": "00" * 32}, timeout=30)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            text = ""
+        if "ray_neardup_query_latency_ms" in text and "ray_neardup_shard_codes" in text:
+            return
+        time.sleep(2)
+    pytest.fail("ray_neardup_* metrics never appeared on the metrics port")
+
+
 def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
     import signal
     import time
 
     import httpx
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     proc = subprocess.Popen([*NEARDUP, "serve", "--index-dir", str(tmp_path / "idx"), "--encoder", "pdq",
-                             "--shards", "1", "--port", str(port)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--shards", "1", "--port", str(port), "--metrics-port", str(metrics_port)],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -146,6 +165,7 @@ def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
             assert time.monotonic() < deadline, "serve did not come up"
             time.sleep(1)
         assert httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=30).json()["shards"][0]["count"] == 0
+        _scrape_neardup_metrics(port, metrics_port)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -153,6 +173,7 @@ def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
             proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    assert f"metrics: http://127.0.0.1:{metrics_port}/metrics" in out and "dashboard: http://" in out
     for _ in range(30):  # the embedded Ray's raylet goes away with the process
         if subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True).returncode:
             break
