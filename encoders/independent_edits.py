@@ -304,7 +304,7 @@ def social_screenshot(img, rng, others=()):
     if rng.random() < 0.4:
         return _story(img, rng)
     h, w = img.shape[:2]
-    cw = int(w * _u(rng, 1.0, 1.15))
+    cw = int(w / _u(rng, 0.45, 1.0))  # the photo spans 45-100% of the post's width
     head, foot = int(cw * _u(rng, 0.14, 0.22)), int(cw * _u(rng, 0.25, 0.45))
     dark = rng.random() < 0.4
     bg, ink = ((16, 16, 20), (230, 230, 230)) if dark else ((255, 255, 255), (30, 30, 30))
@@ -316,7 +316,7 @@ def social_screenshot(img, rng, others=()):
     cv2.circle(out, (unit + unit // 2, cy), unit // 1, _colour(rng), -1, cv2.LINE_AA)  # avatar
     _put_text(out, "@" + str(rng.choice(_WORDS)).replace(" ", "_").lower()[:12],
               (3 * unit, cy + unit // 3), int(unit * 0.8), ink, rng, outline=False)
-    x0 = (cw - w) // 2
+    x0 = int(rng.integers(0, cw - w + 1))
     out[head:head + h, x0:x0 + w] = img
     y = head + h + unit
     for i in range(4):  # like / comment / share / save
