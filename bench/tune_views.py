@@ -62,8 +62,10 @@ class Encoded:
 
     def score(self, views: tuple[str, ...], cost: dict, ref_cost: float, credit: tuple,
               ref_views: int = 1) -> dict:
-        names = [n for n in self.names if n in views or (cost["content"] is not None and "content" in n)]
-        c = costs(names, cost["flip"], cost["rot"], cost["content"] or 0.0, cost["half"])
+        names = [n for n in self.names if n in views or (cost["content"] is not None and "content" in n)
+                 or (n == "outside" and cost.get("outside") is not None)]
+        c = costs(names, cost["flip"], cost["rot"], cost["content"] or 0.0, cost["half"],
+                  cost.get("outside") or 0.0)
         best = np.full(self.d[names[0], 0].shape, np.inf, np.float32)
         view = np.zeros(best.shape, np.int16)
         for v, name in enumerate(names):
@@ -85,22 +87,23 @@ def grid() -> list[dict]:
     """Every (views, costs, credit) combination tried."""
     out = []
     for mode, flip, rot, half, content in itertools.product(
-            MODES, (0.25, 0.5, 1.0), (1.0, 1.5, 2.5), (1.0, 1.5, 2.5), (None, 0.25, 0.5, 1.0)):
-        if mode == "flip_rot90" and half != 1.5:
+            MODES, (0.25, 0.5, 1.0), (1.5, 2.5, 3.5), (1.5, 2.5, 3.5), (None, 0.25, 0.5, 1.0)):
+        if mode == "flip_rot90" and half != 2.5:
             continue
         out.append({"mode": mode, "flip": flip, "rot": rot, "half": half, "content": content,
-                    "ref_cost": 0.5, "ref_views": 1, "credit": (10, 40, 4.0)})
+                    "outside": None, "ref_cost": 0.5, "ref_views": 1, "credit": (10, 40, 4.0)})
     return out
 
 
-def refine(best: dict) -> list[dict]:
-    """Around the best row: stored corner crops, their cost, and the verification credit."""
-    out = []
-    for ref_views, ref_cost in ((1, 0.25), (1, 0.5), (1, 1.0), (5, 0.5), (5, 1.0)):
-        out.append({**best, "ref_views": ref_views, "ref_cost": ref_cost})
-    for credit in itertools.product((8, 10, 14), (30, 40, 60), (3.0, 4.0, 6.0)):
-        out.append({**best, "credit": credit})
-    return out
+def stages() -> list[list]:
+    """Refinements tried one after another, each around the best row so far: the outside view,
+    stored corner crops and their cost, then the verification credit."""
+    return [
+        [lambda b, c=c: {**b, "outside": c} for c in (0.5, 1.0, 2.0, 3.0)],
+        [lambda b, v=v, c=c: {**b, "ref_views": v, "ref_cost": c}
+         for v, c in ((1, 0.25), (1, 1.0), (5, 0.5), (5, 1.0))],
+        [lambda b, cr=cr: {**b, "credit": cr} for cr in itertools.product((8, 10, 14), (30, 40, 60), (3.0, 4.0, 6.0))],
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     rows = sorted((run(g) for g in grid()), key=lambda r: -r["objective"])
-    rows = sorted(rows + [run(g) for g in refine(rows[0])], key=lambda r: -r["objective"])
+    for stage in stages():
+        best = {k: v for k, v in rows[0].items() if k in grid()[0]}
+        rows = sorted(rows + [run(make(best)) for make in stage], key=lambda r: -r["objective"])
     Path(args.out).write_text(json.dumps({"weights": args.weights, "workdir": args.workdir,
                                           "objective": args.objective, "rows": rows}, indent=2))
     for r in rows[:10]:
-        print(r["objective"], {k: r[k] for k in ("mode", "flip", "rot", "half", "content")})
+        print(r["objective"], {k: r[k] for k in ("mode", "flip", "rot", "half", "content", "outside",
+                                                 "ref_views", "ref_cost", "credit")})
     return 0
 
 

@@ -34,7 +34,8 @@ from encoders.decode import iter_image_files, load_image
 from encoders.keypoints import extract, extract_query
 from shards.vectors import vector_distances
 from shards.verify import VERIFY_DEPTH, inliers, verify_bonus
-from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, REF_VIEW_COST, ROT_COST,
+from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, OUTSIDE_COST,
+                          REF_VIEW_COST, ROT_COST,
                           check_ref_views, costs as tta_costs, is_mirrored, query_variants,
                           ref_view_images,
                           view_names)
@@ -225,7 +226,7 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         rank = check_rank(kwargs.pop("rank", "vector"))
         prior = {key: float(kwargs.pop(key, default)) for key, default in
                  (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST), ("content_cost", CONTENT_COST),
-                  ("half_turn_cost", HALF_TURN_COST))}
+                  ("half_turn_cost", HALF_TURN_COST), ("outside_cost", OUTSIDE_COST))}
         content = kwargs.pop("content", "on")
         content = "frame" if content == "frame" else content not in ("off", "0", "false")
         ref_views = _ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ground-truth")
     ap.add_argument("--encoders", nargs="+", default=DEFAULT_SPECS,
                     help="encoder specs, name[:opt=value,...] (opts: tta, rank=vector|weighted|hamming, "
-                         "content=on|frame|off (frame: flat frames only, no pasted-photo finder), flip_cost, rot_cost, half_turn_cost, content_cost, "
+                         "content=on|frame|off (frame: flat frames only, no pasted-photo finder), flip_cost, rot_cost, half_turn_cost, content_cost, outside_cost, "
                          "ref_views=none|center70[+top_left70...], ref_view_cost, "
                          f"verify=N (spatially verify the top N; default {VERIFY_DEPTH}, 0 = off), weights); "
                          "the default gives the model card's table")

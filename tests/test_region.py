@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from encoders.region import paste_box
-from encoders.tta import photo_box, query_variants
+from encoders.tta import outside_box, photo_box, query_variants
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
 SCENES = [p for p in SAMPLES if not p.name.startswith("clothing")]
@@ -59,4 +59,6 @@ def test_query_views_search_the_pasted_photo():
     img, box = _pasted(clothes[1], SCENES[1], 0.5, (0.5, 0.2))
     assert photo_box(img) is not None and _iou(photo_box(img), box) > 0.8
     arrays, names = query_variants(img, lambda im: np.asarray(im.resize((32, 32))), "flip")
-    assert names == ["original", "flip", "content", "content+flip"] and len(arrays) == 4
+    assert names == ["original", "flip", "content", "content+flip", "outside"] and len(arrays) == 5
+    # the outside view is the widest strip beside the pasted photo: a clean part of the picture
+    assert outside_box(img.size, photo_box(img)) is not None
