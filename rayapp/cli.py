@@ -202,6 +202,7 @@ def dedup(paths, report, radius, encoder, weights) -> None:
 @click.option("--port", default=None, type=int)
 @click.option("--shards", "num_shards", default=None, type=int)
 @click.option("--token", default=None, help="Bearer token required for writes.")
+@click.option("--read-token", default=None, help="Bearer token required for reads (the write token works too).")
 @click.option("--encoder", default=None)
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--tta", default=None, type=click.Choice(TTA_MODES),
@@ -211,15 +212,15 @@ def dedup(paths, report, radius, encoder, weights) -> None:
               help="Run the Ray dashboard with the embedded Ray.")
 @click.option("--metrics-port", default=8080, show_default=True, type=click.IntRange(0, 65535),
               help="Export ray_neardup_* metrics (Prometheus) here with the embedded Ray; 0 = off.")
-def serve(config_path, index_dir, host, port, num_shards, token, encoder, address, tta, dashboard,
-          metrics_port) -> None:
+def serve(config_path, index_dir, host, port, num_shards, token, read_token, encoder, address, tta,
+          dashboard, metrics_port) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray
     from rayapp.serve import run_server, stop_on_signals, wait_for_signal
     cfg = load_config(config_path, overrides={
         "encoder": {"name": encoder, "tta": tta},
         "shards": {"index_dir": index_dir, "num_shards": num_shards},
-        "serve": {"host": host, "port": port, "token": token}})
+        "serve": {"host": host, "port": port, "token": token, "read_token": read_token}})
     urls = init_ray(address, dashboard=dashboard, metrics_port=metrics_port or None)
     stop = stop_on_signals()
     try:

@@ -81,6 +81,10 @@ def quiet_driver_logs() -> None:
     from ray.data import DataContext
     for name in ("ray.data", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # known and harmless here: the notice that an embedded Ray uses token auth (it should), and
+    # that Ray Data's own progress bars are off (ours are on)
+    for name in ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import threading
 import time
@@ -171,6 +172,21 @@ def int_param(value: Any, name: str, lo: int, hi: int) -> int:
 
 
 SEARCH_PARAMS = ("k", "radius", "min_confidence", "with_meta")
+
+
+def check_bearer(header: str, tokens: list[str]) -> None:
+    """Pass when ``tokens`` is empty or the Authorization header carries one of them (compared
+    in constant time); else 401 (no header) or 403. Tokens never appear in a message."""
+    if not tokens:
+        return
+    if not header:
+        raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)", "unauthorized",
+                       headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, given = header.partition(" ")
+    given_b = given.strip().encode("utf-8")
+    ok = [hmac.compare_digest(given_b, t.encode("utf-8")) for t in tokens]  # every one, no early exit
+    if scheme.lower() != "bearer" or not any(ok):
+        raise ApiError(403, "invalid bearer token", "forbidden")
 
 
 def float_param(value: Any, name: str, lo: float, hi: float) -> float:

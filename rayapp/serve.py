@@ -13,7 +13,6 @@ status, never a traceback.
 import asyncio
 import copy
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -39,8 +38,8 @@ from encoders.keypoints import extract as extract_keypoints, extract_query
 from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_images
 from rayapp import metrics
 from rayapp.config import Config, load_config
-from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_id, decode_status, error_response,
-                         float_param, int_param, parse_request)
+from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_bearer, check_id, decode_status,
+                         error_response, float_param, int_param, parse_request)
 from rayapp.router import ShardRouter, ShardUnavailable, merge_variants, with_confidence
 from shards.vectors import records
 
@@ -258,22 +257,15 @@ class Ingress:
 
     # ---- helpers ----------------------------------------------------------------------
     def _admit(self, request: Request, write: bool = False) -> None:
-        """Rate limit every API call; writes also need the bearer token when one is set."""
+        """Rate limit every API call; writes need the bearer token when one is set, and reads
+        the read token (or the write token) when one is set."""
         wait = self.limiter.acquire(_client(request))
         if wait > 0:
             raise ApiError(429, "rate limit exceeded; retry later", "rate_limited",
                            headers={"Retry-After": str(max(1, int(wait + 0.999)))})
-        token = self.cfg.serve.token
-        if not write or not token:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if not header:
-            raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)",
-                           "unauthorized", headers={"WWW-Authenticate": "Bearer"})
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode("utf-8"), token.encode("utf-8")):
-            raise ApiError(403, "invalid bearer token", "forbidden")
+        s = self.cfg.serve
+        needed = [s.token] if write else [s.read_token, s.token] if s.read_token else []
+        check_bearer(request.headers.get("authorization", ""), [t for t in needed if t])
 
     async def _encoder_call(self, method: str, *args):
         try:

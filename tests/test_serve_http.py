@@ -264,3 +264,14 @@ def test_rate_limiter_unit():
     assert limiter.acquire("x") == 0 and limiter.acquire("x") == 0
     assert limiter.acquire("x") > 0 and limiter.acquire("y") == 0
     assert RateLimiter(rate=0).acquire("x") == 0
+
+
+def test_bearer_check_takes_either_token_and_never_echoes_it():
+    from rayapp.http import ApiError, check_bearer
+    check_bearer("", [])  # no token configured: open
+    check_bearer("Bearer r3ad", ["r3ad", "wr1te"])
+    check_bearer("bearer  wr1te ", ["r3ad", "wr1te"])
+    for header, status in (("", 401), ("Bearer nope", 403), ("Basic r3ad", 403), ("r3ad", 403)):
+        with pytest.raises(ApiError) as err:
+            check_bearer(header, ["r3ad", "wr1te"])
+        assert err.value.status == status and "r3ad" not in err.value.message
