@@ -71,6 +71,7 @@ class ServeConfig:
     port: int = 8000
     token: str | None = None         # bearer token for writes; None = writes open (demo only)
     read_token: str | None = None    # bearer token for reads (search, hash, status, get); None = open
+    body_timeout_s: float = 10.0     # a request body still arriving after this gets a 408
     max_body_bytes: int = 20 * 1024 * 1024
     max_batch_items: int = 64
     rate_limit_per_s: float = 200.0  # per client IP, token bucket

@@ -2,6 +2,7 @@
 JSON errors and per-client rate limiting. Pure functions of the request: no Ray here."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -89,8 +90,20 @@ class Item:
     meta: dict | None = None
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, refusing more than ``max_bytes`` (by header and by bytes actually read)."""
+BODY_TIMEOUT_S = 10.0  # a body must arrive within this; a trickling client cannot hold a worker
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """The whole body, refusing more than ``max_bytes`` (by header and by bytes actually read)
+    and any body still arriving after ``timeout_s`` (408)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, max_bytes)
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout_s:g}s", "timeout") from None
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -228,15 +241,16 @@ def json_item(obj: Any, where: str) -> Item:
     return item
 
 
-async def parse_request(request: Request, max_bytes: int, max_items: int) -> tuple[list[Item], dict]:
+async def parse_request(request: Request, max_bytes: int, max_items: int,
+                        body_timeout_s: float = BODY_TIMEOUT_S) -> tuple[list[Item], dict]:
     """Body -> (items, params). Accepts multipart form, JSON, or raw image bytes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     params: dict = {key: request.query_params.get(key)
                     for key in ("k", "radius", "min_confidence", "with_meta", "id") if key in request.query_params}
     if ctype == "multipart/form-data":
-        return await parse_multipart(request, max_bytes, max_items, params)
+        return await parse_multipart(request, max_bytes, max_items, params, body_timeout_s)
     if ctype == "application/json" or ctype.endswith("+json"):
-        body = await read_body(request, max_bytes)
+        body = await read_body(request, max_bytes, body_timeout_s)
         try:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -252,7 +266,7 @@ async def parse_request(request: Request, max_bytes: int, max_items: int) -> tup
             return [json_item(x, f"items[{i}]") for i, x in enumerate(obj["items"])], params
         return [json_item(obj, "body")], params
     if ctype.startswith("image/") or ctype == "application/octet-stream":
-        body = await read_body(request, max_bytes)
+        body = await read_body(request, max_bytes, body_timeout_s)
         item_id = params.pop("id", None)
         return [Item(data=body, id=None if item_id is None else check_id(item_id))], params
     raise ApiError(415, f"unsupported content type {ctype or '(none)'!r}: send multipart/form-data "
@@ -260,8 +274,8 @@ async def parse_request(request: Request, max_bytes: int, max_items: int) -> tup
 
 
 async def parse_multipart(request: Request, max_bytes: int, max_items: int,
-                           params: dict) -> tuple[list[Item], dict]:
-    body = await read_body(request, max_bytes)
+                          params: dict, body_timeout_s: float = BODY_TIMEOUT_S) -> tuple[list[Item], dict]:
+    body = await read_body(request, max_bytes, body_timeout_s)
     sent = False
 
     async def replay() -> dict:  # feed the size-checked body to Starlette's form parser

@@ -331,7 +331,7 @@ class Ingress:
 
     async def _items(self, request: Request) -> tuple[list[Item], dict]:
         s = self.cfg.serve
-        return await parse_request(request, s.max_body_bytes, s.max_batch_items)
+        return await parse_request(request, s.max_body_bytes, s.max_batch_items, s.body_timeout_s)
 
     # ---- endpoints --------------------------------------------------------------------
     @api.get("/healthz")

@@ -44,6 +44,7 @@ def server(tmp_path_factory):
     cfg.serve.max_batch_items = 8
     cfg.serve.rate_limit_per_s = 25
     cfg.serve.shard_timeout_s = 3.0
+    cfg.serve.body_timeout_s = 2.0
     url = run_server(cfg, blocking=False)
     with httpx.Client(base_url=url, timeout=30.0) as client:
         yield client, cfg
@@ -257,6 +258,32 @@ def test_rate_limit_gives_429(server):
     assert client.get("/healthz").status_code == 200
     time.sleep(1.5)
     assert client.post("/v1/search", json={"code": "00" * 32}).status_code == 200
+
+
+def test_a_trickled_body_is_cut_off_and_the_server_stays_healthy(server):
+    """Slowloris: headers promise a body that arrives a byte every half second; the request is
+    answered 408 once serve.body_timeout_s has passed, and other clients are served meanwhile."""
+    import socket
+    client, cfg = server
+    host, port = client.base_url.host, client.base_url.port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n")
+        start = time.monotonic()
+        sock.settimeout(0.5)
+        reply = b""
+        while time.monotonic() - start < 20 and b"\r\n\r\n" not in reply:
+            try:
+                sock.sendall(b"x")
+                reply += sock.recv(4096)
+            except socket.timeout:
+                pass
+            except OSError:
+                break
+        took = time.monotonic() - start
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert took < cfg.serve.body_timeout_s + 8
+    assert client.get("/healthz").json() == {"status": "ok"}
 
 
 def test_rate_limiter_unit():
