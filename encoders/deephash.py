@@ -36,7 +36,9 @@ STD = (0.229, 0.224, 0.225)
 # How pixels become network input. ``imagenet``: fixed per-channel mean/std (format 1 weights).
 # ``instance``: each image minus its own mean, over its own standard deviation (all channels
 # together), so any affine change of intensity (a fade toward white or black, brightness,
-# PIL-style contrast) leaves the input, and so the code, unchanged up to clipping.
+# PIL-style contrast) leaves the input, and so the code, unchanged up to clipping. The two are
+# measured on the image's central half (each side's middle 50%), so the black corners of a
+# rotation, a border or a caption band do not rescale the photo itself.
 INPUT_NORMS = ("imagenet", "instance")
 DEFAULT_INPUT_NORM = "instance"
 
@@ -147,8 +149,10 @@ class DeepHashNet(nn.Module):
         x = pixels.permute(0, 3, 1, 2).float()
         if self.input_norm == "imagenet":
             return (x - self.pixel_mean) / self.pixel_std
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.std(dim=(1, 2, 3), keepdim=True).clamp(min=2.0)  # a flat image stays flat, not noise
+        h, w = x.shape[2:]
+        centre = x[:, :, h // 4: h - h // 4, w // 4: w - w // 4]  # where borders, fill and UI rarely reach
+        mean = centre.mean(dim=(1, 2, 3), keepdim=True)
+        std = centre.std(dim=(1, 2, 3), keepdim=True).clamp(min=2.0)  # a flat image stays flat, not noise
         return (x - mean) / std
 
     def descriptor(self, x: torch.Tensor) -> torch.Tensor:
