@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders.decode import iter_image_files
-from encoders.evaluate import (_keypoints, encode_queries, encode_refs, read_ground_truth,
+from encoders.evaluate import (keypoints_of, encode_queries, encode_refs, read_ground_truth,
                                score_codes)
 from encoders.registry import get_encoder
 from encoders.tta import costs, is_mirrored
@@ -51,7 +51,7 @@ class Encoded:
                 d = vector_distances(q_vec[:, v], r_vec[:, j])
                 d[~valid[:, v]] = np.inf
                 self.d[name, j] = d
-        self.q_kp, self.r_kp = _keypoints(self.q_paths, query=True), _keypoints(self.ref_paths)
+        self.q_kp, self.r_kp = keypoints_of(self.q_paths, query=True), keypoints_of(self.ref_paths)
         self._inl: dict[tuple[int, int, int], int] = {}
 
     def inliers(self, q: int, r: int, block: int) -> int:

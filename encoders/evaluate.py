@@ -12,12 +12,10 @@ Metrics (per encoder):
 - recall@1 (strictly closest; ties count as misses), per-family recall@1, encode speed (img/s,
   decode + preprocess + encode, one process).
 
-    python -m encoders.evaluate --originals DIR --workdir runs/bench --encoders deephash pdq phash
-    python -m encoders.evaluate --refs DIR --queries DIR --ground-truth gt.csv --encoders deephash pdq
+The command line (``neardup eval``, both suites side by side) is ``encoders.eval_cli``.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.benchmark import ALL_FAMILIES, SUITES, build_benchmark, read_ground_truth  # noqa: F401
+from encoders.benchmark import ALL_FAMILIES, build_benchmark, read_ground_truth  # noqa: F401
 from encoders.base import Encoder, check_rank, hamming, weighted_hamming
 from encoders.decode import iter_image_files, load_image
 from encoders.keypoints import extract, extract_query
@@ -198,7 +196,7 @@ def verified(dist: np.ndarray, q_keypoints: np.ndarray, r_keypoints: np.ndarray,
     return out
 
 
-def _keypoints(paths: list[Path], query: bool = False) -> np.ndarray:
+def keypoints_of(paths: list[Path], query: bool = False) -> np.ndarray:
     """Packed keypoints of image files: (n, K), or (n, 2, K) as given and mirrored for queries."""
     one = extract_query if query else extract
     return np.stack([one(load_image(p)) for p in paths])
@@ -242,7 +240,7 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         dist, view = distances(q_codes, q_weights, r_codes, prior, valid, ref_view_cost,
                                q_vectors, r_vectors, with_views=True)
         if depth > 0:
-            keypoints = keypoints or (_keypoints(q_paths, query=True), _keypoints(ref_paths))
+            keypoints = keypoints or (keypoints_of(q_paths, query=True), keypoints_of(ref_paths))
             mirrored = np.array([is_mirrored(n) for n in names])[view]
             dist = verified(dist, *keypoints, depth, mirrored)
         used = "vector" if q_vectors is not None else "hamming" if q_weights is None else "weighted"
@@ -257,7 +255,7 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
               f"R@1={results[spec]['recall@1']:.3f} worst={results[spec]['worst_family']} "
               f"{speed:.0f} img/s", flush=True)
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "git_rev": _git_rev(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "git_rev": git_rev(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "benchmark": {"refs": len(ref_paths), "queries": len(rows), "positive_queries": int((gt_ref >= 0).sum()),
                             "negative_queries": int((gt_ref < 0).sum()), "k_micro": k_micro, **(extra or {})},
               "results": results}
@@ -282,167 +280,9 @@ def _ref_views(value: str) -> tuple[str, ...]:
     return check_ref_views(names)
 
 
-def _git_rev() -> str | None:
+def git_rev() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def format_table(report: dict) -> str:
-    """Markdown table of the headline metrics (for the model card)."""
-    lines = ["| encoder | bits | ranked by | mAP@100 | µAP | recall@1 | worst family (R@1) | img/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for spec, r in report["results"].items():
-        worst = r["worst_family"]
-        ranked = r.get("rank", "hamming") + (f" + verify top {r['verify']}" if r.get("verify") else "")
-        lines.append(f"| {spec} | {r['bits']} | {ranked} | {r['mAP@100']:.3f} | "
-                     f"{r['muAP']:.3f} | {r['recall@1']:.3f} | "
-                     f"{worst} ({r['per_family_recall@1'].get(worst, 0):.2f}) | {r['encode_img_per_s']:.0f} |")
-    return "\n".join(lines)
-
-
-DEFAULT_SPECS = ["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,verify=0",
-                 "deephash:tta=flip_rot90,rank=weighted,verify=0",
-                 "deephash:tta=flip_rot90,rank=hamming,verify=0",
-                 "deephash:tta=flip_rot90,ref_views=none,verify=0",
-                 "deephash:tta=flip_rot90,ref_views=none,content=off,verify=0",
-                 "deephash:ref_views=none,content=off,rank=hamming,verify=0",
-                 "pdq", "pdq:verify=0", "phash", "phash:verify=0"]
-
-
-CODE_SPEC = "deephash:tta=none,content=off,rank=hamming,verify=0"
-
-
-def _pooled(pairs: dict, spec: str) -> tuple[np.ndarray, np.ndarray]:
-    got = [p[spec] for p in pairs.values() if spec in p]
-    if not got:
-        raise SystemExit(f"neardup: error: --encoders has no spec {spec!r} to calibrate")
-    return np.concatenate([r for r, _ in got]), np.concatenate([c for _, c in got])
-
-
-def _pipelines(args) -> dict[str, str]:
-    return {"image": args.encoders[0], **({"code": args.code_spec} if args.code_spec in args.encoders else {})}
-
-
-def _calibrate(args, pairs: dict) -> dict:
-    """Fit and save one curve per pipeline; report each curve's error on the data it was fit on."""
-    from encoders import calibration
-    from encoders.deephash import model_id
-    spec_weights = parse_spec(args.encoders[0])[1].get("weights")
-    curves = {name: calibration.fit(*_pooled(pairs, spec)) for name, spec in _pipelines(args).items()}
-    calibration.save(curves, model_id(spec_weights), Path(args.calibrate),
-                     {"specs": _pipelines(args), "suites": list(pairs), "date": dt.date.today().isoformat()})
-    return {name: {"spec": spec, **calibration.calibration_error(curves[name], *_pooled(pairs, spec))}
-            for name, spec in _pipelines(args).items()}
-
-
-def _confidence_error(args, pairs: dict) -> dict:
-    """Each pipeline's curve from --confidence against the observed precision here, per suite."""
-    from encoders import calibration
-    data = json.loads(Path(args.confidence).read_text())
-    out = {}
-    for name, spec in _pipelines(args).items():
-        curve = calibration.Curve(**data["curves"][name])
-        out[name] = {suite: calibration.calibration_error(curve, *p[spec]) for suite, p in pairs.items() if spec in p}
-    return out
-
-
-def format_suites(combined: dict) -> str:
-    """Markdown table, one row per encoder spec, each suite's headline metrics side by side."""
-    suites = list(combined["suites"])
-    head = "| encoder | ranked by | " + " | ".join(
-        f"{s}: mAP@100 | {s}: µAP | {s}: recall@1 | {s}: worst family (R@1)" for s in suites) + " |"
-    lines = [head, "|---|---|" + "---|---|---|---|" * len(suites)]
-    first = combined["suites"][suites[0]]["results"]
-    for spec, r in first.items():
-        ranked = r.get("rank", "hamming") + (f" + verify top {r['verify']}" if r.get("verify") else "")
-        cells = []
-        for s in suites:
-            x = combined["suites"][s]["results"].get(spec)
-            if x is None:
-                cells.append("— | — | — | —")
-                continue
-            w = x["worst_family"]
-            cells.append(f"{x['mAP@100']:.3f} | {x['muAP']:.3f} | {x['recall@1']:.3f} | "
-                         f"{w} ({x['per_family_recall@1'].get(w, 0):.2f})")
-        lines.append(f"| {spec} | {ranked} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _suite_benchmark(args, suite: str) -> tuple[Path, Path, Path, dict]:
-    """(refs, queries, ground truth, benchmark info) of one suite, built under --workdir/SUITE."""
-    work = Path(args.workdir) / suite
-    gt = work / "ground_truth.csv"
-    if not gt.exists():
-        info = build_benchmark(args.originals, work, args.n_refs, args.n_queries, args.n_negatives,
-                               args.n_distractors, args.seed, suite=suite, subset=args.subset)
-    else:
-        info = json.loads((work / "benchmark.json").read_text()) if (work / "benchmark.json").exists() else {}
-    return work / "refs", work / "queries", gt, info
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: build benchmarks from --originals (one per --suite, under --workdir) or score a given
-    --refs/--queries/--ground-truth; writes one JSON with every suite's report."""
-    ap = argparse.ArgumentParser(prog="python -m encoders.evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("--originals", nargs="+", help="folder(s) of originals to build a benchmark from")
-    ap.add_argument("--suite", nargs="+", default=list(SUITES), choices=list(SUITES),
-                    help="edit suites to build and score, side by side (default: both)")
-    ap.add_argument("--subset", help="K/N: every N-th source file from the K-th (validation/test halves)")
-    ap.add_argument("--workdir", default="runs/eval-bench", help="where the built benchmarks go (one folder per suite)")
-    ap.add_argument("--refs")
-    ap.add_argument("--queries")
-    ap.add_argument("--ground-truth")
-    ap.add_argument("--encoders", nargs="+", default=DEFAULT_SPECS,
-                    help="encoder specs, name[:opt=value,...] (opts: tta, rank=vector|weighted|hamming, "
-                         "content=on|frame|off (frame: flat frames only, no pasted-photo finder), flip_cost, rot_cost, half_turn_cost, content_cost, outside_cost, "
-                         "ref_views=none|center70[+top_left70...], ref_view_cost, "
-                         f"verify=N (spatially verify the top N; default {VERIFY_DEPTH}, 0 = off), weights); "
-                         "the default gives the model card's table")
-    ap.add_argument("--n-refs", type=int, default=450)
-    ap.add_argument("--n-queries", type=int, default=900)
-    ap.add_argument("--n-negatives", type=int, default=280)
-    ap.add_argument("--n-distractors", type=int, default=250)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--k-micro", type=int, default=10)
-    ap.add_argument("--out", help="JSON path (default bench/results/eval_<date>.json)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = speed per CPU core)")
-    ap.add_argument("--calibrate", metavar="PATH",
-                    help="fit confidence curves on these benchmarks (pooled over suites) and write them to "
-                         "PATH: 'image' from the first --encoders spec, 'code' from --code-spec")
-    ap.add_argument("--code-spec", default=CODE_SPEC, help="the spec that ranks as a hex-code query does")
-    ap.add_argument("--confidence", metavar="PATH",
-                    help="score these benchmarks' hits against the curves in PATH (calibration error)")
-    args = ap.parse_args(argv)
-    import torch
-    torch.set_num_threads(args.threads)
-    if args.originals:
-        benches = {s: _suite_benchmark(args, s) for s in args.suite}
-    elif args.refs and args.queries and args.ground_truth:
-        benches = {"given": (Path(args.refs), Path(args.queries), Path(args.ground_truth), {})}
-    else:
-        ap.error("give --originals DIR, or all of --refs, --queries and --ground-truth")
-    reports, pairs = {}, {}
-    for suite, (refs, queries, gt, info) in benches.items():
-        print(f"== suite {suite}", flush=True)
-        pairs[suite] = {}
-        reports[suite] = evaluate(args.encoders, refs, queries, gt, args.k_micro, write=False,
-                                  extra={**info, "threads": args.threads}, pairs=pairs[suite])
-    combined = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "git_rev": _git_rev(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                "suites": reports}
-    if args.calibrate:
-        combined["calibration"] = _calibrate(args, pairs)
-    if args.confidence:
-        combined["confidence"] = _confidence_error(args, pairs)
-    out = Path(args.out) if args.out else RESULTS_DIR / f"eval_{dt.date.today().isoformat()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(combined, indent=2))
-    print(format_suites(combined))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from encoders.evaluate import format_suites
+from encoders.eval_cli import format_suites
 
 README_START, README_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
 

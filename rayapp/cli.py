@@ -270,7 +270,7 @@ def train(args) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def eval_cmd(args) -> None:
     """mAP@100, µAP, recall@1 and per-edit recall for each encoder, side by side (--help)."""
-    from encoders.evaluate import main as eval_main
+    from encoders.eval_cli import main as eval_main
     sys.exit(eval_main(list(args)))
 
 
