@@ -302,3 +302,25 @@ def test_bearer_check_takes_either_token_and_never_echoes_it():
         with pytest.raises(ApiError) as err:
             check_bearer(header, ["r3ad", "wr1te"])
         assert err.value.status == status and "r3ad" not in err.value.message
+
+
+@pytest.mark.parametrize("path", ["/v1/search", "/v1/items"])
+def test_unusual_files_never_give_a_5xx(server, path):
+    """Every file of the generated corpus, on both endpoints: 200, or a 4xx with a JSON reason,
+    and a healthy server after each."""
+    from tests.helpers_odd_files import odd_files
+    client, _ = server
+    answers = {}
+    for name, data, ctype in odd_files():
+        resp = client.post(path, headers=AUTH, files={"file": (name, data, ctype)},
+                           data={"id": f"odd-{name}"} if path == "/v1/items" else {})
+        answers[name] = resp.status_code
+        assert resp.status_code < 500, (name, resp.status_code, resp.text[:200])
+        if resp.status_code != 200:
+            _assert_error(resp, resp.status_code, client)
+        assert client.get("/healthz").status_code == 200
+    for name in ("1x1.png", "1x10000.png", "10000x1.png", "cmyk.jpg", "16bit.png", "animated.gif",
+                 "photo.webp", "png-as-jpeg.jpg"):
+        assert answers[name] == 200, (name, answers[name])  # images, however odd
+    assert answers["bomb.png"] == 413 and answers["empty.jpg"] == 400
+    assert answers["truncated.jpg"] in (200, 422) and answers["page.html"] == 422
