@@ -95,6 +95,17 @@ def grid() -> list[dict]:
     return out
 
 
+def edges() -> list[dict]:
+    """Past the first grid's edges (turn and mirror costs, the crop views' cost, the credit),
+    one stored view, the outside view at its best."""
+    out = []
+    for flip, rot, half, content, credit in itertools.product(
+            (1.0, 1.5), (3.5, 5.0), (3.5, 5.0), (1.0, 1.5), ((8, 30, 6.0), (6, 25, 6.0), (8, 30, 8.0), (6, 30, 8.0))):
+        out.append({"mode": "flip_turns", "flip": flip, "rot": rot, "half": half, "content": content,
+                    "outside": 0.5, "ref_cost": 1.0, "ref_views": 1, "credit": credit})
+    return out
+
+
 def stages() -> list[list]:
     """Refinements tried one after another, each around the best row so far: the outside view,
     stored corner crops and their cost, then the verification credit."""
@@ -112,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", nargs="+", default=["independent", "own"])
     ap.add_argument("--objective", default="independent", help="the suite whose mAP@100 + µAP picks")
     ap.add_argument("--weights")
+    ap.add_argument("--grid", choices=("full", "edges"), default="full",
+                    help="full: the grid then staged refinements; edges: past the full grid's edges")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     import torch
@@ -126,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         return row
 
-    rows = sorted((run(g) for g in grid()), key=lambda r: -r["objective"])
-    for stage in stages():
+    if args.grid == "edges":
+        rows = sorted((run(g) for g in edges()), key=lambda r: -r["objective"])
+    else:
+        rows = sorted((run(g) for g in grid()), key=lambda r: -r["objective"])
+    for stage in (stages() if args.grid == "full" else []):
         best = {k: v for k, v in rows[0].items() if k in grid()[0]}
         rows = sorted(rows + [run(make(best)) for make in stage], key=lambda r: -r["objective"])
     Path(args.out).write_text(json.dumps({"weights": args.weights, "workdir": args.workdir,

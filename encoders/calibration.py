@@ -54,20 +54,25 @@ def fit(ranks: np.ndarray, correct: np.ndarray, points: int = 48) -> Curve:
 
 
 def calibration_error(curve: Curve, ranks: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict:
-    """Mean and max |predicted - observed precision| over equal-count bins of predicted
-    confidence (observed: the share of true copies in the bin), on a labelled set."""
+    """Predicted against observed precision on a labelled set, over equal-width bins of
+    predicted confidence (a reliability diagram): the mean and max |predicted - observed| over
+    the bins that hold hits, the same weighted by hits (expected calibration error), and each
+    bin's counts. Equal-width bins keep the confident hits,
+    the ones a user acts on, from being averaged away by the many hits near zero."""
     ranks, correct = np.asarray(ranks, np.float64), np.asarray(correct, bool)
     keep = np.isfinite(ranks)
     pred, correct = curve(ranks[keep]), correct[keep]
-    order = np.argsort(pred)
+    which = np.minimum((pred * bins).astype(int), bins - 1)
     rows = []
-    for part in np.array_split(order, bins):
-        if len(part):
-            rows.append({"predicted": round(float(pred[part].mean()), 4),
-                         "observed": round(float(correct[part].mean()), 4), "hits": int(len(part))})
+    for b in range(bins):
+        part = which == b
+        if part.any():
+            rows.append({"bin": [b / bins, (b + 1) / bins], "predicted": round(float(pred[part].mean()), 4),
+                         "observed": round(float(correct[part].mean()), 4), "hits": int(part.sum())})
     gaps = [abs(r["predicted"] - r["observed"]) for r in rows]
+    weighted = sum(g * r["hits"] for g, r in zip(gaps, rows)) / max(1, sum(r["hits"] for r in rows))
     return {"mean_abs_error": round(float(np.mean(gaps)), 4), "max_abs_error": round(float(np.max(gaps)), 4),
-            "bins": rows}
+            "expected_calibration_error": round(float(weighted), 4), "bins": rows}
 
 
 def save(curves: dict[str, Curve], model: str, path: Path = CALIBRATION_FILE, extra: dict | None = None) -> Path:

@@ -33,13 +33,12 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-DEFAULT_SPECS = ["deephash:tta=flip_rot90", "deephash:tta=flip_rot90,verify=0",
-                 "deephash:tta=flip_rot90,rank=weighted,verify=0",
-                 "deephash:tta=flip_rot90,rank=hamming,verify=0",
-                 "deephash:tta=flip_rot90,ref_views=none,verify=0",
-                 "deephash:tta=flip_rot90,ref_views=none,content=off,verify=0",
+DEFAULT_SPECS = ["deephash:tta=flip_turns", "deephash:tta=flip_turns,verify=0",
+                 "deephash:tta=flip_turns,ref_views=none,verify=0",
+                 "deephash:tta=flip_turns,ref_views=none,content=off,verify=0",
+                 "deephash:tta=flip_rot90,content=frame,verify=0",
                  "deephash:ref_views=none,content=off,rank=hamming,verify=0",
-                 "pdq", "pdq:verify=0", "phash", "phash:verify=0"]
+                 "pdq", "pdq:verify=0", "phash"]
 
 
 CODE_SPEC = "deephash:tta=none,content=off,rank=hamming,verify=0"

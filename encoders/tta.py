@@ -33,11 +33,11 @@ TTA_MODES = ("none", "flip", "flip_rot90", "flip_turns", "d4")
 VARIANT_NAMES = ("original", "flip", "rot90", "rot270", "rot180", "flip+rot180", "flip+rot90", "flip+rot270")
 _COUNT = {"none": 1, "flip": 2, "flip_rot90": 4, "flip_turns": 6, "d4": 8}
 # Prior costs in weighted-Hamming units (one fully confident bit = 1; plain Hamming: bits).
-FLIP_COST = 0.5
-ROT_COST = 1.5
-HALF_TURN_COST = 1.5  # upside down: rot180 and the vertical mirror
-CONTENT_COST = 0.5
-OUTSIDE_COST = 1.0  # the largest part of the query outside a pasted photo (a photo pasted over the copy)
+FLIP_COST = 1.0
+ROT_COST = 5.0
+HALF_TURN_COST = 5.0  # upside down: rot180 and the vertical mirror
+CONTENT_COST = 1.0
+OUTSIDE_COST = 0.5  # the largest part of the query outside a pasted photo (a photo pasted over the copy)
 OUTSIDE_MIN_AREA = 0.25  # that part must hold at least this share of the query
 # Stored crops of an indexed image: name -> (side fraction kept, x and y anchor: 0 = left/top,
 # 0.5 = centred, 1 = right/bottom). On the held-out benchmark the centre crop alone lifted
@@ -47,7 +47,7 @@ REF_VIEWS = {"center70": (0.7, 0.5, 0.5), "top_left70": (0.7, 0.0, 0.0),
              "top_right70": (0.7, 1.0, 0.0), "bottom_left70": (0.7, 0.0, 1.0),
              "bottom_right70": (0.7, 1.0, 1.0)}
 DEFAULT_REF_VIEWS = ("center70",)
-REF_VIEW_COST = 0.5
+REF_VIEW_COST = 1.0
 
 
 def check_mode(mode: str) -> str:

@@ -99,7 +99,7 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
 @click.option("--timeout", default=10.0, show_default=True, help="Per-shard timeout in seconds.")
 @click.option("--tta", default=None, type=click.Choice(TTA_MODES),
               help="Also search the query's flipped/rotated variants, keeping each id's best distance "
-                   "(default: encoder.tta from the config, flip_rot90).")
+                   "(default: encoder.tta from the config, flip_turns).")
 @click.option("--rank", default=None, type=click.Choice(RANK_MODES),
               help="Order matches by the cosine of stored side vectors (vector), weighted Hamming "
                    "distance (the query's bit confidences), both deephash only, or plain Hamming "

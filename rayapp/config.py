@@ -29,7 +29,7 @@ class EncoderConfig:
     device: str = "auto"             # auto | cpu | cuda
     num_replicas: int = 1            # encoder actors (ingest) / replicas (serve)
     max_pixels: int = 50_000_000     # decompression-bomb cap
-    tta: str = "flip_rot90"          # query-time variants searched too: none|flip|flip_rot90|flip_turns|d4
+    tta: str = "flip_turns"          # query-time variants searched too: none|flip|flip_rot90|flip_turns|d4
     flip_cost: float = FLIP_COST     # prior cost a mirrored match pays (encoders.tta.costs)
     rot_cost: float = ROT_COST       # prior cost a quarter-turned match pays
     half_turn_cost: float = HALF_TURN_COST  # prior cost an upside-down (rot180, vertical mirror) match pays

@@ -25,9 +25,9 @@ RATIO = 0.85             # Lowe's ratio test on Hamming distances
 REPROJ_PX = 4.0          # RANSAC inlier threshold, pixels at KEYPOINT_SIDE
 MIN_MATCHES = 5
 # A hit's credit grows linearly from BONUS_FROM inliers to the full VERIFY_BONUS at BONUS_FULL, in
-# the side-vector score's units. Chosen on the validation benchmark (imagenette, seed 1); flat
-# over 6-12 / 40-60 / 3-6 (MODEL_CARD.md).
-BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 10, 40, 4.0
+# the side-vector score's units. Chosen on validation sources with the independent edit suite
+# (bench/tune_views.py; flat around it, MODEL_CARD.md).
+BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 6, 30, 8.0
 # Hits verified per image query, after merging its views (validation: top 10 -> 0.956 mAP@100,
 # top 20 -> 0.968); about 1 ms each on one core.
 VERIFY_DEPTH = 20

@@ -42,7 +42,8 @@ def test_views_and_costs_follow_the_service(report):
     assert full["views"] == {"original": 0.0, "flip": FLIP_COST, "rot90": ROT_COST, "rot270": ROT_COST,
                              "content": CONTENT_COST, "content+flip": CONTENT_COST + FLIP_COST,
                              "outside": OUTSIDE_COST}
-    assert full["ref_views"] == {"center70": 0.5}  # each ref is stored with its centre crop
+    from encoders.tta import REF_VIEW_COST
+    assert full["ref_views"] == {"center70": REF_VIEW_COST}  # each ref is stored with its centre crop
     plain = rep["results"]["deephash:content=off,ref_views=none"]
     assert plain["views"] == {"original": 0.0} and plain["ref_views"] == {}
     assert rep["results"]["pdq"]["rank"] == "hamming"

@@ -167,7 +167,8 @@ def test_side_vectors_rank_across_shards_and_fold_views(ray_cluster, tmp_path):
     # a query with img 4's code and img 9's crop vector: 9 wins through its stored crop's vector
     (hits,), missing = r.search(codes[4:5], k=5, vectors=crop_floats[9:10])
     assert missing == [] and hits[0]["id"] == "v-9" and hits[0]["ref_view"] == "center70"
-    assert hits[0]["score"] < 0.5 and hits[0]["cost"] == 0.5 and "code" not in hits[0]
+    from encoders.tta import REF_VIEW_COST
+    assert hits[0]["score"] < 0.5 and hits[0]["cost"] == REF_VIEW_COST and "code" not in hits[0]
     keys = [h["score"] + h.get("cost", 0) for h in hits]
     assert keys == sorted(keys) and len({h["id"] for h in hits}) == 5
 
@@ -377,9 +378,10 @@ def test_with_confidence_adds_the_rank_value_and_its_calibrated_precision():
     from rayapp.router import with_confidence
     hits = [{"id": "a", "distance": 3, "score": 1.0, "cost": 0.5, "inliers": 40},
             {"id": "b", "distance": 9, "score": 6.0}]
+    from shards.verify import verify_bonus
     plain = with_confidence(hits)
-    assert [h["rank"] for h in plain] == [-2.5, 6.0] and "confidence" not in plain[0]
-    curve = Curve(ranks=[0.0, 5.0], precision=[1.0, 0.2])
+    assert [h["rank"] for h in plain] == [1.5 - verify_bonus(40), 6.0] and "confidence" not in plain[0]
+    curve = Curve(ranks=[1.5 - verify_bonus(40), 6.0], precision=[1.0, 0.2])
     rated = with_confidence(hits, curve)
     assert [h["confidence"] for h in rated] == [1.0, 0.2]
     assert [h["id"] for h in with_confidence(hits, curve, min_confidence=0.5)] == ["a"]

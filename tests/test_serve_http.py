@@ -16,6 +16,7 @@ import ray
 from PIL import Image
 from ray import serve
 
+from encoders.tta import REF_VIEW_COST
 from rayapp.config import Config
 from rayapp.http import RateLimiter
 from rayapp.router import shard_for
@@ -166,7 +167,7 @@ def test_a_centre_crop_is_found_through_the_stored_crop(server, photos):
     crop = photos["d"].crop((w // 6, h // 6, w - w // 6, h - h // 6))  # the middle 2/3
     top = client.post("/v1/search", content=jpeg_bytes(crop), headers={"content-type": "image/jpeg"},
                       params={"k": 3}).json()["results"]
-    assert top[0]["id"] == "photo-d" and top[0]["ref_view"] == "center70" and top[0]["cost"] == 0.5
+    assert top[0]["id"] == "photo-d" and top[0]["ref_view"] == "center70" and top[0]["cost"] == REF_VIEW_COST
     assert len({r["id"] for r in top}) == len(top)  # one hit per image
     assert client.delete("/v1/items/photo-d", headers=AUTH).status_code == 200
     assert sum(s["views"] for s in client.get("/v1/status").json()["shards"]) == before
