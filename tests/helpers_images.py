@@ -4,6 +4,7 @@ must see through. Import from any test: ``from tests.helpers_images import make_
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -82,3 +83,22 @@ def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
+# photos whose own background is not flat (the clothing shots sit on plain white or grey)
+SCENES = [p for p in SAMPLES if not p.name.startswith("clothing")]
+
+
+def as_jpeg(img: Image.Image, quality: int = 90) -> Image.Image:
+    """``img`` after a JPEG round trip, as an upload would arrive."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)

@@ -2,9 +2,6 @@
 real photos (JPEG files, CC0/free licences in rayapp/samples/LICENSES.tsv)."""
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -13,22 +10,7 @@ from encoders.augment import screenshot
 from encoders.frame import content_box
 from encoders.registry import get_encoder
 from encoders.tta import costs, query_variants, view_names
-
-SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
-# photos whose own background is not flat (the clothing shots sit on plain white or grey)
-SCENES = [p for p in SAMPLES if not p.name.startswith("clothing")]
-
-
-def _jpeg(img: Image.Image) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def _iou(a: tuple, b: tuple) -> float:
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+from tests.helpers_images import SAMPLES, SCENES, as_jpeg, iou
 
 
 def _framed(photo: Image.Image, colour: tuple[int, int, int], where: tuple[int, int],
@@ -37,7 +19,7 @@ def _framed(photo: Image.Image, colour: tuple[int, int, int], where: tuple[int, 
     out.paste(photo, where)
     if caption:  # a meme-style caption in the band above the photo
         ImageDraw.Draw(out).text((10, 8), "WHEN THE BUILD IS GREEN", fill=(0, 0, 0), font_size=28)
-    return _jpeg(out)
+    return as_jpeg(out)
 
 
 @pytest.mark.parametrize("colour,caption", [((255, 255, 255), True), ((30, 30, 34), False),
@@ -52,12 +34,12 @@ def test_finds_the_photo_inside_a_flat_frame(colour, caption):
         box = content_box(framed)
         assert box is not None, path.name
         # the finder works at 160 px, and a dark photo edge on a dark frame is lost to it
-        assert _iou(box, (40, 70, 40 + w, 70 + h)) >= 0.85, (path.name, box)
+        assert iou(box, (40, 70, 40 + w, 70 + h)) >= 0.85, (path.name, box)
 
 
 def test_finds_screenshots_and_leaves_plain_photos_alone():
     rng = np.random.default_rng(0)
-    found = sum(content_box(_jpeg(screenshot(Image.open(p).convert("RGB"), rng))) is not None
+    found = sum(content_box(as_jpeg(screenshot(Image.open(p).convert("RGB"), rng))) is not None
                 for p in SAMPLES)
     assert found >= 0.8 * len(SAMPLES)
     for path in SCENES:  # a photo edge to edge is no frame

@@ -2,7 +2,6 @@
 found, ordinary photos mostly are not, and the query views search the pasted photo's crop."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +9,7 @@ from PIL import Image
 
 from encoders.region import paste_box
 from encoders.tta import outside_box, photo_box, query_variants
-
-SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
-SCENES = [p for p in SAMPLES if not p.name.startswith("clothing")]
-
-
-def _jpeg(img: Image.Image) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def _iou(a: tuple, b: tuple) -> float:
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+from tests.helpers_images import SAMPLES, SCENES, as_jpeg, iou
 
 
 def _pasted(photo: Path, background: Path, frac: float, where: tuple[float, float]):
@@ -34,7 +19,7 @@ def _pasted(photo: Path, background: Path, frac: float, where: tuple[float, floa
     h = min(h, 330)
     x, y = int(where[0] * (480 - w)), int(where[1] * (360 - h))
     bg.paste(img.resize((w, h)), (x, y))
-    return _jpeg(bg), (x, y, x + w, y + h)
+    return as_jpeg(bg), (x, y, x + w, y + h)
 
 
 def test_finds_a_photo_pasted_onto_another_photo():
@@ -45,19 +30,19 @@ def test_finds_a_photo_pasted_onto_another_photo():
         where = (0.2 + 0.3 * (i % 3), 0.2 + 0.3 * ((i + 1) % 3))  # inside, as pastes mostly are
         img, box = _pasted(photo, background, 0.45 + 0.05 * (i % 4), where)
         got = paste_box(img)
-        found += got is not None and _iou(got, box) > 0.8
+        found += got is not None and iou(got, box) > 0.8
     assert found >= 0.6 * len(pairs), f"{found} of {len(pairs)}"
 
 
 def test_leaves_most_ordinary_photos_alone():
-    fired = sum(paste_box(_jpeg(Image.open(p).convert("RGB"))) is not None for p in SAMPLES)
+    fired = sum(paste_box(as_jpeg(Image.open(p).convert("RGB"))) is not None for p in SAMPLES)
     assert fired <= 0.2 * len(SAMPLES), f"{fired} of {len(SAMPLES)}"
 
 
 def test_query_views_search_the_pasted_photo():
     clothes = [p for p in SAMPLES if p.name.startswith("clothing")]
     img, box = _pasted(clothes[1], SCENES[1], 0.5, (0.5, 0.2))
-    assert photo_box(img) is not None and _iou(photo_box(img), box) > 0.8
+    assert photo_box(img) is not None and iou(photo_box(img), box) > 0.8
     arrays, names = query_variants(img, lambda im: np.asarray(im.resize((32, 32))), "flip")
     assert names == ["original", "flip", "content", "content+flip", "outside"] and len(arrays) == 5
     # the outside view is the widest strip beside the pasted photo: a clean part of the picture
