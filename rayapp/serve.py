@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,13 +49,13 @@ log = logging.getLogger(__name__)
 APP_NAME = "neardup"
 CPU_ONLY_ENCODERS = frozenset({"pdq", "phash"})  # classical hashes never use a GPU
 ENCODER_TIMEOUT_S = 60.0
-BATCH_WAIT_S = 0.005
+BATCH_WAIT_S = 0.002  # a query's views arrive together; waiting longer only adds to its latency
 
 
 def _warm_up_png() -> bytes:
     """A small photo-like PNG (a gradient with a square) that every view and detector can run on."""
     import io
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
     img = Image.linear_gradient("L").resize((96, 72)).convert("RGB")
     ImageDraw.Draw(img).rectangle((20, 15, 60, 50), fill=(200, 40, 40))
     buf = io.BytesIO()
@@ -113,10 +114,14 @@ class EncoderDeployment:
         Every array goes through the same dynamic batcher.
         """
         try:
-            arrays, names, keypoints = await asyncio.to_thread(self._views, data, query, store)
+            img, arrays, names = await asyncio.to_thread(self._views, data, query, store)
         except ImageDecodeError as exc:
             return {"error": str(exc), "status": decode_status(exc)}
+        # keypoints (OpenCV) are found in another thread while the views are encoded (torch):
+        # both release the GIL, so on two cores the query waits for the longer, not the sum
+        found = asyncio.ensure_future(asyncio.to_thread(self._keypoints, img, query, store))
         parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
+        keypoints = await found
         if not query:
             if not store:
                 return {"code": parts[0][0]}
@@ -131,18 +136,23 @@ class EncoderDeployment:
             answer["vectors"] = [v for _, _, v in parts]
         return answer
 
-    def _views(self, data: bytes, query: bool, store: bool) -> tuple[list[np.ndarray], list[str],
-                                                                     np.ndarray | None]:
+    def _views(self, data: bytes, query: bool, store: bool) -> tuple[Image.Image, list[np.ndarray], list[str]]:
         """Decode once, then the arrays to encode and their names: the image as given, plus a
-        query's views or, to store it, its reference views; and its keypoints, if wanted."""
+        query's views or, to store it, its reference views."""
         img = load_image(data, max_pixels=self.max_pixels)
-        want = self.verify > 0 if query else store and self.keypoints
-        keypoints = None if not want else extract_query(img) if query else extract_keypoints(img)
         if query:
-            return (*query_variants(img, self.encoder.preprocess, self.tta, self.content), keypoints)
+            return (img, *query_variants(img, self.encoder.preprocess, self.tta, self.content))
         extra = ref_view_images(img, self.ref_views) if store else []
         arrays = [self.encoder.preprocess(v)[None] for v in [img, *extra]]
-        return arrays, ["original", *(self.ref_views if store else ())], keypoints
+        return img, arrays, ["original", *(self.ref_views if store else ())]
+
+    def _keypoints(self, img: Image.Image, query: bool, store: bool) -> np.ndarray | None:
+        """The image's packed keypoints when wanted: a query's (as given and mirrored) to verify
+        its hits, a stored image's to keep; else None."""
+        want = self.verify > 0 if query else store and self.keypoints
+        if not want:
+            return None
+        return extract_query(img) if query else extract_keypoints(img)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
     async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple]:
