@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 
 from encoders.base import RANK_MODES
 from encoders.tta import TTA_MODES
-from shards.verify import verify_bonus
 from rayapp.config import Config, load_config
 from rayapp.ingest import list_files
 from rayapp.ingest import main as index_command
@@ -108,91 +107,87 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
               help="Only matches at least this likely to be copies (calibrated precision).")
 def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank, min_confidence) -> None:
     """Find the stored images nearest to each query image."""
-    from encoders.decode import load_image
-    from encoders.keypoints import extract_query
-    from rayapp.cluster import ensure_shards, init_ray
-    from encoders.tta import query_variants
     from encoders import calibration
-    from rayapp.cluster import model_id
-    from rayapp.router import ShardRouter, merge_variants, with_confidence
+    from encoders.decode import load_image
+    from rayapp.cluster import ensure_shards, init_ray, model_id
+    from rayapp.router import ShardRouter
+    from rayapp.searcher import NeedsCalibration, Searcher, encode_query
     cfg = _index_config(index_dir, None, address)
-    curve = calibration.load(model_id(cfg)).get("image")
-    mode = tta or cfg.encoder.tta
-    ranking = rank or cfg.encoder.rank
     enc = _encoder(cfg.encoder.name, cfg.encoder.weights)
     init_ray(address)
     router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout,
                          ref_views=len(cfg.encoder.ref_views), ref_view_cost=cfg.encoder.ref_view_cost)
+    searcher = Searcher(router, cfg.encoder, calibration.load(model_id(cfg)))
     failed = 0
     for path in images:
         try:
-            img = load_image(path, max_pixels=cfg.encoder.max_pixels)
-            arrays, names = query_variants(img, enc.preprocess, mode, cfg.encoder.content)
-            parts = [enc.encode_vectors(v) for v in arrays]
-            depth = max(0, int(cfg.encoder.verify))
-            keypoints = extract_query(img) if depth else None
+            query = encode_query(enc, load_image(path, max_pixels=cfg.encoder.max_pixels), cfg.encoder,
+                                 rank, tta)
         except (OSError, ValueError) as exc:
             failed += 1
             click.echo(json.dumps({"query": path, "error": str(exc)}) if as_json
                        else f"{path}: error: {exc}", err=not as_json)
             continue
-        queries = np.concatenate([c for c, _, _ in parts])
-        weights = (np.concatenate([w for _, w, _ in parts])
-                   if ranking != "hamming" and parts[0][1] is not None else None)
-        vectors = (np.concatenate([v for _, _, v in parts])
-                   if ranking == "vector" and parts[0][2] is not None else None)
-        results, missing = router.search(queries, k=max(k, depth), radius=radius, with_meta=True,
-                                         weights=weights, vectors=vectors)
-        merged = merge_variants(results, max(k, depth), cfg.encoder.view_costs(names), names)
-        merged = (router.verify(merged, keypoints, depth) if depth else merged)[:k]
-        merged = with_confidence(merged, curve, min_confidence)
-        hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
-                 **{key: r[key] for key in ("rank", "confidence", "score", "weighted", "cost", "variant",
-                                            "ref_view", "inliers") if key in r}}
-                for r in merged]
-        if as_json:
-            click.echo(json.dumps({"query": path, "results": hits, "partial": bool(missing)}))
-        else:
-            click.echo(f"{path}:" + (" (partial: shards %s did not answer)" % missing if missing else ""))
-            for h in hits:
-                how = matched_as(h)
-                conf = f"  {h['confidence']:.2f}" if "confidence" in h else ""
-                click.echo(f"  {h['distance']:4d}{conf}  {h['id']}" + ("" if how == "original" else f"  (as {how})"))
-            if not hits:
-                click.echo("  no matches")
+        try:
+            answer = searcher.search(query, k, radius, True, min_confidence)
+        except NeedsCalibration as exc:
+            raise click.UsageError(str(exc)) from None
+        _print_hits(path, answer, as_json)
     if failed:
         sys.exit(1)
 
 
-def matched_as(hit: dict) -> str:
-    """How a hit matched: "original", or the query's view and/or the stored crop that matched,
-    and the keypoints that verified it, e.g. "flip", "its center70", "flip, 57 keypoints"."""
-    parts = [hit["variant"]] if hit.get("variant", "original") != "original" else []
-    parts += [f"its {hit['ref_view']}"] if "ref_view" in hit else []
-    parts += [f"{hit['inliers']} keypoints"] if verify_bonus(hit.get("inliers", 0)) > 0 else []
-    return ", ".join(parts) or "original"
+HIT_KEYS = ("rank", "confidence", "score", "weighted", "cost", "variant", "ref_view", "inliers")
+
+
+def _print_hits(path: str, answer, as_json: bool) -> None:
+    from rayapp.searcher import matched_as
+    hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
+             **{key: r[key] for key in HIT_KEYS if key in r}} for r in answer.hits]
+    if as_json:
+        click.echo(json.dumps({"query": path, "results": hits, "partial": answer.partial}))
+        return
+    click.echo(f"{path}:" + (f" (partial: shards {answer.missing} did not answer)" if answer.partial else ""))
+    for h in hits:
+        how = matched_as(h)
+        conf = f"  {h['confidence']:.2f}" if "confidence" in h else ""
+        click.echo(f"  {h['distance']:4d}{conf}  {h['id']}" + ("" if how == "original" else f"  (as {how})"))
+    if not hits:
+        click.echo("  no matches")
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True)
-@click.option("--report", default="neardup-report.html", show_default=True, help="HTML report path.")
-@click.option("--radius", default=None, type=int, help="Hamming radius (default: the encoder's).")
-@click.option("--encoder", default=None)
-@click.option("--weights", default=None)
-def dedup(paths, report, radius, encoder, weights) -> None:
-    """Group near-duplicates among images and write an HTML report with thumbnails."""
-    from encoders.files import encode_files
-    from rayapp.dedup import find_groups, write_report
-    enc = _encoder(encoder, weights)
-    res = encode_files(enc, [r["path"] for r in _local_files(paths)])
-    radius = enc.default_radius if radius is None else radius
-    groups = find_groups(res.codes, radius)
-    out = write_report(report, groups, res.paths, res.codes,
-                       title=f"neardup: {enc.name}, radius {radius}")
-    for gi, g in enumerate(groups, 1):
-        click.echo(f"group {gi}: " + ", ".join(Path(res.paths[i]).name for i in g))
-    click.echo(f"{len(groups)} groups among {len(res.paths)} images"
-               + (f" ({len(res.errors)} unreadable)" if res.errors else "") + f"; report: {out}")
+@click.argument("paths", nargs=-1)
+@click.option("--index-dir", default=None, help="Deduplicate this index (else index PATHS into a temporary one).")
+@click.option("--out", "out_dir", default="neardup-dedup", show_default=True,
+              help="Where edges.parquet, groups.parquet, groups.csv and report.html go.")
+@click.option("--min-confidence", default=0.99, show_default=True, type=click.FloatRange(0, 1),
+              help="Keep matches at least this likely to be copies (calibrated precision).")
+@click.option("--radius", default=None, type=int,
+              help="Encoders without a confidence curve: matches within this many bits (default: the encoder's).")
+@click.option("--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="Matches looked at per image.")
+@click.option("--batch", default=256, show_default=True, type=click.IntRange(1, 10_000), help="Images per task.")
+@click.option("--encoder", default=None, help="With PATHS: the encoder (default: deephash).")
+@click.option("--weights", default=None, help="With PATHS: a local weights file.")
+@click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def dedup(paths, index_dir, out_dir, min_confidence, radius, k, batch, encoder, weights, address, quiet) -> None:
+    """Group the near-duplicates of an index, or of PATHS, into star groups with a copy to keep;
+    writes Parquet, CSV and an HTML report. Resumable with --index-dir."""
+    from rayapp import dedup as job
+    from rayapp.cluster import ensure_shards, init_ray
+    if bool(paths) == bool(index_dir):
+        raise click.UsageError("give either PATHS or --index-dir")
+    opts = job.DedupOptions(out_dir, min_confidence, radius, k, batch, progress=not quiet)
+    if index_dir:
+        cfg = _index_config(index_dir, encoder, address)
+        init_ray(address)
+        ensure_shards(cfg)
+        report = job.run_dedup(cfg, opts)
+    else:
+        init_ray(address)
+        report = job.dedup_paths(list(paths), opts, encoder, weights)
+    job.print_groups(report)
 
 
 @cli.command()

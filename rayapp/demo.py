@@ -46,7 +46,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
     from rayapp.cli import shutdown
     from rayapp.cluster import init_ray
     from rayapp.config import load_config
-    from rayapp.dedup import find_groups, write_report
+    from rayapp.dedup import DedupOptions, dedup_paths
     from rayapp.ingest import IngestOptions, run_ingest
     from rayapp.serve import run_server, stop_on_signals, wait_for_signal
 
@@ -73,14 +73,13 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
         run_server(cfg)
         _query_over_http(f"http://{cfg.serve.host}:{port}", make_queries(files, out / "queries"),
                          enc.default_radius)
-        click.secho("[4/4] grouping samples + edited copies into an HTML report", bold=True)
-        from encoders.files import encode_files
-        res = encode_files(enc, sorted(map(str, staged.iterdir())) + sorted(map(str, (out / "queries").iterdir())),
-                           progress=False)
-        groups = find_groups(res.codes, enc.default_radius)
-        report = write_report(out / "report.html", groups, res.paths, res.codes,
-                              title=f"neardup demo ({enc.name}, radius {enc.default_radius})")
-        click.echo(f"      {len(groups)} near-duplicate groups; report: {report}")
+        click.secho("[4/4] deduplicating samples + edited copies (a Ray job) into an HTML report", bold=True)
+        dedup = dedup_paths([str(staged), str(out / "queries")],
+                            DedupOptions(out_dir=str(out / "dedup"), progress=False))
+        for n, g in enumerate(dedup.groups, 1):
+            click.echo(f"      group {n}: " + ", ".join(g.ids))
+        click.echo(f"      {len(dedup.groups)} duplicate groups (calibrated precision >= 0.99); "
+                   f"report: {out / 'dedup' / 'report.html'}")
         base = f"http://{cfg.serve.host}:{port}"
         click.secho(f"\nAPI listening at {base}", fg="green", bold=True)
         click.echo(f"  curl {base}/v1/status\n  curl -F file=@{files[0]} '{base}/v1/search'")
@@ -98,7 +97,7 @@ def _query_over_http(base: str, queries: list, radius: int) -> None:
     """Each edited query over HTTP: its top match, distance, confidence and view, and whether
     that is right. A hit under MATCH_CONFIDENCE (without a calibrated curve: beyond ``radius``)
     counts as no match; a partial answer says so rather than calling it a miss."""
-    from rayapp.cli import matched_as
+    from rayapp.searcher import matched_as
     click.echo(f"      {'query edit':<14} {'expected':<34} {'top match':<34} {'dist':>4} "
                f"{'conf':>5}  {'matched as':<28} verdict")
     with httpx.Client(base_url=base, timeout=60) as http:

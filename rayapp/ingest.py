@@ -127,19 +127,21 @@ def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = (),
     kps = np.zeros((n, KEYPOINT_BYTES if keypoints else 0), dtype=np.uint8)
     view_pixels = np.zeros((n, len(ref_views), size, size, 3), dtype=np.uint8)
     errors = [""] * n
+    sizes = np.zeros((n, 2), dtype=np.int32)  # width, height: dedup keeps the largest copy
     for i in range(n):
         try:
             check_base_id(str(batch["id"][i]))
             data = batch["bytes"][i] if "bytes" in batch else _read_bytes(str(batch["path"][i]))
             img = load_image(bytes(data), max_pixels=max_pixels)
             pixels[i] = resize_square(img, size)
+            sizes[i] = img.size
             if keypoints:
                 kps[i] = extract_keypoints(img)
             for j, crop in enumerate(ref_view_images(img, ref_views)):
                 view_pixels[i, j] = resize_square(crop, size)
         except Exception as exc:  # noqa: BLE001 - a bad file is recorded, never aborts the job
             errors[i] = f"{type(exc).__name__}: {exc}"
-    out = {"id": batch["id"], "path": batch["path"], "pixels": pixels,
+    out = {"id": batch["id"], "path": batch["path"], "pixels": pixels, "size": sizes,
            "error": np.array(errors, dtype=object)}
     if keypoints:  # no empty (n, 0) columns for Ray Data
         out["keypoints"] = kps
@@ -157,7 +159,7 @@ class EncodeActor:
         """Codes (n, bytes) and, where the encoder has them, side vectors (n, d); for the
         reference views' crops (n, views, S, S, 3) the same with a views axis."""
         ok = np.array([not e for e in batch["error"]], dtype=bool)
-        out = {"id": batch["id"], "path": batch["path"], "error": batch["error"]}
+        out = {"id": batch["id"], "path": batch["path"], "size": batch["size"], "error": batch["error"]}
         if "keypoints" in batch:
             out["keypoints"] = batch["keypoints"]
         out["code"], vectors = self._encode(batch["pixels"], ok)
@@ -197,7 +199,8 @@ class ShardWriter:
         ok = [i for i, e in enumerate(batch["error"]) if not e]
         ids = [str(batch["id"][i]) for i in ok]
         if ids:
-            metas = [{"path": str(batch["path"][i])} for i in ok]
+            metas = [{"path": str(batch["path"][i]), "width": int(batch["size"][i][0]),
+                      "height": int(batch["size"][i][1])} for i in ok]
             def vec(key: str, *col: int) -> np.ndarray | None:
                 return batch[key][(ok, *col)] if key in batch else None
             views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j))

@@ -61,7 +61,7 @@ def shard_for(item_id: str, num_shards: int) -> int:
 def merge_results(per_shard: dict[int, list[list[dict]]], num_queries: int, k: int,
                   radius: int | None = None) -> list[list[dict]]:
     """k-way merge of per-shard result lists by (distance, id); tags each hit with its shard."""
-    key = _order
+    key = order_key
     merged: list[list[dict]] = []
     for q in range(num_queries):
         streams = [
@@ -90,9 +90,9 @@ def merge_variants(rows: list[list[dict]], k: int, costs: Sequence[float] | None
             if names:
                 hit["variant"] = names[v]
             seen = best.get(hit["id"])
-            if seen is None or _order(hit) < _order(seen):
+            if seen is None or order_key(hit) < order_key(seen):
                 best[hit["id"]] = hit
-    return sorted(best.values(), key=_order)[:k]
+    return sorted(best.values(), key=order_key)[:k]
 
 
 def fold_views(hits: list[dict], k: int, cost: float = REF_VIEW_COST) -> list[dict]:
@@ -104,9 +104,9 @@ def fold_views(hits: list[dict], k: int, cost: float = REF_VIEW_COST) -> list[di
         if view is not None:
             hit = {**_with_cost(hit, cost), "id": image, "ref_view": view}
         seen = best.get(image)
-        if seen is None or _order(hit) < _order(seen):
+        if seen is None or order_key(hit) < order_key(seen):
             best[image] = hit
-    return sorted(best.values(), key=_order)[:k]
+    return sorted(best.values(), key=order_key)[:k]
 
 
 def _with_cost(hit: dict, cost: float) -> dict:
@@ -130,7 +130,7 @@ def rerank(hits: list[dict], query: np.ndarray, weights: np.ndarray, k: int) -> 
     scores = weighted_hamming(query, weights, codes)
     out = [{**{key: v for key, v in h.items() if key != "code"}, "weighted": round(float(w), 3)}
            for h, w in zip(hits, scores.tolist())]
-    return sorted(out, key=_order)[:k]
+    return sorted(out, key=order_key)[:k]
 
 
 def _weighted_unless_scored(hits: list[dict], query: np.ndarray, weights: np.ndarray,
@@ -142,7 +142,7 @@ def _weighted_unless_scored(hits: list[dict], query: np.ndarray, weights: np.nda
     return [{key: v for key, v in h.items() if key != "code"} for h in hits]
 
 
-def _order(hit: dict) -> tuple[float, int, str]:
+def order_key(hit: dict) -> tuple[float, int, str]:
     """Rank key: the side-vector ``score`` or else the ``weighted`` distance when present
     (re-ranked hits), else distance, plus the prior ``cost`` of the views that matched, less
     the credit of a spatially verified hit (``inliers``); then distance, then id."""
@@ -157,7 +157,7 @@ def with_confidence(hits: list[dict], curve=None, min_confidence: float = 0.0) -
     estimated precision of a hit at that rank value. Hits under ``min_confidence`` drop out."""
     out = []
     for h in hits:
-        rank = round(float(_order(h)[0]), 4)
+        rank = round(float(order_key(h)[0]), 4)
         if curve is None:
             out.append({**h, "rank": rank})
             continue
@@ -172,7 +172,7 @@ def with_inliers(hits: list[dict], counts: dict[str, int | None]) -> list[dict]:
     holds no keypoints for it), re-ordered by the credit that earns."""
     out = [{**h, "inliers": counts[h["id"]]} if counts.get(h["id"]) is not None else h
            for h in hits]
-    return sorted(out, key=_order)
+    return sorted(out, key=order_key)
 
 
 def _reason(exc: BaseException) -> str:
@@ -495,6 +495,32 @@ class ShardRouter:
         groups, refs = self._submit_verify(hits, keypoints, depth)
         results, _ = await self._acollect(refs, self.timeout_s)
         return with_inliers(hits, self._counts(groups, results))
+
+    def verify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray]) -> list[int | None]:
+        """Batch verification for jobs: each (query, stored id) pair against its query's
+        keypoints (``keypoints[i]`` for pair i; the first block: the query as given), in one
+        call per owning shard that carries only the blocks its pairs use -> each pair's inlier
+        count (None: not verified; a shard that fails leaves its pairs None)."""
+        rows: dict[int, list[int]] = defaultdict(list)
+        for row, (_, item_id) in enumerate(pairs):
+            rows[self.shard_for(str(item_id))].append(row)
+        refs = {}
+        for s, rs in rows.items():
+            where: dict[int, int] = {}
+            blocks = []
+            for r in rs:
+                qi = pairs[r][0]
+                if qi not in where:
+                    where[qi] = len(blocks)
+                    blocks.append(np.ascontiguousarray(keypoints[r], np.uint8).reshape(-1, KEYPOINT_BYTES)[0])
+            refs[s] = self._read(s, "verify", [str(pairs[r][1]) for r in rs], np.stack(blocks).tobytes(),
+                                 [where[pairs[r][0]] for r in rs])
+        results, _ = self._collect(refs, self.timeout_s)
+        out: list[int | None] = [None] * len(pairs)
+        for s, got in results.items():
+            for r, n in zip(rows[s], got):
+                out[r] = n
+        return out
 
     # ---- writes -----------------------------------------------------------------------
     def _submit_add(self, ids, codes, metas, views) -> dict[int, Any]:

@@ -41,7 +41,8 @@ from rayapp import metrics
 from rayapp.config import Config, load_config
 from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_bearer, check_id, decode_status,
                          error_response, float_param, int_param, parse_request)
-from rayapp.router import ShardRouter, ShardUnavailable, merge_variants, with_confidence
+from rayapp.router import ShardRouter, ShardUnavailable
+from rayapp.searcher import NeedsCalibration, QueryViews, Searcher
 from shards.vectors import records
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ class Ingress:
         cfg.encoder.view_costs(["original"])  # validates the configured costs at start
         from encoders import calibration
         from rayapp.cluster import model_id
-        self.curves = calibration.load(model_id(cfg))  # {} for a model without a fitted curve
+        # no curve for a model without a fitted one: hits then carry no confidence
+        self.searcher = Searcher(self.router, cfg.encoder, calibration.load(model_id(cfg)))
 
     # ---- helpers ----------------------------------------------------------------------
     def _admit(self, request: Request, write: bool = False) -> None:
@@ -322,22 +324,19 @@ class Ingress:
                 stored[i] = answer
         return np.stack(codes)
 
-    async def _query_codes(self, item: Item) -> tuple:
-        """One query -> (its code, the codes to search: (v, bits/8), more than one with TTA,
-        their bit confidences (v, bits) for weighted ranking, or None: a hex code has none,
-        the variants' names, their side vectors (v, d) for vector ranking, or None, and the
-        image's packed keypoints to verify its hits, or None)."""
+    async def _query_views(self, item: Item) -> QueryViews:
+        """One query -> its encoded views (``rayapp.searcher.QueryViews``): a hex code is one
+        view; an image has the encoder's views, with bit confidences for weighted ranking, side
+        vectors for vector ranking and packed keypoints to verify its hits, where configured."""
         if item.code is not None:
-            code = (await self._codes([item]))[0]
-            return code, code[None, :], None, ["original"], None, None
+            return QueryViews.of_code((await self._codes([item]))[0])
         answer = await self._encoder_call("encode_image", item.data, True)
-        code = _answer_code(answer, "")
-        queries = np.stack([np.asarray(c, dtype=np.uint8) for c in answer["variants"]])
-        weights = answer.get("weights")
-        weights = None if weights is None else np.stack(weights).astype(np.float32)
-        vectors = answer.get("vectors")
-        vectors = None if vectors is None else np.stack(vectors).astype(np.int8)
-        return code, queries, weights, answer["names"], vectors, answer.get("keypoints")
+        _answer_code(answer, "")
+        stack = lambda key, dtype: (None if answer.get(key) is None  # noqa: E731
+                                    else np.stack(answer[key]).astype(dtype))
+        return QueryViews(stack("variants", np.uint8), list(answer["names"]),
+                          stack("weights", np.float32), stack("vectors", np.int8),
+                          answer.get("keypoints"))
 
     async def _items(self, request: Request) -> tuple[list[Item], dict]:
         s = self.cfg.serve
@@ -363,10 +362,9 @@ class Ingress:
         return {"status": "ready"}
 
     async def _warm_up(self) -> None:
-        _, queries, weights, _, vectors, keypoints = await self._query_codes(Item(data=_WARM_UP_IMAGE))
-        _, missing = await self.router.asearch(queries, 10, None, False, weights, vectors)
-        if missing:
-            raise RuntimeError(f"shards {missing} did not answer the warm-up search")
+        answer = await self.searcher.asearch(await self._query_views(Item(data=_WARM_UP_IMAGE)), 10)
+        if answer.missing:
+            raise RuntimeError(f"shards {answer.missing} did not answer the warm-up search")
 
     @api.get("/v1/status")
     async def status(self, request: Request) -> dict:
@@ -421,22 +419,16 @@ class Ingress:
         with_meta = bool_param(params.get("with_meta", False), "with_meta")
         min_conf = params.get("min_confidence")
         min_conf = 0.0 if min_conf in (None, "") else float_param(min_conf, "min_confidence", 0.0, 1.0)
-        code, queries, weights, names, vectors, keypoints = await self._query_codes(items[0])
-        depth = max(0, int(self.cfg.encoder.verify)) if keypoints is not None else 0
-        results, missing = await self.router.asearch(queries, max(k, depth), radius, with_meta,
-                                                     weights, vectors)
-        for _ in missing:
+        query = await self._query_views(items[0])
+        try:
+            answer = await self.searcher.asearch(query, k, radius, with_meta, min_conf)
+        except NeedsCalibration as exc:
+            raise ApiError(422, str(exc), "validation") from None
+        for _ in answer.missing:
             metrics.count_error("shard_timeout")
-        hits = merge_variants(results, max(k, depth), self.cfg.encoder.view_costs(names), names)
-        if depth:
-            hits = await self.router.averify(hits, keypoints, depth)
-        curve = self.curves.get("image" if items[0].code is None else "code")
-        if curve is None and min_conf > 0:
-            raise ApiError(422, "min_confidence needs a calibrated model; this encoder has no confidence "
-                                "curve (encoders/weights/calibration.json)", "validation")
-        hits = with_confidence(hits[:k], curve, min_conf)
-        return {"results": hits, "partial": bool(missing), "missing_shards": missing,
-                "code": code_to_hex(code), "took_ms": round((time.perf_counter() - start) * 1000, 2)}
+        return {"results": answer.hits, "partial": answer.partial, "missing_shards": answer.missing,
+                "code": code_to_hex(query.code),
+                "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
     @api.post("/v1/items")
     async def add_items(self, request: Request) -> dict:

@@ -503,6 +503,36 @@ class ShardActor:
             out.append(max(inliers(b, stored) for b in (blocks if w < 0 else blocks[w:w + 1])))
         return out
 
+    def records(self, after: int | None = None, limit: int = 256) -> dict:
+        """A page of stored images (not their views) in key order, for batch jobs that walk
+        the shard: ``{"ids", "records": (n, record_bytes) uint8 (code, side vector, keypoints
+        as written), "metas", "after"}``; pass ``after`` back for the next page (None: done)."""
+        if not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_K:
+            raise ValueError(f"limit must be an integer in 1..{MAX_K}, got {limit!r}")
+        keys, items = self._store.page(after, int(limit))
+        items = [it for it in items if not is_view(it.id)]
+        recs = np.zeros((len(items), self.record_bytes), np.uint8)
+        n = self.code_bytes + self.vector_bytes
+        for row, it in zip(recs, items):
+            row[:n] = np.frombuffer(it.code[:n], np.uint8)
+            slot = self._slot(it.code)
+            if slot is not None:
+                row[n:] = self._blobs.read(slot)
+        return {"ids": [it.id for it in items], "records": recs,
+                "metas": [it.meta_dict() for it in items],
+                "after": int(keys[-1]) if len(keys) == limit else None}
+
+    def page_starts(self, limit: int = 256) -> list[int | None]:
+        """Where each page of ``records(after, limit)`` starts (``IdStore.page_starts``)."""
+        if not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_K:
+            raise ValueError(f"limit must be an integer in 1..{MAX_K}, got {limit!r}")
+        return self._store.page_starts(int(limit))
+
+    def widths(self) -> dict:
+        """The record layout: code, side vector and keypoint bytes."""
+        return {"code_bytes": self.code_bytes, "vector_bytes": self.vector_bytes,
+                "keypoint_bytes": self.keypoint_bytes}
+
     def get(self, id: str) -> dict | None:
         """``{"id", "code": hex, "meta": dict}`` or None."""
         if not isinstance(id, str) or not id:

@@ -118,6 +118,8 @@ class IdStore:
         self._overlay: dict[int, StoredItem] = {}
         self._overlay_bytes = 0
         self._count = 0
+        self._writes = 0  # bumped by every write: invalidates the sorted overlay keys
+        self._sorted_overlay: tuple[tuple, np.ndarray] = ((), np.zeros(0, np.int64))
         self._lock = threading.Lock()  # writers; readers rely on atomic dict/set operations
 
     # -- reads ------------------------------------------------------------------------------------
@@ -163,6 +165,46 @@ class IdStore:
             for i, ext in zip(idx[hit].tolist(), base.ids(rows[hit])):
                 out[i] = ext
         return out
+
+    def page(self, after: int | None, limit: int) -> tuple[np.ndarray, list[StoredItem]]:
+        """Up to ``limit`` live items in ascending key order, from the first key above ``after``
+        (None: from the start) -> (keys, items). Paging by key is stable while other keys are
+        added or removed, so a batch job can walk a shard and resume from the last key it did."""
+        lo = np.iinfo(np.int64).min if after is None else int(after) + 1
+        base = self._base
+        keys = []
+        if len(base):
+            pos = int(np.searchsorted(base.hashes, lo))
+            while len(keys) < limit and pos < len(base):
+                rows = np.arange(pos, min(pos + 2 * limit, len(base)))
+                if base.dead:
+                    rows = rows[[r not in base.dead for r in rows.tolist()]]
+                keys.extend(base.hashes[rows][:limit - len(keys)].tolist())
+                pos += 2 * limit
+        over = self._overlay_keys()
+        start = int(np.searchsorted(over, lo))
+        keys = np.unique(np.concatenate([np.array(keys, np.int64), over[start:start + limit]]))[:limit]
+        items = self.get_many(keys)
+        live = [i for i, it in enumerate(items) if it is not None]
+        return keys[live], [items[i] for i in live]
+
+    def page_starts(self, limit: int) -> list[int | None]:
+        """The ``after`` of every page of ``limit`` live keys (``page``): None, then every
+        ``limit``-th key. A job fixes its pages up front and can then run them in any order."""
+        base = self._base
+        keys = base.hashes
+        if base.dead:
+            keys = np.delete(keys, np.fromiter(base.dead, np.int64))
+        keys = np.union1d(keys, self._overlay_keys())
+        return [None, *keys[limit - 1:-1:limit].tolist()] if len(keys) else []
+
+    def _overlay_keys(self) -> np.ndarray:
+        stamp = (self._writes, id(self._overlay), len(self._overlay))
+        seen, keys = self._sorted_overlay
+        if seen != stamp:  # a write, or a snapshot that swapped the overlay
+            keys = np.sort(np.fromiter(list(self._overlay), np.int64))
+            self._sorted_overlay = (stamp, keys)
+        return keys
 
     def check_collisions(self, ext_ids: Sequence[str], hashes: np.ndarray) -> None:
         """Raise HashCollisionError if a key is held by (or requested for) a different id."""
@@ -218,6 +260,7 @@ class IdStore:
             item = StoredItem(ext_id, bytes(code), meta)
             self._overlay[h] = item
             self._overlay_bytes += self._item_bytes(item)
+            self._writes += 1
             self._count += int(is_new)
             return is_new
 
@@ -248,6 +291,7 @@ class IdStore:
                 item = StoredItem(ext, raw[i * cb:(i + 1) * cb], meta)
                 overlay[h] = item
                 self._overlay_bytes += self._item_bytes(item)
+            self._writes += 1
             self._count += new
             return new
 
@@ -261,6 +305,7 @@ class IdStore:
             if row >= 0:
                 self._base.dead.add(row)
             present = old is not None or row >= 0
+            self._writes += 1
             self._count -= int(present)
             return present
 

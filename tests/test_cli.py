@@ -98,16 +98,20 @@ def test_index_then_search_json(images, query, tmp_path):
     assert f"{SAMPLES[1].name}  (as flip" in r.stdout
 
 
-def test_dedup_report(images, query, tmp_path):
+def test_dedup_of_a_folder(images, query, tmp_path):
     folder = tmp_path / "d"
     shutil.copytree(images, folder)
     shutil.copy(query, folder / "copy_of_first.jpg")
-    report = tmp_path / "report.html"
-    r = run("dedup", folder, "--encoder", "pdq", "--report", report)
+    out = tmp_path / "dedup"
+    r = run("dedup", folder, "--encoder", "pdq", "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
-    assert "copy_of_first.jpg" in r.stdout and SAMPLES[0].name in r.stdout
-    html = report.read_text()
-    assert "data:image/jpeg;base64," in html and "group 1" in html
+    group = next(line for line in r.stdout.splitlines() if line.startswith("group 1: "))
+    assert "copy_of_first.jpg" in group and SAMPLES[0].name in group
+    assert "1 groups among 9 images" in r.stdout  # the corrupt file is not an image
+    html = (out / "report.html").read_text()
+    assert "data:image/jpeg;base64," in html and "group 1" in html and "keep" in html
+    assert pq.read_table(out / "groups.parquet").num_rows == 2
+    assert run("dedup", folder, "--index-dir", out).returncode == 2  # PATHS or an index, not both
 
 
 @pytest.mark.slow
@@ -115,7 +119,7 @@ def test_demo_shows_real_matches(tmp_path):
     r = run("demo", "--exit", "--port", free_port(), "--out", tmp_path / "demo", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "found" in r.stdout and "API listening at" in r.stdout
-    assert (tmp_path / "demo" / "report.html").is_file()
+    assert (tmp_path / "demo" / "dedup" / "report.html").is_file() and "group 1: " in r.stdout
 
 
 @pytest.mark.parametrize("args", [("eval", "--help"), ("train", "--help"), ("bench", "shard", "--help")])

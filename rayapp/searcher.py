@@ -1,0 +1,188 @@
+"""One query path: an encoded query in, ranked hits with their confidence out.
+
+Serve's ``/v1/search``, ``neardup search`` and the dedup job all search through
+:class:`Searcher`, so a view, a ranking signal or a credit is written once:
+
+1. every view's code goes to every shard (``ShardRouter.search``: Hamming top-k, side-vector
+   scores, stored views folded into their image);
+2. the views' hits merge into one list (``merge_variants``: each view's prior cost);
+3. the top hits are spatially verified by their shards (``ShardRouter.verify``) when the
+   query has keypoints;
+4. each hit gets its final ``rank`` and, from the model's calibration curve, its
+   ``confidence`` (``with_confidence``).
+
+>>> searcher = Searcher(router, cfg.encoder, calibration.load(model_id(cfg)))
+>>> answer = searcher.search(QueryViews.of_code(code), k=10)
+>>> answer.hits[0]["id"], answer.partial
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from rayapp.router import ShardRouter, merge_variants, order_key, with_confidence, with_inliers
+from shards.verify import VERIFY_BONUS, verify_bonus
+
+
+class NeedsCalibration(ValueError):
+    """A confidence floor was asked of a model that has no confidence curve."""
+
+
+@dataclass
+class QueryViews:
+    """One query as the index sees it: the codes of its views (the query as given first),
+    their names (``encoders.tta.view_names``), optional bit confidences (v, bits), int8 side
+    vectors (v, d) and packed keypoints (blocks of ``shards.verify.KEYPOINT_BYTES``), and
+    which confidence curve applies (``image`` or ``code``)."""
+
+    codes: np.ndarray
+    names: list[str] = field(default_factory=lambda: ["original"])
+    weights: np.ndarray | None = None
+    vectors: np.ndarray | None = None
+    keypoints: np.ndarray | None = None
+    kind: str = "image"
+
+    def __post_init__(self) -> None:
+        self.codes = np.atleast_2d(np.ascontiguousarray(self.codes, dtype=np.uint8))
+        if len(self.names) != len(self.codes):
+            raise ValueError(f"{len(self.codes)} view codes but {len(self.names)} view names")
+
+    @classmethod
+    def of_code(cls, code: np.ndarray) -> "QueryViews":
+        """A hex-code query: one view, nothing to re-rank or verify by."""
+        return cls(np.asarray(code, np.uint8)[None, :], ["original"], kind="code")
+
+    @property
+    def code(self) -> np.ndarray:
+        """The code of the query as given."""
+        return self.codes[0]
+
+
+@dataclass
+class Answer:
+    """One query's hits, best first, and the shards that did not answer (then ``partial``)."""
+
+    hits: list[dict]
+    missing: list[int]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.missing)
+
+
+class Searcher:
+    """Searches encoded queries over a :class:`ShardRouter` with one encoder's settings
+    (``rayapp.config.EncoderConfig``: view costs, verification depth) and calibration curves
+    (``encoders.calibration.load``; empty: hits carry no confidence)."""
+
+    def __init__(self, router: ShardRouter, encoder_cfg, curves: dict | None = None):
+        self.router = router
+        self.cfg = encoder_cfg
+        self.curves = curves or {}
+
+    def _depth(self, q: QueryViews) -> int:
+        return max(0, int(self.cfg.verify)) if q.keypoints is not None else 0
+
+    def curve(self, kind: str, min_confidence: float = 0.0):
+        """The confidence curve of ``kind``; NeedsCalibration when a confidence floor needs one."""
+        curve = self.curves.get(kind)
+        if curve is None and min_confidence > 0:
+            raise NeedsCalibration("min_confidence needs a calibrated model; this encoder has no "
+                             "confidence curve (encoders/weights/calibration.json)")
+        return curve
+
+    def _merged(self, q: QueryViews, rows: list[list[dict]], fetch: int) -> list[dict]:
+        return merge_variants(rows, fetch, self.cfg.view_costs(q.names), q.names)
+
+    def _finish(self, q: QueryViews, hits: list[dict], k: int, min_confidence: float) -> list[dict]:
+        return with_confidence(hits[:k], self.curve(q.kind, min_confidence), min_confidence)
+
+    def search(self, q: QueryViews, k: int = 10, radius: int | None = None, with_meta: bool = False,
+               min_confidence: float = 0.0) -> Answer:
+        """The top ``k`` stored images for one query (see the module docstring)."""
+        self.curve(q.kind, min_confidence)
+        depth = self._depth(q)
+        fetch = max(k, depth)
+        rows, missing = self.router.search(q.codes, fetch, radius, with_meta, q.weights, q.vectors)
+        hits = self._merged(q, rows, fetch)
+        if depth:
+            hits = self.router.verify(hits, q.keypoints, depth)
+        return Answer(self._finish(q, hits, k, min_confidence), missing)
+
+    async def asearch(self, q: QueryViews, k: int = 10, radius: int | None = None,
+                      with_meta: bool = False, min_confidence: float = 0.0) -> Answer:
+        """Async :meth:`search`, for Serve's event loop."""
+        self.curve(q.kind, min_confidence)
+        depth = self._depth(q)
+        fetch = max(k, depth)
+        rows, missing = await self.router.asearch(q.codes, fetch, radius, with_meta, q.weights,
+                                                  q.vectors)
+        hits = self._merged(q, rows, fetch)
+        if depth:
+            hits = await self.router.averify(hits, q.keypoints, depth)
+        return Answer(self._finish(q, hits, k, min_confidence), missing)
+
+    def search_many(self, queries: Sequence[QueryViews], k: int = 10, min_confidence: float = 0.0,
+                    radius: int | None = None, with_meta: bool = False) -> list[Answer]:
+        """Many queries in one fan-out and one verification round per shard, for batch jobs.
+
+        Only hits that verification could lift to ``min_confidence`` are verified (under it
+        now, within the full credit of it): a hit already above the floor keeps its confidence
+        before verification, a lower bound. Queries must share their view layout and kind.
+        """
+        if not queries:
+            return []
+        q0 = queries[0]
+        curve = self.curve(q0.kind, min_confidence)
+        views = len(q0.codes)
+        stack = lambda name: (None if getattr(q0, name) is None  # noqa: E731
+                              else np.concatenate([getattr(q, name) for q in queries]))
+        depth = max(self._depth(q) for q in queries)
+        fetch = max(k, depth)
+        rows, missing = self.router.search(stack("codes"), fetch, radius, with_meta,
+                                           stack("weights"), stack("vectors"))
+        merged = [self._merged(q, rows[i * views:(i + 1) * views], fetch) for i, q in enumerate(queries)]
+        if depth and curve is not None:
+            merged = self._verify_needed(queries, merged, curve, min_confidence)
+        return [Answer(self._finish(q, hits, k, min_confidence), missing)
+                for q, hits in zip(queries, merged)]
+
+    def _verify_needed(self, queries: Sequence[QueryViews], merged: list[list[dict]], curve,
+                       min_confidence: float) -> list[list[dict]]:
+        """Verify, in one call per shard, each query's hits whose confidence is under the floor
+        but within VERIFY_BONUS of it."""
+        pairs = [(qi, h["id"]) for qi, hits in enumerate(merged) for h in hits[:self._depth(queries[qi])]
+                 if curve(order_key(h)[0]) < min_confidence <= curve(order_key(h)[0] - VERIFY_BONUS)]
+        if not pairs:
+            return merged
+        counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs])
+        by_query: list[dict] = [{} for _ in merged]
+        for (qi, item_id), n in zip(pairs, counts):
+            by_query[qi][item_id] = n
+        return [with_inliers(hits, c) if c else hits for hits, c in zip(merged, by_query)]
+
+
+def encode_query(encoder, img, encoder_cfg, rank: str | None = None, tta: str | None = None) -> QueryViews:
+    """A decoded image -> its QueryViews, encoded in this process: the configured views
+    (``encoders.tta.query_variants``), bit confidences for weighted ranking, side vectors for
+    vector ranking, and keypoints as given and mirrored when hits are verified."""
+    from encoders.keypoints import extract_query
+    from encoders.tta import query_variants
+    rank = rank or encoder_cfg.rank
+    arrays, names = query_variants(img, encoder.preprocess, tta or encoder_cfg.tta, encoder_cfg.content)
+    codes, weights, vectors = encoder.encode_vectors(np.concatenate(arrays))
+    return QueryViews(codes, list(names),
+                      weights if rank != "hamming" else None,
+                      vectors if rank == "vector" else None,
+                      extract_query(img) if int(encoder_cfg.verify) > 0 else None)
+
+
+def matched_as(hit: dict) -> str:
+    """How a hit matched: "original", or the query's view and/or the stored crop that matched,
+    and the keypoints that verified it, e.g. "flip", "its center70", "flip, 57 keypoints"."""
+    parts = [hit["variant"]] if hit.get("variant", "original") != "original" else []
+    parts += [f"its {hit['ref_view']}"] if "ref_view" in hit else []
+    parts += [f"{hit['inliers']} keypoints"] if verify_bonus(hit.get("inliers", 0)) > 0 else []
+    return ", ".join(parts) or "original"

@@ -1,0 +1,101 @@
+"""Deduplicating a collection: the paging shards walk, star groups, and the job on real photos
+through a real local Ray (one Ray for the module), from Python and the imagededup-style API."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from rayapp.groups import pair_scores, star_groups
+from shards.store import IdStore, hash_ids
+from tests.helpers_images import edited_copy
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((ROOT / "rayapp" / "samples").glob("*.jpg"))
+EDITS = ("jpeg", "resize", "crop", "text")
+
+
+def _store(n: int) -> IdStore:
+    s = IdStore(4)
+    ids = [f"x{i}" for i in range(n)]
+    s.put_many(ids, hash_ids(ids), np.zeros((n, 4), np.uint8), [""] * n)
+    return s
+
+
+def test_pages_cover_every_live_key_once_in_order():
+    s = _store(1000)
+    for i in range(0, 1000, 7):
+        s.delete(hash_ids([f"x{i}"])[0])
+    starts = s.page_starts(64)
+    seen = []
+    for after in starts:
+        keys, items = s.page(after, 64)
+        assert len(keys) <= 64 and list(keys) == sorted(keys)
+        seen += [it.id for it in items]
+    live = {f"x{i}" for i in range(1000) if i % 7}
+    assert len(seen) == len(live) and set(seen) == live
+    assert s.page(None, 10)[0].tolist() == sorted(hash_ids(sorted(live)).tolist())[:10]
+
+
+def test_star_groups_do_not_chain_look_alikes():
+    # a-b-c-d is a chain of look-alikes; only b matches everyone in its star
+    edges = [("a", "b", 0.999), ("b", "c", 0.995), ("c", "d", 0.995), ("x", "y", 0.99)]
+    groups = star_groups(edges, pixels={"a": 10, "b": 50, "c": 20, "d": 30, "x": 5, "y": 9})
+    assert [(g.keep, sorted(g.members)) for g in groups] == [("b", ["a", "c"]), ("y", ["x"])]
+    assert all(len(g) <= 3 for g in groups)  # single linkage would have made a-b-c-d one group
+    scores = pair_scores(groups, {"a": "A", "b": "A", "c": "C", "d": "C", "x": "X", "y": "X"})
+    assert scores["pair_precision"] == 0.5  # ab and xy right, bc and ac wrong
+    assert scores["largest"] == 3
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """Eight sample photos and edited copies of the first two (names say whose copy each is)."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("dedup") / "photos"
+    root.mkdir()
+    for f in SAMPLES[:8]:
+        shutil.copy(f, root / f.name)
+    for f in SAMPLES[:2]:
+        with Image.open(f) as im:
+            for kind in EDITS[:3]:
+                edited_copy(im, kind).save(root / f"{f.stem}__{kind}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    from rayapp.cluster import init_ray
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def test_find_duplicates_and_the_report(local_ray, collection, tmp_path):
+    from rayapp.dedup import find_duplicates, plot_duplicates
+    out = tmp_path / "job"
+    dupes = find_duplicates(image_dir=str(collection), min_confidence=0.99, out_dir=str(out))
+    assert set(dupes) == {p.name for p in collection.iterdir()}
+    for f in SAMPLES[:2]:
+        found = {name for name, conf in dupes[f.name]}
+        assert {f"{f.stem}__{k}.jpg" for k in EDITS[:3]} <= found, dupes[f.name]
+        assert all(0.99 <= conf <= 1.0 for _, conf in dupes[f.name])
+    for f in SAMPLES[2:8]:
+        assert dupes[f.name] == [], dupes[f.name]  # unrelated photos: no false match
+
+    edges = pq.read_table(out / "edges.parquet").to_pylist()
+    pairs = [(e["a"], e["b"]) for e in edges]
+    assert len(pairs) == len(set(pairs)) and all(a < b for a, b in pairs)
+    groups = pq.read_table(out / "groups.parquet").to_pylist()
+    keeps = {r["id"] for r in groups if r["keep"]}
+    assert keeps == {f.name for f in SAMPLES[:2]}  # the originals are the largest copies
+    assert (out / "groups.csv").read_text().startswith('"group","id","path","keep","confidence_to_keep"')
+
+    page = plot_duplicates(dupes, image_dir=str(collection), outfile=str(tmp_path / "dupes.html"))
+    html = page.read_text()
+    assert html.count("<div class=g>") == 2 and "data:image/jpeg;base64," in html
+    assert "confidence" in html
