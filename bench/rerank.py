@@ -18,7 +18,8 @@ import numpy as np
 
 from bench import common
 from shards.actor import ShardActor
-from shards.vectors import quantize, records
+from formats.vectors import quantize
+from shards.vectors import records
 
 
 def _shard(codes: np.ndarray, vectors: np.ndarray, vector_bytes: int, root: str) -> ShardActor:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders.decode import iter_image_files
-from encoders.evaluate import (keypoints_of, encode_queries, encode_refs, read_ground_truth,
+from rayapp.evaluate import (keypoints_of, encode_queries, encode_refs, read_ground_truth,
                                score_codes)
 from encoders.registry import get_encoder
 from encoders.tta import costs, is_mirrored

@@ -23,7 +23,8 @@ from PIL import Image
 from bench import common
 from encoders.keypoints import extract, extract_query
 from shards.actor import ShardActor
-from shards.vectors import quantize, records
+from formats.vectors import quantize
+from shards.vectors import records
 from shards.verify import KEYPOINT_BYTES, VERIFY_DEPTH
 
 SAMPLES = common.REPO_ROOT / "rayapp" / "samples"

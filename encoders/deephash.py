@@ -24,7 +24,7 @@ from torch import nn
 from encoders.base import Encoder, pack_bits
 from encoders.registry import register
 from encoders.tta import check_mode
-from shards.vectors import quantize
+from formats.vectors import quantize
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_BACKBONE = "mobilenet_v3_small"

@@ -1,12 +1,12 @@
 """ORB keypoints of a decoded image, packed for storage and spatial verification
-(``shards.verify``: layout, matching and scoring)."""
+(layout: ``formats.keypoints``; matching and scoring: ``shards.verify``)."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from shards.verify import KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack
+from formats.keypoints import KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack
 
 cv2.setNumThreads(1)
 _ORB = None

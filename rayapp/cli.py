@@ -165,20 +165,23 @@ def _print_hits(path: str, answer, as_json: bool) -> None:
               help="Keep matches at least this likely to be copies (calibrated precision).")
 @click.option("--radius", default=None, type=int,
               help="Encoders without a confidence curve: matches within this many bits (default: the encoder's).")
+@click.option("--views", default="full", show_default=True, type=click.Choice(["full", "stored"]),
+              help="full: read each image again and search all its query views; stored: its stored record only.")
 @click.option("--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="Matches looked at per image.")
 @click.option("--batch", default=256, show_default=True, type=click.IntRange(1, 10_000), help="Images per task.")
 @click.option("--encoder", default=None, help="With PATHS: the encoder (default: deephash).")
 @click.option("--weights", default=None, help="With PATHS: a local weights file.")
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def dedup(paths, index_dir, out_dir, min_confidence, radius, k, batch, encoder, weights, address, quiet) -> None:
+def dedup(paths, index_dir, out_dir, min_confidence, views, radius, k, batch, encoder, weights, address,
+          quiet) -> None:
     """Group the near-duplicates of an index, or of PATHS, into star groups with a copy to keep;
     writes Parquet, CSV and an HTML report. Resumable with --index-dir."""
     from rayapp import dedup as job
     from rayapp.cluster import ensure_shards, init_ray
     if bool(paths) == bool(index_dir):
         raise click.UsageError("give either PATHS or --index-dir")
-    opts = job.DedupOptions(out_dir, min_confidence, radius, k, batch, progress=not quiet)
+    opts = job.DedupOptions(out_dir, min_confidence, views, radius, k, batch, progress=not quiet)
     if index_dir:
         cfg = _index_config(index_dir, encoder, address)
         init_ray(address)
@@ -210,7 +213,7 @@ def dedup(paths, index_dir, out_dir, min_confidence, radius, k, batch, encoder, 
 def serve(config_path, index_dir, host, port, num_shards, token, read_token, encoder, address, tta,
           dashboard, metrics_port) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
-    from rayapp.cluster import init_ray
+    from rayapp.cluster import init_ray, shutdown
     from rayapp.serve import run_server, stop_on_signals, wait_for_signal
     cfg = load_config(config_path, overrides={
         "encoder": {"name": encoder, "tta": tta},
@@ -227,16 +230,6 @@ def serve(config_path, index_dir, host, port, num_shards, token, read_token, enc
         wait_for_signal(stop)
     finally:
         shutdown()
-
-
-def shutdown() -> None:
-    """Stop Serve and the embedded Ray cleanly (leaves no Ray processes behind)."""
-    import ray
-    from ray import serve as ray_serve
-    try:
-        ray_serve.shutdown()
-    finally:
-        ray.shutdown()
 
 
 @cli.command()
@@ -265,25 +258,25 @@ def train(args) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def eval_cmd(args) -> None:
     """mAP@100, µAP, recall@1 and per-edit recall for each encoder, side by side (--help)."""
-    from encoders.eval_cli import main as eval_main
+    from rayapp.eval_cli import main as eval_main
     sys.exit(eval_main(list(args)))
 
 
 @cli.command(**PASSTHROUGH)
-@click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify"]))
+@click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify", "dedup", "soak"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
     """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards), `gpu`
-    (encoder and faiss-gpu throughput against the CPU), `rerank` (side-vector scoring) or `verify`
-    (spatial verification)."""
-    import importlib
+    (encoder and faiss-gpu throughput against the CPU), `rerank` (side-vector scoring), `verify`
+    (spatial verification), `dedup` (the dedup job's quality and throughput) or `soak` (a long mixed
+    load against a real server)."""
     import os
-    sys.path.insert(0, os.getcwd())  # the console script's path does not include the checkout
-    try:
-        module = importlib.import_module(f"bench.{'shard_bench' if which == 'shard' else which}")
-    except ModuleNotFoundError:
-        raise click.ClickException("benchmarks run from a source checkout (the bench/ folder)") from None
-    sys.exit(module.main(list(args)))
+    import subprocess
+    module = f"bench.{'shard_bench' if which == 'shard' else which}"
+    if not (Path(os.getcwd()) / "bench" / f"{module.split('.')[1]}.py").is_file():
+        raise click.ClickException("benchmarks run from a source checkout (the bench/ folder)")
+    # run as its own program from the checkout: the product never imports bench
+    sys.exit(subprocess.call([sys.executable, "-m", module, *args], cwd=os.getcwd()))
 
 
 @cli.command(name="encoders")

@@ -294,3 +294,13 @@ def stop_local_cluster(cluster: "Cluster") -> None:
         ray.shutdown()
     finally:
         cluster.shutdown()
+
+
+def shutdown() -> None:
+    """Stop Serve and the embedded Ray cleanly (leaves no Ray processes behind)."""
+    import ray
+    from ray import serve as ray_serve
+    try:
+        ray_serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -39,11 +39,14 @@ import ray
 from tqdm import tqdm
 
 from rayapp.config import Config, load_config
-from rayapp.groups import Group, keep_order, star_groups
+from rayapp.groups import Group, star_groups
 from rayapp.report import write_report
 
 EDGE_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("confidence", pa.float64()),
                          ("distance", pa.int32()), ("rank", pa.float64()), ("variant", pa.string())])
+MAX_PAGE_TRIES = 3
+SUPPORT = 0.5  # chosen on validation (bench/dedup.py, bench/results/dedup_*.json)
+PLAN_KEYS = ("batch", "min_confidence", "views", "k", "radius")  # a re-run with others starts over
 IMAGE_SCHEMA = pa.schema([("id", pa.string()), ("path", pa.string()), ("pixels", pa.int64())])
 
 
@@ -54,7 +57,12 @@ class DedupOptions:
 
     out_dir: str = "neardup-dedup"
     min_confidence: float = 0.99
+    # full: each image is read again from its stored path and searched with every view of
+    # /v1/search (mirrored, turned, the pasted photo, ...); stored: its stored record only
+    # (code, side vector, keypoints: nothing is decoded, several times faster, fewer matches)
+    views: str = "full"
     radius: int | None = None
+    support: float = SUPPORT    # rayapp.groups.star_groups: an image joins through this share of a group
     k: int = 20                 # matches looked at per stored image
     batch: int = 256            # stored images per task
     timeout_s: float = 60.0     # per shard call
@@ -93,7 +101,7 @@ def _queries(page: dict, widths: dict, rank: str) -> list:
     return out
 
 
-def _edges(ids: list[str], answers: list, bits: int) -> list[dict]:
+def _edges(ids: list[str], answers: list) -> list[dict]:
     """Each stored image's matches, itself left out."""
     from rayapp.searcher import matched_as
     rows = []
@@ -112,33 +120,65 @@ def _write_part(path: Path, rows: list[dict], schema: pa.Schema) -> None:
     tmp.rename(path)
 
 
-@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
-def dedup_page(cfg_dict: dict, shard: int, after: int | None, opts_dict: dict, part: str) -> int:
-    """Search one page of shard ``shard`` (the records after key ``after``) and write its
-    edges and images as Parquet parts ``part``.edges / ``part``.images; returns its images."""
-    from encoders import calibration
-    from rayapp.cluster import get_shards, model_id
-    from rayapp.router import ShardRouter
-    from rayapp.searcher import Searcher
-    cfg, opts = Config.from_dict(cfg_dict), DedupOptions(**opts_dict)
-    shards = get_shards(cfg)
-    page = ray.get(shards[shard].records.remote(after, opts.batch), timeout=opts.timeout_s)
-    widths = ray.get(shards[shard].widths.remote(), timeout=opts.timeout_s)
-    router = ShardRouter(shards, timeout_s=opts.timeout_s, ref_views=len(cfg.encoder.ref_views),
-                         ref_view_cost=cfg.encoder.ref_view_cost)
-    searcher = Searcher(router, cfg.encoder, calibration.load(model_id(cfg)))
-    calibrated = "image" in searcher.curves
-    answers = searcher.search_many(_queries(page, widths, cfg.encoder.rank), opts.k + 1,
-                                   opts.min_confidence if calibrated else 0.0,
-                                   None if calibrated else opts.radius) if page["ids"] else []
-    if any(a.partial for a in answers):
-        raise RuntimeError(f"shards {answers[0].missing} did not answer; the page will be retried")
-    images = [{"id": i, "path": m.get("path"), "pixels": int(m.get("width", 0)) * int(m.get("height", 0))}
-              for i, m in zip(page["ids"], page["metas"])]
-    _write_part(Path(part + ".images.parquet"), images, IMAGE_SCHEMA)
-    _write_part(Path(part + ".edges.parquet"), _edges(page["ids"], answers, widths["code_bytes"] * 8),
-                EDGE_SCHEMA)  # written last: its presence marks the page done
-    return len(images)
+class DedupWorker:
+    """A Ray actor that searches pages of stored images: it holds one router and Searcher, so
+    imports, shard lookups and the calibration curve are paid once, not per page."""
+
+    def __init__(self, cfg_dict: dict, opts_dict: dict):
+        from encoders import calibration
+        from rayapp.cluster import get_shards, model_id
+        from rayapp.router import ShardRouter
+        from rayapp.searcher import Searcher
+        self.cfg, self.opts = Config.from_dict(cfg_dict), DedupOptions(**opts_dict)
+        self.shards = get_shards(self.cfg)
+        router = ShardRouter(self.shards, timeout_s=self.opts.timeout_s,
+                             ref_views=len(self.cfg.encoder.ref_views),
+                             ref_view_cost=self.cfg.encoder.ref_view_cost)
+        self.searcher = Searcher(router, self.cfg.encoder, calibration.load(model_id(self.cfg)))
+        self.calibrated = "image" in self.searcher.curves
+        self.widths = ray.get(self.shards[0].widths.remote(), timeout=self.opts.timeout_s)
+        self.encoder = None
+        if self.opts.views == "full":
+            from encoders.registry import get_encoder
+            self.encoder = get_encoder(self.cfg.encoder.name, weights=self.cfg.encoder.weights, device="cpu")
+
+    def _page_queries(self, page: dict) -> list:
+        """The page's queries: each image's full views when its file can be read here (else,
+        and with views=stored, its stored record)."""
+        from encoders.decode import load_image
+        from rayapp.searcher import encode_query
+        stored = _queries(page, self.widths, self.cfg.encoder.rank)
+        if self.encoder is None:
+            return stored
+        out = []
+        for q, meta in zip(stored, page["metas"]):
+            try:
+                img = load_image(meta.get("path", ""), max_pixels=self.cfg.encoder.max_pixels)
+            except (OSError, ValueError):
+                out.append(q)
+                continue
+            full = encode_query(self.encoder, img, self.cfg.encoder, keypoints=False)
+            full.weights, full.keypoints = None, q.keypoints  # as the stored records: one layout
+            full.vectors = None if q.vectors is None else full.vectors
+            out.append(full)
+        return out
+
+    def run_page(self, shard: int, after: int | None, part: str) -> int:
+        """Search one page of shard ``shard`` (the records after key ``after``) and write its
+        images and edges as Parquet parts ``part``.images / ``part``.edges; returns its images."""
+        opts = self.opts
+        page = ray.get(self.shards[shard].records.remote(after, opts.batch), timeout=opts.timeout_s)
+        answers = self.searcher.search_many(
+            self._page_queries(page), opts.k + 1,
+            opts.min_confidence if self.calibrated else 0.0,
+            None if self.calibrated else opts.radius) if page["ids"] else []
+        if any(a.partial for a in answers):
+            raise RuntimeError(f"shards {answers[0].missing} did not answer; the page will be retried")
+        images = [{"id": i, "path": m.get("path"), "pixels": int(m.get("width", 0)) * int(m.get("height", 0))}
+                  for i, m in zip(page["ids"], page["metas"])]
+        _write_part(Path(part + ".images.parquet"), images, IMAGE_SCHEMA)
+        _write_part(Path(part + ".edges.parquet"), _edges(page["ids"], answers), EDGE_SCHEMA)
+        return len(images)  # the edges part is written last: its presence marks the page done
 
 
 # ---------------------------------------------------------------- the job
@@ -152,40 +192,53 @@ def plan_pages(shards: list, batch: int, timeout_s: float) -> list[dict]:
 
 def _load_plan(out: Path, shards: list, opts: DedupOptions) -> list[dict]:
     """The job's pages, fixed at its first run (``parts/plan.json``) so a re-run resumes the same
-    pages; a re-run with another batch size starts over."""
+    pages; a re-run with other PLAN_KEYS settings starts over."""
     plan_file = out / "parts" / "plan.json"
     if plan_file.exists():
         plan = json.loads(plan_file.read_text())
-        if plan["batch"] == opts.batch and plan["min_confidence"] == opts.min_confidence:
+        if all(plan.get(key) == getattr(opts, key) for key in PLAN_KEYS):
             return plan["pages"]
     for old in (out / "parts").glob("*.parquet"):
         old.unlink()
     pages = plan_pages(shards, opts.batch, opts.timeout_s)
     plan_file.parent.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps({"batch": opts.batch, "min_confidence": opts.min_confidence,
-                                     "pages": pages}))
+    plan_file.write_text(json.dumps({**{key: getattr(opts, key) for key in PLAN_KEYS}, "pages": pages}))
     return pages
 
 
 def _run_pages(cfg: Config, pages: list[dict], opts: DedupOptions, parts: Path) -> None:
-    """Run the pages not done yet as Ray tasks, at most two per cluster CPU in flight."""
+    """Run the pages not done yet on a pool of DedupWorker actors, one per cluster CPU, spread
+    over the nodes; a page whose worker died or whose shards did not answer is run again."""
     todo = [p for p in pages if not (parts / f"{p['name']}.edges.parquet").exists()]
-    cfg_dict, opts_dict = cfg.to_dict(), asdict(opts)
-    in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    if not todo:
+        return
+    n = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1))))
+    worker = ray.remote(DedupWorker).options(num_cpus=1, scheduling_strategy="SPREAD",
+                                             max_restarts=-1, max_task_retries=3)
+    pool = [worker.remote(cfg.to_dict(), asdict(opts)) for _ in range(n)]
     pending: dict = {}
     with tqdm(total=len(pages), initial=len(pages) - len(todo), unit="page", desc="dedup",
               disable=not opts.progress) as bar:
+        free, tries = list(pool), {}
         while todo or pending:
-            while todo and len(pending) < in_flight:
-                p = todo.pop()
-                ref = dedup_page.options(max_retries=3, retry_exceptions=[RuntimeError]).remote(
-                    cfg_dict, p["shard"], p["after"], opts_dict, str(parts / p["name"]))
-                pending[ref] = p
+            while todo and free:
+                p, w = todo.pop(), free.pop()
+                pending[w.run_page.remote(p["shard"], p["after"], str(parts / p["name"]))] = (p, w)
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                ray.get(ref)
-                pending.pop(ref)
-                bar.update(1)
+                p, w = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                    bar.update(1)
+                except (RuntimeError, ray.exceptions.RayError) as exc:
+                    tries[p["name"]] = tries.get(p["name"], 0) + 1
+                    if tries[p["name"]] > MAX_PAGE_TRIES:
+                        raise click.ClickException(f"page {p['name']} failed {MAX_PAGE_TRIES} times "
+                                                   f"({exc}); re-run to resume") from None
+                    todo.append(p)  # run again: its parts are written atomically
+                free.append(w)
+    for w in pool:
+        ray.kill(w)
 
 
 def _read_parts(parts: Path, kind: str, schema: pa.Schema) -> pa.Table:
@@ -246,7 +299,7 @@ def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
     pq.write_table(pa.Table.from_pylist(edges, schema=EDGE_SCHEMA), out / "edges.parquet")
     images = {r["id"]: r for r in _read_parts(parts, "images", IMAGE_SCHEMA).to_pylist()}
     groups = star_groups([(e["a"], e["b"], _strength(e, enc.bits)) for e in edges],
-                         {i: r["pixels"] for i, r in images.items()})
+                         {i: r["pixels"] for i, r in images.items()}, opts.support)
     write_groups(out, groups, images, calibrated)
     report = DedupReport(len(images), len(edges), groups, time.perf_counter() - t0, calibrated, str(out),
                          sorted(images), enc.bits)
@@ -341,18 +394,20 @@ def plot_duplicates(duplicates: dict[str, list[tuple[str, float]]], image_dir: s
 @click.option("--min-confidence", default=0.99, show_default=True, type=click.FloatRange(0, 1),
               help="Keep matches at least this likely to be copies (calibrated precision).")
 @click.option("--radius", default=None, type=int, help="Uncalibrated encoders: matches within this many bits.")
+@click.option("--views", default="full", show_default=True, type=click.Choice(["full", "stored"]),
+              help="full: read each image again and search all its query views; stored: its stored record only.")
 @click.option("--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="Matches looked at per image.")
 @click.option("--batch", default=256, show_default=True, type=click.IntRange(1, 10_000), help="Images per task.")
 @click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(index_dir, out_dir, min_confidence, radius, k, batch, address, quiet) -> None:
+def main(index_dir, out_dir, min_confidence, radius, views, k, batch, address, quiet) -> None:
     """Deduplicate a whole index as a Ray job (resumable; see rayapp.dedup)."""
     from rayapp.cluster import ensure_shards, init_ray
     meta = json.loads((Path(index_dir) / "neardup.json").read_text())
     cfg = load_config(overrides={"encoder": {"name": meta["encoder"]}, "shards": {"index_dir": index_dir}})
     init_ray(address)
     ensure_shards(cfg)
-    report = run_dedup(cfg, DedupOptions(out_dir, min_confidence, radius, k, batch, progress=not quiet))
+    report = run_dedup(cfg, DedupOptions(out_dir, min_confidence, views, radius, k, batch, progress=not quiet))
     print_groups(report)
 
 

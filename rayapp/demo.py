@@ -43,7 +43,7 @@ def make_queries(files: list[Path], out: Path, seed: int = 0) -> list[tuple[Path
 
 def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = True) -> None:
     from encoders.registry import get_encoder
-    from rayapp.cli import shutdown
+    from rayapp.cluster import shutdown
     from rayapp.cluster import init_ray
     from rayapp.config import load_config
     from rayapp.dedup import DedupOptions, dedup_paths

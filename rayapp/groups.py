@@ -3,12 +3,14 @@
 Single linkage (connected components) joins A and C when A matches B and B matches C, so a
 collection of similar photos (all the grey jackets of a shop) collapses into one giant group
 through a chain of look-alikes. Here a group is a *star*: one representative, the copy a user
-should keep, and only images that match it directly. Representatives are taken in keep order
-(most pixels first, then id), so the largest copy of a photo heads its group; a group can
-never be larger than its representative's matches plus one, however long a chain is.
+should keep, and only images that match it directly; a group can never be larger than its
+representative's matches plus one, however long a chain is. Representatives are taken in keep
+order: most matches first (the original is the hub its edited copies all match, while a
+copy pasted into a screenshot or a meme has more pixels but matches fewer of its siblings),
+then most pixels, then id.
 
 >>> groups = star_groups([("a.jpg", "b.jpg", 0.999), ("b.jpg", "c.jpg", 0.995)],
-...                      pixels={"a.jpg": 100, "b.jpg": 400, "c.jpg": 50})
+...                      pixels={"a.jpg": 400, "b.jpg": 100, "c.jpg": 50})
 >>> [(g.keep, g.members) for g in groups]
 [('b.jpg', {'a.jpg': 0.999, 'c.jpg': 0.995})]
 """
@@ -49,28 +51,53 @@ def strongest_edges(edges: Iterable[tuple[str, str, float]]) -> dict[tuple[str, 
     return best
 
 
-def keep_order(ids: Iterable[str], pixels: dict[str, int]) -> list[str]:
-    """Which copy to keep first: most pixels, then the smallest id."""
-    return sorted(ids, key=lambda i: (-int(pixels.get(i, 0)), i))
+def keep_order(ids: Iterable[str], pixels: dict[str, int], degree: dict[str, int] | None = None) -> list[str]:
+    """Which copy to keep first: most matches, then most pixels, then the smallest id."""
+    degree = degree or {}
+    return sorted(ids, key=lambda i: (-degree.get(i, 0), -int(pixels.get(i, 0)), i))
 
 
-def star_groups(edges: Iterable[tuple[str, str, float]], pixels: dict[str, int] | None = None) -> list[Group]:
-    """Groups of two or more images (see the module docstring), largest first."""
+def star_groups(edges: Iterable[tuple[str, str, float]], pixels: dict[str, int] | None = None,
+                support: float = 0.0) -> list[Group]:
+    """Groups of two or more images (see the module docstring), largest first.
+
+    With ``support`` > 0 an image left out of every star (each image it matches was taken by
+    another star first) joins the group where it matches at least two members and that
+    ``support`` share of them; a look-alike in a chain matches one, so chains still cannot
+    pass. Its confidence is then the weakest of the matches that admitted it.
+    """
     neighbours: dict[str, dict[str, float]] = defaultdict(dict)
     for (a, b), conf in strongest_edges(edges).items():
         neighbours[a][b] = neighbours[b][a] = conf
-    taken: set[str] = set()
+    order = keep_order(neighbours, pixels or {}, {i: len(n) for i, n in neighbours.items()})
+    group_of: dict[str, Group] = {}
     groups = []
-    for rep in keep_order(neighbours, pixels or {}):
-        if rep in taken:
+    for rep in order:
+        if rep in group_of:
             continue
-        members = {m: c for m, c in neighbours[rep].items() if m not in taken}
+        members = {m: c for m, c in neighbours[rep].items() if m not in group_of}
         if not members:
             continue
-        taken.add(rep)
-        taken.update(members)
-        groups.append(Group(rep, members))
+        g = Group(rep, members)
+        groups.append(g)
+        group_of.update({i: g for i in g.ids})
+    if support > 0:
+        _join_by_support([i for i in order if i not in group_of], neighbours, group_of, support)
     return sorted(groups, key=lambda g: (-len(g), g.keep))
+
+
+def _join_by_support(left: list[str], neighbours: dict, group_of: dict, support: float) -> None:
+    for item in left:
+        by_group: dict[int, tuple] = {}
+        for other, conf in neighbours[item].items():
+            g = group_of.get(other)
+            if g is not None:
+                _, confs = by_group.setdefault(id(g), (g, []))
+                confs.append(conf)
+        best = max(by_group.values(), key=lambda gc: (len(gc[1]), min(gc[1])), default=None)
+        if best and len(best[1]) >= max(2, support * len(best[0])):
+            best[0].members[item] = min(best[1])
+            group_of[item] = best[0]
 
 
 def pair_scores(groups: list[Group], truth: dict[str, str]) -> dict:

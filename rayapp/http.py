@@ -187,6 +187,33 @@ def int_param(value: Any, name: str, lo: int, hi: int) -> int:
 SEARCH_PARAMS = ("k", "radius", "min_confidence", "with_meta")
 
 
+_ITEM = {"type": "object", "additionalProperties": False, "properties": {
+    "image": {"type": "string", "description": "the image file, base64"},
+    "code": {"type": "string", "description": "a stored code, hex"},
+    "id": {"type": "string"}, "meta": {"type": "object"}}}
+_SEARCH = {**_ITEM, "properties": {**_ITEM["properties"],
+                                   "k": {"type": "integer"}, "radius": {"type": "integer"},
+                                   "min_confidence": {"type": "number"}, "with_meta": {"type": "boolean"}}}
+_MULTIPART = {"type": "object", "properties": {"file": {"type": "string", "format": "binary"},
+                                               "k": {"type": "integer"}, "id": {"type": "string"}}}
+
+
+def request_body(schema: dict) -> dict:
+    """OpenAPI ``requestBody`` for a route that parses its own body (``parse_request``): JSON,
+    multipart with a ``file``, or raw image bytes. Documents the API and drives the fuzz tests."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema},
+        "multipart/form-data": {"schema": _MULTIPART},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+SEARCH_BODY = request_body(_SEARCH)
+ITEMS_BODY = request_body({"oneOf": [_ITEM, {"type": "object", "additionalProperties": False, "properties": {
+    "items": {"type": "array", "items": _ITEM}}}]})
+HASH_BODY = request_body({"type": "object", "additionalProperties": False,
+                          "properties": {"image": _ITEM["properties"]["image"]}})
+
+
 def check_bearer(header: str, tokens: list[str]) -> None:
     """Pass when ``tokens`` is empty or the Authorization header carries one of them (compared
     in constant time); else 401 (no header) or 403. Tokens never appear in a message."""

@@ -136,14 +136,14 @@ class Searcher:
             return []
         q0 = queries[0]
         curve = self.curve(q0.kind, min_confidence)
-        views = len(q0.codes)
+        bounds = np.cumsum([0] + [len(q.codes) for q in queries])
         stack = lambda name: (None if getattr(q0, name) is None  # noqa: E731
                               else np.concatenate([getattr(q, name) for q in queries]))
         depth = max(self._depth(q) for q in queries)
         fetch = max(k, depth)
         rows, missing = self.router.search(stack("codes"), fetch, radius, with_meta,
                                            stack("weights"), stack("vectors"))
-        merged = [self._merged(q, rows[i * views:(i + 1) * views], fetch) for i, q in enumerate(queries)]
+        merged = [self._merged(q, rows[bounds[i]:bounds[i + 1]], fetch) for i, q in enumerate(queries)]
         if depth and curve is not None:
             merged = self._verify_needed(queries, merged, curve, min_confidence)
         return [Answer(self._finish(q, hits, k, min_confidence), missing)
@@ -164,7 +164,8 @@ class Searcher:
         return [with_inliers(hits, c) if c else hits for hits, c in zip(merged, by_query)]
 
 
-def encode_query(encoder, img, encoder_cfg, rank: str | None = None, tta: str | None = None) -> QueryViews:
+def encode_query(encoder, img, encoder_cfg, rank: str | None = None, tta: str | None = None,
+                 keypoints: bool = True) -> QueryViews:
     """A decoded image -> its QueryViews, encoded in this process: the configured views
     (``encoders.tta.query_variants``), bit confidences for weighted ranking, side vectors for
     vector ranking, and keypoints as given and mirrored when hits are verified."""
@@ -176,7 +177,7 @@ def encode_query(encoder, img, encoder_cfg, rank: str | None = None, tta: str | 
     return QueryViews(codes, list(names),
                       weights if rank != "hamming" else None,
                       vectors if rank == "vector" else None,
-                      extract_query(img) if int(encoder_cfg.verify) > 0 else None)
+                      extract_query(img) if keypoints and int(encoder_cfg.verify) > 0 else None)
 
 
 def matched_as(hit: dict) -> str:

@@ -39,8 +39,9 @@ from encoders.keypoints import extract as extract_keypoints, extract_query
 from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_images
 from rayapp import metrics
 from rayapp.config import Config, load_config
-from rayapp.http import (ApiError, Item, RateLimiter, bool_param, check_bearer, check_id, decode_status,
-                         error_response, float_param, int_param, parse_request)
+from rayapp.http import (HASH_BODY, ITEMS_BODY, SEARCH_BODY, ApiError, Item, RateLimiter, bool_param,
+                         check_bearer, check_id, decode_status, error_response, float_param, int_param,
+                         parse_request)
 from rayapp.router import ShardRouter, ShardUnavailable
 from rayapp.searcher import NeedsCalibration, QueryViews, Searcher
 from shards.vectors import records
@@ -328,7 +329,7 @@ class Ingress:
         """One query -> its encoded views (``rayapp.searcher.QueryViews``): a hex code is one
         view; an image has the encoder's views, with bit confidences for weighted ranking, side
         vectors for vector ranking and packed keypoints to verify its hits, where configured."""
-        if item.code is not None:
+        if item.code is not None or item.data is None:  # _codes answers 422 for neither or both
             return QueryViews.of_code((await self._codes([item]))[0])
         answer = await self._encoder_call("encode_image", item.data, True)
         _answer_code(answer, "")
@@ -391,7 +392,7 @@ class Ingress:
                 "total_count": sum(int(r["count"] or 0) for r in shards),
                 "partial": bool(missing) or "error" in encoder, "missing_shards": missing}
 
-    @api.post("/v1/hash")
+    @api.post("/v1/hash", openapi_extra=HASH_BODY)
     async def hash_image(self, request: Request) -> dict:
         """One image -> its code as hex."""
         self._admit(request)
@@ -403,7 +404,7 @@ class Ingress:
         code = (await self._codes(items))[0]
         return {"encoder": info["encoder"], "bits": info["bits"], "code": code_to_hex(code)}
 
-    @api.post("/v1/search")
+    @api.post("/v1/search", openapi_extra=SEARCH_BODY)
     async def search(self, request: Request) -> dict:
         """Image or hex code -> nearest ids across all shards: by Hamming distance, re-ranked by
         weighted Hamming distance (``weighted``) for image queries when ``encoder.rank`` is weighted."""
@@ -430,7 +431,7 @@ class Ingress:
                 "code": code_to_hex(query.code),
                 "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
-    @api.post("/v1/items")
+    @api.post("/v1/items", openapi_extra=ITEMS_BODY)
     async def add_items(self, request: Request) -> dict:
         """Add images (or codes) under given ids, or the sha256 of the image bytes; durable on return."""
         self._admit(request, write=True)

@@ -339,12 +339,6 @@ class BinaryIndex(ABC):
                 "params": self.params, "state": state}
         (out / META_FILE).write_text(json.dumps(meta, indent=1))
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "BinaryIndex":
-        from shards.index import load_index  # the factory knows every kind
-
-        return load_index(path)
-
     # -- per kind ---------------------------------------------------------------------------------
     @abstractmethod
     def _add(self, ids: np.ndarray, codes: np.ndarray) -> None: ...

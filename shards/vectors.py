@@ -15,14 +15,6 @@ import numpy as np
 VECTOR_SCALE = 32.0
 
 
-def quantize(vectors: np.ndarray) -> np.ndarray:
-    """float (n, d) -> int8 (n, d), each row scaled so its largest magnitude is 127 (the
-    cosine does not depend on a row's scale)."""
-    v = np.asarray(vectors, dtype=np.float32)
-    peak = np.abs(v).max(axis=1, keepdims=True) if v.size else np.ones((len(v), 1), np.float32)
-    return np.round(v * (127.0 / np.maximum(peak, 1e-12))).astype(np.int8)
-
-
 def vector_distance(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
     """One query vector (d,) against stored int8 vectors (m, d) -> float32 (m,):
     ``(1 - cosine) * VECTOR_SCALE``; NaN where a stored vector is all zero (none stored)."""

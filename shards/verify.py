@@ -7,8 +7,7 @@ side vector; the router asks the shards to verify only a query's top ``verify`` 
 :func:`inliers` matches ORB descriptors (FAISS Hamming 2-NN, ratio test) and counts the matches
 one similarity transform explains (OpenCV RANSAC); :func:`verify_bonus` turns the count into a distance credit.
 
-Packed layout (``KEYPOINT_BYTES``): uint16 count, uint16 reserved, ``KEYPOINTS`` (x, y) uint16 in
-1/16 pixel of the image scaled to ``KEYPOINT_SIDE``, then ``KEYPOINTS`` 32-byte descriptors.
+The packed layout (``KEYPOINT_BYTES``, ``pack``/``unpack``) is ``formats.keypoints``.
 """
 from __future__ import annotations
 
@@ -16,11 +15,8 @@ import cv2
 import faiss
 import numpy as np
 
-KEYPOINTS = 256          # ORB keypoints kept per image (validation: 64 -> 0.95, 256 -> 0.97 mAP@100)
-KEYPOINT_SIDE = 320      # longest side the image is scaled to before detection
-DESCRIPTOR_BYTES = 32    # ORB: 256 bits
-_XY_SCALE = 16.0
-KEYPOINT_BYTES = 4 + KEYPOINTS * (4 + DESCRIPTOR_BYTES)
+from formats.keypoints import KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack, unpack  # noqa: F401
+
 RATIO = 0.85             # Lowe's ratio test on Hamming distances
 REPROJ_PX = 4.0          # RANSAC inlier threshold, pixels at KEYPOINT_SIDE
 MIN_MATCHES = 5
@@ -33,30 +29,6 @@ BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 6, 30, 8.0
 VERIFY_DEPTH = 20
 
 cv2.setNumThreads(1)  # callers run many in parallel (Ray workers, Serve replicas)
-
-
-def pack(xy: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
-    """(m, 2) float pixel positions and (m, 32) uint8 descriptors -> (KEYPOINT_BYTES,) uint8."""
-    m = min(len(xy), KEYPOINTS)
-    out = np.zeros(KEYPOINT_BYTES, np.uint8)
-    out[:2] = np.frombuffer(np.uint16(m).tobytes(), np.uint8)
-    pos = np.clip(np.round(np.asarray(xy[:m], np.float32) * _XY_SCALE), 0, 65535).astype("<u2")
-    out[4:4 + 4 * m] = pos.view(np.uint8).ravel()
-    start = 4 + 4 * KEYPOINTS
-    out[start:start + DESCRIPTOR_BYTES * m] = np.asarray(descriptors[:m], np.uint8).ravel()
-    return out
-
-
-def unpack(packed: np.ndarray | bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Packed keypoints -> ((m, 2) float32 positions, (m, 32) uint8 descriptors); m = 0 for an
-    all-zero block (an entry stored without keypoints)."""
-    buf = np.frombuffer(bytes(packed), np.uint8) if not isinstance(packed, np.ndarray) else packed
-    if len(buf) != KEYPOINT_BYTES:
-        raise ValueError(f"keypoints must be {KEYPOINT_BYTES} bytes, got {len(buf)}")
-    m = min(int(buf[:2].view("<u2")[0]), KEYPOINTS)
-    xy = buf[4:4 + 4 * m].view("<u2").reshape(m, 2).astype(np.float32) / _XY_SCALE
-    start = 4 + 4 * KEYPOINTS
-    return xy, buf[start:start + DESCRIPTOR_BYTES * m].reshape(m, DESCRIPTOR_BYTES)
 
 
 def inliers(query: np.ndarray | bytes, stored: np.ndarray | bytes) -> int:

@@ -355,7 +355,8 @@ def test_ray_actor_survives_kill(ray_cluster, tmp_path):
 
 
 def test_side_vectors_rank_hits_and_survive_restart(tmp_path):
-    from shards.vectors import VECTOR_SCALE, quantize, records, vector_distance
+    from formats.vectors import quantize
+    from shards.vectors import VECTOR_SCALE, records, vector_distance
     rng = np.random.default_rng(5)
     codes, floats = codes_for(40), rng.normal(size=(40, BITS)).astype(np.float32)
     a = ShardActor(0, str(tmp_path / "s"), BITS, vector_bytes=BITS)

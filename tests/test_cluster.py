@@ -132,6 +132,15 @@ def test_ray_job_submit_runs_the_ingest_job():
         assert re.search(r"listed 5, skipped 0 already indexed, indexed 5, errors 0", out), out
         assert "succeeded" in out
         assert json.loads((tmp / "index" / INDEX_META).read_text())["num_shards"] == 1
+        job = subprocess.run(  # the dedup job over that index, through the same job API
+            [str(bin_dir / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+             "--", "python", "-m", "rayapp.dedup", "--index-dir", str(tmp / "index"),
+             "--out", str(tmp / "dedup"), "--quiet"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        out = job.stdout + job.stderr
+        assert job.returncode == 0 and "succeeded" in out, out
+        assert re.search(r"\d+ groups among 5 images", out), out
+        assert (tmp / "dedup" / "groups.csv").is_file() and (tmp / "dedup" / "report.html").is_file()
     finally:
         head.kill()  # with --block, every process the head started shares its fate
         head.wait(timeout=60)
@@ -259,6 +268,22 @@ def test_shard_metrics_are_exported_by_each_shard_node(cluster, cfg):
     assert all(v == {"wal_fsync_ms_count", "shard_codes"} for v in seen.values()), seen
 
 
+def _kill_once_written(cmd: list[str], env: dict, folder: Path, pattern: str, log: Path) -> None:
+    """Run ``cmd`` and SIGKILL it as soon as a file matching ``pattern`` appears in ``folder``."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(folder.glob(pattern)):
+            assert proc.poll() is None, f"the job ended before it was killed:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no {pattern} within 240 s"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+
+
 def test_ingest_killed_midway_then_rerun_is_exact(cluster, tmp_path):
     index_dir = tmp_path / "index"
     ns = f"neardup-ingest-{uuid.uuid4().hex[:8]}"
@@ -271,19 +296,7 @@ def test_ingest_killed_midway_then_rerun_is_exact(cluster, tmp_path):
     images = len([p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".png")])
     manifest = index_dir / "manifest"
 
-    log = tmp_path / "ingest.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        while not list(manifest.glob("part-*.parquet")):
-            assert proc.poll() is None, f"ingest ended before it was killed:\n{log.read_text()}"
-            assert time.monotonic() < deadline, "no manifest part within 240 s"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
+    _kill_once_written(cmd, env, manifest, "part-*.parquet", tmp_path / "ingest.log")
     done_before = read_manifest(str(manifest)).num_rows
     assert 0 < done_before < images, "the job was not killed mid-way"
 
@@ -304,3 +317,48 @@ def test_ingest_killed_midway_then_rerun_is_exact(cluster, tmp_path):
             assert router.get(row["id"])["code"] == row["code"].hex()
     finally:
         kill_shards(cfg2)
+
+
+def test_dedup_job_killed_midway_then_rerun_has_every_edge_once(cluster, tmp_path):
+    """The dedup job on the simulated cluster (2 shards, deephash, real photos and edited copies):
+    killed once its first page is written, then run again, it finishes the other pages only and
+    every matching pair appears once; the copies are grouped with their originals."""
+    from PIL import Image
+    from tests.helpers_images import edited_copy
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    originals = sorted(SAMPLES.glob("*.jpg"))[:10]
+    for f in originals:
+        shutil.copy(f, photos / f.name)
+    for f in originals[:3]:
+        with Image.open(f) as im:
+            edited_copy(im, "jpeg").save(photos / f"{f.stem}__copy.jpg", quality=90)
+    ns = f"neardup-dedup-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "NEARDUP_SHARDS_PLACEMENT": "local", "NEARDUP_SHARDS_NAMESPACE": ns,
+           "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    index_dir, out = tmp_path / "index", tmp_path / "dedup"
+    ingest = subprocess.run([sys.executable, "-m", "rayapp.ingest", str(photos), "--index-dir", str(index_dir),
+                             "--shards", "2", "--address", cluster.address, "--quiet"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    cmd = [sys.executable, "-m", "rayapp.dedup", "--index-dir", str(index_dir), "--out", str(out),
+           "--batch", "1", "--address", cluster.address, "--quiet"]
+    _kill_once_written(cmd, env, out / "parts", "*.edges.parquet", tmp_path / "dedup.log")
+    pages = len(json.loads((out / "parts" / "plan.json").read_text())["pages"])
+    done_before = len(list((out / "parts").glob("*.edges.parquet")))
+    assert 0 < done_before < pages, "the job was not killed mid-way"
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert len(list((out / "parts").glob("*.edges.parquet"))) == pages
+    import pyarrow.parquet as pq
+    edges = pq.read_table(out / "edges.parquet").to_pylist()
+    pairs = [(e["a"], e["b"]) for e in edges]
+    assert len(pairs) == len(set(pairs))
+    for f in originals[:3]:
+        assert (f.name, f"{f.stem}__copy.jpg") in pairs or (f"{f.stem}__copy.jpg", f.name) in pairs
+    assert "groups among 13 images" in rerun.stdout
+    cfg2 = Config()
+    cfg2.shards.index_dir, cfg2.shards.namespace = str(index_dir), ns
+    kill_shards(cfg2)

@@ -99,3 +99,14 @@ def test_find_duplicates_and_the_report(local_ray, collection, tmp_path):
     html = page.read_text()
     assert html.count("<div class=g>") == 2 and "data:image/jpeg;base64," in html
     assert "confidence" in html
+
+
+def test_support_lets_a_copy_join_through_its_siblings_but_not_a_chain():
+    # k is the original; c1..c3 copies; c4 matches c1 and c2 but not k (taken before it could
+    # lead a star); z matches only c3 (a look-alike of one member)
+    edges = [("k", "c1", 1.0), ("k", "c2", 1.0), ("k", "c3", 1.0), ("c4", "c1", 0.995),
+             ("c4", "c2", 0.992), ("z", "c3", 0.999)]
+    plain = star_groups(edges)
+    assert [g.keep for g in plain] == ["k"] and "c4" not in plain[0].members
+    (g,) = star_groups(edges, support=0.5)
+    assert g.members["c4"] == 0.992 and "z" not in g.members

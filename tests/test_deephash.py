@@ -234,7 +234,7 @@ def test_recalibrate_bn_uses_final_weights():
 
 
 def test_metrics_rank_ties_pessimistically():
-    from encoders.evaluate import micro_ap, rank_pessimistic, score_codes
+    from rayapp.evaluate import micro_ap, rank_pessimistic, score_codes
     dist = np.array([[3, 3, 5], [1, 2, 2], [4, 4, 4]])
     assert rank_pessimistic(dist, np.array([0, 0, 2])).tolist() == [2, 1, 3]
     assert micro_ap(np.array([0.9, 0.9]), np.array([True, False]), 1) == pytest.approx(0.5)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from encoders.evaluate import ALL_FAMILIES, build_benchmark, evaluate
+from rayapp.evaluate import ALL_FAMILIES, build_benchmark, evaluate
 
 SAMPLES = Path(__file__).resolve().parents[1] / "rayapp" / "samples"
 
@@ -60,7 +60,7 @@ def test_deephash_beats_pdq_on_real_edits(report):
 
 def test_distances_take_the_best_stored_view_plus_its_cost():
     import numpy as np
-    from encoders.evaluate import distances
+    from rayapp.evaluate import distances
     q = np.array([[[0b1111]]], dtype=np.uint8)                    # 1 query, 1 view, 1 byte
     refs = np.array([[[0b0000], [0b1110]], [[0b1100], [0b0000]]], dtype=np.uint8)  # 2 refs x 2
     assert distances(q, None, refs, ref_view_cost=0.5).tolist() == [[1.5, 2.0]]

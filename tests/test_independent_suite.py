@@ -64,7 +64,7 @@ def test_subsets_split_sources_into_disjoint_halves():
 
 
 def test_eval_scores_both_suites_side_by_side(tmp_path):
-    from encoders.eval_cli import main
+    from rayapp.eval_cli import main
     out = tmp_path / "eval.json"
     fams = len(SUITES["independent"])
     rc = main(["--originals", str(SAMPLES), "--workdir", str(tmp_path / "bench"), "--n-refs", "10",

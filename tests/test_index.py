@@ -175,7 +175,7 @@ def test_save_load_roundtrip(built, tmp_path):
     D1, I1 = index.search(queries, 10)
     D2, I2 = loaded.search(queries, 10)
     assert (D1 == D2).all() and (I1 == I2).all()
-    assert BinaryIndex.load(tmp_path / "ix").ntotal == index.ntotal
+    assert load_index(tmp_path / "ix").ntotal == index.ntotal
     # tombstones survive a round trip, and the loaded index keeps accepting adds
     loaded.remove(ids[:3])
     loaded.save(tmp_path / "ix2")

@@ -156,7 +156,8 @@ def test_weighted_rerank_orders_by_bit_confidence(router, data):
 
 
 def test_side_vectors_rank_across_shards_and_fold_views(ray_cluster, tmp_path):
-    from shards.vectors import quantize, records
+    from formats.vectors import quantize
+    from shards.vectors import records
     r = ShardRouter(_make_shards(tmp_path, n=3, vector_bytes=BITS), timeout_s=5.0, ref_views=1)
     rng = np.random.default_rng(11)
     codes = rng.integers(0, 256, (30, BITS // 8), dtype=np.uint8)

@@ -325,3 +325,28 @@ def test_unusual_files_never_give_a_5xx(server, path):
         assert answers[name] == 200, (name, answers[name])  # images, however odd
     assert answers["bomb.png"] == 413 and answers["empty.jpg"] == 400
     assert answers["truncated.jpg"] in (200, 422) and answers["page.html"] == 422
+
+
+# ---- fuzzing from the OpenAPI schema (schemathesis): every operation, bounded examples --------
+def test_every_operation_fuzzed_from_its_schema_never_fails_the_server(server):
+    """Requests generated from the served OpenAPI schema for every operation (paths, ids, JSON
+    bodies, multipart, raw bytes; 25 each) get an answer below 500, with a JSON error for every
+    4xx. (schemathesis' Python API with hypothesis, not its pytest plugin.)"""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    client, _ = server
+    schema = schemathesis.openapi.from_url(f"{client.base_url}/openapi.json")
+    operations = [r.ok() for r in schema.get_all_operations()]
+    assert {(o.method, o.path) for o in operations} >= {("post", "/v1/search"), ("post", "/v1/items"),
+                                                         ("delete", "/v1/items/{item_id}")}
+    for op in operations:
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=op.as_strategy())
+        def answers_below_500(case):
+            time.sleep(0.05)  # under the test server's rate limit
+            resp = case.call(base_url=str(client.base_url), headers=AUTH, timeout=30)
+            assert resp.status_code < 500, (case.method, case.path, resp.status_code, resp.text[:300])
+            if resp.status_code >= 400:
+                assert isinstance(resp.json().get("error"), str), resp.text[:300]
+        answers_below_500()
+    assert client.get("/healthz").json() == {"status": "ok"}

@@ -12,7 +12,7 @@ Metrics (per encoder):
 - recall@1 (strictly closest; ties count as misses), per-family recall@1, encode speed (img/s,
   decode + preprocess + encode, one process).
 
-The command line (``neardup eval``, both suites side by side) is ``encoders.eval_cli``.
+The command line (``neardup eval``, both suites side by side) is ``rayapp.eval_cli``.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 and fit or check the confidence curves; one JSON per run in bench/results.
 
     neardup eval --originals DIR... --subset 1/2 --workdir runs/bench-test --encoders SPEC...
-    python -m encoders.eval_cli --refs DIR --queries DIR --ground-truth gt.csv --encoders deephash pdq
+    python -m rayapp.eval_cli --refs DIR --queries DIR --ground-truth gt.csv --encoders deephash pdq
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders.benchmark import SUITES, build_benchmark
-from encoders.evaluate import RESULTS_DIR, git_rev, evaluate, parse_spec
+from rayapp.evaluate import RESULTS_DIR, git_rev, evaluate, parse_spec
 from shards.verify import VERIFY_DEPTH
 
 

@@ -1,8 +1,8 @@
 """The model card: what a weights file is, how it was trained, and how it scores on both edit
 suites (``encoders.benchmark``), written from the weights' metadata and an eval JSON.
 
-    python -m encoders.model_card WEIGHTS EVAL.json --notes NOTES.md --out encoders/weights/MODEL_CARD.md
-    python -m encoders.model_card --readme README.md EVAL.json    # the README's table, regenerated
+    python -m rayapp.model_card WEIGHTS EVAL.json --notes NOTES.md --out encoders/weights/MODEL_CARD.md
+    python -m rayapp.model_card --readme README.md EVAL.json    # the README's table, regenerated
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from encoders.eval_cli import format_suites
+from rayapp.eval_cli import format_suites
 
 README_START, README_END = "<!-- eval-table:start -->", "<!-- eval-table:end -->"
 
@@ -81,14 +81,14 @@ def render_readme(readme: str | Path, combined: dict, source: str) -> None:
     text = Path(readme).read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: no {README_START} ... {README_END} block to replace")
-    table = f"{README_START}\n<!-- generated from {source} by python -m encoders.model_card -->\n" \
+    table = f"{README_START}\n<!-- generated from {source} by python -m rayapp.model_card -->\n" \
             f"{format_suites(combined)}\n{README_END}"
     pattern = re.escape(README_START) + ".*?" + re.escape(README_END)
     Path(readme).write_text(re.sub(pattern, lambda _: table, text, flags=re.S))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m encoders.model_card", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m rayapp.model_card", description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="?", help="weights file the card describes")
     ap.add_argument("eval_json", help="a `neardup eval` JSON (both suites)")
     ap.add_argument("--notes", help="markdown file appended as the card's notes")
