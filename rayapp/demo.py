@@ -75,7 +75,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
                          enc.default_radius)
         click.secho("[4/4] deduplicating samples + edited copies (a Ray job) into an HTML report", bold=True)
         dedup = dedup_paths([str(staged), str(out / "queries")],
-                            DedupOptions(out_dir=str(out / "dedup"), progress=False))
+                            DedupOptions(out_dir=str(out / "dedup"), views="stored", progress=False))
         for n, g in enumerate(dedup.groups, 1):
             click.echo(f"      group {n}: " + ", ".join(g.ids))
         click.echo(f"      {len(dedup.groups)} duplicate groups (calibrated precision >= 0.99); "

@@ -116,7 +116,7 @@ def test_dedup_of_a_folder(images, query, tmp_path):
 
 @pytest.mark.slow
 def test_demo_shows_real_matches(tmp_path):
-    r = run("demo", "--exit", "--port", free_port(), "--out", tmp_path / "demo", timeout=600)
+    r = run("demo", "--exit", "--port", free_port(), "--out", tmp_path / "demo", timeout=1200)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "found" in r.stdout and "API listening at" in r.stdout
     assert (tmp_path / "demo" / "dedup" / "report.html").is_file() and "group 1: " in r.stdout
