@@ -207,13 +207,17 @@ def _load_plan(out: Path, shards: list, opts: DedupOptions) -> list[dict]:
 
 
 def _run_pages(cfg: Config, pages: list[dict], opts: DedupOptions, parts: Path) -> None:
-    """Run the pages not done yet on a pool of DedupWorker actors, one per cluster CPU, spread
-    over the nodes; a page whose worker died or whose shards did not answer is run again."""
+    """Run the pages not done yet on a pool of DedupWorker actors, one per free cluster CPU,
+    spread over the nodes; a page whose worker died or whose shards did not answer is run again."""
     todo = [p for p in pages if not (parts / f"{p['name']}.edges.parquet").exists()]
     if not todo:
         return
-    n = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1))))
-    worker = ray.remote(DedupWorker).options(num_cpus=1, scheduling_strategy="SPREAD",
+    # size the pool by the CPUs free now: Serve replicas or an ingest may hold the rest, and a
+    # worker asking for a CPU nobody frees would wait forever
+    free_cpus = ray.available_resources().get("CPU", 0)
+    n = max(1, min(len(todo), int(free_cpus)))
+    worker = ray.remote(DedupWorker).options(num_cpus=1 if free_cpus >= 1 else 0,
+                                             scheduling_strategy="SPREAD",
                                              max_restarts=-1, max_task_retries=3)
     pool = [worker.remote(cfg.to_dict(), asdict(opts)) for _ in range(n)]
     pending: dict = {}

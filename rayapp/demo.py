@@ -46,7 +46,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
     from rayapp.cluster import shutdown
     from rayapp.cluster import init_ray
     from rayapp.config import load_config
-    from rayapp.dedup import DedupOptions, dedup_paths
+    from rayapp.dedup import DedupOptions, run_dedup
     from rayapp.ingest import IngestOptions, run_ingest
     from rayapp.serve import run_server, stop_on_signals, wait_for_signal
 
@@ -74,8 +74,8 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
         _query_over_http(f"http://{cfg.serve.host}:{port}", make_queries(files, out / "queries"),
                          enc.default_radius)
         click.secho("[4/4] deduplicating samples + edited copies (a Ray job) into an HTML report", bold=True)
-        dedup = dedup_paths([str(staged), str(out / "queries")],
-                            DedupOptions(out_dir=str(out / "dedup"), views="stored", progress=False))
+        _add_over_http(f"http://{cfg.serve.host}:{port}", sorted((out / "queries").iterdir()))
+        dedup = run_dedup(cfg, DedupOptions(out_dir=str(out / "dedup"), views="stored", progress=False))
         for n, g in enumerate(dedup.groups, 1):
             click.echo(f"      group {n}: " + ", ".join(g.ids))
         click.echo(f"      {len(dedup.groups)} duplicate groups (calibrated precision >= 0.99); "
@@ -88,6 +88,16 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
             wait_for_signal(stop)
     finally:
         shutdown()
+
+
+def _add_over_http(base: str, paths: list[Path]) -> None:
+    """Store the edited copies in the served index too (POST /v1/items), so the dedup job
+    groups them with their originals."""
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for path in paths:
+            with open(path, "rb") as fh:
+                http.post("/v1/items", files={"file": (path.name, fh, "image/jpeg")},
+                          data={"id": path.name}).raise_for_status()
 
 
 MATCH_CONFIDENCE = 0.5  # the demo calls a hit a match from this calibrated precision on
