@@ -214,7 +214,7 @@ def serve(config_path, index_dir, host, port, num_shards, token, read_token, enc
           dashboard, metrics_port) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray, shutdown
-    from rayapp.serve import run_server, stop_on_signals, wait_for_signal
+    from rayapp.lifecycle import run_server, stop_on_signals, wait_for_signal
     cfg = load_config(config_path, overrides={
         "encoder": {"name": encoder, "tta": tta},
         "shards": {"index_dir": index_dir, "num_shards": num_shards},

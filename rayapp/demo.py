@@ -48,7 +48,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
     from rayapp.config import load_config
     from rayapp.dedup import DedupOptions, run_dedup
     from rayapp.ingest import IngestOptions, run_ingest
-    from rayapp.serve import run_server, stop_on_signals, wait_for_signal
+    from rayapp.lifecycle import run_server, stop_on_signals, wait_for_signal
 
     out = Path(out_dir).resolve()
     shutil.rmtree(out, ignore_errors=True)

@@ -22,7 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from rayapp.router import ShardRouter, merge_variants, order_key, with_confidence, with_inliers
+from rayapp.ranking import merge_variants, order_key, with_confidence, with_inliers
+from rayapp.router import ShardRouter
 from shards.verify import VERIFY_BONUS, verify_bonus
 
 

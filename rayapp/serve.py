@@ -1,13 +1,12 @@
-"""The Ray Serve application: a FastAPI ingress over the shard router and a batching encoder.
+"""The Ray Serve application: a FastAPI ingress over the shard router and the encoder.
 
     serve run rayapp.serve:app          # config from $NEARDUP_CONFIG (YAML) and NEARDUP_* env
-    neardup serve --index-dir DIR       # the CLI calls run_server()
+    neardup serve --index-dir DIR       # the CLI calls rayapp.lifecycle.run_server()
 
-Deployments: ``Encoder`` decodes untrusted bytes (pixel cap, EXIF) in threads and encodes
-dynamically batched arrays (``serve.batch``; GPU when one exists); ``Ingress`` validates
-requests, asks the encoder for codes and fans queries out to every shard through
-:class:`rayapp.router.ShardRouter`. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx
-status, never a traceback.
+``Ingress`` validates requests, asks the Encoder deployment (``rayapp.encoder_deployment``)
+for codes and answers queries through one :class:`rayapp.searcher.Searcher` over the shard
+router. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx status, never a traceback
+(``rayapp.api``).
 """
 
 import asyncio
@@ -16,31 +15,24 @@ import hashlib
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import ray
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Request
 from ray import serve
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from encoders.base import check_rank, code_to_hex, hex_to_code
-from encoders.decode import ImageDecodeError, load_image
-from encoders.keypoints import extract as extract_keypoints, extract_query
-from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_images
+from encoders.base import code_to_hex, hex_to_code
 from rayapp import metrics
+from rayapp.api import api, version
 from rayapp.config import Config, load_config
+from rayapp.encoder_deployment import WARM_UP_IMAGE, EncoderDeployment, use_gpu
 from rayapp.http import (HASH_BODY, ITEMS_BODY, SEARCH_BODY, ApiError, Item, RateLimiter, bool_param,
-                         check_bearer, check_id, decode_status, error_response, float_param, int_param,
+                         check_bearer, check_id, error_response, float_param, int_param,
                          parse_request)
 from rayapp.router import ShardRouter, ShardUnavailable
 from rayapp.searcher import NeedsCalibration, QueryViews, Searcher
@@ -49,161 +41,7 @@ from shards.vectors import records
 log = logging.getLogger(__name__)
 
 APP_NAME = "neardup"
-CPU_ONLY_ENCODERS = frozenset({"pdq", "phash"})  # classical hashes never use a GPU
 ENCODER_TIMEOUT_S = 60.0
-BATCH_WAIT_S = 0.002  # a query's views arrive together; waiting longer only adds to its latency
-
-
-def _warm_up_png() -> bytes:
-    """A small photo-like PNG (a gradient with a square) that every view and detector can run on."""
-    import io
-    from PIL import ImageDraw
-    img = Image.linear_gradient("L").resize((96, 72)).convert("RGB")
-    ImageDraw.Draw(img).rectangle((20, 15, 60, 50), fill=(200, 40, 40))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-_WARM_UP_IMAGE = _warm_up_png()
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("neardup")
-    except Exception:  # noqa: BLE001 - running from a source tree without install
-        return "0.0.0+local"
-
-
-# ---------------------------------------------------------------------------------------
-# deployments
-# ---------------------------------------------------------------------------------------
-@serve.deployment(name="Encoder", max_ongoing_requests=128)
-class EncoderDeployment:
-    """Holds one encoder; decodes bytes in threads and encodes arrays in dynamic batches."""
-
-    def __init__(self, cfg: Config):
-        from encoders.registry import get_encoder
-        self.encoder = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights,
-                                   device=cfg.encoder.device)
-        self.tta = check_mode(cfg.encoder.tta)
-        self.rank = check_rank(cfg.encoder.rank)
-        self.content = bool(cfg.encoder.content)
-        self.ref_views = check_ref_views(cfg.encoder.ref_views)
-        self.max_pixels = int(cfg.encoder.max_pixels)
-        self.verify = max(0, int(cfg.encoder.verify))  # queries: keypoints to verify hits
-        self.keypoints = bool(cfg.shards.keypoints)    # stored images: keypoints to keep
-        self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
-
-    def info(self) -> dict:
-        """Encoder name, bits, input size, the query-time TTA mode and ranking."""
-        return {**self.encoder.info(), "tta": self.tta, "content": self.content, "rank": self.rank,
-                "ref_views": list(self.ref_views), "verify": self.verify}
-
-    async def encode_image(self, data: bytes, query: bool = False, store: bool = False) -> dict:
-        """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``.
-
-        For a query, ``"variants"`` holds the codes to search and ``"names"`` their names: the
-        plain code first, then with TTA those of the flipped/rotated variants and of the photo
-        inside a flat frame, if any (``encoders.tta.query_variants``); with weighted ranking (and
-        an encoder that has bit confidences) ``"weights"`` holds each variant's confidences.
-        With ``vector`` ranking (and an encoder that has them) ``"vectors"`` holds each variant's
-        int8 side vector. To ``store`` the image, ``"vector"`` is its side vector (None without)
-        and ``"views"`` maps each configured reference view to that crop's (code, vector).
-        ``"keypoints"`` holds the image's packed keypoints (``encoders.keypoints``) to store it
-        (``shards.keypoints``) or to verify a query's hits (``encoder.verify``), else None.
-        Every array goes through the same dynamic batcher.
-        """
-        try:
-            img, arrays, names = await asyncio.to_thread(self._views, data, query, store)
-        except ImageDecodeError as exc:
-            return {"error": str(exc), "status": decode_status(exc)}
-        # keypoints (OpenCV) are found in another thread while the views are encoded (torch):
-        # both release the GIL, so on two cores the query waits for the longer, not the sum
-        found = asyncio.ensure_future(asyncio.to_thread(self._keypoints, img, query, store))
-        parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
-        keypoints = await found
-        if not query:
-            if not store:
-                return {"code": parts[0][0]}
-            views = {name: (code, vec) for name, (code, _, vec) in zip(names[1:], parts[1:])}
-            return {"code": parts[0][0], "vector": parts[0][2], "views": views,
-                    "keypoints": keypoints}
-        answer = {"code": parts[0][0], "variants": [c for c, _, _ in parts], "names": names,
-                  "keypoints": keypoints}
-        if self.rank != "hamming" and parts[0][1] is not None:
-            answer["weights"] = [w for _, w, _ in parts]
-        if self.rank == "vector" and parts[0][2] is not None:
-            answer["vectors"] = [v for _, _, v in parts]
-        return answer
-
-    def _views(self, data: bytes, query: bool, store: bool) -> tuple[Image.Image, list[np.ndarray], list[str]]:
-        """Decode once, then the arrays to encode and their names: the image as given, plus a
-        query's views or, to store it, its reference views."""
-        img = load_image(data, max_pixels=self.max_pixels)
-        if query:
-            return (img, *query_variants(img, self.encoder.preprocess, self.tta, self.content))
-        extra = ref_view_images(img, self.ref_views) if store else []
-        arrays = [self.encoder.preprocess(v)[None] for v in [img, *extra]]
-        return img, arrays, ["original", *(self.ref_views if store else ())]
-
-    def _keypoints(self, img: Image.Image, query: bool, store: bool) -> np.ndarray | None:
-        """The image's packed keypoints when wanted: a query's (as given and mirrored) to verify
-        its hits, a stored image's to keep; else None."""
-        want = self.verify > 0 if query else store and self.keypoints
-        if not want:
-            return None
-        return extract_query(img) if query else extract_keypoints(img)
-
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple]:
-        """Batched: preprocessed uint8 arrays -> (packed code, bit confidences or None, int8 side
-        vector or None) each."""
-        codes, weights, vectors = await asyncio.to_thread(self.encoder.encode_vectors, np.stack(arrays))
-        n = len(codes)
-        return list(zip(codes, [None] * n if weights is None else weights,
-                        [None] * n if vectors is None else vectors))
-
-
-api = FastAPI(title="neardup", version=_version(),
-              description="Near-duplicate image search: hash, search, add and delete images.")
-
-
-@api.exception_handler(ApiError)
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    metrics.count_error(exc.kind)
-    return error_response(exc.status, exc.message, exc.headers, **exc.extra)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    metrics.count_error("not_found" if exc.status_code == 404 else "bad_request")
-    return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    metrics.count_error("validation")
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return error_response(422, f"invalid request: {where}: {first.get('msg', 'invalid')}".replace(": :", ":"))
-
-
-@api.middleware("http")
-async def _guard(request: Request, call_next):
-    """Latency/count metrics for every request; an unexpected bug is a JSON 500, no traceback."""
-    start = time.perf_counter()
-    try:
-        response = await call_next(request)
-    except Exception:  # noqa: BLE001
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        metrics.count_error("internal")
-        response = error_response(500, "internal server error")
-    route = request.scope.get("route")
-    metrics.observe_query(getattr(route, "path", "unmatched"), time.perf_counter() - start,
-                          response.status_code)
-    return response
 
 
 def _client(request: Request) -> str:
@@ -363,7 +201,7 @@ class Ingress:
         return {"status": "ready"}
 
     async def _warm_up(self) -> None:
-        answer = await self.searcher.asearch(await self._query_views(Item(data=_WARM_UP_IMAGE)), 10)
+        answer = await self.searcher.asearch(await self._query_views(Item(data=WARM_UP_IMAGE)), 10)
         if answer.missing:
             raise RuntimeError(f"shards {answer.missing} did not answer the warm-up search")
 
@@ -388,7 +226,7 @@ class Ingress:
             encoder = await self.encoder_info()
         except ApiError as exc:
             encoder = {"state": "unavailable", "error": exc.message}
-        return {"version": _version(), "encoder": encoder, "shards": shards,
+        return {"version": version(), "encoder": encoder, "shards": shards,
                 "total_count": sum(int(r["count"] or 0) for r in shards),
                 "partial": bool(missing) or "error" in encoder, "missing_shards": missing}
 
@@ -517,22 +355,6 @@ class Ingress:
 # ---------------------------------------------------------------------------------------
 # application
 # ---------------------------------------------------------------------------------------
-def use_gpu(cfg: Config) -> bool:
-    """Whether the Encoder deployment asks Ray for a GPU (encoder.device: auto | cpu | cuda)."""
-    device = (cfg.encoder.device or "auto").lower()
-    if device == "cpu" or cfg.encoder.name in CPU_ONLY_ENCODERS:
-        return False
-    if device.startswith("cuda"):
-        return True
-    if ray.is_initialized():
-        return ray.cluster_resources().get("GPU", 0) >= 1
-    try:
-        import torch
-        return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def build_app(cfg: Config) -> serve.Application:
     """Bind Encoder + Ingress for ``cfg``. Starts nothing: Serve builds it on ``serve.run``."""
     cfg = copy.deepcopy(cfg)
@@ -562,65 +384,6 @@ def _config_path(path: str | None) -> str | None:
         return path
     beside = Path(__file__).resolve().parents[1] / path
     return str(beside) if beside.exists() else path
-
-
-def run_server(cfg: Config, blocking: bool = False, address: str | None = None) -> str:
-    """Serve ``cfg`` on host:port (starting an embedded Ray if none is running) -> base URL.
-
-    Returns as soon as /readyz answers (the encoder and every shard have served a warm-up query). With ``blocking=True`` it then waits for SIGINT or
-    SIGTERM and shuts Serve down before returning (the caller owns ``ray.shutdown()``).
-    """
-    from rayapp.cluster import init_ray
-    init_ray(address)
-    serve.start(http_options={"host": cfg.serve.host, "port": int(cfg.serve.port)})
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
-    url = f"http://{_connect_host(cfg.serve.host)}:{int(cfg.serve.port)}"
-    _wait_healthy(url)
-    if blocking:
-        try:
-            wait_for_signal()
-        finally:
-            serve.shutdown()
-    return url
-
-
-def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
-def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
-    """Wait until /readyz says ready: the model is loaded and every shard has answered."""
-    import httpx
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=30.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Serve did not become ready at {url} within {timeout_s:g}s")
-        time.sleep(0.2)
-
-
-def stop_on_signals() -> threading.Event:
-    """Route SIGINT/SIGTERM to an Event (main thread only). Call it after ``ray.init``, which
-    installs handlers of its own, and before the server is reachable, so no signal is lost."""
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
-def wait_for_signal(stop: threading.Event | None = None) -> None:
-    """Block until SIGINT or SIGTERM (or KeyboardInterrupt)."""
-    stop = stop or stop_on_signals()
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
 
 
 def __getattr__(name: str):

@@ -79,7 +79,7 @@ def served(tmp_path_factory):
 
 def test_metrics_reach_the_prometheus_endpoint(served, tmp_path):
     from rayapp.ingest import IngestOptions, run_ingest
-    from rayapp.serve import run_server
+    from rayapp.lifecycle import run_server
     cfg, port = served
     src = tmp_path / "src"
     src.mkdir()

@@ -10,8 +10,8 @@ import ray
 import xxhash
 
 from encoders.base import hamming
-from rayapp.router import (ShardRouter, ShardUnavailable, fold_views, merge_results, merge_variants,
-                           shard_for, with_views)
+from rayapp.ranking import fold_views, merge_results, merge_variants
+from rayapp.router import ShardRouter, ShardUnavailable, shard_for, with_views
 from shards.actor import ShardActor
 from shards.views import view_id
 
@@ -376,7 +376,7 @@ def test_hung_shard_times_out_without_hanging(router, data):
 
 def test_with_confidence_adds_the_rank_value_and_its_calibrated_precision():
     from encoders.calibration import Curve
-    from rayapp.router import with_confidence
+    from rayapp.ranking import with_confidence
     hits = [{"id": "a", "distance": 3, "score": 1.0, "cost": 0.5, "inliers": 40},
             {"id": "b", "distance": 9, "score": 6.0}]
     from shards.verify import verify_bonus

@@ -20,7 +20,7 @@ from encoders.tta import REF_VIEW_COST
 from rayapp.config import Config
 from rayapp.http import RateLimiter
 from rayapp.router import shard_for
-from rayapp.serve import run_server
+from rayapp.lifecycle import run_server
 from tests.helpers_images import edited_copy, jpeg_bytes, make_photo, png_bytes
 from tests.helpers_net import free_port
 

@@ -21,7 +21,7 @@ from ray import serve
 from encoders.tta import REF_VIEW_COST, costs, view_names
 from shards.verify import BONUS_FROM, KEYPOINT_BYTES, verify_bonus
 from rayapp.config import Config
-from rayapp.serve import run_server
+from rayapp.lifecycle import run_server
 from tests.helpers_images import jpeg_bytes
 from tests.helpers_net import free_port
 

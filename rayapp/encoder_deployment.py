@@ -1,0 +1,142 @@
+"""The Encoder deployment: decodes untrusted image bytes in threads and encodes arrays in
+dynamic batches (``serve.batch``), on a GPU when the cluster has one (``use_gpu``).
+
+One replica answers every image request the ingress (``rayapp.serve``) gets: a query's views
+(``encoders.tta.query_variants``) and keypoints, or a stored image's code, side vector,
+reference views and keypoints.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import ray
+from PIL import Image
+from ray import serve
+
+from encoders.base import check_rank
+from encoders.decode import ImageDecodeError, load_image
+from encoders.keypoints import extract as extract_keypoints, extract_query
+from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_images
+from rayapp.config import Config
+from rayapp.http import decode_status
+
+CPU_ONLY_ENCODERS = frozenset({"pdq", "phash"})  # classical hashes never use a GPU
+BATCH_WAIT_S = 0.002  # a query's views arrive together; waiting longer only adds to its latency
+
+
+def _warm_up_png() -> bytes:
+    """A small photo-like PNG (a gradient with a square) that every view and detector can run on."""
+    import io
+    from PIL import ImageDraw
+    img = Image.linear_gradient("L").resize((96, 72)).convert("RGB")
+    ImageDraw.Draw(img).rectangle((20, 15, 60, 50), fill=(200, 40, 40))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+WARM_UP_IMAGE = _warm_up_png()
+
+
+@serve.deployment(name="Encoder", max_ongoing_requests=128)
+class EncoderDeployment:
+    """Holds one encoder; decodes bytes in threads and encodes arrays in dynamic batches."""
+
+    def __init__(self, cfg: Config):
+        from encoders.registry import get_encoder
+        self.encoder = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights,
+                                   device=cfg.encoder.device)
+        self.tta = check_mode(cfg.encoder.tta)
+        self.rank = check_rank(cfg.encoder.rank)
+        self.content = bool(cfg.encoder.content)
+        self.ref_views = check_ref_views(cfg.encoder.ref_views)
+        self.max_pixels = int(cfg.encoder.max_pixels)
+        self.verify = max(0, int(cfg.encoder.verify))  # queries: keypoints to verify hits
+        self.keypoints = bool(cfg.shards.keypoints)    # stored images: keypoints to keep
+        self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
+
+    def info(self) -> dict:
+        """Encoder name, bits, input size, the query-time TTA mode and ranking."""
+        return {**self.encoder.info(), "tta": self.tta, "content": self.content, "rank": self.rank,
+                "ref_views": list(self.ref_views), "verify": self.verify}
+
+    async def encode_image(self, data: bytes, query: bool = False, store: bool = False) -> dict:
+        """Raw image bytes -> ``{"code": uint8 array}`` or ``{"error": reason, "status": 4xx}``.
+
+        For a query, ``"variants"`` holds the codes to search and ``"names"`` their names: the
+        plain code first, then with TTA those of the flipped/rotated variants and of the photo
+        inside a flat frame, if any (``encoders.tta.query_variants``); with weighted ranking (and
+        an encoder that has bit confidences) ``"weights"`` holds each variant's confidences.
+        With ``vector`` ranking (and an encoder that has them) ``"vectors"`` holds each variant's
+        int8 side vector. To ``store`` the image, ``"vector"`` is its side vector (None without)
+        and ``"views"`` maps each configured reference view to that crop's (code, vector).
+        ``"keypoints"`` holds the image's packed keypoints (``encoders.keypoints``) to store it
+        (``shards.keypoints``) or to verify a query's hits (``encoder.verify``), else None.
+        Every array goes through the same dynamic batcher.
+        """
+        try:
+            img, arrays, names = await asyncio.to_thread(self._views, data, query, store)
+        except ImageDecodeError as exc:
+            return {"error": str(exc), "status": decode_status(exc)}
+        # keypoints (OpenCV) are found in another thread while the views are encoded (torch):
+        # both release the GIL, so on two cores the query waits for the longer, not the sum
+        found = asyncio.ensure_future(asyncio.to_thread(self._keypoints, img, query, store))
+        parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
+        keypoints = await found
+        if not query:
+            if not store:
+                return {"code": parts[0][0]}
+            views = {name: (code, vec) for name, (code, _, vec) in zip(names[1:], parts[1:])}
+            return {"code": parts[0][0], "vector": parts[0][2], "views": views,
+                    "keypoints": keypoints}
+        answer = {"code": parts[0][0], "variants": [c for c, _, _ in parts], "names": names,
+                  "keypoints": keypoints}
+        if self.rank != "hamming" and parts[0][1] is not None:
+            answer["weights"] = [w for _, w, _ in parts]
+        if self.rank == "vector" and parts[0][2] is not None:
+            answer["vectors"] = [v for _, _, v in parts]
+        return answer
+
+    def _views(self, data: bytes, query: bool, store: bool) -> tuple[Image.Image, list[np.ndarray], list[str]]:
+        """Decode once, then the arrays to encode and their names: the image as given, plus a
+        query's views or, to store it, its reference views."""
+        img = load_image(data, max_pixels=self.max_pixels)
+        if query:
+            return (img, *query_variants(img, self.encoder.preprocess, self.tta, self.content))
+        extra = ref_view_images(img, self.ref_views) if store else []
+        arrays = [self.encoder.preprocess(v)[None] for v in [img, *extra]]
+        return img, arrays, ["original", *(self.ref_views if store else ())]
+
+    def _keypoints(self, img: Image.Image, query: bool, store: bool) -> np.ndarray | None:
+        """The image's packed keypoints when wanted: a query's (as given and mirrored) to verify
+        its hits, a stored image's to keep; else None."""
+        want = self.verify > 0 if query else store and self.keypoints
+        if not want:
+            return None
+        return extract_query(img) if query else extract_keypoints(img)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple]:
+        """Batched: preprocessed uint8 arrays -> (packed code, bit confidences or None, int8 side
+        vector or None) each."""
+        codes, weights, vectors = await asyncio.to_thread(self.encoder.encode_vectors, np.stack(arrays))
+        n = len(codes)
+        return list(zip(codes, [None] * n if weights is None else weights,
+                        [None] * n if vectors is None else vectors))
+
+
+def use_gpu(cfg: Config) -> bool:
+    """Whether the Encoder deployment asks Ray for a GPU (encoder.device: auto | cpu | cuda)."""
+    device = (cfg.encoder.device or "auto").lower()
+    if device == "cpu" or cfg.encoder.name in CPU_ONLY_ENCODERS:
+        return False
+    if device.startswith("cuda"):
+        return True
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) >= 1
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
