@@ -207,7 +207,9 @@ def test_encode_weighted_matches_codes_and_weighs_bits():
 
 # ---------------------------------------------------------------- training losses and evaluation metrics
 def test_losses_behave():
-    from encoders.train import hash_terms, info_nce, koleo, lr_at, TrainConfig
+    from encoders.train_config import TrainConfig
+    from encoders.train_loop import lr_at
+    from encoders.train_losses import hash_terms, info_nce, koleo
     torch.manual_seed(0)
     z = torch.nn.functional.normalize(torch.randn(16, 32), dim=1)
     aligned = info_nce(z, z.clone(), None, 0.1)
@@ -223,7 +225,7 @@ def test_losses_behave():
 
 
 def test_recalibrate_bn_uses_final_weights():
-    from encoders.train import recalibrate_bn
+    from encoders.train_weights import recalibrate_bn
     model = _model(64)
     x = torch.randn(8, 3, SIZE, SIZE) * 3 + 1
     recalibrate_bn(model, iter([x]))
