@@ -1,73 +1,40 @@
 """ShardActor: one shard = binary index + id store + write-ahead log + snapshots.
 
 A plain class (tests use it in-process); ``rayapp.cluster`` wraps it with ``ray.remote`` as a
-named, detached, restartable actor. On disk (``data_dir``):
-
-- ``shard.json``: shard id and code width, checked on every start;
-- ``CURRENT``: the generation g of the last complete snapshot (absent: none yet);
-- ``snapshot-<g>/``: ``index/`` (FAISS format or npy + index.json) and ``store.*`` (Parquet +
-  memory-mapped Arrow, sorted by id hash);
-- ``wal-<g>.log``: every add/remove acknowledged after snapshot g;
-- ``keypoints.blobs``: each image's keypoints for spatial verification (``shards.blobs``), when
-  the shard keeps them; a snapshot's manifest says how many of its slots it covers.
-
-A snapshot first switches writes to ``wal-<g+1>.log``, writes ``snapshot-<g+1>.tmp``, fsyncs
-it, renames it, then points ``CURRENT`` at it (atomic rename) and only then deletes the older
-files. A crash at any step leaves a snapshot plus every WAL needed to replay past it, so an
-acknowledged write is never lost. Writes (add/remove/snapshot/compact) are serialised by one
-lock; searches, gets and stats run concurrently with them.
+named, detached, restartable actor. Its state lives in ``data_dir`` (``shards.shard_dir``: the
+files, and how a snapshot replaces the WALs it covers without losing an acknowledged write);
+on start it loads the last snapshot and replays every WAL written since. Writes
+(add/remove/snapshot/compact) are serialised by one lock; searches, gets and stats run
+concurrently with them.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from shards.blobs import NO_SLOT, BlobLog
+from shards import shard_dir
+from shards.blobs import BlobLog
+from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limit, check_metas,
+                           check_radius, check_vectors)
 from shards.index import DEFAULT_KIND, load_index, make_index
+from shards.records import RecordLayout
 from shards.store import IdStore, hash_ids
 from shards.vectors import vector_distance
-from shards.verify import KEYPOINT_BYTES, inliers
+from shards.verify import inliers
 from shards.views import is_view
-from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, fsync_dir, fsync_tree, replay
+from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, replay_batches
 
-SHARD_FILE = "shard.json"
-CURRENT_FILE = "CURRENT"
-MAX_ID_BYTES = 1024
-MAX_META_BYTES = 64 * 1024
-MAX_K = 10_000
 _REPLAY_BATCH = 10_000
-BLOB_FILE = "keypoints.blobs"  # shards.blobs: each image's keypoints, by slot
-_SLOT_BYTES = 8
-
-
-def _snap_name(gen: int) -> str:
-    return f"snapshot-{gen:08d}"
-
-
-def _wal_name(gen: int) -> str:
-    return f"wal-{gen:08d}.log"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class ShardActor:
-    """One shard of the near-duplicate index (see the module docstring for durability)."""
+    """One shard of the near-duplicate index (durability: ``shards.shard_dir``)."""
 
     #: Snapshot when the WAL holds ``max(snapshot_every, snapshot_growth * count)`` records, so
     #: that at hundreds of millions of codes a full snapshot is not rewritten every 100k adds.
@@ -84,16 +51,11 @@ class ShardActor:
             raise ValueError(f"snapshot_every must be >= 1, got {snapshot_every}")
         self.shard_id = int(shard_id)
         self.bits = bits
-        self.code_bytes = bits // 8
-        # A record (what writers send and the WAL holds) is the code, then an int8 side vector
-        # when vector_bytes > 0, then the image's packed keypoints (shards.verify) when
-        # keypoint_bytes > 0. The store keeps the keypoints' slot in the blob log instead.
-        self.vector_bytes = int(vector_bytes)
-        self.keypoint_bytes = int(keypoint_bytes)
-        if self.keypoint_bytes not in (0, KEYPOINT_BYTES):
-            raise ValueError(f"keypoint_bytes must be 0 or {KEYPOINT_BYTES}, got {keypoint_bytes}")
-        self.record_bytes = self.code_bytes + self.vector_bytes + self.keypoint_bytes
-        self.store_bytes = self.code_bytes + self.vector_bytes + (_SLOT_BYTES if keypoint_bytes else 0)
+        # records (what writers send and the WAL holds) vs store rows: shards.records
+        self._layout = layout = RecordLayout(bits, int(vector_bytes), int(keypoint_bytes))
+        self.code_bytes, self.vector_bytes, self.keypoint_bytes = (
+            layout.code_bytes, layout.vector_bytes, layout.keypoint_bytes)
+        self.record_bytes, self.store_bytes = layout.record_bytes, layout.store_bytes
         self._blobs: BlobLog | None = None
         self.data_dir = Path(data_dir)
         self.snapshot_every = int(snapshot_every)
@@ -102,79 +64,43 @@ class ShardActor:
         self._write_lock = threading.RLock()
         self._started = time.time()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._check_shard_file()
+        shard_dir.check_shard_file(self.data_dir, {
+            "shard_id": self.shard_id, "bits": self.bits, "vector_bytes": self.vector_bytes,
+            "keypoint_bytes": self.keypoint_bytes})
         self._recover()
 
     # -- start-up ---------------------------------------------------------------------------------
-    def _check_shard_file(self) -> None:
-        path = self.data_dir / SHARD_FILE
-        if path.exists():
-            info = json.loads(path.read_text())
-            if info.get("bits") != self.bits:
-                raise ValueError(f"{self.data_dir} holds {info.get('bits')}-bit codes, not "
-                                 f"{self.bits}-bit: use another index dir or the same encoder")
-            if int(info.get("vector_bytes", 0)) != self.vector_bytes:
-                raise ValueError(f"{self.data_dir} holds {info.get('vector_bytes', 0)}-byte side "
-                                 f"vectors, not {self.vector_bytes}: use another index dir")
-            if int(info.get("keypoint_bytes", 0)) != self.keypoint_bytes:
-                raise ValueError(f"{self.data_dir} holds {info.get('keypoint_bytes', 0)}-byte "
-                                 f"keypoints, not {self.keypoint_bytes}: use another index dir")
-            if info.get("shard_id") != self.shard_id:
-                print(f"neardup: {self.data_dir} was shard {info.get('shard_id')}, now shard "
-                      f"{self.shard_id}", file=sys.stderr)
-        _write_atomic(path, json.dumps({"shard_id": self.shard_id, "bits": self.bits,
-                                        "vector_bytes": self.vector_bytes,
-                                        "keypoint_bytes": self.keypoint_bytes}))
-
     def _recover(self) -> None:
         """Load the last snapshot, then replay every WAL written since, in order."""
         t0 = time.perf_counter()
-        self._generation = self._read_current()
-        snap = self.data_dir / _snap_name(self._generation)
+        self._generation = shard_dir.read_current(self.data_dir)
         self._views = 0  # stored reference views (shards.views), counted apart from images
         blob_slots = 0
         if self._generation:
+            snap = self.data_dir / shard_dir.snap_name(self._generation)
             self._store = IdStore.open(snap, self.store_bytes)
             self._index = load_index(snap / "index")
-            manifest = json.loads((snap / "manifest.json").read_text())
+            manifest = shard_dir.read_manifest(self.data_dir, self._generation)
             self._views, blob_slots = int(manifest.get("views", 0)), int(manifest.get("blob_slots", 0))
         else:
             self._store = IdStore(self.store_bytes)
             self._index = make_index(self._kind, self.bits, **(self._index_params or {}))
         if self.keypoint_bytes:  # cut back to what the snapshot covers; replay appends the rest
-            self._blobs = BlobLog(self.data_dir / BLOB_FILE, self.keypoint_bytes, blob_slots)
+            self._blobs = BlobLog(self.data_dir / shard_dir.BLOB_FILE, self.keypoint_bytes, blob_slots)
         self._ensure_index_config()
         replayed = 0
         self._wal_gen = self._generation
-        for gen in self._wal_generations():
+        for gen in shard_dir.wal_generations(self.data_dir):
             if gen >= self._generation:
-                replayed += self._replay(self.data_dir / _wal_name(gen))
+                replayed += self._replay(self.data_dir / shard_dir.wal_name(gen))
                 self._wal_gen = gen  # keep appending to the newest log, after what it holds
-        self._wal = WriteAheadLog(self.data_dir / _wal_name(self._wal_gen),
+        self._wal = WriteAheadLog(self.data_dir / shard_dir.wal_name(self._wal_gen),
                                   on_fsync=self._observe_fsync)
         self._wal.count = replayed
-        self._remove_stale(keep=self._generation)
+        shard_dir.remove_stale(self.data_dir, keep=self._generation)
         self._index.warm_up()
         self.recovery_s = time.perf_counter() - t0
         self.replayed = replayed
-
-    def _read_current(self) -> int:
-        path = self.data_dir / CURRENT_FILE
-        if not path.exists():
-            return 0
-        gen = int(json.loads(path.read_text())["generation"])
-        if not (self.data_dir / _snap_name(gen)).is_dir():
-            raise RuntimeError(f"{path} points at missing snapshot {_snap_name(gen)}")
-        return gen
-
-    def _wal_generations(self) -> list[int]:
-        gens = []
-        for p in self.data_dir.glob("wal-*.log"):
-            try:
-                gens.append(int(p.stem.split("-", 1)[1]))
-            except ValueError:
-                continue
-        return sorted(gens)
 
     def _ensure_index_config(self) -> None:
         """Rebuild the index from the store when the requested kind/params differ from disk."""
@@ -192,118 +118,23 @@ class ShardActor:
     def _replay(self, path: Path) -> int:
         """Apply a WAL's records in order, batching consecutive adds of distinct ids."""
         n = 0
-        batch: dict[str, WalRecord] = {}
-        for rec in replay(path):
-            n += 1
-            if rec.op == OP_ADD and rec.id not in batch and len(batch) < _REPLAY_BATCH:
-                batch[rec.id] = rec
-                continue
-            self._apply_records(list(batch.values()))
-            batch = {}
-            if rec.op == OP_ADD:
-                batch[rec.id] = rec
+        for recs in replay_batches(path, _REPLAY_BATCH):
+            n += len(recs)
+            if recs[0].op == OP_ADD:
+                self._apply_records(recs)
             else:
-                self._apply_removes([rec.id])
-        self._apply_records(list(batch.values()))
+                self._apply_removes([r.id for r in recs])
         return n
 
     def _apply_records(self, recs: list[WalRecord]) -> None:
-        if not recs:
-            return
         ids = [r.id for r in recs]
         codes = np.frombuffer(b"".join(r.code for r in recs), dtype=np.uint8)
         self._apply_adds(ids, hash_ids(ids), codes.reshape(len(recs), self.record_bytes),
                          [r.meta for r in recs])
 
-    def _remove_stale(self, keep: int) -> None:
-        """Delete snapshots and WALs older than generation ``keep`` and unfinished temp dirs."""
-        for p in self.data_dir.iterdir():
-            name = p.name
-            if name.endswith(".tmp"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            elif name.startswith("snapshot-") and p.is_dir() and name != _snap_name(keep):
-                shutil.rmtree(p, ignore_errors=True)
-            elif name.startswith("wal-") and name.endswith(".log"):
-                try:
-                    if int(p.stem.split("-", 1)[1]) < keep:
-                        p.unlink()
-                except ValueError:
-                    pass
-
     def _observe_fsync(self, seconds: float) -> None:
         if self.fsync_observer is not None:
             self.fsync_observer(seconds)
-
-    # -- validation -------------------------------------------------------------------------------
-    def _check_ids(self, ids: Any) -> list[str]:
-        if isinstance(ids, str) or not isinstance(ids, (list, tuple)):
-            raise ValueError(f"ids must be a list of strings, got {type(ids).__name__}")
-        for i in ids:
-            if not isinstance(i, str) or not i:
-                raise ValueError(f"every id must be a non-empty string, got {i!r}")
-            if len(i.encode("utf-8")) > MAX_ID_BYTES:
-                raise ValueError(f"id too long ({len(i.encode('utf-8'))} bytes > {MAX_ID_BYTES}): "
-                                 f"{i[:40]!r}...")
-        return list(ids)
-
-    def _check_codes(self, codes: Any, n: int | None = None, width: int | None = None) -> np.ndarray:
-        """(n, width) uint8: query codes, or with ``width=record_bytes`` the records to store."""
-        width = width or self.code_bytes
-        what = ("codes" if width == self.code_bytes else f"records (code + {self.vector_bytes}-byte "
-                f"vector + {self.keypoint_bytes}-byte keypoints)")
-        if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8:
-            raise ValueError(f"{what} must be a numpy uint8 array of shape (n, {width})")
-        if codes.ndim == 1 and codes.shape[0] == width:
-            codes = codes[None, :]
-        if codes.ndim != 2 or codes.shape[1] != width:
-            raise ValueError(f"{what} must have shape (n, {width}) for {self.bits}-bit "
-                             f"codes, got {codes.shape}")
-        if n is not None and len(codes) != n:
-            raise ValueError(f"got {len(codes)} codes for {n} ids")
-        return np.ascontiguousarray(codes)
-
-    def _fit_records(self, codes: Any, n: int) -> np.ndarray:
-        """What an add sends -> (n, record_bytes) records. A writer sends ``code [|| vector]
-        [|| keypoints]`` (``shards.vectors.records``); a part the shard keeps but the writer lacks
-        is zero-filled (no vector: ranked by Hamming; no keypoints: never verified), and a part
-        the shard does not keep is dropped. So writers need not know the index."""
-        if not (isinstance(codes, np.ndarray) and codes.dtype == np.uint8 and codes.ndim == 2):
-            return self._check_codes(codes, n, self.record_bytes)
-        cb, width = self.code_bytes, codes.shape[1]
-        vec_width = self.vector_bytes or self.bits  # a writer's vector: one int8 per bit
-        kp = KEYPOINT_BYTES if width in (cb + KEYPOINT_BYTES, cb + vec_width + KEYPOINT_BYTES) else 0
-        vw = width - cb - kp
-        if width == self.record_bytes or vw not in (0, vec_width):
-            return self._check_codes(codes, n, self.record_bytes)
-        parts = [codes[:, :cb]]
-        for have, want, start in ((vw, self.vector_bytes, cb), (kp, self.keypoint_bytes, cb + vw)):
-            if want:
-                parts.append(codes[:, start:start + want] if have == want
-                             else np.zeros((len(codes), want), np.uint8))
-        return self._check_codes(np.concatenate(parts, 1), n, self.record_bytes)
-
-    @staticmethod
-    def _check_metas(metas: Any, n: int) -> list[str | None]:
-        """JSON text per item; None = not given (a new item gets {}, an existing one keeps its)."""
-        if metas is None:
-            return [None] * n
-        if not isinstance(metas, (list, tuple)) or len(metas) != n:
-            raise ValueError(f"metas must be a list of {n} dicts (or None)")
-        out: list[str | None] = []
-        for m in metas:
-            if m is None:
-                out.append(None)
-                continue
-            if not isinstance(m, dict):
-                raise ValueError(f"each meta must be a dict, got {type(m).__name__}")
-            try:
-                text = json.dumps(m, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"meta is not JSON-serialisable: {exc}") from None
-            if len(text.encode("utf-8")) > MAX_META_BYTES:
-                raise ValueError(f"meta too large ({len(text)} chars > {MAX_META_BYTES} bytes)")
-            out.append(text)
-        return out
 
     # -- writes -----------------------------------------------------------------------------------
     def add(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
@@ -311,11 +142,11 @@ class ShardActor:
         """Add or replace items, and remove the ids in ``drop`` (stale reference views) in the
         same step; returns after the WAL is fsynced. Idempotent by id. The counts are of images
         (``shards.views``: a stored view is not counted)."""
-        ids = self._check_ids(ids)
-        codes = self._fit_records(codes, len(ids))
-        meta_texts = self._check_metas(metas, len(ids))
+        ids = check_ids(ids)
+        codes = self._layout.fit(codes, len(ids))
+        meta_texts = check_metas(metas, len(ids))
         adding = set(ids)
-        drop = [i for i in dict.fromkeys(self._check_ids(drop or [])) if i not in adding]
+        drop = [i for i in dict.fromkeys(check_ids(drop or [])) if i not in adding]
         if len(adding) != len(ids):
             raise ValueError("duplicate ids in one add call; send each id once")
         hashes = hash_ids(ids)
@@ -324,7 +155,7 @@ class ShardActor:
             old = self._store.get_many(hashes)
             metas_now = [m if m is not None else (o.meta if o is not None else "")
                          for m, o in zip(meta_texts, old)]
-            status = self._classify(old, codes, metas_now)
+            status = self._layout.classify(old, codes, metas_now, self._blobs)
             changed = np.flatnonzero(status != "unchanged")
             drop = [i for i in drop if self._store.get(i) is not None]
             self._wal.append([WalRecord(OP_REMOVE, i) for i in drop]
@@ -336,54 +167,13 @@ class ShardActor:
         image = np.array([not is_view(i) for i in ids], dtype=bool)
         return {key: int(((status == key) & image).sum()) for key in ("added", "replaced", "unchanged")}
 
-    def _classify(self, olds: list, codes: np.ndarray, metas: list[str]) -> np.ndarray:
-        """Per item: 'added', 'replaced' (new record or meta) or 'unchanged'."""
-        status = np.empty(len(olds), dtype=object)
-        for i, old in enumerate(olds):
-            if old is None:
-                status[i] = "added"
-            elif old.meta == metas[i] and self._same_record(old.code, codes[i]):
-                status[i] = "unchanged"
-            else:
-                status[i] = "replaced"
-        return status
-
-    def _same_record(self, stored: bytes, record: np.ndarray) -> bool:
-        """Whether a stored entry (code, vector, keypoint slot) holds this record."""
-        n = self.code_bytes + self.vector_bytes
-        if stored[:n] != record[:n].tobytes():
-            return False
-        slot = self._slot(stored)
-        if slot is None:
-            return not record[n:].any()
-        return bool(np.array_equal(self._blobs.read(slot), record[n:]))
-
-    def _slot(self, stored: bytes) -> int | None:
-        """The blob-log slot of a stored entry's keypoints; None without keypoints."""
-        if not self.keypoint_bytes:
-            return None
-        n = self.code_bytes + self.vector_bytes
-        slot = int.from_bytes(stored[n:n + _SLOT_BYTES], "little", signed=True)
-        return None if slot == NO_SLOT else slot
-
-    def _to_store(self, records: np.ndarray) -> np.ndarray:
-        """Records -> store rows: keypoints go to the blob log, their slot into the row."""
-        if not self.keypoint_bytes:
-            return records
-        n = self.code_bytes + self.vector_bytes
-        kps = records[:, n:]
-        slots = np.full(len(records), NO_SLOT, dtype="<i8")
-        has = kps[:, :2].any(axis=1)  # a zero count: no keypoints (a view, an add by code)
-        slots[has] = self._blobs.append(kps[has])
-        return np.concatenate([records[:, :n], slots[:, None].view(np.uint8)], axis=1)
-
     def _apply_adds(self, ids: list[str], hashes: np.ndarray, codes: np.ndarray, metas: list[str],
                     status: np.ndarray | None = None, olds: list | None = None) -> None:
         """Update index then store (no WAL): shared by add() and WAL replay."""
         if status is None or olds is None:  # replay: add() checked these before logging them
             self._store.check_collisions(ids, hashes)
             olds = self._store.get_many(hashes)
-            status = self._classify(olds, codes, metas)
+            status = self._layout.classify(olds, codes, metas, self._blobs)
         cb = self.code_bytes
         recode = [i for i in np.flatnonzero(status == "replaced").tolist()
                   if olds[i].code[:cb] != codes[i, :cb].tobytes()]
@@ -396,13 +186,14 @@ class ShardActor:
         self._views += sum(1 for i in np.flatnonzero(status == "added").tolist() if is_view(ids[i]))
         changed = np.flatnonzero(status != "unchanged")
         if len(changed):
-            self._store.put_many([ids[i] for i in changed], hashes[changed],
-                                 self._to_store(codes[changed]), [metas[i] for i in changed])
+            rows = self._layout.to_rows(codes[changed], self._blobs)
+            self._store.put_many([ids[i] for i in changed], hashes[changed], rows,
+                                 [metas[i] for i in changed])
 
     def remove(self, ids: list[str]) -> int:
         """Remove items (unknown ids ignored); durable before it returns the number of images
         removed (a stored reference view is not counted)."""
-        ids = self._check_ids(ids)
+        ids = check_ids(ids)
         with self._write_lock:
             present = [i for i in dict.fromkeys(ids) if self._store.get(i) is not None]
             self._wal.append([WalRecord(OP_REMOVE, i) for i in present])
@@ -429,16 +220,10 @@ class ShardActor:
         queries' side ``vectors`` (n, vector_bytes), on a shard that stores them, each hit gains
         ``score`` (``shards.vectors.vector_distance``; its Hamming distance where the entry has
         no vector) and the k hits are ordered by it."""
-        codes = self._check_codes(codes)
-        if not isinstance(k, (int, np.integer)) or not 0 <= k <= MAX_K:
-            raise ValueError(f"k must be an integer in 0..{MAX_K}, got {k!r}")
-        if radius is not None and (not isinstance(radius, (int, np.integer)) or radius < 0):
-            raise ValueError(f"radius must be a non-negative integer or None, got {radius!r}")
-        scored = vectors is not None and self.vector_bytes > 0
-        if scored and np.shape(vectors) != (len(codes), self.vector_bytes):
-            raise ValueError(f"vectors must have shape ({len(codes)}, {self.vector_bytes}), "
-                             f"got {np.shape(vectors)}")
-        D, I = self._index.search(codes, int(k))
+        codes = self._layout.check(codes)
+        k, radius = check_k(k), check_radius(radius)
+        scored = check_vectors(vectors, len(codes), self.vector_bytes)
+        D, I = self._index.search(codes, k)
         keep = I != -1
         if radius is not None:
             keep &= D <= radius
@@ -471,9 +256,7 @@ class ShardActor:
         """Hits with ``score``: the stored vectors' distance to the query's, ordered by it."""
         if not row:
             return row
-        cb, vb = self.code_bytes, self.vector_bytes
-        stored = np.frombuffer(b"".join(it.code[cb:cb + vb] for it in items), np.int8)
-        scores = vector_distance(query_vector, stored.reshape(len(items), self.vector_bytes))
+        scores = vector_distance(query_vector, self._layout.vectors([it.code for it in items]))
         for hit, sc in zip(row, scores.tolist()):
             hit["score"] = round(float(hit["distance"]) if sc != sc else sc, 3)  # NaN: no vector
         return sorted(row, key=lambda h: (h["score"], h["distance"], h["id"]))
@@ -484,49 +267,31 @@ class ShardActor:
         (``shards.verify``; one block, or (m, KEYPOINT_BYTES) blocks with ``which`` naming each
         id's block, or -1 for the best of all) -> each id's inlier count; None for an unknown id
         or one stored without keypoints (or on a shard that keeps none)."""
-        ids = self._check_ids(ids)
-        blocks = np.frombuffer(bytes(keypoints), np.uint8)
-        if len(blocks) == 0 or len(blocks) % KEYPOINT_BYTES:
-            raise ValueError(f"keypoints must be blocks of {KEYPOINT_BYTES} bytes, got {len(blocks)}")
-        blocks = blocks.reshape(-1, KEYPOINT_BYTES)
-        which = [0] * len(ids) if which is None else [int(w) for w in which]
-        if len(which) != len(ids) or any(not -1 <= w < len(blocks) for w in which):
-            raise ValueError(f"which must name one of {len(blocks)} keypoint blocks (or -1) per id")
+        ids = check_ids(ids)
+        blocks, which = check_keypoint_blocks(keypoints, which, len(ids))
         out: list[int | None] = []
         for item_id, w in zip(ids, which):
             item = self._store.get(item_id) if self.keypoint_bytes else None
-            slot = None if item is None else self._slot(item.code)
-            if slot is None:
-                out.append(None)
-                continue
-            stored = self._blobs.read(slot)
-            out.append(max(inliers(b, stored) for b in (blocks if w < 0 else blocks[w:w + 1])))
+            stored = None if item is None else self._layout.keypoints(item.code, self._blobs)
+            out.append(None if stored is None else
+                       max(inliers(b, stored) for b in (blocks if w < 0 else blocks[w:w + 1])))
         return out
 
     def records(self, after: int | None = None, limit: int = 256) -> dict:
         """A page of stored images (not their views) in key order, for batch jobs that walk
         the shard: ``{"ids", "records": (n, record_bytes) uint8 (code, side vector, keypoints
         as written), "metas", "after"}``; pass ``after`` back for the next page (None: done)."""
-        if not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_K:
-            raise ValueError(f"limit must be an integer in 1..{MAX_K}, got {limit!r}")
-        keys, items = self._store.page(after, int(limit))
+        limit = check_limit(limit)
+        keys, items = self._store.page(after, limit)
         items = [it for it in items if not is_view(it.id)]
-        recs = np.zeros((len(items), self.record_bytes), np.uint8)
-        n = self.code_bytes + self.vector_bytes
-        for row, it in zip(recs, items):
-            row[:n] = np.frombuffer(it.code[:n], np.uint8)
-            slot = self._slot(it.code)
-            if slot is not None:
-                row[n:] = self._blobs.read(slot)
+        recs = self._layout.to_records([it.code for it in items], self._blobs)
         return {"ids": [it.id for it in items], "records": recs,
                 "metas": [it.meta_dict() for it in items],
                 "after": int(keys[-1]) if len(keys) == limit else None}
 
     def page_starts(self, limit: int = 256) -> list[int | None]:
         """Where each page of ``records(after, limit)`` starts (``IdStore.page_starts``)."""
-        if not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_K:
-            raise ValueError(f"limit must be an integer in 1..{MAX_K}, got {limit!r}")
-        return self._store.page_starts(int(limit))
+        return self._store.page_starts(check_limit(limit))
 
     def widths(self) -> dict:
         """The record layout: code, side vector and keypoint bytes."""
@@ -543,7 +308,7 @@ class ShardActor:
         return {"id": item.id, "code": item.code[:self.code_bytes].hex(), "meta": item.meta_dict()}
 
     def contains(self, ids: list[str]) -> list[bool]:
-        ids = self._check_ids(ids)
+        ids = check_ids(ids)
         return [self._store.get(i) is not None for i in ids]
 
     def stats(self) -> dict:
@@ -584,28 +349,21 @@ class ShardActor:
         t0 = time.perf_counter()
         gen = self._wal_gen + 1  # covers every record in wal-*.log files older than gen
         old_wal = self._wal
-        self._wal = WriteAheadLog(self.data_dir / _wal_name(gen), on_fsync=self._observe_fsync)
+        self._wal = WriteAheadLog(self.data_dir / shard_dir.wal_name(gen), on_fsync=self._observe_fsync)
         self._wal_gen = gen
         old_wal.close()
-        tmp = self.data_dir / (_snap_name(gen) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = shard_dir.new_snapshot_dir(self.data_dir, gen)
         self._index.save(tmp / "index")
         rows = self._store.write_snapshot(tmp)
         if self._blobs is not None:
             self._blobs.sync()  # the slots this snapshot's rows point at are on disk
-        (tmp / "manifest.json").write_text(json.dumps({
-            "generation": gen, "shard_id": self.shard_id, "bits": self.bits, "count": rows,
+        final = shard_dir.publish(self.data_dir, tmp, gen, {
+            "shard_id": self.shard_id, "bits": self.bits, "count": rows,
             "views": self._views, "index_kind": self._index.kind, "created": time.time(),
-            "blob_slots": self._blobs.count if self._blobs is not None else 0}))
-        fsync_tree(tmp)
-        final = self.data_dir / _snap_name(gen)
-        os.replace(tmp, final)
-        fsync_dir(self.data_dir)
-        _write_atomic(self.data_dir / CURRENT_FILE, json.dumps({"generation": gen}))
+            "blob_slots": self._blobs.count if self._blobs is not None else 0})
         self._store = IdStore.open(final, self.store_bytes)
         self._generation = gen
-        self._remove_stale(keep=gen)
+        shard_dir.remove_stale(self.data_dir, keep=gen)
         size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
         return {"generation": gen, "count": rows, "bytes": size,
                 "seconds": time.perf_counter() - t0, "path": str(final)}

@@ -9,6 +9,7 @@ import numpy as np
 from shards import kernels
 from shards.base import (BinaryIndex, Growable, as_words, concat_ranges, load_npy, ranges_from_candidates, save_npy,
                          topk_from_candidates)
+from shards.buckets import chunk_keys, place, relayout
 
 
 @dataclass(frozen=True)
@@ -133,28 +134,8 @@ class CompactMIHIndex(BinaryIndex):
 
     # -- chunk keys -------------------------------------------------------------------------------
     def _keys(self, codes: np.ndarray) -> np.ndarray:
-        """(n, B) codes -> (n, nhash) int64 chunk values (MSB-first bit order, like np.packbits)."""
-        b, nh = self.geometry.b, self.geometry.nhash
-        mask = (1 << b) - 1
-        if len(codes) == 1:  # the latency path: plain integers beat a dozen tiny numpy calls
-            x = int.from_bytes(codes[0].tobytes(), "big")
-            return np.array([[(x >> (self.bits - (t + 1) * b)) & mask for t in range(nh)]],
-                            dtype=np.int64)
-        if b % 8 == 0:  # byte-aligned chunks: combine whole bytes, all tables at once
-            parts = codes[:, : nh * b // 8].reshape(len(codes), nh, b // 8).astype(np.int64)
-            out = parts[:, :, 0]
-            for j in range(1, b // 8):
-                out = (out << 8) | parts[:, :, j]
-            return np.ascontiguousarray(out)
-        out = np.empty((len(codes), nh), dtype=np.int64)
-        for t in range(nh):
-            s = t * b
-            first, last = s // 8, (s + b - 1) // 8
-            acc = np.zeros(len(codes), dtype=np.int64)
-            for j in range(first, last + 1):
-                acc = (acc << 8) | codes[:, j]
-            out[:, t] = (acc >> ((last + 1) * 8 - (s + b))) & mask
-        return out
+        """(n, B) codes -> (n, nhash) int64 chunk values (``buckets.chunk_keys``)."""
+        return chunk_keys(codes, self.bits, self.geometry.b, self.geometry.nhash)
 
     def _flat_keys(self, codes: np.ndarray) -> np.ndarray:
         """(n, B) codes -> (n * nhash) uint32 bucket numbers over all tables (t * 2^b + chunk)."""
@@ -187,26 +168,11 @@ class CompactMIHIndex(BinaryIndex):
         """Write entries (bucket number, row) into spare room; the rest join the pending tail."""
         if not len(buckets):
             return
-        nb = self._nbuckets
-        counts, starts = self._counts.reshape(-1), self._starts.reshape(-1)
-        order = np.argsort(buckets)
-        c, rows = buckets[order].astype(np.int64), rows[order]
-        change = np.empty(len(c), dtype=bool)
-        change[0] = True
-        np.not_equal(c[1:], c[:-1], out=change[1:])
-        head = np.flatnonzero(change)
-        size = np.diff(head, append=len(c))
-        rank = np.arange(len(c)) - np.repeat(head, size)
-        u = c[head]
-        used = counts[u].astype(np.int64)
-        first = starts[u + u // nb].astype(np.int64)  # starts has 2^b + 1 entries per table
-        room = np.maximum(starts[u + u // nb + 1].astype(np.int64) - first - used, 0)
-        fits = rank < np.repeat(room, size)
-        self._post[(np.repeat(first + used, size) + rank)[fits]] = rows[fits]
-        counts[u] += np.minimum(size, room).astype(np.uint32)
-        if not fits.all():
-            self._tail_buckets.append(c[~fits].astype(np.uint32))
-            self._tail_rows.append(rows[~fits])
+        left_buckets, left_rows = place(buckets, rows, self._starts, self._counts, self._post,
+                                        self._nbuckets)
+        if len(left_rows):
+            self._tail_buckets.append(left_buckets)
+            self._tail_rows.append(left_rows)
 
     def _settle(self) -> None:
         """Sort a full tail into the run; re-lay out when the run passes 1/16 of all entries."""
@@ -259,41 +225,10 @@ class CompactMIHIndex(BinaryIndex):
             self._insert(self._flat_keys(self._codes.view[chunk]), np.repeat(chunk, nh))
 
     def _relayout(self, extra: np.ndarray) -> None:
-        """New bucket capacities = need * growth (randomly rounded); move the postings over.
-
-        ``extra`` (nhash, 2^b) counts the entries about to arrive per bucket. Done table by
-        table. Capacities never shrink, so the new table is the old one with extra slots inserted
-        at bucket ends: one boolean-mask copy per table.
-        """
-        nh, nb, g = self.geometry.nhash, self._nbuckets, self.params["growth"]
-        old_starts = self._starts
-        total_bound = (int(self._counts.sum(dtype=np.int64)) + int(extra.sum())) * g \
-            + nh * nb + len(self._post)
-        new_starts = np.empty_like(old_starts, dtype=np.uint32 if total_bound < 2 ** 32 else np.int64)
-        # per-bucket fractions in [0, 1) (Knuth multiplicative hash) for rounding the slack
-        jitter = ((np.arange(nb, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)
-                  ).astype(np.float64) / float(1 << 32)
-        offset = 0
-        for t in range(nh):
-            need = self._counts[t].astype(np.int64) + extra[t]
-            # proportional slack, rounded up or down at random (a fixed hash of the bucket),
-            # so that the many small buckets of wide chunks get (growth - 1) slack on average
-            caps = need + np.floor(need * (g - 1) + jitter).astype(np.int64)
-            np.maximum(caps, np.diff(old_starts[t].astype(np.int64)), out=caps)
-            ends = np.cumsum(caps)
-            new_starts[t, 1:] = offset + ends
-            new_starts[t, 0] = offset
-            offset += int(ends[-1])
-        new_post = np.empty(offset, dtype=np.uint32)
-        for t in range(nh):
-            old_t = old_starts[t].astype(np.int64)
-            new_t = new_starts[t].astype(np.int64)
-            old_caps = np.diff(old_t)
-            gaps = np.diff(new_t) - old_caps  # slots added at the end of each bucket
-            keep = np.ones(new_t[-1] - new_t[0], dtype=bool)
-            keep[concat_ranges(new_t[:-1] - new_t[0] + old_caps, gaps)] = False
-            new_post[new_t[0]:new_t[-1]][keep] = self._post[old_t[0]:old_t[-1]]
-        self._post, self._starts = new_post, new_starts
+        """Re-lay out every table with room for ``extra`` (nhash, 2^b) more entries per bucket
+        and ``growth`` slack (``buckets.relayout``)."""
+        self._post, self._starts = relayout(self._starts, self._counts, self._post, extra,
+                                            self.params["growth"])
 
     # -- search ---------------------------------------------------------------------------------
     def _candidates(self, codes: np.ndarray, k: int, radius: int) -> tuple[np.ndarray, ...]:

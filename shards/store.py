@@ -6,46 +6,26 @@ silently merged.
 
 Storage is two-level, so memory does not grow with a Python object per item:
 
-- the *base*: the last snapshot, an Arrow IPC file sorted by hash (columns hash, id, code, meta)
-  memory-mapped zero-copy, with the hash column also in a memory-mapped ``.npy`` for binary
-  search (``np.searchsorted``). The same rows are written as Parquet (``store.parquet``), the
-  portable copy that can rebuild the mapped files;
+- the *base*: the last snapshot, memory-mapped (``shards.store_snapshot``: Arrow IPC sorted by
+  hash, the hashes again for binary search, and a Parquet copy);
 - the *overlay*: a dict of items added or replaced since that snapshot, plus the set of base rows
   deleted or shadowed. ``write_snapshot`` merges both, block by block, into a new base.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import xxhash
 
-PARQUET_FILE = "store.parquet"
-ARROW_FILE = "store.arrow"
-HASHES_FILE = "store.hashes.npy"
-_BLOCK = 1 << 20  # rows per merge block / record batch
+from shards.store_snapshot import BLOCK, StoredItem, empty_base, open_base, write_merged
 
 
 class HashCollisionError(ValueError):
     """Two different external ids hash to the same 64-bit key."""
-
-
-@dataclass(frozen=True)
-class StoredItem:
-    id: str
-    code: bytes
-    meta: str  # compact JSON text
-
-    def meta_dict(self) -> dict:
-        return json.loads(self.meta) if self.meta else {}
 
 
 def _hash64(data: bytes) -> int:
@@ -64,49 +44,6 @@ def hash_ids(ext_ids: Sequence[str]) -> np.ndarray:
     return np.fromiter((id_hash(i) for i in ext_ids), dtype=np.int64, count=len(ext_ids))
 
 
-def _schema(code_bytes: int) -> pa.Schema:
-    return pa.schema([("hash", pa.int64()), ("id", pa.string()),
-                      ("code", pa.binary(code_bytes)), ("meta", pa.string())])
-
-
-class _Base:
-    """A read-only snapshot: mapped Arrow table + mapped sorted hash array + dead rows."""
-
-    def __init__(self, table: pa.Table | None, hashes: np.ndarray, mapped_bytes: int = 0) -> None:
-        self.table = table
-        self.hashes = hashes
-        self.mapped_bytes = mapped_bytes
-        self.dead: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.hashes)
-
-    def rows_of(self, hashes: np.ndarray) -> np.ndarray:
-        """Row of each hash in the base, or -1 when absent or dead."""
-        if not len(self.hashes) or not len(hashes):
-            return np.full(len(hashes), -1, dtype=np.int64)
-        pos = np.searchsorted(self.hashes, hashes)
-        clipped = np.minimum(pos, len(self.hashes) - 1)
-        found = self.hashes[clipped] == hashes
-        rows = np.where(found, clipped, -1).astype(np.int64)
-        if self.dead:
-            rows[[r in self.dead for r in rows.tolist()]] = -1
-        return rows
-
-    def items(self, rows: np.ndarray) -> list[StoredItem]:
-        t = self.table.take(pa.array(rows, type=pa.int64()))
-        return [StoredItem(i, c, m) for i, c, m in zip(t.column("id").to_pylist(),
-                                                       t.column("code").to_pylist(),
-                                                       t.column("meta").to_pylist())]
-
-    def ids(self, rows: np.ndarray) -> list[str]:
-        return self.table.column("id").take(pa.array(rows, type=pa.int64())).to_pylist()
-
-
-def _empty_base() -> _Base:
-    return _Base(None, np.zeros(0, dtype=np.int64))
-
-
 class IdStore:
     """Maps int64 keys to (external id, code, meta); see the module docstring for the layout."""
 
@@ -114,7 +51,7 @@ class IdStore:
         if code_bytes <= 0:
             raise ValueError(f"code_bytes must be positive, got {code_bytes}")
         self.code_bytes = int(code_bytes)
-        self._base = _empty_base()
+        self._base = empty_base()
         self._overlay: dict[int, StoredItem] = {}
         self._overlay_bytes = 0
         self._count = 0
@@ -176,9 +113,7 @@ class IdStore:
         if len(base):
             pos = int(np.searchsorted(base.hashes, lo))
             while len(keys) < limit and pos < len(base):
-                rows = np.arange(pos, min(pos + 2 * limit, len(base)))
-                if base.dead:
-                    rows = rows[[r not in base.dead for r in rows.tolist()]]
+                rows = base.live(np.arange(pos, min(pos + 2 * limit, len(base))))
                 keys.extend(base.hashes[rows][:limit - len(keys)].tolist())
                 pos += 2 * limit
         over = self._overlay_keys()
@@ -220,27 +155,18 @@ class IdStore:
                     f"id {ext!r} has the same 64-bit hash as stored id {item.id!r}; "
                     f"rename it (the stored item was left unchanged)")
 
-    def iter_codes(self, batch: int = _BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_codes(self, batch: int = BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All live (int64 keys, codes (n, code_bytes)) in batches, e.g. to rebuild an index."""
         base, overlay = self._base, self._overlay
         for start in range(0, len(base), batch):
-            rows = np.arange(start, min(start + batch, len(base)))
-            if base.dead:
-                rows = rows[[r not in base.dead for r in rows.tolist()]]
-            codes_col = base.table.column("code").take(pa.array(rows, type=pa.int64()))
-            yield base.hashes[rows].copy(), self._codes_to_numpy(codes_col)
+            rows = base.live(np.arange(start, min(start + batch, len(base))))
+            yield base.hashes[rows].copy(), base.codes(rows, self.code_bytes)
         items = list(overlay.items())
         for start in range(0, len(items), batch):
             part = items[start:start + batch]
             hashes = np.array([h for h, _ in part], dtype=np.int64)
             codes = np.frombuffer(b"".join(it.code for _, it in part), dtype=np.uint8)
             yield hashes, codes.reshape(-1, self.code_bytes).copy()
-
-    def _codes_to_numpy(self, col: pa.ChunkedArray) -> np.ndarray:
-        chunks = [np.frombuffer(c.buffers()[1], dtype=np.uint8)[
-            c.offset * self.code_bytes:(c.offset + len(c)) * self.code_bytes] for c in col.chunks]
-        flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
-        return flat.reshape(-1, self.code_bytes).copy()
 
     # -- writes ---------------------------------------------------------------------------------
     def put(self, ext_id: str, h: int, code: bytes, meta: str) -> bool:
@@ -332,101 +258,12 @@ class IdStore:
 
         Writers must be paused by the caller (the shard's write lock); readers may continue.
         """
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        base, overlay = self._base, self._overlay
-        schema = _schema(self.code_bytes)
-        o_hashes = np.array(sorted(overlay), dtype=np.int64)
-        o_items = [overlay[h] for h in o_hashes.tolist()]
-        o_table = pa.table({"hash": o_hashes, "id": [i.id for i in o_items],
-                            "code": pa.array([i.code for i in o_items], type=pa.binary(self.code_bytes)),
-                            "meta": [i.meta for i in o_items]}, schema=schema)
-        insert_at = np.searchsorted(base.hashes, o_hashes)  # overlay rows go before these base rows
-        dead = np.array(sorted(base.dead), dtype=np.int64)
-        total = len(base) - len(dead) + len(o_hashes)
-        with pq.ParquetWriter(out / PARQUET_FILE, schema, compression="zstd") as pw, \
-                _MappedWriter(out, schema, total) as mw:
-            blocks = [(lo, min(lo + _BLOCK, len(base))) for lo in range(0, len(base), _BLOCK)]
-            blocks = blocks or [(0, 0)]
-            for j, (lo, hi) in enumerate(blocks):
-                last = j == len(blocks) - 1
-                parts = []
-                if hi > lo:
-                    keep = np.ones(hi - lo, dtype=bool)
-                    d = dead[(dead >= lo) & (dead < hi)]
-                    keep[d - lo] = False
-                    parts.append(base.table.slice(lo, hi - lo).filter(pa.array(keep)))
-                o_lo = np.searchsorted(insert_at, lo, side="left") if lo else 0
-                o_hi = len(o_hashes) if last else np.searchsorted(insert_at, hi, side="left")
-                if o_hi > o_lo:
-                    parts.append(o_table.slice(int(o_lo), int(o_hi - o_lo)))
-                if not parts:
-                    continue
-                block = pa.concat_tables(parts).sort_by("hash").combine_chunks()
-                if not len(block):
-                    continue
-                pw.write_table(block, row_group_size=1 << 17)
-                mw.write(block.to_batches(max_chunksize=_BLOCK))
-        if mw.written != total:
-            raise RuntimeError(f"store snapshot wrote {mw.written} rows, expected {total}")
-        return total
+        return write_merged(Path(out_dir), self._base, self._overlay, self.code_bytes)
 
     @classmethod
     def open(cls, snap_dir: str | os.PathLike, code_bytes: int) -> "IdStore":
         """Open a snapshot: memory-map the Arrow file (rebuilt from Parquet if missing)."""
-        src = Path(snap_dir)
         store = cls(code_bytes)
-        if not (src / PARQUET_FILE).exists() and not (src / ARROW_FILE).exists():
-            raise FileNotFoundError(f"no store snapshot in {src}")
-        if not ((src / ARROW_FILE).exists() and (src / HASHES_FILE).exists()):
-            _arrow_from_parquet(src)
-        mm = pa.memory_map(str(src / ARROW_FILE), "r")
-        table = pa.ipc.open_file(mm).read_all()
-        hashes = np.load(src / HASHES_FILE, mmap_mode="r", allow_pickle=False)
-        if len(table) != len(hashes) or table.schema.field("code").type != pa.binary(code_bytes):
-            raise ValueError(f"corrupt store snapshot in {src}: {len(table)} rows, "
-                             f"{len(hashes)} hashes, code type {table.schema.field('code').type}")
-        mapped = (src / ARROW_FILE).stat().st_size + (src / HASHES_FILE).stat().st_size
-        store._base = _Base(table, hashes, mapped)
-        store._count = len(table)
+        store._base = open_base(snap_dir, code_bytes)
+        store._count = len(store._base)
         return store
-
-
-class _MappedWriter:
-    """Writes the two files a snapshot is memory-mapped from: the Arrow IPC file and the
-    sorted int64 hash array (``.npy``), batch by batch, under an optional name suffix."""
-
-    def __init__(self, out: Path, schema: pa.Schema, total: int, suffix: str = "") -> None:
-        self.out, self.schema, self.total, self.suffix = out, schema, total, suffix
-        self.written = 0
-
-    def __enter__(self) -> "_MappedWriter":
-        self._hashes = np.lib.format.open_memmap(self.out / (HASHES_FILE + self.suffix), mode="w+",
-                                                 dtype=np.int64, shape=(self.total,))
-        self._sink = pa.OSFile(str(self.out / (ARROW_FILE + self.suffix)), "wb")
-        self._ipc = pa.ipc.new_file(self._sink, self.schema)
-        return self
-
-    def write(self, batches: Iterable[pa.RecordBatch]) -> None:
-        for batch in batches:
-            self._ipc.write_batch(batch)
-            self._hashes[self.written:self.written + len(batch)] = batch.column("hash").to_numpy()
-            self.written += len(batch)
-
-    def __exit__(self, *exc: object) -> None:
-        self._ipc.close()
-        self._sink.close()
-        self._hashes.flush()
-        del self._hashes
-
-
-def _arrow_from_parquet(src: Path) -> None:
-    """Rebuild the memory-mappable Arrow file and hash array from the Parquet copy."""
-    pf = pq.ParquetFile(src / PARQUET_FILE)
-    with _MappedWriter(src, pf.schema_arrow, pf.metadata.num_rows, ".tmp") as mw:
-        mw.write(pf.iter_batches(batch_size=_BLOCK))
-    if mw.written and (np.diff(np.load(src / (HASHES_FILE + ".tmp"), mmap_mode="r")) < 0).any():
-        raise ValueError(f"corrupt store snapshot in {src}: Parquet rows are not sorted by hash")
-    os.replace(src / (HASHES_FILE + ".tmp"), src / HASHES_FILE)
-    os.replace(src / (ARROW_FILE + ".tmp"), src / ARROW_FILE)
-    print(f"neardup: rebuilt {ARROW_FILE} from {PARQUET_FILE} in {src}", file=sys.stderr)

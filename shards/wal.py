@@ -134,6 +134,26 @@ def replay(path: str | os.PathLike, truncate: bool = True) -> Iterator[WalRecord
     yield from records
 
 
+
+def replay_batches(path: str | os.PathLike, limit: int) -> Iterator[list[WalRecord]]:
+    """The log's records in order (as ``replay``), grouped so that they can be applied in bulk:
+    each group is a run of up to ``limit`` adds of distinct ids, or one remove. Applying the
+    groups in order has the effect of applying the records one by one."""
+    batch: dict[str, WalRecord] = {}
+    for rec in replay(path):
+        if rec.op == OP_ADD and rec.id not in batch and len(batch) < limit:
+            batch[rec.id] = rec
+            continue
+        if batch:
+            yield list(batch.values())
+        batch = {}
+        if rec.op == OP_ADD:
+            batch[rec.id] = rec
+        else:
+            yield [rec]
+    if batch:
+        yield list(batch.values())
+
 class WriteAheadLog:
     """An open log for appending; ``append`` returns only after the data is fsynced.
 

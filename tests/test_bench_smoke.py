@@ -13,6 +13,8 @@ import pytest
 
 from bench import common
 from bench import shard_bench as sb
+from bench.shard_exact import gpu_available
+from bench.shard_workload import flip_bits, ids_for_rows, rows_for_ids
 
 TINY = ["--grid", "quick", "--queries-per-bucket", "8", "--latency-queries", "16", "--threads", "1",
         "--batch-size", "16", "--add-batch", "700"]
@@ -27,15 +29,15 @@ def test_flip_bits_gives_exact_distances():
     rng = np.random.default_rng(1)
     codes = np.frombuffer(rng.bytes(50 * 16), np.uint8).reshape(50, 16)
     dists = rng.integers(0, 40, 50)
-    flipped = sb.flip_bits(codes, dists, rng)
+    flipped = flip_bits(codes, dists, rng)
     assert (np.bitwise_count(flipped ^ codes).sum(axis=1) == dists).all()
 
 
 def test_ids_map_back_to_rows():
     rows = np.array([0, 1, 2, 12345, 10 ** 9], dtype=np.int64)
-    ids = sb.ids_for_rows(rows)
+    ids = ids_for_rows(rows)
     assert len(set(ids.tolist())) == len(rows) and (ids >= 0).all()
-    assert (sb.rows_for_ids(ids) == rows).all()
+    assert (rows_for_ids(ids) == rows).all()
 
 
 def test_cost_curve_fit_and_counts():
@@ -95,7 +97,7 @@ def test_real_codes_path(tmp_path):
     pq.write_table(_codes_table([f"{n}.jpg" for n in names], [f"/c/{n}.jpg" for n in names], refs),
                    tmp_path / "refs.parquet")
     dists = np.tile([2, 6, 10, 14], 10)
-    queries = sb.flip_bits(refs, dists, rng)
+    queries = flip_bits(refs, dists, rng)
     q_names = [f"{n}__crop.jpg" for n in names]
     pq.write_table(_codes_table(q_names, [f"/q/{n}" for n in q_names], queries), tmp_path / "q.parquet")
     argv = ["--sizes", "2000", "--out-dir", str(tmp_path), "--tag", "r", "--kinds", "mihc,flat",
@@ -120,7 +122,7 @@ def test_bad_flags_give_one_line_errors(capsys, tmp_path):
 
 
 def test_gpu_flag_skips_cleanly_without_faiss_gpu(capsys, tmp_path):
-    ok, _why = sb.gpu_available()
+    ok, _why = gpu_available()
     if ok:
         pytest.skip("this machine has FAISS GPU support")
     assert sb.main(["--gpu", "--sizes", "1000", "--out-dir", str(tmp_path)]) == 0
@@ -131,7 +133,7 @@ def test_gpu_flag_skips_cleanly_without_faiss_gpu(capsys, tmp_path):
 def test_real_codes_matched_by_ground_truth_csv(tmp_path):
     rng = np.random.default_rng(4)
     refs = np.frombuffer(rng.bytes(20 * 16), np.uint8).reshape(20, 16)
-    queries = sb.flip_bits(refs[:12], np.full(12, 5), rng)
+    queries = flip_bits(refs[:12], np.full(12, 5), rng)
     pq.write_table(_codes_table([f"r{i:03d}.jpg" for i in range(20)], [f"/refs/r{i:03d}.jpg" for i in range(20)],
                                 refs), tmp_path / "refs.parquet")
     q_names = [f"q{i:03d}.jpg" for i in range(12)]

@@ -9,7 +9,9 @@ import pytest
 import xxhash
 
 import shards.store as store_mod
-from shards.store import ARROW_FILE, HASHES_FILE, PARQUET_FILE, HashCollisionError, IdStore, hash_ids, id_hash
+import shards.store_snapshot as snapshot_mod
+from shards.store import HashCollisionError, IdStore, hash_ids, id_hash
+from shards.store_snapshot import ARROW_FILE, HASHES_FILE, PARQUET_FILE
 from shards.wal import OP_ADD, OP_REMOVE, MAGIC, WalCorruptError, WalRecord, WriteAheadLog, replay
 
 CB = 16
@@ -78,7 +80,7 @@ def _fill(s: IdStore, names: list[str]) -> None:
 
 
 def test_snapshot_parquet_roundtrip_and_overlay_merge(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "_BLOCK", 7)  # many merge blocks with little data
+    monkeypatch.setattr(snapshot_mod, "BLOCK", 7)  # many merge blocks with little data
     names = [f"img-{i}" for i in range(50)]
     s = IdStore(CB)
     _fill(s, names)

@@ -1,0 +1,96 @@
+"""Validation of the arguments of ``ShardActor``'s calls, which arrive from other processes.
+
+Every check raises ValueError with a message a client can act on, before the shard takes its
+write lock or logs anything, so that a bad request never reaches the WAL.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from shards.verify import KEYPOINT_BYTES
+
+MAX_ID_BYTES = 1024
+MAX_META_BYTES = 64 * 1024
+MAX_K = 10_000
+
+
+def check_ids(ids: Any) -> list[str]:
+    """A list of non-empty string ids, each at most ``MAX_ID_BYTES`` in UTF-8."""
+    if isinstance(ids, str) or not isinstance(ids, (list, tuple)):
+        raise ValueError(f"ids must be a list of strings, got {type(ids).__name__}")
+    for i in ids:
+        if not isinstance(i, str) or not i:
+            raise ValueError(f"every id must be a non-empty string, got {i!r}")
+        if len(i.encode("utf-8")) > MAX_ID_BYTES:
+            raise ValueError(f"id too long ({len(i.encode('utf-8'))} bytes > {MAX_ID_BYTES}): "
+                             f"{i[:40]!r}...")
+    return list(ids)
+
+
+def check_metas(metas: Any, n: int) -> list[str | None]:
+    """JSON text per item; None = not given (a new item gets {}, an existing one keeps its)."""
+    if metas is None:
+        return [None] * n
+    if not isinstance(metas, (list, tuple)) or len(metas) != n:
+        raise ValueError(f"metas must be a list of {n} dicts (or None)")
+    out: list[str | None] = []
+    for m in metas:
+        if m is None:
+            out.append(None)
+            continue
+        if not isinstance(m, dict):
+            raise ValueError(f"each meta must be a dict, got {type(m).__name__}")
+        try:
+            text = json.dumps(m, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"meta is not JSON-serialisable: {exc}") from None
+        if len(text.encode("utf-8")) > MAX_META_BYTES:
+            raise ValueError(f"meta too large ({len(text)} chars > {MAX_META_BYTES} bytes)")
+        out.append(text)
+    return out
+
+
+def check_k(k: Any) -> int:
+    """A search's k: an integer in 0..MAX_K."""
+    if not isinstance(k, (int, np.integer)) or not 0 <= k <= MAX_K:
+        raise ValueError(f"k must be an integer in 0..{MAX_K}, got {k!r}")
+    return int(k)
+
+
+def check_radius(radius: Any) -> int | None:
+    """A search's radius: a non-negative integer, or None for no radius."""
+    if radius is not None and (not isinstance(radius, (int, np.integer)) or radius < 0):
+        raise ValueError(f"radius must be a non-negative integer or None, got {radius!r}")
+    return radius
+
+
+def check_vectors(vectors: Any, n: int, vector_bytes: int) -> bool:
+    """Whether a search of ``n`` queries is scored by their side ``vectors``: they are given
+    and the shard stores ``vector_bytes`` > 0 of its own; then they must be (n, vector_bytes)."""
+    scored = vectors is not None and vector_bytes > 0
+    if scored and np.shape(vectors) != (n, vector_bytes):
+        raise ValueError(f"vectors must have shape ({n}, {vector_bytes}), got {np.shape(vectors)}")
+    return scored
+
+def check_limit(limit: Any) -> int:
+    """A page size: an integer in 1..MAX_K."""
+    if not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_K:
+        raise ValueError(f"limit must be an integer in 1..{MAX_K}, got {limit!r}")
+    return int(limit)
+
+
+def check_keypoint_blocks(keypoints: np.ndarray | bytes, which: list[int] | None,
+                          n: int) -> tuple[np.ndarray, list[int]]:
+    """A query's packed keypoints -> ((m, KEYPOINT_BYTES) blocks, the block of each of ``n``
+    ids: 0 for each when ``which`` is None, -1 meaning the best of all)."""
+    blocks = np.frombuffer(bytes(keypoints), np.uint8)
+    if len(blocks) == 0 or len(blocks) % KEYPOINT_BYTES:
+        raise ValueError(f"keypoints must be blocks of {KEYPOINT_BYTES} bytes, got {len(blocks)}")
+    blocks = blocks.reshape(-1, KEYPOINT_BYTES)
+    which = [0] * n if which is None else [int(w) for w in which]
+    if len(which) != n or any(not -1 <= w < len(blocks) for w in which):
+        raise ValueError(f"which must name one of {len(blocks)} keypoint blocks (or -1) per id")
+    return blocks, which
