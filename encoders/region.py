@@ -23,6 +23,8 @@ SIZE = 192
 MIN_STEP = 12.0  # grey levels a side's step must reach
 MIN_SUPPORT = 0.6  # share of a side's length that must be a ridge
 CANDIDATES = 6  # candidate columns and rows per axis
+MIN_SIDE = 0.3  # each side of the rectangle spans at least this share of the image's side
+MIN_AREA, MAX_AREA = 0.15, 0.85  # the rectangle's share of the image
 
 
 def _grey(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -88,7 +90,7 @@ def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     for (x0, x1), (y0, y1) in itertools.product(itertools.combinations(sorted(set(xs)), 2),
                                                 itertools.combinations(sorted(set(ys)), 2)):
         bw, bh = x1 - x0, y1 - y0
-        if not (0.3 * w <= bw and 0.3 * h <= bh and 0.15 <= bw * bh / (w * h) <= 0.85):
+        if not (MIN_SIDE * w <= bw and MIN_SIDE * h <= bh and MIN_AREA <= bw * bh / (w * h) <= MAX_AREA):
             continue
         sides = [_support(vruns, x0, y0 + 1, y1 + 1), _support(vruns, x1, y0 + 1, y1 + 1),
                  _support(hruns, y0, x0 + 1, x1 + 1), _support(hruns, y1, x0 + 1, x1 + 1)]

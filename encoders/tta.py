@@ -5,7 +5,8 @@ keeping, per stored id, its best distance. Modes: ``none``, ``flip`` (+ mirror),
 (+ mirror, 90 and 270 degrees), ``flip_turns`` (+ mirror, every turn and the vertical mirror),
 ``d4`` (all 8 symmetries). With ``content`` on, a query that is a photo inside a flat frame
 (padding, meme bands, a screenshot; ``encoders.frame``) or a photo pasted into another picture
-(``encoders.region``) also searches that photo's crop and its mirror.
+(``encoders.region``) also searches that photo's crop and its mirror, and a photo turned by a few
+degrees inside a flat fill (``encoders.rotation``) is also searched turned back upright.
 
 The index side has views too (``ref_view_images``): an image may also be stored under the
 codes of some of its crops (``REF_VIEWS``; ``shards.views``), because a 128-bit code of a
@@ -26,6 +27,7 @@ from PIL import Image
 
 from encoders.frame import content_box
 from encoders.region import paste_box
+from encoders.rotation import turn_angle, turned_back
 
 TTA_MODES = ("none", "flip", "flip_rot90", "flip_turns", "d4")
 # Dihedral variant names in the order ``variants`` returns them (a mode takes a prefix);
@@ -38,6 +40,7 @@ ROT_COST = 5.0
 HALF_TURN_COST = 5.0  # upside down: rot180 and the vertical mirror
 CONTENT_COST = 1.0
 OUTSIDE_COST = 0.5  # the largest part of the query outside a pasted photo (a photo pasted over the copy)
+UPRIGHT_COST = 1.0  # the query turned back upright when its photo sits turned in a flat fill
 OUTSIDE_MIN_AREA = 0.25  # that part must hold at least this share of the query
 # Stored crops of an indexed image: name -> (side fraction kept, x and y anchor: 0 = left/top,
 # 0.5 = centred, 1 = right/bottom). On the held-out benchmark the centre crop alone lifted
@@ -69,20 +72,22 @@ def is_mirrored(name: str) -> bool:
 
 def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = ROT_COST,
           content_cost: float = CONTENT_COST, half_turn_cost: float = HALF_TURN_COST,
-          outside_cost: float = OUTSIDE_COST) -> np.ndarray:
+          outside_cost: float = OUTSIDE_COST, upright_cost: float = UPRIGHT_COST) -> np.ndarray:
     """Prior cost added to each named view's distance: 0 for the original, ``flip_cost`` for the
     mirror, ``rot_cost`` for a quarter turn, ``half_turn_cost`` for upside down (rot180 and the
     vertical mirror), ``content_cost`` for the framed or pasted photo's crop (plus ``flip_cost``
-    for its mirror), ``outside_cost`` for the part of the query outside a pasted photo."""
+    for its mirror), ``outside_cost`` for the part of the query outside a pasted photo,
+    ``upright_cost`` for the query turned back upright."""
     if isinstance(names, str):
         raise TypeError("costs() takes a sequence of view names, e.g. variant_names(mode)")
-    if min(flip_cost, rot_cost, content_cost, half_turn_cost, outside_cost) < 0:
+    if min(flip_cost, rot_cost, content_cost, half_turn_cost, outside_cost, upright_cost) < 0:
         raise ValueError(f"TTA costs must be >= 0; got flip {flip_cost}, rot {rot_cost}, "
-                         f"content {content_cost}, half turn {half_turn_cost}, outside {outside_cost}")
+                         f"content {content_cost}, half turn {half_turn_cost}, outside {outside_cost}, "
+                         f"upright {upright_cost}")
 
     def one(name: str) -> float:
-        if name == "outside":
-            return outside_cost
+        if name in ("outside", "upright"):
+            return outside_cost if name == "outside" else upright_cost
         if "rot180" in name:
             return half_turn_cost
         if "rot" in name:
@@ -94,27 +99,34 @@ def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = 
 def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
     """Every view ``query_variants`` can return for ``mode``, in its order: the dihedral
     variants, then with ``content`` the framed or pasted photo's crop and, unless mode is none,
-    its mirror, then the largest part of the query outside a pasted photo."""
+    its mirror, the largest part of the query outside a pasted photo, and the query turned back
+    upright."""
     extra = ("content",) if mode == "none" else ("content", "content+flip")
-    return variant_names(mode) + (extra + ("outside",) if content else ())
+    return variant_names(mode) + (extra + ("outside", "upright") if content else ())
 
 
 def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndarray], mode: str,
                    content: bool | str = True) -> tuple[list[np.ndarray], list[str]]:
-    """The views of one query image to search, as (1, S, S, 3) arrays, and their names (a prefix
-    of ``view_names``): the framed or pasted photo's views come only when one is found
-    (``content="frame"`` looks for flat frames only)."""
-    arrays = variants(preprocess(img)[None], mode)
+    """The views of one query image to search, as (1, S, S, 3) arrays, and their names (in
+    ``view_names`` order): the framed or pasted photo's views and the upright view come only
+    when their detector fires (``content="frame"`` looks for flat frames only, no pasted photo)."""
+    arrays, names = variants(preprocess(img)[None], mode), list(variant_names(mode))
     frame = content_box(img) if content else None
     pasted = paste_box(img) if content and frame is None and content != "frame" else None
     box = frame or pasted
     if box is not None:
         inner = preprocess(img.crop(box))[None]
         arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
+        names += ["content"] if mode == "none" else ["content", "content+flip"]
     rest = outside_box(img.size, pasted) if pasted is not None else None
     if rest is not None:
         arrays.append(preprocess(img.crop(rest))[None])
-    return arrays, list(view_names(mode, content)[:len(arrays)])
+        names.append("outside")
+    theta = turn_angle(img) if content else None
+    if theta is not None:
+        arrays.append(preprocess(turned_back(img, theta))[None])
+        names.append("upright")
+    return arrays, names
 
 
 def photo_box(img: Image.Image, region: bool = True) -> tuple[int, int, int, int] | None:

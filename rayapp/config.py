@@ -17,7 +17,7 @@ import yaml
 from encoders.registry import DEFAULT_ENCODER
 from shards.verify import VERIFY_DEPTH
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, OUTSIDE_COST,
-                          REF_VIEW_COST, ROT_COST,
+                          REF_VIEW_COST, ROT_COST, UPRIGHT_COST,
                           check_ref_views, costs)
 
 
@@ -36,6 +36,7 @@ class EncoderConfig:
     content: bool = True             # also search the photo inside a flat frame (encoders.frame)
     content_cost: float = CONTENT_COST  # prior cost a match of that crop pays
     outside_cost: float = OUTSIDE_COST  # prior cost a match of the part outside a pasted photo pays
+    upright_cost: float = UPRIGHT_COST  # prior cost a match of the query turned back upright pays
     rank: str = "vector"             # vector (cosine of side vectors) | weighted (bit confidences) | hamming
     # crops stored with each indexed image (encoders.tta.REF_VIEWS; [] = one code per image)
     ref_views: list = field(default_factory=lambda: list(DEFAULT_REF_VIEWS))
@@ -48,7 +49,7 @@ class EncoderConfig:
     def view_costs(self, names: Sequence[str]) -> np.ndarray:
         """The prior cost of each named query view under these settings (``encoders.tta.costs``)."""
         return costs(names, self.flip_cost, self.rot_cost, self.content_cost, self.half_turn_cost,
-                     self.outside_cost)
+                     self.outside_cost, self.upright_cost)
 
 
 @dataclass

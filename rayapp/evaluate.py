@@ -33,7 +33,7 @@ from encoders.keypoints import extract, extract_query
 from shards.vectors import vector_distances
 from shards.verify import VERIFY_DEPTH, inliers, verify_bonus
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, OUTSIDE_COST,
-                          REF_VIEW_COST, ROT_COST,
+                          REF_VIEW_COST, ROT_COST, UPRIGHT_COST,
                           check_ref_views, costs as tta_costs, is_mirrored, query_variants,
                           ref_view_images,
                           view_names)
@@ -224,7 +224,8 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         rank = check_rank(kwargs.pop("rank", "vector"))
         prior = {key: float(kwargs.pop(key, default)) for key, default in
                  (("flip_cost", FLIP_COST), ("rot_cost", ROT_COST), ("content_cost", CONTENT_COST),
-                  ("half_turn_cost", HALF_TURN_COST), ("outside_cost", OUTSIDE_COST))}
+                  ("half_turn_cost", HALF_TURN_COST), ("outside_cost", OUTSIDE_COST),
+                  ("upright_cost", UPRIGHT_COST))}
         content = kwargs.pop("content", "on")
         content = "frame" if content == "frame" else content not in ("off", "0", "false")
         ref_views = _ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))

@@ -55,7 +55,7 @@ def test_query_views_add_the_framed_photo_and_its_mirror():
     arrays, names = query_variants(framed, enc.preprocess, "flip_rot90")
     assert names == ["original", "flip", "rot90", "rot270", "content", "content+flip"]
     assert tuple(names) == view_names("flip_rot90")[:6] and view_names("none", content=False) == ("original",)
-    assert view_names("flip_rot90")[6:] == ("outside",)  # only a pasted photo has an outside
+    assert view_names("flip_rot90")[6:] == ("outside", "upright")  # only a pasted photo has an outside
     assert all(a.shape == (1, enc.input_size, enc.input_size, 3) for a in arrays)
     assert np.array_equal(arrays[5], arrays[4][:, :, ::-1])
     assert query_variants(framed, enc.preprocess, "none", content=False)[1] == ["original"]
