@@ -11,6 +11,10 @@ from formats.keypoints import KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack
 cv2.setNumThreads(1)
 _ORB = None
 MIN_SIDE = 32  # ORB's pyramid and edge margin need this many pixels on the short side
+# A thumbnail is enlarged to this long side before detection: at its own size ORB's pyramid
+# finds too few corners to verify it (chosen on validation sources, independent suite).
+ENLARGE_TO = 160
+MIN_ENLARGE = 16  # an image thinner than this is not enlarged (1xN strips stay without keypoints)
 
 
 def _orb():
@@ -21,12 +25,23 @@ def _orb():
     return _ORB
 
 
+def _detection_scale(grey: Image.Image) -> Image.Image:
+    """``grey`` shrunk to KEYPOINT_SIDE on its long side, or enlarged to ENLARGE_TO when its
+    long side is shorter and its short side at least MIN_ENLARGE."""
+    w, h = grey.size
+    if max(w, h) < ENLARGE_TO and min(w, h) >= MIN_ENLARGE:
+        f = ENLARGE_TO / max(w, h)
+        return grey.resize((round(w * f), round(h * f)), Image.BICUBIC)
+    grey.thumbnail((KEYPOINT_SIDE, KEYPOINT_SIDE), Image.BILINEAR)
+    return grey
+
+
 def extract(image: Image.Image) -> np.ndarray:
     """A decoded image -> its packed ORB keypoints (KEYPOINT_BYTES,) uint8, detected on the
-    grey image scaled to KEYPOINT_SIDE on its longest side (never enlarged). An image thinner
-    than MIN_SIDE there (1x1, 1xN strips) has none: it is still encoded, just never verified."""
-    grey = image.convert("L")
-    grey.thumbnail((KEYPOINT_SIDE, KEYPOINT_SIDE), Image.BILINEAR)
+    grey image scaled to KEYPOINT_SIDE on its longest side, or enlarged to ENLARGE_TO when it is
+    a smaller thumbnail. An image thinner than MIN_SIDE there (1x1, 1xN strips) has none: it is
+    still encoded, just never verified."""
+    grey = _detection_scale(image.convert("L"))
     if min(grey.size) < MIN_SIDE:
         return np.zeros(KEYPOINT_BYTES, np.uint8)
     kps, des = _orb().detectAndCompute(np.asarray(grey), None)

@@ -139,6 +139,17 @@ def test_keypoints_live_in_the_blob_log_and_survive_snapshot_crash_and_replay(tm
     again.close()
 
 
+def test_a_thumbnail_copy_is_verified_once_enlarged():
+    """A copy kept as a thumbnail (a fifth of each side, about 60 pixels) is enlarged before
+    detection, so its corners still match the stored original's; unrelated thumbnails do not."""
+    ref = _photo(0)
+    stored = extract(ref)
+    thumb = lambda im: _jpeg(im.resize((im.width // 5, im.height // 5), Image.LANCZOS), 60)  # noqa: E731
+    n_copy = inliers(extract(thumb(ref)), stored)
+    n_other = [inliers(extract(thumb(_photo(i))), stored) for i in range(1, 6)]
+    assert verify_bonus(n_copy) > 0 and n_copy > 2 * max(n_other), (n_copy, n_other)
+
+
 def test_tiny_and_strip_images_have_no_keypoints_but_encode():
     """1x1 and 1xN images (once a 500 on /v1/search) are images: they are encoded, and carry no
     keypoints because ORB cannot detect any on them."""
