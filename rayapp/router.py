@@ -3,7 +3,8 @@
 Queries go to all shards in parallel, each with a timeout, so the slowest or a dead shard can
 only make an answer *partial*, never hang it or fail it. Writes go to the owning shard only and
 raise :class:`ShardUnavailable` when that shard does not acknowledge, so callers can answer 503
-instead of claiming durability they do not have.
+instead of claiming durability they do not have. Deadlines and the probation of failed shards
+are :class:`rayapp.shard_pool.ShardPool`'s.
 
 An image may be stored with reference views (``shards.views``): extra entries holding the codes
 of some of its crops, on the image's shard. Searches fold a view's hit into its image's
@@ -13,29 +14,25 @@ An image query's top hits can then be spatially verified (``verify``): each owni
 matches the query's keypoints against its stored images' (``shards.verify``), and a hit that
 shares many keypoints under one geometry gains a distance credit (``verify_bonus``).
 
-Every method has an ``async`` twin (``asearch``, ``aadd``, ...) for Serve's event loop.
+Each operation is written once, as a coroutine for Serve's event loop (``asearch``, ``aadd``,
+...); its synchronous name (``search``, ``add``, ...) is a thin wrapper that runs it to its end
+(``rayapp.blocking.run_sync``) for the CLI, ingest and jobs.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-import threading
-import time
 from collections import defaultdict
 from typing import Any, Callable
 
 import numpy as np
-import ray
 import xxhash
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, RayActorError
 
 from encoders.tta import REF_VIEW_COST, REF_VIEWS, is_mirrored
+from rayapp.blocking import run_sync
 from rayapp.ranking import fold_views, merge_results, rerank_depth, with_inliers, weighted_unless_scored
+from rayapp.shard_pool import ShardPool, client_error, reason
 from shards.verify import KEYPOINT_BYTES
 from shards.views import base_id, check_base_id, view_id
-
-log = logging.getLogger(__name__)
 
 
 class ShardUnavailable(RuntimeError):
@@ -56,23 +53,16 @@ def shard_for(item_id: str, num_shards: int) -> int:
     return xxhash.xxh64_intdigest(base_id(item_id).encode("utf-8")) % num_shards
 
 
-def _reason(exc: BaseException) -> str:
-    """One-line cause of a Ray task failure (without the remote traceback)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        exc = cause
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, ray.exceptions.GetTimeoutError)):
-        return "timed out"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
-
-
-def _client_error(exc: BaseException) -> ValueError | None:
-    """A shard that rejected the input (ValueError) is the caller's fault, not an outage."""
-    if isinstance(exc, RayActorError) or not isinstance(exc, ValueError):
-        return None
-    cause = getattr(exc, "cause", None)
-    return ValueError(str(cause if isinstance(cause, ValueError) else exc))
+def raise_write_errors(errors: dict[int, BaseException]) -> None:
+    """A write or point lookup that any owning shard failed: ValueError if a shard rejected the
+    input, else ShardUnavailable naming the shards and why."""
+    if not errors:
+        return
+    for exc in errors.values():
+        bad = client_error(exc)
+        if bad is not None:
+            raise bad
+    raise ShardUnavailable(list(errors), {i: reason(e) for i, e in errors.items()})
 
 
 def with_views(ids: list[str], codes: np.ndarray | None, metas: list[dict] | None,
@@ -119,20 +109,20 @@ class ShardRouter:
             raise ValueError("ShardRouter needs at least one shard")
         if ref_view_cost < 0:
             raise ValueError(f"ref_view_cost must be >= 0, got {ref_view_cost}")
-        self.shards = list(shards)
+        self.pool = ShardPool(shards, resolver)
         self.ref_views = int(ref_views)
         self.ref_view_cost = float(ref_view_cost)
         self.timeout_s = float(timeout_s)
         self.write_timeout_s = float(write_timeout_s)
-        self.resolver = resolver
-        self._probes: dict[int, Any] = {}  # shard -> pending ping ObjectRef while on probation
-        self._down: set[int] = set()       # shards last seen failing (for logging transitions)
-        self._resolved_at: dict[int, float] = {}
-        self._lock = threading.Lock()
+
+    @property
+    def shards(self) -> list[ActorHandle]:
+        """The shard actors' handles, by shard id (a re-resolved handle replaces a dead one)."""
+        return self.pool.handles
 
     @property
     def num_shards(self) -> int:
-        return len(self.shards)
+        return len(self.pool)
 
     def shard_for(self, item_id: str) -> int:
         """Index of the shard that owns ``item_id``."""
@@ -172,129 +162,17 @@ class ShardRouter:
             raise ValueError(f"radius must be >= 0, got {radius}")
         return codes
 
-    def _read(self, i: int, method: str, *args) -> Any:
-        """A read call: not replayed after an actor restart (the caller has long timed out)."""
-        return getattr(self.shards[i], method).options(max_task_retries=0).remote(*args)
-
     def _submit_search(self, shards: list[int], codes, k, radius, with_meta, with_codes,
                        vectors=None) -> dict[int, Any]:
         radius = None if radius is None else int(radius)
         extra = () if vectors is None else (vectors,)
-        return {i: self._read(i, "search", codes, int(k), radius, with_meta, with_codes, *extra)
+        return {i: self.pool.read(i, "search", codes, int(k), radius, with_meta, with_codes, *extra)
                 for i in shards}
 
-    # ---- shard health -----------------------------------------------------------------
-    def _available(self) -> tuple[list[int], dict[int, BaseException]]:
-        """Shards to query now -> (indices, {skipped shard: reason}).
-
-        A shard that failed is on probation: queries skip it (answering partial at once instead
-        of waiting out the timeout every time, and without queueing work on a dead or
-        restarting actor) until its ``ping`` probe answers.
-        """
-        skipped: dict[int, BaseException] = {}
-        with self._lock:
-            for i, probe in list(self._probes.items()):
-                ready, _ = ray.wait([probe], timeout=0)
-                if not ready:
-                    skipped[i] = TimeoutError("recovering (health probe pending)")
-                    continue
-                del self._probes[i]
-                try:
-                    ray.get(probe)
-                    self._down.discard(i)
-                    log.warning("shard %d answers again", i)
-                except Exception as exc:  # noqa: BLE001 - still down; _after_errors re-probes
-                    skipped[i] = exc
-        return [i for i in range(self.num_shards) if i not in skipped], skipped
-
-    def _after_errors(self, errors: dict[int, BaseException]) -> None:
-        """Log newly failed shards, re-resolve handles that died for good, start probes."""
-        for i, exc in errors.items():
-            if _client_error(exc) is not None:
-                continue  # the shard is healthy; it refused the input
-            with self._lock:
-                if i in self._probes:
-                    continue  # already on probation
-                if i not in self._down:
-                    self._down.add(i)
-                    log.warning("shard %d did not answer: %s", i, _reason(exc))
-            if isinstance(exc, ActorDiedError):
-                self._refresh(i)
-            with self._lock:
-                self._probes.setdefault(i, self._read(i, "ping"))
-
-    async def _aafter_errors(self, errors: dict[int, BaseException]) -> None:
-        if self.resolver is not None and any(isinstance(e, ActorDiedError) for e in errors.values()):
-            await asyncio.to_thread(self._after_errors, errors)  # resolver may block on the GCS
-        else:
-            self._after_errors(errors)
-
-    def _refresh(self, i: int) -> None:
-        """Look shard ``i`` up again (at most once a second) after its handle died."""
-        now = time.monotonic()
-        if self.resolver is None or now - self._resolved_at.get(i, -1e9) < 1.0:
-            return
-        self._resolved_at[i] = now
-        try:
-            handle = self.resolver(i)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not re-resolve shard %d: %s", i, _reason(exc))
-            return
-        if handle is not None:
-            self.shards[i] = handle
-
-    # ---- collection -------------------------------------------------------------------
-    def _collect(self, refs: dict[int, Any], timeout_s: float) -> tuple[dict[int, Any], dict[int, BaseException]]:
-        """Wait up to ``timeout_s`` for all refs -> (results, errors) keyed by shard."""
-        results, errors = {}, {}
-        if refs:
-            by_ref = {ref: i for i, ref in refs.items()}
-            ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
-            for ref in ready:
-                try:
-                    results[by_ref[ref]] = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a failed shard is reported, not raised
-                    errors[by_ref[ref]] = exc
-            for i in refs:
-                if i not in results and i not in errors:
-                    errors[i] = TimeoutError(f"no answer within {timeout_s:g}s")
-        self._after_errors(errors)
-        return results, errors
-
-    async def _acollect(self, refs: dict[int, Any], timeout_s: float) -> tuple[dict[int, Any], dict[int, BaseException]]:
-        """Async twin of :meth:`_collect`: awaits ObjectRefs with one shared deadline."""
-        results, errors = {}, {}
-        if refs:
-            async def one(ref):
-                return await ref
-
-            tasks = {i: asyncio.ensure_future(one(ref)) for i, ref in refs.items()}
-            await asyncio.wait(tasks.values(), timeout=timeout_s)
-            for i, task in tasks.items():
-                if not task.done():
-                    task.cancel()
-                    errors[i] = TimeoutError(f"no answer within {timeout_s:g}s")
-                elif task.exception() is not None:
-                    errors[i] = task.exception()
-                else:
-                    results[i] = task.result()
-        await self._aafter_errors(errors)
-        return results, errors
-
-    @staticmethod
-    def _raise_write_errors(errors: dict[int, BaseException]) -> None:
-        if not errors:
-            return
-        for exc in errors.values():
-            bad = _client_error(exc)
-            if bad is not None:
-                raise bad
-        raise ShardUnavailable(list(errors), {i: _reason(e) for i, e in errors.items()})
-
     # ---- search -----------------------------------------------------------------------
-    def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
-               with_meta: bool = False, weights: np.ndarray | None = None,
-               vectors: np.ndarray | None = None) -> tuple[list[list[dict]], list[int]]:
+    async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
+                      with_meta: bool = False, weights: np.ndarray | None = None,
+                      vectors: np.ndarray | None = None) -> tuple[list[list[dict]], list[int]]:
         """Top-k per query over all shards -> (results, ids of shards that did not answer).
 
         With ``weights`` (the queries' bit confidences, (n, bits)) or side ``vectors`` (n, d),
@@ -304,24 +182,17 @@ class ShardRouter:
         either, hits rank by Hamming distance.
         """
         codes = self._query(codes, k, radius)
-        shards, skipped = self._available()
-        self._after_errors(skipped)
+        shards, skipped = await self.pool.available()
         depth, with_codes = self._depth(codes, k, weights, vectors)
-        results, errors = self._collect(self._submit_search(
+        results, errors = await self.pool.gather(self._submit_search(
             shards, codes, depth, radius, with_meta, with_codes, vectors), self.timeout_s)
         return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
 
-    async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
-                      with_meta: bool = False, weights: np.ndarray | None = None,
-                      vectors: np.ndarray | None = None) -> tuple[list[list[dict]], list[int]]:
-        """Async :meth:`search`."""
-        codes = self._query(codes, k, radius)
-        shards, skipped = self._available()
-        await self._aafter_errors(skipped)
-        depth, with_codes = self._depth(codes, k, weights, vectors)
-        results, errors = await self._acollect(self._submit_search(
-            shards, codes, depth, radius, with_meta, with_codes, vectors), self.timeout_s)
-        return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
+    def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
+               with_meta: bool = False, weights: np.ndarray | None = None,
+               vectors: np.ndarray | None = None) -> tuple[list[list[dict]], list[int]]:
+        """:meth:`asearch`, waited for."""
+        return run_sync(self.asearch(codes, k, radius, with_meta, weights, vectors))
 
     def _depth(self, codes: np.ndarray, k: int, weights: np.ndarray | None,
                vectors: np.ndarray | None = None) -> tuple[int, bool]:
@@ -355,33 +226,27 @@ class ShardRouter:
         top = hits[:max(0, depth)]
         which = [-1 if len(blocks) > 1 and is_mirrored(str(h.get("variant", ""))) else 0 for h in top]
         groups = self._group([str(h["id"]) for h in top], None, which)
-        return groups, {s: self._read(s, "verify", ids, blocks.tobytes(), ws)
+        return groups, {s: self.pool.read(s, "verify", ids, blocks.tobytes(), ws)
                         for s, (ids, _, ws) in groups.items()}
 
-    @staticmethod
-    def _counts(groups: dict[int, tuple], results: dict[int, Any]) -> dict[str, int | None]:
-        return {item_id: n for s, got in results.items() for item_id, n in zip(groups[s][0], got)}
-
-    def verify(self, hits: list[dict], keypoints: np.ndarray, depth: int) -> list[dict]:
+    async def averify(self, hits: list[dict], keypoints: np.ndarray, depth: int) -> list[dict]:
         """One image query's merged hits with its top ``depth`` spatially verified by their
         shards (``ShardActor.verify``; ``keypoints``: the query's blocks as given and, optionally,
         mirrored, ``encoders.keypoints.extract_query``) and re-ordered. A shard that fails
         leaves its hits as they were (the answer is still right, only less sure)."""
         groups, refs = self._submit_verify(hits, keypoints, depth)
-        results, _ = self._collect(refs, self.timeout_s)
-        return with_inliers(hits, self._counts(groups, results))
+        results, _ = await self.pool.gather(refs, self.timeout_s)
+        counts = {item_id: n for s, got in results.items() for item_id, n in zip(groups[s][0], got)}
+        return with_inliers(hits, counts)
 
-    async def averify(self, hits: list[dict], keypoints: np.ndarray, depth: int) -> list[dict]:
-        """Async :meth:`verify`."""
-        groups, refs = self._submit_verify(hits, keypoints, depth)
-        results, _ = await self._acollect(refs, self.timeout_s)
-        return with_inliers(hits, self._counts(groups, results))
+    def verify(self, hits: list[dict], keypoints: np.ndarray, depth: int) -> list[dict]:
+        """:meth:`averify`, waited for."""
+        return run_sync(self.averify(hits, keypoints, depth))
 
-    def verify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray]) -> list[int | None]:
-        """Batch verification for jobs: each (query, stored id) pair against its query's
-        keypoints (``keypoints[i]`` for pair i; the first block: the query as given), in one
-        call per owning shard that carries only the blocks its pairs use -> each pair's inlier
-        count (None: not verified; a shard that fails leaves its pairs None)."""
+    def _submit_pairs(self, pairs: list[tuple[int, str]],
+                      keypoints: list[np.ndarray]) -> tuple[dict[int, list[int]], dict[int, Any]]:
+        """Pair rows by owning shard, and one verify call per shard that carries only the query
+        blocks (each query's first: as given) its pairs use."""
         rows: dict[int, list[int]] = defaultdict(list)
         for row, (_, item_id) in enumerate(pairs):
             rows[self.shard_for(str(item_id))].append(row)
@@ -394,32 +259,30 @@ class ShardRouter:
                 if qi not in where:
                     where[qi] = len(blocks)
                     blocks.append(np.ascontiguousarray(keypoints[r], np.uint8).reshape(-1, KEYPOINT_BYTES)[0])
-            refs[s] = self._read(s, "verify", [str(pairs[r][1]) for r in rs], np.stack(blocks).tobytes(),
-                                 [where[pairs[r][0]] for r in rs])
-        results, _ = self._collect(refs, self.timeout_s)
+            refs[s] = self.pool.read(s, "verify", [str(pairs[r][1]) for r in rs],
+                                     np.stack(blocks).tobytes(), [where[pairs[r][0]] for r in rs])
+        return rows, refs
+
+    async def averify_pairs(self, pairs: list[tuple[int, str]],
+                            keypoints: list[np.ndarray]) -> list[int | None]:
+        """Batch verification for jobs: each (query, stored id) pair against its query's
+        keypoints (``keypoints[i]`` for pair i), in one call per owning shard -> each pair's
+        inlier count (None: not verified; a shard that fails leaves its pairs None)."""
+        rows, refs = self._submit_pairs(pairs, keypoints)
+        results, _ = await self.pool.gather(refs, self.timeout_s)
         out: list[int | None] = [None] * len(pairs)
         for s, got in results.items():
             for r, n in zip(rows[s], got):
                 out[r] = n
         return out
 
+    def verify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray]) -> list[int | None]:
+        """:meth:`averify_pairs`, waited for."""
+        return run_sync(self.averify_pairs(pairs, keypoints))
+
     # ---- writes -----------------------------------------------------------------------
-    def _submit_add(self, ids, codes, metas, views) -> dict[int, Any]:
-        ids, codes, metas, drop = with_views(list(ids), codes, metas, views)
-        drops = self._group(drop) if drop else {}
-        return {s: self.shards[s].add.remote(i, c, m, drops.get(s, ([],))[0])
-                for s, (i, c, m) in self._group(ids, codes, metas).items()}
-
-    @staticmethod
-    def _sum(results: dict[int, dict]) -> dict:
-        total = {"added": 0, "replaced": 0, "unchanged": 0}
-        for r in results.values():
-            for key in total:
-                total[key] += int(r.get(key, 0))
-        return total
-
-    def add(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
-            views: dict[str, np.ndarray] | None = None) -> dict:
+    async def aadd(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
+                   views: dict[str, np.ndarray] | None = None) -> dict:
         """Add to the owning shards in parallel; returns summed counts (of images, not views)
         once all are durable.
 
@@ -430,76 +293,58 @@ class ShardRouter:
         durable; retrying is safe because adds are idempotent by id), ValueError if a shard
         rejects the input.
         """
-        results, errors = self._collect(self._submit_add(ids, codes, metas, views),
-                                        self.write_timeout_s)
-        self._raise_write_errors(errors)
-        return self._sum(results)
+        ids, codes, metas, drop = with_views(list(ids), codes, metas, views)
+        drops = self._group(drop) if drop else {}
+        refs = {s: self.pool.write(s, "add", i, c, m, drops.get(s, ([],))[0])
+                for s, (i, c, m) in self._group(ids, codes, metas).items()}
+        results, errors = await self.pool.gather(refs, self.write_timeout_s)
+        raise_write_errors(errors)
+        total = {"added": 0, "replaced": 0, "unchanged": 0}
+        for r in results.values():
+            for key in total:
+                total[key] += int(r.get(key, 0))
+        return total
 
-    async def aadd(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
-                   views: dict[str, np.ndarray] | None = None) -> dict:
-        """Async :meth:`add`."""
-        results, errors = await self._acollect(self._submit_add(ids, codes, metas, views),
-                                               self.write_timeout_s)
-        self._raise_write_errors(errors)
-        return self._sum(results)
-
-    def _submit_remove(self, ids) -> dict[int, Any]:
-        ids = list(ids)
-        ids += [view_id(i, v) for i in ids for v in REF_VIEWS]
-        return {s: self.shards[s].remove.remote(i) for s, (i, _, _) in self._group(ids).items()}
-
-    def remove(self, ids: list[str]) -> int:
-        """Remove images and their reference views from their owning shards (durable on return)
-        -> number of images actually removed."""
-        results, errors = self._collect(self._submit_remove(ids), self.write_timeout_s)
-        self._raise_write_errors(errors)
-        return sum(int(n) for n in results.values())
+    def add(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
+            views: dict[str, np.ndarray] | None = None) -> dict:
+        """:meth:`aadd`, waited for."""
+        return run_sync(self.aadd(ids, codes, metas, views))
 
     async def aremove(self, ids: list[str]) -> int:
-        """Async :meth:`remove`."""
-        results, errors = await self._acollect(self._submit_remove(ids), self.write_timeout_s)
-        self._raise_write_errors(errors)
+        """Remove images and their reference views from their owning shards (durable on return)
+        -> number of images actually removed."""
+        ids = list(ids)
+        ids += [view_id(i, v) for i in ids for v in REF_VIEWS]
+        refs = {s: self.pool.write(s, "remove", i) for s, (i, _, _) in self._group(ids).items()}
+        results, errors = await self.pool.gather(refs, self.write_timeout_s)
+        raise_write_errors(errors)
         return sum(int(n) for n in results.values())
 
-    # ---- point reads ------------------------------------------------------------------
-    def _submit_get(self, item_id: str) -> dict[int, Any]:
-        s = self.shard_for(item_id)
-        return {s: self._read(s, "get", item_id)}
+    def remove(self, ids: list[str]) -> int:
+        """:meth:`aremove`, waited for."""
+        return run_sync(self.aremove(ids))
 
-    def get(self, item_id: str) -> dict | None:
-        """The item's ``{"id", "code", "meta"}`` from its owning shard, or None if unknown."""
-        refs = self._submit_get(item_id)
-        results, errors = self._collect(refs, self.timeout_s)
-        self._raise_write_errors(errors)
-        return self._tag(results)
-
+    # ---- point reads and stats --------------------------------------------------------
     async def aget(self, item_id: str) -> dict | None:
-        """Async :meth:`get`."""
-        results, errors = await self._acollect(self._submit_get(item_id), self.timeout_s)
-        self._raise_write_errors(errors)
-        return self._tag(results)
-
-    @staticmethod
-    def _tag(results: dict[int, Any]) -> dict | None:
-        (s, item), = results.items()
+        """The item's ``{"id", "code", "meta"}`` from its owning shard, or None if unknown."""
+        s = self.shard_for(item_id)
+        results, errors = await self.pool.gather({s: self.pool.read(s, "get", item_id)}, self.timeout_s)
+        raise_write_errors(errors)
+        item = results[s]
         return None if item is None else {**item, "shard": s}
 
-    # ---- stats ------------------------------------------------------------------------
-    def _stats_list(self, results: dict[int, dict], errors: dict[int, BaseException]) -> list[dict]:
-        out = []
-        for i in range(self.num_shards):
-            if i in results:
-                out.append({**results[i], "shard_id": results[i].get("shard_id", i)})
-            else:
-                out.append({"shard_id": i, "state": "unavailable", "error": _reason(errors[i])})
-        return out
-
-    def stats(self) -> list[dict]:
-        """Each shard's ``stats()``; a shard that does not answer is ``state: unavailable``."""
-        refs = {i: self._read(i, "stats") for i in range(self.num_shards)}
-        return self._stats_list(*self._collect(refs, self.timeout_s))
+    def get(self, item_id: str) -> dict | None:
+        """:meth:`aget`, waited for."""
+        return run_sync(self.aget(item_id))
 
     async def astats(self) -> list[dict]:
-        """Async :meth:`stats`."""
-        refs = {i: self._read(i, "stats") for i in range(self.num_shards)}
-        return self._stats_list(*await self._acollect(refs, self.timeout_s))
+        """Each shard's ``stats()``; a shard that does not answer is ``state: unavailable``."""
+        refs = {i: self.pool.read(i, "stats") for i in range(self.num_shards)}
+        results, errors = await self.pool.gather(refs, self.timeout_s)
+        return [{**results[i], "shard_id": results[i].get("shard_id", i)} if i in results
+                else {"shard_id": i, "state": "unavailable", "error": reason(errors[i])}
+                for i in range(self.num_shards)]
+
+    def stats(self) -> list[dict]:
+        """:meth:`astats`, waited for."""
+        return run_sync(self.astats())

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rayapp.blocking import run_sync
 from rayapp.ranking import merge_variants, order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
 from shards.verify import VERIFY_BONUS, verify_bonus
@@ -100,21 +101,9 @@ class Searcher:
     def _finish(self, q: QueryViews, hits: list[dict], k: int, min_confidence: float) -> list[dict]:
         return with_confidence(hits[:k], self.curve(q.kind, min_confidence), min_confidence)
 
-    def search(self, q: QueryViews, k: int = 10, radius: int | None = None, with_meta: bool = False,
-               min_confidence: float = 0.0) -> Answer:
-        """The top ``k`` stored images for one query (see the module docstring)."""
-        self.curve(q.kind, min_confidence)
-        depth = self._depth(q)
-        fetch = max(k, depth)
-        rows, missing = self.router.search(q.codes, fetch, radius, with_meta, q.weights, q.vectors)
-        hits = self._merged(q, rows, fetch)
-        if depth:
-            hits = self.router.verify(hits, q.keypoints, depth)
-        return Answer(self._finish(q, hits, k, min_confidence), missing)
-
     async def asearch(self, q: QueryViews, k: int = 10, radius: int | None = None,
                       with_meta: bool = False, min_confidence: float = 0.0) -> Answer:
-        """Async :meth:`search`, for Serve's event loop."""
+        """The top ``k`` stored images for one query (see the module docstring)."""
         self.curve(q.kind, min_confidence)
         depth = self._depth(q)
         fetch = max(k, depth)
@@ -124,6 +113,11 @@ class Searcher:
         if depth:
             hits = await self.router.averify(hits, q.keypoints, depth)
         return Answer(self._finish(q, hits, k, min_confidence), missing)
+
+    def search(self, q: QueryViews, k: int = 10, radius: int | None = None, with_meta: bool = False,
+               min_confidence: float = 0.0) -> Answer:
+        """:meth:`asearch`, waited for (the CLI)."""
+        return run_sync(self.asearch(q, k, radius, with_meta, min_confidence))
 
     def search_many(self, queries: Sequence[QueryViews], k: int = 10, min_confidence: float = 0.0,
                     radius: int | None = None, with_meta: bool = False) -> list[Answer]:
