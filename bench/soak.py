@@ -11,8 +11,10 @@ any request fails (a status >= 400 or no answer).
 
     python -m bench.soak --minutes 10 --rate 5
 
-The JSON (machine, date, git revision, figures, every RSS sample) and a plot go to
-bench/results/soak_DATE.json and .png; the server's own output to ``--server-log``.
+The JSON (machine, git revision and changed files at start, date, figures, every RSS sample)
+and a plot go to bench/results/soak_DATE.json and .png; the server's own output to
+``--server-log``. The index is left in a temporary folder named in the JSON (``index_dir``), so
+its shard WAL can be replayed by ``bench.soak_replay``.
 """
 from __future__ import annotations
 
@@ -128,7 +130,15 @@ def _by_process(samples: list[dict], warmup_s: float) -> list[dict]:
     return sorted(rows, key=lambda r: -(r["growth_mb"] or 0))
 
 
+def _tree_state() -> dict:
+    """The checkout the server runs from: files changed against HEAD (``git status``)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                         capture_output=True, text=True)
+    return {"root": str(REPO_ROOT), "changed_files": out.stdout.split("\n")[:-1] if out.returncode == 0 else None}
+
+
 def run(minutes: float, rate: float, port: int, warmup_s: float, max_growth: float, log: Path) -> dict:
+    machine, tree = machine_info(), _tree_state()  # at start: the code the server loads
     index = Path(tempfile.mkdtemp(prefix="neardup-soak-")) / "index"
     proc = _start(port, index, log)
     images = _images(64)
@@ -178,7 +188,8 @@ def run(minutes: float, rate: float, port: int, warmup_s: float, max_growth: flo
     rss = [[s["t"], sum(b for b, _ in s["procs"].values())] for s in samples]
     g = growth(rss, warmup_s)
     n = sum(len(v) for v in lat.values())
-    return {"date": utc_now(), "machine": machine_info(), "minutes": minutes, "rate_per_s": rate,
+    return {"date": utc_now(), "machine": machine, "source_tree": tree, "index_dir": str(index),
+            "server_log": str(log), "minutes": minutes, "rate_per_s": rate,
             "duration_s": round(elapsed, 1), "requests": n, "achieved_rate_per_s": round(n / elapsed, 3),
             "late_slots": late, "ops": {k: len(v) for k, v in lat.items()}, "live_items_at_end": len(live),
             "errors": errors, "latency_ms": {k: latency_percentiles(v) for k, v in lat.items() if v},
