@@ -179,7 +179,7 @@ def verify(shards: list, acked: dict[str, bytes], deleted: set[str], sample: int
         if missing:
             raise RuntimeError(f"shards {missing} did not answer the verification search")
         changed = [i for i, hits in zip(probe, results)
-                   if not hits or hits[0]["distance"] != 0 or hits[0]["id"] != i]
+                   if not hits or hits[0].distance != 0 or hits[0].id != i]
     return {"lost_adds": len(lost), "resurrected_deletes": len(resurrected),
             "changed_codes": len(changed), "code_checks": len(probe),
             "lost_examples": lost[:10], "resurrected_examples": resurrected[:10],

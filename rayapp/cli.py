@@ -137,22 +137,18 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank, m
         sys.exit(1)
 
 
-HIT_KEYS = ("rank", "confidence", "score", "weighted", "cost", "variant", "ref_view", "inliers")
-
-
 def _print_hits(path: str, answer, as_json: bool) -> None:
-    from rayapp.searcher import matched_as
-    hits = [{"id": r["id"], "path": r.get("meta", {}).get("path"), "distance": r["distance"],
-             **{key: r[key] for key in HIT_KEYS if key in r}} for r in answer.hits]
+    """One query's answer: a JSON line (``Hit.to_cli_json``) or a line per hit for people."""
     if as_json:
-        click.echo(json.dumps({"query": path, "results": hits, "partial": answer.partial}))
+        click.echo(json.dumps({"query": path, "results": [h.to_cli_json() for h in answer.hits],
+                               "partial": answer.partial}))
         return
     click.echo(f"{path}:" + (f" (partial: shards {answer.missing} did not answer)" if answer.partial else ""))
-    for h in hits:
-        how = matched_as(h)
-        conf = f"  {h['confidence']:.2f}" if "confidence" in h else ""
-        click.echo(f"  {h['distance']:4d}{conf}  {h['id']}" + ("" if how == "original" else f"  (as {how})"))
-    if not hits:
+    for h in answer.hits:
+        how = h.matched_as()
+        conf = f"  {h.confidence:.2f}" if h.confidence is not None else ""
+        click.echo(f"  {h.distance:4d}{conf}  {h.id}" + ("" if how == "original" else f"  (as {how})"))
+    if not answer.hits:
         click.echo("  no matches")
 
 

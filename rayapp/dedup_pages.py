@@ -66,16 +66,10 @@ def _queries(page: dict, widths: dict, rank: str) -> list:
 
 
 def _edges(ids: list[str], answers: list) -> list[dict]:
-    """Each stored image's matches, itself left out."""
-    from rayapp.searcher import matched_as
-    rows = []
-    for a, answer in zip(ids, answers):
-        for h in answer.hits:
-            if h["id"] != a:
-                rows.append({"a": a, "b": str(h["id"]), "confidence": h.get("confidence"),
-                             "distance": int(h["distance"]), "rank": float(h["rank"]),
-                             "variant": matched_as(h)})
-    return rows
+    """Each stored image's matches, itself left out, as rows of ``EDGE_SCHEMA``."""
+    return [{"a": a, "b": h.id, "confidence": h.confidence, "distance": int(h.distance),
+             "rank": float(h.rank), "variant": h.matched_as()}
+            for a, answer in zip(ids, answers) for h in answer.hits if h.id != a]
 
 
 def _write_part(path: Path, rows: list[dict], schema: pa.Schema) -> None:

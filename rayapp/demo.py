@@ -107,7 +107,7 @@ def _query_over_http(base: str, queries: list, radius: int) -> None:
     """Each edited query over HTTP: its top match, distance, confidence and view, and whether
     that is right. A hit under MATCH_CONFIDENCE (without a calibrated curve: beyond ``radius``)
     counts as no match; a partial answer says so rather than calling it a miss."""
-    from rayapp.searcher import matched_as
+    from rayapp.hits import Hit
     click.echo(f"      {'query edit':<14} {'expected':<34} {'top match':<34} {'dist':>4} "
                f"{'conf':>5}  {'matched as':<28} verdict")
     with httpx.Client(base_url=base, timeout=60) as http:
@@ -116,16 +116,16 @@ def _query_over_http(base: str, queries: list, radius: int) -> None:
                 r = http.post("/v1/search", files={"file": (path.name, fh, "image/jpeg")}, data={"k": "3"})
             r.raise_for_status()
             answer = r.json()
-            hits = [h for h in answer["results"] if (h["confidence"] >= MATCH_CONFIDENCE if "confidence" in h
-                                                     else h["distance"] <= radius)]
+            hits = [h for h in map(Hit.from_json, answer["results"])
+                    if (h.confidence >= MATCH_CONFIDENCE if h.confidence is not None else h.distance <= radius)]
             top = hits[0] if hits else None
-            ok = (top is not None and top["id"] == expected) if expected else top is None
+            ok = (top is not None and top.id == expected) if expected else top is None
             if answer["partial"] and not ok:
                 verdict = click.style(f"partial: shards {answer['missing_shards']} did not answer", fg="yellow")
             else:
                 verdict = click.style("found" if expected else "no match (correct)", fg="green") if ok \
                     else click.style("missed" if expected else "false match", fg="red")
-            conf = "" if top is None or "confidence" not in top else f"{top['confidence']:.2f}"
-            view = matched_as(top) if top else ""
-            click.echo(f"      {edit:<14} {expected or '-':<34} {top['id'] if top else '-':<34} "
-                       f"{top['distance'] if top else '':>4} {conf:>5}  {view:<28} {verdict}")
+            conf = "" if top is None or top.confidence is None else f"{top.confidence:.2f}"
+            view = top.matched_as() if top else ""
+            click.echo(f"      {edit:<14} {expected or '-':<34} {top.id if top else '-':<34} "
+                       f"{top.distance if top else '':>4} {conf:>5}  {view:<28} {verdict}")

@@ -16,65 +16,64 @@ import numpy as np
 
 from encoders.base import weighted_hamming
 from encoders.tta import REF_VIEW_COST
+from rayapp.hits import Hit
 from shards.verify import verify_bonus
 from shards.views import split_id
 
 
-def merge_results(per_shard: dict[int, list[list[dict]]], num_queries: int, k: int,
-                  radius: int | None = None) -> list[list[dict]]:
-    """k-way merge of per-shard result lists by (distance, id); tags each hit with its shard."""
+def merge_results(per_shard: dict[int, list[list[Hit]]], num_queries: int, k: int,
+                  radius: int | None = None) -> list[list[Hit]]:
+    """k-way merge of per-shard result lists (``rayapp.hits.from_shards``) by the rank key:
+    each query's top k within ``radius``."""
     key = order_key
-    merged: list[list[dict]] = []
+    merged: list[list[Hit]] = []
     for q in range(num_queries):
-        streams = [
-            [{**hit, "shard": i} for hit in sorted(results[q], key=key)
-             if radius is None or hit["distance"] <= radius]
-            for i, results in sorted(per_shard.items())
-        ]
+        streams = [sorted((hit for hit in results[q] if radius is None or hit.distance <= radius), key=key)
+                   for _, results in sorted(per_shard.items())]
         merged.append(list(islice(heapq.merge(*streams, key=key), k)))
     return merged
 
 
-def merge_variants(rows: list[list[dict]], k: int, costs: Sequence[float] | None = None,
-                   names: Sequence[str] | None = None) -> list[dict]:
+def merge_variants(rows: list[list[Hit]], k: int, costs: Sequence[float] | None = None,
+                   names: Sequence[str] | None = None) -> list[Hit]:
     """Results of one query's TTA variants -> one list: per id its best hit, top k.
 
     A hit of variant v pays ``costs[v]`` (``encoders.tta.costs``: a mirrored or turned match must
     be clearly better than the query as given) on top of any ``cost`` it carries; a hit's
     ``cost`` says what it paid in all. With ``names`` each hit says which ``variant`` matched.
     """
-    best: dict[str, dict] = {}
+    best: dict[str, Hit] = {}
     names = names if len(rows) > 1 else None
     for v, hits in enumerate(rows):
         cost = float(costs[v]) if costs is not None else 0.0
         for hit in hits:
             hit = _with_cost(hit, cost)
             if names:
-                hit["variant"] = names[v]
-            seen = best.get(hit["id"])
+                hit = hit.but(variant=names[v])
+            seen = best.get(hit.id)
             if seen is None or order_key(hit) < order_key(seen):
-                best[hit["id"]] = hit
+                best[hit.id] = hit
     return sorted(best.values(), key=order_key)[:k]
 
 
-def fold_views(hits: list[dict], k: int, cost: float = REF_VIEW_COST) -> list[dict]:
+def fold_views(hits: list[Hit], k: int, cost: float = REF_VIEW_COST) -> list[Hit]:
     """One query's hits with each stored reference view's hit folded into its image's: the image
     keeps its best hit, where a view's pays ``cost`` and names the ``ref_view``; the top k."""
-    best: dict[str, dict] = {}
+    best: dict[str, Hit] = {}
     for hit in hits:
-        image, view = split_id(str(hit["id"]))
+        image, view = split_id(hit.id)
         if view is not None:
-            hit = {**_with_cost(hit, cost), "id": image, "ref_view": view}
+            hit = _with_cost(hit, cost).but(id=image, ref_view=view)
         seen = best.get(image)
         if seen is None or order_key(hit) < order_key(seen):
             best[image] = hit
     return sorted(best.values(), key=order_key)[:k]
 
 
-def _with_cost(hit: dict, cost: float) -> dict:
-    """A copy of ``hit`` that has paid ``cost`` more (``cost`` is kept only once it is > 0)."""
-    total = round(float(hit.get("cost", 0.0)) + cost, 3)
-    return {**hit, "cost": total} if total > 0 else dict(hit)
+def _with_cost(hit: Hit, cost: float) -> Hit:
+    """``hit`` having paid ``cost`` more (a total that is not > 0 leaves it as it was)."""
+    total = round(hit.cost + cost, 3)
+    return hit.but(cost=total) if total > 0 else hit
 
 
 def rerank_depth(k: int) -> int:
@@ -83,37 +82,36 @@ def rerank_depth(k: int) -> int:
     return max(2 * k, k + 10)
 
 
-def rerank(hits: list[dict], query: np.ndarray, weights: np.ndarray, k: int) -> list[dict]:
+def rerank(hits: list[Hit], query: np.ndarray, weights: np.ndarray, k: int) -> list[Hit]:
     """One query's hits (each with its ``code``) ordered by weighted Hamming distance, then
     distance and id; the top k, each with ``weighted`` set and its code dropped."""
     if not hits:
         return []
-    codes = np.frombuffer(b"".join(h["code"] for h in hits), dtype=np.uint8)
+    codes = np.frombuffer(b"".join(h.code for h in hits), dtype=np.uint8)
     scores = weighted_hamming(query, weights, codes)
-    out = [{**{key: v for key, v in h.items() if key != "code"}, "weighted": round(float(w), 3)}
-           for h, w in zip(hits, scores.tolist())]
+    out = [h.but(code=None, weighted=round(float(w), 3)) for h, w in zip(hits, scores.tolist())]
     return sorted(out, key=order_key)[:k]
 
 
-def weighted_unless_scored(hits: list[dict], query: np.ndarray, weights: np.ndarray,
-                            k: int) -> list[dict]:
+def weighted_unless_scored(hits: list[Hit], query: np.ndarray, weights: np.ndarray,
+                            k: int) -> list[Hit]:
     """Hits re-ranked by weighted Hamming distance, unless their shards already scored them by
     side vector (``score``); either way without their codes."""
-    if not any("score" in h for h in hits):
+    if not any(h.score is not None for h in hits):
         return rerank(hits, query, weights, k)
-    return [{key: v for key, v in h.items() if key != "code"} for h in hits]
+    return [h.but(code=None) for h in hits]
 
 
-def order_key(hit: dict) -> tuple[float, int, str]:
+def order_key(hit: Hit) -> tuple[float, int, str]:
     """Rank key: the side-vector ``score`` or else the ``weighted`` distance when present
     (re-ranked hits), else distance, plus the prior ``cost`` of the views that matched, less
     the credit of a spatially verified hit (``inliers``); then distance, then id."""
-    d = int(hit["distance"])
-    base = hit.get("score", hit.get("weighted", d)) + hit.get("cost", 0.0)
-    return (base - verify_bonus(hit.get("inliers", 0)), d, str(hit["id"]))
+    d = int(hit.distance)
+    base = hit.score if hit.score is not None else hit.weighted if hit.weighted is not None else d
+    return (base + hit.cost - verify_bonus(hit.inliers or 0), d, hit.id)
 
 
-def with_confidence(hits: list[dict], curve=None, min_confidence: float = 0.0) -> list[dict]:
+def with_confidence(hits: list[Hit], curve=None, min_confidence: float = 0.0) -> list[Hit]:
     """Each hit with its final rank value (``rank``: lower is better, what hits are ordered
     by) and, given a calibration curve (``encoders.calibration``), its ``confidence``: the
     estimated precision of a hit at that rank value. Hits under ``min_confidence`` drop out."""
@@ -121,17 +119,16 @@ def with_confidence(hits: list[dict], curve=None, min_confidence: float = 0.0) -
     for h in hits:
         rank = round(float(order_key(h)[0]), 4)
         if curve is None:
-            out.append({**h, "rank": rank})
+            out.append(h.but(rank=rank))
             continue
         conf = round(float(curve(rank)), 4)
         if conf >= min_confidence:
-            out.append({**h, "rank": rank, "confidence": conf})
+            out.append(h.but(rank=rank, confidence=conf))
     return out
 
 
-def with_inliers(hits: list[dict], counts: dict[str, int | None]) -> list[dict]:
+def with_inliers(hits: list[Hit], counts: dict[str, int | None]) -> list[Hit]:
     """One query's hits with each verified one's ``inliers`` (``counts`` by id; None: the shard
     holds no keypoints for it), re-ordered by the credit that earns."""
-    out = [{**h, "inliers": counts[h["id"]]} if counts.get(h["id"]) is not None else h
-           for h in hits]
+    out = [h.but(inliers=counts[h.id]) if counts.get(h.id) is not None else h for h in hits]
     return sorted(out, key=order_key)

@@ -29,6 +29,7 @@ from ray.actor import ActorHandle
 
 from encoders.tta import REF_VIEW_COST, REF_VIEWS, is_mirrored
 from rayapp.blocking import run_sync
+from rayapp.hits import Hit, from_shards
 from rayapp.ranking import fold_views, merge_results, rerank_depth, with_inliers, weighted_unless_scored
 from rayapp.shard_pool import ShardPool, client_error, reason
 from shards.verify import KEYPOINT_BYTES
@@ -172,8 +173,8 @@ class ShardRouter:
     # ---- search -----------------------------------------------------------------------
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                       with_meta: bool = False, weights: np.ndarray | None = None,
-                      vectors: np.ndarray | None = None) -> tuple[list[list[dict]], list[int]]:
-        """Top-k per query over all shards -> (results, ids of shards that did not answer).
+                      vectors: np.ndarray | None = None) -> tuple[list[list[Hit]], list[int]]:
+        """Top-k per query over all shards -> (hits, ids of shards that did not answer).
 
         With ``weights`` (the queries' bit confidences, (n, bits)) or side ``vectors`` (n, d),
         each shard returns its ``rerank_depth(k)`` Hamming neighbours. Shards that store side
@@ -190,7 +191,7 @@ class ShardRouter:
 
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, weights: np.ndarray | None = None,
-               vectors: np.ndarray | None = None) -> tuple[list[list[dict]], list[int]]:
+               vectors: np.ndarray | None = None) -> tuple[list[list[Hit]], list[int]]:
         """:meth:`asearch`, waited for."""
         return run_sync(self.asearch(codes, k, radius, with_meta, weights, vectors))
 
@@ -209,27 +210,28 @@ class ShardRouter:
         return depth * (1 + self.ref_views), weights is not None
 
     def _merge(self, results: dict[int, Any], codes: np.ndarray, k: int, depth: int,
-               radius: int | None, weights: np.ndarray | None) -> list[list[dict]]:
-        merged = merge_results(results, len(codes), depth, radius)
+               radius: int | None, weights: np.ndarray | None) -> list[list[Hit]]:
+        """The shards' replies (plain dicts) as each query's ranked Hits, views folded."""
+        merged = merge_results(from_shards(results), len(codes), depth, radius)
         if weights is not None:
             merged = [weighted_unless_scored(hits, codes[q], weights[q], depth)
                       for q, hits in enumerate(merged)]
         return [fold_views(hits, int(k), self.ref_view_cost) for hits in merged]
 
     # ---- spatial verification ---------------------------------------------------------
-    def _submit_verify(self, hits: list[dict], keypoints: np.ndarray,
+    def _submit_verify(self, hits: list[Hit], keypoints: np.ndarray,
                        depth: int) -> tuple[dict[int, tuple], dict[int, Any]]:
         """Each owning shard's top hits, with the keypoint block to verify each by: the query as
         given (block 0), or for a hit that matched through a mirrored view the better of the
         query as given and mirrored (-1: a symmetric image's mirror can match as well)."""
         blocks = np.ascontiguousarray(keypoints, dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
         top = hits[:max(0, depth)]
-        which = [-1 if len(blocks) > 1 and is_mirrored(str(h.get("variant", ""))) else 0 for h in top]
-        groups = self._group([str(h["id"]) for h in top], None, which)
+        which = [-1 if len(blocks) > 1 and is_mirrored(h.variant or "") else 0 for h in top]
+        groups = self._group([h.id for h in top], None, which)
         return groups, {s: self.pool.read(s, "verify", ids, blocks.tobytes(), ws)
                         for s, (ids, _, ws) in groups.items()}
 
-    async def averify(self, hits: list[dict], keypoints: np.ndarray, depth: int) -> list[dict]:
+    async def averify(self, hits: list[Hit], keypoints: np.ndarray, depth: int) -> list[Hit]:
         """One image query's merged hits with its top ``depth`` spatially verified by their
         shards (``ShardActor.verify``; ``keypoints``: the query's blocks as given and, optionally,
         mirrored, ``encoders.keypoints.extract_query``) and re-ordered. A shard that fails
@@ -239,7 +241,7 @@ class ShardRouter:
         counts = {item_id: n for s, got in results.items() for item_id, n in zip(groups[s][0], got)}
         return with_inliers(hits, counts)
 
-    def verify(self, hits: list[dict], keypoints: np.ndarray, depth: int) -> list[dict]:
+    def verify(self, hits: list[Hit], keypoints: np.ndarray, depth: int) -> list[Hit]:
         """:meth:`averify`, waited for."""
         return run_sync(self.averify(hits, keypoints, depth))
 

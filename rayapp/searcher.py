@@ -1,4 +1,4 @@
-"""One query path: an encoded query in, ranked hits with their confidence out.
+"""One query path: an encoded query in, ranked hits (``rayapp.hits.Hit``) with their confidence out.
 
 Serve's ``/v1/search``, ``neardup search`` and the dedup job all search through
 :class:`Searcher`, so a view, a ranking signal or a credit is written once:
@@ -13,7 +13,7 @@ Serve's ``/v1/search``, ``neardup search`` and the dedup job all search through
 
 >>> searcher = Searcher(router, cfg.encoder, calibration.load(model_id(cfg)))
 >>> answer = searcher.search(QueryViews.of_code(code), k=10)
->>> answer.hits[0]["id"], answer.partial
+>>> answer.hits[0].id, answer.partial
 """
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ from typing import Sequence
 import numpy as np
 
 from rayapp.blocking import run_sync
+from rayapp.hits import Hit
 from rayapp.ranking import merge_variants, order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
-from shards.verify import VERIFY_BONUS, verify_bonus
+from shards.verify import VERIFY_BONUS
 
 
 class NeedsCalibration(ValueError):
@@ -66,7 +67,7 @@ class QueryViews:
 class Answer:
     """One query's hits, best first, and the shards that did not answer (then ``partial``)."""
 
-    hits: list[dict]
+    hits: list[Hit]
     missing: list[int]
 
     @property
@@ -95,10 +96,10 @@ class Searcher:
                              "confidence curve (encoders/weights/calibration.json)")
         return curve
 
-    def _merged(self, q: QueryViews, rows: list[list[dict]], fetch: int) -> list[dict]:
+    def _merged(self, q: QueryViews, rows: list[list[Hit]], fetch: int) -> list[Hit]:
         return merge_variants(rows, fetch, self.cfg.view_costs(q.names), q.names)
 
-    def _finish(self, q: QueryViews, hits: list[dict], k: int, min_confidence: float) -> list[dict]:
+    def _finish(self, q: QueryViews, hits: list[Hit], k: int, min_confidence: float) -> list[Hit]:
         return with_confidence(hits[:k], self.curve(q.kind, min_confidence), min_confidence)
 
     async def asearch(self, q: QueryViews, k: int = 10, radius: int | None = None,
@@ -144,16 +145,16 @@ class Searcher:
         return [Answer(self._finish(q, hits, k, min_confidence), missing)
                 for q, hits in zip(queries, merged)]
 
-    def _verify_needed(self, queries: Sequence[QueryViews], merged: list[list[dict]], curve,
-                       min_confidence: float) -> list[list[dict]]:
+    def _verify_needed(self, queries: Sequence[QueryViews], merged: list[list[Hit]], curve,
+                       min_confidence: float) -> list[list[Hit]]:
         """Verify, in one call per shard, each query's hits whose confidence is under the floor
         but within VERIFY_BONUS of it."""
-        pairs = [(qi, h["id"]) for qi, hits in enumerate(merged) for h in hits[:self._depth(queries[qi])]
+        pairs = [(qi, h.id) for qi, hits in enumerate(merged) for h in hits[:self._depth(queries[qi])]
                  if curve(order_key(h)[0]) < min_confidence <= curve(order_key(h)[0] - VERIFY_BONUS)]
         if not pairs:
             return merged
         counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs])
-        by_query: list[dict] = [{} for _ in merged]
+        by_query: list[dict[str, int | None]] = [{} for _ in merged]
         for (qi, item_id), n in zip(pairs, counts):
             by_query[qi][item_id] = n
         return [with_inliers(hits, c) if c else hits for hits, c in zip(merged, by_query)]
@@ -173,12 +174,3 @@ def encode_query(encoder, img, encoder_cfg, rank: str | None = None, tta: str | 
                       weights if rank != "hamming" else None,
                       vectors if rank == "vector" else None,
                       extract_query(img) if keypoints and int(encoder_cfg.verify) > 0 else None)
-
-
-def matched_as(hit: dict) -> str:
-    """How a hit matched: "original", or the query's view and/or the stored crop that matched,
-    and the keypoints that verified it, e.g. "flip", "its center70", "flip, 57 keypoints"."""
-    parts = [hit["variant"]] if hit.get("variant", "original") != "original" else []
-    parts += [f"its {hit['ref_view']}"] if "ref_view" in hit else []
-    parts += [f"{hit['inliers']} keypoints"] if verify_bonus(hit.get("inliers", 0)) > 0 else []
-    return ", ".join(parts) or "original"

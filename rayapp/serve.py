@@ -265,8 +265,8 @@ class Ingress:
             raise ApiError(422, str(exc), "validation") from None
         for _ in answer.missing:
             metrics.count_error("shard_timeout")
-        return {"results": answer.hits, "partial": answer.partial, "missing_shards": answer.missing,
-                "code": code_to_hex(query.code),
+        return {"results": [h.to_json() for h in answer.hits], "partial": answer.partial,
+                "missing_shards": answer.missing, "code": code_to_hex(query.code),
                 "took_ms": round((time.perf_counter() - start) * 1000, 2)}
 
     @api.post("/v1/items", openapi_extra=ITEMS_BODY)

@@ -31,6 +31,7 @@ from bench.chaos import ChaosParams, run_chaos
 from rayapp.cluster import (INDEX_META, add_shard_node, ensure_shards, get_shards, kill_shards,
                             shard_dir, shard_name, start_local_cluster, stop_local_cluster)
 from rayapp.config import Config
+from rayapp.hits import Hit
 from rayapp.ingest import read_manifest
 from rayapp.router import ShardRouter
 
@@ -195,9 +196,9 @@ def test_node_loss_gives_partial_answers_and_its_return_restores_them(cluster, c
     assert missing == [victim] and time.monotonic() - t0 < 10
     for q, hits in enumerate(results):
         owner = router.shard_for(ids[q])
-        assert all(h["shard"] != victim for h in hits)
+        assert all(h.shard != victim for h in hits)
         if owner != victim:  # what the live shards hold is still found exactly
-            assert hits[0] == {"id": ids[q], "distance": 0, "shard": owner}
+            assert hits[0] == Hit(ids[q], 0, shard=owner)
     t0 = time.monotonic()
     assert router.search(codes[:1], k=3)[1] == [victim] and time.monotonic() - t0 < 10
     assert router.stats()[victim]["state"] == "unavailable"
@@ -217,7 +218,7 @@ def test_node_loss_gives_partial_answers_and_its_return_restores_them(cluster, c
             break
         time.sleep(0.5)
     assert missing == [], "shard did not come back within 120 s"
-    assert [hits[0]["id"] for hits in results] == ids[:20]
+    assert [hits[0].id for hits in results] == ids[:20]
     after = _stats(handles)
     assert after[victim]["node_id"] == new_node.node_id
     assert [s["count"] for s in after] == [s["count"] for s in before]

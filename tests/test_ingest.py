@@ -65,14 +65,14 @@ def test_folder_ingest_is_searchable_and_resumable(ray_local, tmp_path, source):
     from encoders.decode import load_image
     code = enc.encode([load_image(source / sorted(SAMPLES.glob("*.jpg"))[0].name)])
     results, missing = router.search(code, k=3, radius=None)
-    assert not missing and results[0][0]["distance"] == 0
-    assert results[0][0]["id"] == sorted(SAMPLES.glob("*.jpg"))[0].name
+    assert not missing and results[0][0].distance == 0
+    assert results[0][0].id == sorted(SAMPLES.glob("*.jpg"))[0].name
     # Each image is stored with its centre crop, which a crop of it finds.
     assert sum(s["views"] for s in router.stats()) == 10
     from encoders.tta import ref_view_images
     first = load_image(source / sorted(SAMPLES.glob("*.jpg"))[0].name)
     (hit, *_), = router.search(enc.encode(ref_view_images(first, ["center70"])), k=3)[0]
-    assert (hit["id"], hit["distance"], hit["ref_view"]) == (sorted(SAMPLES.glob("*.jpg"))[0].name, 0, "center70")
+    assert (hit.id, hit.distance, hit.ref_view) == (sorted(SAMPLES.glob("*.jpg"))[0].name, 0, "center70")
 
     # Re-run: everything done is skipped, the broken file is retried, nothing is duplicated.
     again = run_ingest(cfg, [str(source)], opts)
@@ -142,14 +142,14 @@ def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
     enc = get_encoder("deephash")
     codes, _, vectors = enc.encode_vectors(enc.preprocess(load_image(files[2]))[None])
     (hits,), _ = router.search(codes, k=3, vectors=vectors)
-    assert hits[0]["id"] == files[2].name and hits[0]["score"] < 0.05 and "ref_view" not in hits[0]
+    assert hits[0].id == files[2].name and hits[0].score < 0.05 and hits[0].ref_view is None
     # each image's keypoints were stored with it: a corner crop of it verifies
     assert stats["keypoint_bytes"] == KEYPOINT_BYTES
     img = load_image(files[2])
     crop = img.crop((img.width // 3, img.height // 3, img.width, img.height))
     verified = router.verify(hits, extract_keypoints(crop), 3)
-    assert verified[0]["id"] == files[2].name and verified[0]["inliers"] >= 40, verified
-    assert all(h.get("inliers", 0) < 25 for h in verified[1:])
+    assert verified[0].id == files[2].name and verified[0].inliers >= 40, verified
+    assert all((h.inliers or 0) < 25 for h in verified[1:])
     kill_shards(cfg)
 
 
@@ -170,5 +170,5 @@ def test_an_index_without_side_vectors_ranks_by_weighted_hamming(ray_local, tmp_
     enc = get_encoder("deephash")
     codes, weights, vectors = enc.encode_vectors(enc.preprocess(load_image(files[1]))[None])
     (hits,), _ = router.search(codes, k=2, weights=weights, vectors=vectors)
-    assert hits[0]["id"] == files[1].name and "score" not in hits[0] and hits[0]["weighted"] < 1
+    assert hits[0].id == files[1].name and hits[0].score is None and hits[0].weighted < 1
     kill_shards(cfg)

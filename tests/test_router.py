@@ -10,6 +10,7 @@ import ray
 import xxhash
 
 from encoders.base import hamming
+from rayapp.hits import Hit, from_shards
 from rayapp.ranking import fold_views, merge_results, merge_variants
 from rayapp.router import ShardRouter, ShardUnavailable, shard_for, with_views
 from shards.actor import ShardActor
@@ -125,13 +126,13 @@ def test_search_merges_by_distance_then_id(router, data):
     assert missing == []
     for q, hits in enumerate(results):
         ref = _reference(codes, queries[q], 12, ids=ids)
-        assert [h["distance"] for h in hits] == [d for _, d in ref]
-        assert [(h["distance"], h["id"]) for h in hits] == sorted((h["distance"], h["id"]) for h in hits)
-        boundary = hits[-1]["distance"]  # ties at the k-th distance may pick other ids
-        assert [h["id"] for h in hits if h["distance"] < boundary] == [i for i, d in ref if d < boundary]
+        assert [h.distance for h in hits] == [d for _, d in ref]
+        assert [(h.distance, h.id) for h in hits] == sorted((h.distance, h.id) for h in hits)
+        boundary = hits[-1].distance  # ties at the k-th distance may pick other ids
+        assert [h.id for h in hits if h.distance < boundary] == [i for i, d in ref if d < boundary]
         for h in hits:
-            assert h["shard"] == router.shard_for(h["id"])
-    assert [(h["id"], h["distance"]) for h in results[0][:3]] == [
+            assert h.shard == router.shard_for(h.id)
+    assert [(h.id, h.distance) for h in results[0][:3]] == [
         ("img-0000", 0), ("img-0001", 1), ("img-0002", 3)]
 
 
@@ -142,10 +143,10 @@ def test_weighted_rerank_orders_by_bit_confidence(router, data):
     results, missing = router.search(codes[:1], k=3, weights=weights)
     assert missing == []
     top = results[0]
-    assert [h["id"] for h in top] == ["img-0000", "img-0002", "img-0001"]
-    assert [h["weighted"] for h in top] == [0.0, 0.3, 1.0] and all("code" not in h for h in top)
+    assert [h.id for h in top] == ["img-0000", "img-0002", "img-0001"]
+    assert [h.weighted for h in top] == [0.0, 0.3, 1.0] and all(h.code is None for h in top)
     # the radius still bounds the Hamming distance; the async twin agrees
-    assert [h["id"] for h in router.search(codes[:1], k=3, radius=1, weights=weights)[0][0]] == [
+    assert [h.id for h in router.search(codes[:1], k=3, radius=1, weights=weights)[0][0]] == [
         "img-0000", "img-0001"]
     assert asyncio.run(router.asearch(codes[:1], k=3, weights=weights)) == (results, missing)
     with pytest.raises(ValueError, match="weights must have shape"):
@@ -167,52 +168,49 @@ def test_side_vectors_rank_across_shards_and_fold_views(ray_cluster, tmp_path):
     r.add(ids, records(codes, floats), None, {"center70": records(codes ^ 255, crop_floats)})
     # a query with img 4's code and img 9's crop vector: 9 wins through its stored crop's vector
     (hits,), missing = r.search(codes[4:5], k=5, vectors=crop_floats[9:10])
-    assert missing == [] and hits[0]["id"] == "v-9" and hits[0]["ref_view"] == "center70"
+    assert missing == [] and hits[0].id == "v-9" and hits[0].ref_view == "center70"
     from encoders.tta import REF_VIEW_COST
-    assert hits[0]["score"] < 0.5 and hits[0]["cost"] == REF_VIEW_COST and "code" not in hits[0]
-    keys = [h["score"] + h.get("cost", 0) for h in hits]
-    assert keys == sorted(keys) and len({h["id"] for h in hits}) == 5
+    assert hits[0].score < 0.5 and hits[0].cost == REF_VIEW_COST and hits[0].code is None
+    keys = [h.score + h.cost for h in hits]
+    assert keys == sorted(keys) and len({h.id for h in hits}) == 5
 
 
 def test_merge_variants_charges_each_variant_its_prior_cost():
-    as_given = [{"id": "a", "distance": 9, "weighted": 3.0}, {"id": "b", "distance": 12, "weighted": 4.0}]
-    mirrored = [{"id": "b", "distance": 8, "weighted": 2.8}, {"id": "c", "distance": 9, "weighted": 3.2}]
+    as_given = [Hit("a", 9, weighted=3.0), Hit("b", 12, weighted=4.0)]
+    mirrored = [Hit("b", 8, weighted=2.8), Hit("c", 9, weighted=3.2)]
     names = ("original", "flip")
     # equal costs: b's mirrored match (2.8) beats a (3.0)
-    assert [(h["id"], h["variant"]) for h in merge_variants([as_given, mirrored], 3, [0, 0], names)] == [
+    assert [(h.id, h.variant) for h in merge_variants([as_given, mirrored], 3, [0, 0], names)] == [
         ("b", "flip"), ("a", "original"), ("c", "flip")]
     # a mirrored match pays 0.5: a (3.0) now leads b (2.8 + 0.5) and c (3.2 + 0.5); b keeps its
     # best hit (3.3 < 4.0), with its own distances, not the cost
     top = merge_variants([as_given, mirrored], 3, [0, 0.5], names)
-    assert [(h["id"], h["variant"], h["weighted"]) for h in top] == [
+    assert [(h.id, h.variant, h.weighted) for h in top] == [
         ("a", "original", 3.0), ("b", "flip", 2.8), ("c", "flip", 3.2)]
     assert merge_variants([as_given, mirrored], 1, [0, 0.5], names) == top[:1]
     # one variant: nothing to say about it; without weights the cost applies to the distance
-    assert "variant" not in merge_variants([as_given], 2, [0], names[:1])[0]
-    plain = [[{"id": "a", "distance": 9}], [{"id": "b", "distance": 8}]]
-    assert [h["id"] for h in merge_variants(plain, 2, [0, 1.5])] == ["a", "b"]
+    assert merge_variants([as_given], 2, [0], names[:1])[0].variant is None
+    plain = [[Hit("a", 9)], [Hit("b", 8)]]
+    assert [h.id for h in merge_variants(plain, 2, [0, 1.5])] == ["a", "b"]
 
 
 def test_merge_variants_adds_to_the_cost_a_hit_already_paid():
     # b matched through a stored crop (cost 0.5) as given, a through the query's mirror
-    as_given = [{"id": "b", "distance": 8, "weighted": 2.6, "cost": 0.5, "ref_view": "center70"}]
-    mirrored = [{"id": "a", "distance": 9, "weighted": 2.9}]
+    as_given = [Hit("b", 8, weighted=2.6, cost=0.5, ref_view="center70")]
+    mirrored = [Hit("a", 9, weighted=2.9)]
     top = merge_variants([as_given, mirrored], 2, [0, 0.5], ("original", "flip"))
-    assert [(h["id"], h.get("cost")) for h in top] == [("b", 0.5), ("a", 0.5)]  # 3.1 < 3.4
-    assert top[0]["ref_view"] == "center70" and top[1]["variant"] == "flip"
+    assert [(h.id, h.cost) for h in top] == [("b", 0.5), ("a", 0.5)]  # 3.1 < 3.4
+    assert top[0].ref_view == "center70" and top[1].variant == "flip"
 
 
 def test_fold_views_keeps_each_images_best_hit_with_the_view_cost():
-    hits = [{"id": view_id("a", "center70"), "distance": 4, "weighted": 1.0},
-            {"id": "b", "distance": 5, "weighted": 1.2},
-            {"id": "a", "distance": 9, "weighted": 3.0},
-            {"id": view_id("b", "center70"), "distance": 5, "weighted": 1.1}]
+    hits = [Hit(view_id("a", "center70"), 4, weighted=1.0), Hit("b", 5, weighted=1.2),
+            Hit("a", 9, weighted=3.0), Hit(view_id("b", "center70"), 5, weighted=1.1)]
     top = fold_views(hits, 5, cost=0.5)
     # a's crop (1.0 + 0.5) beats a as stored (3.0); b as stored (1.2) beats b's crop (1.6)
-    assert top == [{"id": "b", "distance": 5, "weighted": 1.2},
-                   {"id": "a", "distance": 4, "weighted": 1.0, "cost": 0.5, "ref_view": "center70"}]
+    assert top == [Hit("b", 5, weighted=1.2), Hit("a", 4, weighted=1.0, cost=0.5, ref_view="center70")]
     assert fold_views(hits, 1, cost=0.5) == top[:1]
-    assert fold_views(hits, 5, cost=0.0)[0]["id"] == "a"  # free views: the crop's 1.0 leads
+    assert fold_views(hits, 5, cost=0.0)[0].id == "a"  # free views: the crop's 1.0 leads
 
 
 def test_with_views_expands_ids_and_drops_the_views_not_given():
@@ -243,27 +241,26 @@ def test_reference_views_share_a_shard_fold_into_hits_and_go_with_their_image(ra
     assert sum(s["codes"] for s in stats) == 40
     # a query equal to img-3's stored crop finds img-3 (through its view), once, with its meta
     (hits,), missing = r.search(crops[3], k=5, with_meta=True)
-    assert missing == [] and hits[0]["id"] == "img-3" and hits[0]["ref_view"] == "center70"
-    assert hits[0]["distance"] == 0 and hits[0]["cost"] == 0.5 and hits[0]["meta"] == {"n": 3}
-    assert len({h["id"] for h in hits}) == len(hits) == 5
+    assert missing == [] and hits[0].id == "img-3" and hits[0].ref_view == "center70"
+    assert hits[0].distance == 0 and hits[0].cost == 0.5 and hits[0].meta == {"n": 3}
+    assert len({h.id for h in hits}) == len(hits) == 5
     # re-adding img-3 by code alone drops its stale crop; removing img-4 removes its crop too
     assert r.add(["img-3"], codes[3:4] ^ 1)["replaced"] == 1
-    assert all("ref_view" not in h for h in r.search(crops[3], k=20)[0][0] if h["id"] == "img-3")
+    assert all(h.ref_view is None for h in r.search(crops[3], k=20)[0][0] if h.id == "img-3")
     assert r.remove(["img-4"]) == 1
     stats = r.stats()
     assert sum(s["count"] for s in stats) == 19 and sum(s["views"] for s in stats) == 18
-    assert all(h["id"] != "img-4" for h in r.search(crops[4], k=19)[0][0])
+    assert all(h.id != "img-4" for h in r.search(crops[4], k=19)[0][0])
 
 
 def test_radius_filters_and_meta(router, data):
     ids, codes = data
     results, missing = router.search(codes[0], k=10, radius=3, with_meta=True)
     assert missing == []
-    assert [(h["id"], h["distance"]) for h in results[0]] == _reference(codes, codes[0], 10, 3, ids)
-    assert [h["meta"] for h in results[0]] == [{"n": 0}, {"n": 1}, {"n": 2}]
-    assert router.search(codes[0], k=2, radius=3)[0][0][-1]["id"] == "img-0001"
-    assert router.search(codes[0], k=5, radius=0)[0] == [[{"id": "img-0000", "distance": 0,
-                                                           "shard": router.shard_for("img-0000")}]]
+    assert [(h.id, h.distance) for h in results[0]] == _reference(codes, codes[0], 10, 3, ids)
+    assert [h.meta for h in results[0]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert router.search(codes[0], k=2, radius=3)[0][0][-1].id == "img-0001"
+    assert router.search(codes[0], k=5, radius=0)[0] == [[Hit("img-0000", 0, shard=router.shard_for("img-0000"))]]
 
 
 def test_async_twins_match_sync(router, data):
@@ -286,10 +283,10 @@ def test_remove_and_get(router, data):
     assert router.remove(["img-0002", "no-such-id"]) == 1
     assert router.get("img-0002") is None
     assert router.get("no-such-id") is None
-    assert "img-0002" not in [h["id"] for h in router.search(codes[0], k=5)[0][0]]
+    assert "img-0002" not in [h.id for h in router.search(codes[0], k=5)[0][0]]
     assert asyncio.run(router.aremove(["img-0002"])) == 0
     assert asyncio.run(router.aadd(["img-0002"], codes[2:3])) == {"added": 1, "replaced": 0, "unchanged": 0}
-    assert router.search(codes[0], k=3)[0][0][2]["id"] == "img-0002"
+    assert router.search(codes[0], k=3)[0][0][2].id == "img-0002"
 
 
 def test_bad_input_is_a_value_error(router):
@@ -304,11 +301,10 @@ def test_bad_input_is_a_value_error(router):
 
 
 def test_merge_results_tags_shards_and_applies_radius():
-    per_shard = {0: [[{"id": "b", "distance": 2}, {"id": "d", "distance": 9}]],
-                 1: [[{"id": "a", "distance": 2}, {"id": "c", "distance": 5}]]}
+    per_shard = from_shards({0: [[{"id": "b", "distance": 2}, {"id": "d", "distance": 9}]],
+                             1: [[{"id": "a", "distance": 2}, {"id": "c", "distance": 5}]]})
     merged = merge_results(per_shard, 1, k=3, radius=5)
-    assert merged == [[{"id": "a", "distance": 2, "shard": 1}, {"id": "b", "distance": 2, "shard": 0},
-                       {"id": "c", "distance": 5, "shard": 1}]]
+    assert merged == [[Hit("a", 2, shard=1), Hit("b", 2, shard=0), Hit("c", 5, shard=1)]]
 
 
 def test_dead_shard_gives_partial_answer_and_failed_writes(ray_cluster, tmp_path_factory, data):
@@ -320,7 +316,7 @@ def test_dead_shard_gives_partial_answer_and_failed_writes(ray_cluster, tmp_path
     t0 = time.monotonic()
     results, missing = r.search(codes[:2], k=5)
     assert missing == [1] and time.monotonic() - t0 < 5
-    assert results[0] and all(h["shard"] == 0 for q in results for h in q)
+    assert results[0] and all(h.shard == 0 for q in results for h in q)
     assert asyncio.run(r.asearch(codes[:2], k=5))[1] == [1]
     victim = next(x for x in ids if r.shard_for(x) == 1)
     with pytest.raises(ShardUnavailable) as err:
@@ -348,7 +344,7 @@ def test_dead_shard_is_re_resolved(ray_cluster, tmp_path_factory, data):
         if not missing:
             break
         time.sleep(0.1)
-    assert missing == [] and [h["id"] for h in results[0]] == ["img-0000", "img-0001", "img-0002"]
+    assert missing == [] and [h.id for h in results[0]] == ["img-0000", "img-0001", "img-0002"]
 
 
 def test_hung_shard_times_out_without_hanging(router, data):
@@ -358,13 +354,13 @@ def test_hung_shard_times_out_without_hanging(router, data):
     t0 = time.monotonic()
     results, missing = r.search(codes[:1], k=5)
     assert missing == [1] and 2.0 <= time.monotonic() - t0 < 8
-    assert results[0] and all(h["shard"] == 0 for h in results[0])
+    assert results[0] and all(h.shard == 0 for h in results[0])
     # On probation (its ping probe is pending) it is skipped at once, not waited for again.
     for call in (lambda: r.search(codes[:1], k=5), lambda: asyncio.run(r.asearch(codes[:1], k=5))):
         t0 = time.monotonic()
         results, missing = call()
         assert missing == [1] and time.monotonic() - t0 < 1.5
-        assert results[0] and all(h["shard"] == 0 for h in results[0])
+        assert results[0] and all(h.shard == 0 for h in results[0])
     victim = next(x for x in ids if r.shard_for(x) == 1)
     t0 = time.monotonic()
     with pytest.raises(ShardUnavailable, match="timed out"):
@@ -377,15 +373,14 @@ def test_hung_shard_times_out_without_hanging(router, data):
 def test_with_confidence_adds_the_rank_value_and_its_calibrated_precision():
     from encoders.calibration import Curve
     from rayapp.ranking import with_confidence
-    hits = [{"id": "a", "distance": 3, "score": 1.0, "cost": 0.5, "inliers": 40},
-            {"id": "b", "distance": 9, "score": 6.0}]
+    hits = [Hit("a", 3, score=1.0, cost=0.5, inliers=40), Hit("b", 9, score=6.0)]
     from shards.verify import verify_bonus
     plain = with_confidence(hits)
-    assert [h["rank"] for h in plain] == [1.5 - verify_bonus(40), 6.0] and "confidence" not in plain[0]
+    assert [h.rank for h in plain] == [1.5 - verify_bonus(40), 6.0] and plain[0].confidence is None
     curve = Curve(ranks=[1.5 - verify_bonus(40), 6.0], precision=[1.0, 0.2])
     rated = with_confidence(hits, curve)
-    assert [h["confidence"] for h in rated] == [1.0, 0.2]
-    assert [h["id"] for h in with_confidence(hits, curve, min_confidence=0.5)] == ["a"]
+    assert [h.confidence for h in rated] == [1.0, 0.2]
+    assert [h.id for h in with_confidence(hits, curve, min_confidence=0.5)] == ["a"]
 
 
 def test_calibration_fit_is_monotone_and_reports_its_error():
