@@ -258,17 +258,22 @@ def eval_cmd(args) -> None:
     sys.exit(eval_main(list(args)))
 
 
+BENCH_MODULES = {"shard": "shard_bench", "serve": "serve_load", "breakdown": "query_breakdown"}
+
+
 @cli.command(**PASSTHROUGH)
-@click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify", "dedup", "soak"]))
+@click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify", "dedup", "soak", "serve",
+                                            "breakdown"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
     """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards), `gpu`
     (encoder and faiss-gpu throughput against the CPU), `rerank` (side-vector scoring), `verify`
-    (spatial verification), `dedup` (the dedup job's quality and throughput) or `soak` (a long mixed
-    load against a real server)."""
+    (spatial verification), `dedup` (the dedup job's quality and throughput), `soak` (a long mixed
+    load against a real server), `serve` (open-loop load on a real server beside Ray Serve's own
+    floor) or `breakdown` (where one image query's time goes)."""
     import os
     import subprocess
-    module = f"bench.{'shard_bench' if which == 'shard' else which}"
+    module = "bench." + BENCH_MODULES.get(which, which)
     if not (Path(os.getcwd()) / "bench" / f"{module.split('.')[1]}.py").is_file():
         raise click.ClickException("benchmarks run from a source checkout (the bench/ folder)")
     # run as its own program from the checkout: the product never imports bench

@@ -204,3 +204,60 @@ def test_verify_bench_measures_search_extract_and_verify(tmp_path):
     for part in ("search", "extract_query_keypoints", "verify_top"):
         assert res[part]["p50_ms"] > 0
     assert res["verify_over_search_p50"] > 0
+
+
+def test_open_loop_summary_counts_errors_unfinished_and_saturation():
+    from bench.open_loop import Outcome, summarise
+    ok = [Outcome(due=i / 10, sent_late_ms=0.0, latency_ms=20.0, status=200) for i in range(10)]
+    bad = [Outcome(due=1.0, sent_late_ms=9.0, status=503, error="http 503")]
+    res = summarise(ok + bad, unfinished=2, rate=10.0)
+    assert res["ok"] == 10 and res["sent"] == 13 and res["late_sends"] == 1
+    assert res["errors"] == {"http 503": 1, "unfinished": 2} and res["error_count"] == 3
+    assert res["achieved_per_s"] == pytest.approx(10.0) and res["p50_ms"] == 20.0
+    assert res["saturated"]  # requests left unanswered
+    assert not summarise(ok, unfinished=0, rate=10.0)["saturated"]
+    assert summarise(ok, unfinished=0, rate=40.0)["saturated"]  # answered at a quarter of the rate
+
+
+def test_pyspy_stacks_are_sorted_into_query_stages():
+    from bench.pyspy_stages import IDLE, OTHER, stage_of
+    head = "thread (1): MainThread;Thread.run (threading.py:982)"
+    assert stage_of(f"{head};EncoderDeployment._views (rayapp/encoder_deployment.py:90);"
+                    "load_image (encoders/decode.py:50)", "encoder") == "decode"
+    assert stage_of(f"{head};query_variants (encoders/tta.py:113);Encoder.preprocess (encoders/base.py:30)",
+                    "encoder") == "views"
+    assert stage_of(f"{head};ShardRouter.asearch (rayapp/router.py:180);ShardPool.read (rayapp/shard_pool.py:60);"
+                    "ActorHandle._actor_method_call (ray/actor.py:1)", "ingress") == "fan-out"
+    assert stage_of(f"{head};Searcher._merged (rayapp/searcher.py:100);costs (encoders/tta.py:20)",
+                    "ingress") == "merge and rank"  # an encoder module called from the ingress
+    assert stage_of(f"{head};ShardActor.verify (shards/actor.py:300)", "shard") == "verification"
+    assert stage_of("thread (2): MainThread;Worker.main_loop (ray/_private/worker.py:1069)", "shard") == IDLE
+    assert stage_of(f"{head};Metric._record (ray/util/metrics.py:1)", "ingress") == OTHER
+    assert stage_of(f"{head};HTTPProxy.__call__ (ray/serve/_private/proxy.py:1)", "proxy") == "http proxy"
+
+
+def test_serve_load_smoke_against_a_real_server(tmp_path):
+    """`neardup bench serve` end to end at toy rates on one shard node: the product and the floor
+    both answer every request by code and by image, and JSON and plot are written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "rayapp.cli", "bench", "serve", "--nodes", "1", "--index-count", "4",
+           "--queries", "2", "--code-rates", "2", "--image-rates", "1", "--seconds", "1", "--grace", "60",
+           "--extra-steps", "0", "--out-dir", str(tmp_path), "--tag", "smoke"]
+    run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [path] = list(tmp_path.glob("serve_load_*_smoke.json"))
+    doc = json.loads(path.read_text())
+    assert doc["machine"]["git"]["commit"] and doc["date"] and doc["params"]["nodes"] == [1]
+    [cfg] = doc["configs"]
+    assert cfg["nodes"] == 1 and cfg["indexed_images"] == 4
+    for mode, sent in (("code", 2), ("image", 1)):  # rate x seconds
+        [step] = cfg["modes"][mode]["steps"]
+        for target in ("product", "floor"):
+            assert step[target]["sent"] == step[target]["ok"] == sent
+            assert step[target]["error_count"] == 0 and step[target]["p99_ms"] > 0
+        assert step["ratio"]["p50_ms"] > 0
+        assert cfg["modes"][mode]["light_load"]["rate"] == step["rate"]
+    assert path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
