@@ -48,7 +48,7 @@ class Encoded:
         self.d = {}
         for v, name in enumerate(self.names):
             for j in range(r_vec.shape[1]):
-                d = vector_distances(q_vec[:, v], r_vec[:, j])
+                d = vector_distances(q_vec[:, v], r_vec[:, j], enc.bits)
                 d[~valid[:, v]] = np.inf
                 self.d[name, j] = d
         self.q_kp, self.r_kp = keypoints_of(self.q_paths, query=True), keypoints_of(self.ref_paths)

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import Encoder, pack_bits
+from encoders.dct_hash import dct_hash
 from encoders.registry import register
 from encoders.tta import check_mode
-from formats.vectors import quantize
+from formats.vectors import SIDE_HASH_BYTES, quantize, with_side_hash
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_BACKBONE = "mobilenet_v3_small"
@@ -261,8 +262,10 @@ class DeepHashEncoder(Encoder):
     match_radius = 14
 
     def __init__(self, model: DeepHashNet, input_size: int = DEFAULT_INPUT_SIZE, device: str = "auto",
-                 tta: str = "none", batch_size: int = 64, weights_path: str | None = None):
+                 tta: str = "none", batch_size: int = 64, weights_path: str | None = None,
+                 side_hash: bool = True):
         check_mode(tta)
+        self.side_hash = bool(side_hash)
         self.device = _device(device)
         self.model = model.eval().to(self.device)
         if self.device.type == "cuda":
@@ -308,14 +311,17 @@ class DeepHashEncoder(Encoder):
         return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32)
 
     def encode_vectors(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Codes, bit confidences, and the head's outputs h as int8 side vectors (one value per
-        bit; ``shards.vectors``): their cosine ranks candidates better than any Hamming distance."""
-        h = self._logits(self._check(batch))
-        return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32), quantize(h)
+        """Codes, bit confidences, and side vectors (``formats.vectors``): the head's outputs h
+        as int8, one value per bit (their cosine ranks candidates better than any Hamming
+        distance), then with ``side_hash`` each input's 256-bit DCT hash (``encoders.dct_hash``)."""
+        batch = self._check(batch)
+        h = self._logits(batch)
+        vectors = with_side_hash(quantize(h), dct_hash(batch)) if self.side_hash else quantize(h)
+        return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32), vectors
 
     @property
     def vector_bytes(self) -> int:
-        return self.bits
+        return self.bits + (SIDE_HASH_BYTES if self.side_hash else 0)
 
     def info(self) -> dict:
         return {**super().info(), "backbone": self.model.backbone_name, "tta": self.tta,
@@ -325,12 +331,15 @@ class DeepHashEncoder(Encoder):
 @register("deephash")
 def build_deephash(weights: str | Path | None = None, backbone: str | None = None, bits: int | None = None,
                    device: str = "auto", tta: str = "none", **kwargs) -> DeepHashEncoder:
-    """Load deephash from ``weights`` (a local safetensors path) or the bundled file."""
+    """Load deephash from ``weights`` (a local safetensors path) or the bundled file;
+    ``side_hash=0`` leaves the DCT hash out of its side vectors."""
     path = Path(weights) if weights is not None else bundled_weights(backbone, bits)
     model, meta = load_model(path)
     if backbone is not None and Backbone.parse(backbone).value != meta["backbone"]:
         raise ValueError(f"{path} holds backbone {meta['backbone']}, not {backbone}")
     if bits is not None and int(bits) != int(meta["bits"]):
         raise ValueError(f"{path} holds {meta['bits']}-bit codes, not {bits}")
+    side_hash = str(kwargs.get("side_hash", True)).lower() not in ("0", "false", "off", "no")
     return DeepHashEncoder(model, int(meta["input_size"]), device=device, tta=tta,
-                           batch_size=int(kwargs.get("batch_size", 64)), weights_path=str(path))
+                           batch_size=int(kwargs.get("batch_size", 64)), weights_path=str(path),
+                           side_hash=side_hash)

@@ -152,14 +152,15 @@ def encode_queries(enc: Encoder, paths: list[Path], tta: str = "none", content: 
 def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.ndarray,
               costs: np.ndarray | None = None, valid: np.ndarray | None = None,
               ref_view_cost: float = REF_VIEW_COST, q_vectors: np.ndarray | None = None,
-              r_vectors: np.ndarray | None = None,
+              r_vectors: np.ndarray | None = None, value_width: int = 0,
               with_views: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """(queries x refs) distances, min over each query's views and each ref's stored views
     (``r_codes`` (n, 1 + views, B), or (n, B) for one code per ref) of the pair's distance plus
     their prior costs (``encoders.tta.costs`` for the query's, ``ref_view_cost`` for a stored
     crop). The pair's distance is what the service ranks by: the side vectors' cosine distance
     (``shards.vectors``) when both sides have vectors (the service scores its Hamming top
-    ``rerank_depth`` candidates; on this benchmark the top 40 gave the same figures as all refs),
+    ``rerank_depth`` candidates; on this benchmark the top 40 gave the same figures as all refs;
+    ``value_width``: the vectors' int8 values before their side hash, ``shards.vectors``),
     else weighted Hamming when the queries have bit confidences, else Hamming. Query views not
     ``valid`` are skipped. ``with_views`` also returns which query view gave each minimum."""
     r_codes = r_codes[:, None] if r_codes.ndim == 2 else r_codes
@@ -168,7 +169,7 @@ def distances(q_codes: np.ndarray, q_weights: np.ndarray | None, r_codes: np.nda
     for v, j in np.ndindex(q_codes.shape[1], r_codes.shape[1]):
         refs = np.ascontiguousarray(r_codes[:, j])
         if q_vectors is not None and r_vectors is not None:
-            d = vector_distances(q_vectors[:, v], r_vectors[:, j])
+            d = vector_distances(q_vectors[:, v], r_vectors[:, j], value_width)
         elif q_weights is None:
             d = hamming(q_codes[:, v], refs).astype(np.float32)
         else:
@@ -239,7 +240,7 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
         q_vectors = q_vectors if rank == "vector" else None
         prior = tta_costs(names, **prior)
         dist, view = distances(q_codes, q_weights, r_codes, prior, valid, ref_view_cost,
-                               q_vectors, r_vectors, with_views=True)
+                               q_vectors, r_vectors, enc.bits, with_views=True)
         if depth > 0:
             keypoints = keypoints or (keypoints_of(q_paths, query=True), keypoints_of(ref_paths))
             mirrored = np.array([is_mirrored(n) for n in names])[view]

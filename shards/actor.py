@@ -222,7 +222,7 @@ class ShardActor:
         no vector) and the k hits are ordered by it."""
         codes = self._layout.check(codes)
         k, radius = check_k(k), check_radius(radius)
-        scored = check_vectors(vectors, len(codes), self.vector_bytes)
+        scored = check_vectors(vectors, len(codes), self.vector_bytes, self.bits)
         D, I = self._index.search(codes, k)
         keep = I != -1
         if radius is not None:
@@ -256,7 +256,7 @@ class ShardActor:
         """Hits with ``score``: the stored vectors' distance to the query's, ordered by it."""
         if not row:
             return row
-        scores = vector_distance(query_vector, self._layout.vectors([it.code for it in items]))
+        scores = vector_distance(query_vector, self._layout.vectors([it.code for it in items]), self.bits)
         for hit, sc in zip(row, scores.tolist()):
             hit["score"] = round(float(hit["distance"]) if sc != sc else sc, 3)  # NaN: no vector
         return sorted(row, key=lambda h: (h["score"], h["distance"], h["id"]))

@@ -67,12 +67,14 @@ def check_radius(radius: Any) -> int | None:
     return radius
 
 
-def check_vectors(vectors: Any, n: int, vector_bytes: int) -> bool:
+def check_vectors(vectors: Any, n: int, vector_bytes: int, value_width: int) -> bool:
     """Whether a search of ``n`` queries is scored by their side ``vectors``: they are given
-    and the shard stores ``vector_bytes`` > 0 of its own; then they must be (n, vector_bytes)."""
+    and the shard stores ``vector_bytes`` > 0 of its own; then they must be (n, w) with at least
+    the ``value_width`` int8 values (a side hash after them is optional on either side)."""
     scored = vectors is not None and vector_bytes > 0
-    if scored and np.shape(vectors) != (n, vector_bytes):
-        raise ValueError(f"vectors must have shape ({n}, {vector_bytes}), got {np.shape(vectors)}")
+    shape = np.shape(vectors)
+    if scored and (len(shape) != 2 or shape[0] != n or shape[1] < value_width):
+        raise ValueError(f"vectors must have shape ({n}, {vector_bytes}), got {shape}")
     return scored
 
 def check_limit(limit: Any) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from shards.blobs import NO_SLOT, BlobLog
+from formats.vectors import SIDE_HASH_BYTES
 from shards.verify import KEYPOINT_BYTES
 
 SLOT_BYTES = 8
@@ -68,16 +69,19 @@ class RecordLayout:
         if not (isinstance(codes, np.ndarray) and codes.dtype == np.uint8 and codes.ndim == 2):
             return self.check(codes, n, self.record_bytes)
         cb, width = self.code_bytes, codes.shape[1]
-        vec_width = self.vector_bytes or self.bits  # a writer's vector: one int8 per bit
-        kp = KEYPOINT_BYTES if width in (cb + KEYPOINT_BYTES, cb + vec_width + KEYPOINT_BYTES) else 0
+        if width == self.record_bytes:
+            return self.check(codes, n, self.record_bytes)
+        # a writer's vector: one int8 per bit, optionally followed by a side hash
+        widths = {0, self.vector_bytes, self.bits, self.bits + SIDE_HASH_BYTES}
+        kp = KEYPOINT_BYTES if width - cb - KEYPOINT_BYTES in widths else 0
         vw = width - cb - kp
-        if width == self.record_bytes or vw not in (0, vec_width):
+        if vw not in widths:
             return self.check(codes, n, self.record_bytes)
         parts = [codes[:, :cb]]
-        for have, want, start in ((vw, self.vector_bytes, cb), (kp, self.keypoint_bytes, cb + vw)):
-            if want:
-                parts.append(codes[:, start:start + want] if have == want
-                             else np.zeros((len(codes), want), np.uint8))
+        if self.vector_bytes:
+            parts.append(_fit_width(codes[:, cb:cb + vw], self.vector_bytes))
+        if self.keypoint_bytes:
+            parts.append(codes[:, cb + vw:] if kp else np.zeros((len(codes), self.keypoint_bytes), np.uint8))
         return self.check(np.concatenate(parts, 1), n, self.record_bytes)
 
     # -- records <-> store rows -----------------------------------------------------------------------
@@ -144,3 +148,11 @@ class RecordLayout:
             else:
                 status[i] = "replaced"
         return status
+
+
+def _fit_width(vectors: np.ndarray, width: int) -> np.ndarray:
+    """A writer's side vectors cut or zero-filled to ``width`` bytes: a side hash the shard does
+    not keep is dropped, one it keeps but the writer lacks is zero (never credited)."""
+    if vectors.shape[1] >= width:
+        return vectors[:, :width]
+    return np.concatenate([vectors, np.zeros((len(vectors), width - vectors.shape[1]), np.uint8)], 1)

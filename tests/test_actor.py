@@ -376,7 +376,7 @@ def test_side_vectors_rank_hits_and_survive_restart(tmp_path):
     assert bare["score"] == bare["distance"]  # no vector: ranked by its Hamming distance
     assert "score" not in a.search(query, k=3)[0][0]  # without query vectors: Hamming order
     assert a.get(ids[0])["code"] == codes[0].tobytes().hex()
-    assert np.isnan(vector_distance(floats[0], np.zeros((1, BITS), np.int8)))[0]
+    assert np.isnan(vector_distance(floats[0], np.zeros((1, BITS), np.int8), BITS))[0]
     a.close()
     b = ShardActor(0, str(tmp_path / "s"), BITS, vector_bytes=BITS)  # WAL replay keeps vectors
     assert b.search(query, k=41, vectors=quantize(floats[7:8]))[0][0]["id"] == ids[7]

@@ -257,7 +257,7 @@ def _service_distances(enc, queries, refs) -> np.ndarray:
     for q in queries:
         views, names = query_variants(q, enc.preprocess, cfg.tta, cfg.content)
         _, _, q_vec = enc.encode_vectors(np.concatenate(views))
-        d = vector_distances(q_vec, r_vec) + cfg.view_costs(names)[:, None]
+        d = vector_distances(q_vec, r_vec, enc.bits) + cfg.view_costs(names)[:, None]
         rows.append(d.min(axis=0))
     return np.stack(rows)
 

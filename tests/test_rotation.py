@@ -41,8 +41,8 @@ def test_the_upright_view_is_closer_to_the_original_than_the_turned_copy():
     backs = [turned_back(c, turn_angle(c)) for c in copies]
     vec = lambda ims: enc.encode_vectors(np.stack([enc.preprocess(i) for i in ims]))[2]  # noqa: E731
     ref, turned, upright = vec(originals), vec(copies), vec(backs)
-    d_turned = np.diag(vector_distances(turned, ref))
-    d_upright = np.diag(vector_distances(upright, ref))
+    d_turned = np.diag(vector_distances(turned, ref, enc.bits))
+    d_upright = np.diag(vector_distances(upright, ref, enc.bits))
     assert (d_upright < d_turned).sum() >= 3, (d_upright, d_turned)
 
 

@@ -18,7 +18,9 @@ import ray
 from PIL import Image
 from ray import serve
 
+from encoders.registry import get_encoder
 from encoders.tta import REF_VIEW_COST, costs, view_names
+from shards.vectors import HASH_CREDIT
 from shards.verify import BONUS_FROM, KEYPOINT_BYTES, verify_bonus
 from rayapp.config import Config
 from rayapp.lifecycle import run_server
@@ -54,7 +56,7 @@ def _search(client: httpx.Client, data: bytes) -> dict:
 def test_rotated_and_mirrored_copies_are_found_with_tta(client):
     encoder = client.get("/v1/status").json()["encoder"]
     assert encoder["tta"] == "flip_rot90" and encoder["rank"] == "vector"
-    assert encoder["vector_bytes"] == 128  # the index keeps an int8 side vector per code
+    assert encoder["vector_bytes"] == get_encoder("deephash").vector_bytes  # the index keeps a side vector per code
     photos = {f"p{i}": Image.open(path).convert("RGB") for i, path in enumerate(SAMPLES[:12])}
     for pid, img in photos.items():
         resp = client.post("/v1/items", files={"file": (f"{pid}.jpg", jpeg_bytes(img), "image/jpeg")},
@@ -74,11 +76,12 @@ def test_rotated_and_mirrored_copies_are_found_with_tta(client):
         # each hit pays its query view's prior cost, plus the stored crop's when it matched one
         assert all(r.get("cost", 0) == pytest.approx(prior[r["variant"]] + REF_VIEW_COST * ("ref_view" in r))
                    for r in found["results"])
-        # ranked by the side vectors' cosine distance (score) plus that cost, less the credit
-        # of hits whose keypoints verified them
+        # ranked by the side vectors' score (cosine distance less the side-hash credit) plus
+        # that cost, less the credit of hits whose keypoints verified them
         ranked = [r["score"] + r.get("cost", 0) - verify_bonus(r.get("inliers", 0))
                   for r in found["results"]]
-        assert ranked == sorted(ranked) and all(0 <= r["score"] <= 64 for r in found["results"])
+        assert ranked == sorted(ranked)
+        assert all(-HASH_CREDIT <= r["score"] <= 64 for r in found["results"])
         assert found["results"][0]["score"] < found["results"][1]["score"]
         with_tta = found["results"][0]["distance"]
         assert with_tta <= 10, (edit, with_tta)
