@@ -130,6 +130,9 @@ def _by_process(samples: list[dict], warmup_s: float) -> list[dict]:
     return sorted(rows, key=lambda r: -(r["growth_mb"] or 0))
 
 
+IMAGES = 64  # edited copies of the bundled photos the load draws from
+
+
 def _tree_state() -> dict:
     """The checkout the server runs from: files changed against HEAD (``git status``)."""
     out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
@@ -137,11 +140,19 @@ def _tree_state() -> dict:
     return {"root": str(REPO_ROOT), "changed_files": out.stdout.split("\n")[:-1] if out.returncode == 0 else None}
 
 
+def next_op(rng: np.random.Generator, live: int, images: int) -> tuple[str, int]:
+    """The next request of the fixed mix (about 60% searches, 30% adds, 10% deletes) and which
+    image it sends; a delete then draws which live id it removes. Seeded, so a run's sequence
+    can be replayed (``bench.soak_replay`` maps shard WAL positions back to soak seconds)."""
+    op = "add" if not live or rng.random() < 0.3 else "delete" if rng.random() < 0.15 else "search"
+    return op, int(rng.integers(0, images))
+
+
 def run(minutes: float, rate: float, port: int, warmup_s: float, max_growth: float, log: Path) -> dict:
     machine, tree = machine_info(), _tree_state()  # at start: the code the server loads
     index = Path(tempfile.mkdtemp(prefix="neardup-soak-")) / "index"
     proc = _start(port, index, log)
-    images = _images(64)
+    images = _images(IMAGES)
     rng = np.random.default_rng(0)
     lat: dict[str, list[float]] = {"search": [], "add": [], "delete": []}
     errors: dict[str, int] = {}
@@ -154,8 +165,8 @@ def run(minutes: float, rate: float, port: int, warmup_s: float, max_growth: flo
                 due = t0 + i / rate
                 late += time.time() > due + 1.0 / rate  # the schedule slipped by a whole slot
                 time.sleep(max(0.0, due - time.time()))  # open loop: a fixed schedule
-                op = "add" if not live or rng.random() < 0.3 else "delete" if rng.random() < 0.15 else "search"
-                data = images[int(rng.integers(0, len(images)))]
+                op, pick = next_op(rng, len(live), len(images))
+                data = images[pick]
                 start = time.perf_counter()
                 try:
                     if op == "add":

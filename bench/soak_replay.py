@@ -3,8 +3,10 @@ an in-process ShardActor (no Ray), with a search and a verify after each add, fr
 as wide as the actor's ``max_concurrency`` or from one thread; sample RSS, and at the end call
 ``malloc_trim(0)``. Each setting runs in its own process (``MALLOC_ARENA_MAX`` is read at start).
 
-Growth with threads and the default allocator that goes away with one thread or with
-``MALLOC_ARENA_MAX=2`` is glibc keeping freed memory in per-thread arenas, not the shard's data.
+What ``malloc_trim`` gives back was freed memory the allocator kept, not the shard's data. It
+also finds the WAL records at which the shard's mihc index re-laid out its bucket tables and,
+from the soak's seeded request sequence, the second of the soak each happened in, to set beside
+the steps in the soak's per-process RSS.
 
     python -m bench.soak_replay --wal /tmp/neardup-soak-XXXX/index/shard-0/wal-00000000.log
 """
@@ -71,10 +73,69 @@ def replay_once(wal: str, passes: int, threads: int, meta: dict) -> dict:
             "growth_mb_after_first_pass": round(end - per_pass[1], 1), "rss_mb_after_malloc_trim": mib()}
 
 
+def relayout_positions(wal: str, meta: dict) -> list[int]:
+    """WAL record numbers at which the shard's mihc index re-lays out its bucket tables (one
+    thread, records applied one by one as the server did)."""
+    from shards import mihc
+    from shards.actor import ShardActor
+    from shards.wal import OP_ADD, replay
+
+    at, where = [], [0]
+    original = mihc.CompactMIHIndex._relayout
+
+    def counting(self, extra):
+        at.append(where[0])
+        return original(self, extra)
+
+    shard = ShardActor(0, tempfile.mkdtemp(prefix="soak-replay-"), meta["bits"], None, None, 10**9,
+                       meta["vector_bytes"], meta["keypoint_bytes"])
+    mihc.CompactMIHIndex._relayout = counting
+    try:
+        for i, rec in enumerate(replay(wal, truncate=False)):
+            where[0] = i
+            if rec.op == OP_ADD:
+                shard.add([rec.id], np.frombuffer(rec.code, np.uint8)[None], [json.loads(rec.meta) if rec.meta else None])
+            else:
+                shard.remove([rec.id])
+    finally:
+        mihc.CompactMIHIndex._relayout = original
+    return at
+
+
+def soak_seconds(wal: str, positions: list[int], rate: float) -> list[float]:
+    """WAL record numbers -> seconds into the soak that wrote them: the k-th write request (an
+    add or delete of one image and its stored views) is the k-th run of records with one op and
+    base id, and the soak's seeded sequence (``bench.soak.next_op``) says when it was sent."""
+    from bench.soak import IMAGES, next_op
+    from shards.views import base_id
+    from shards.wal import replay
+
+    write_of, last, k = [], None, -1
+    for rec in replay(wal, truncate=False):
+        key = (rec.op, base_id(rec.id))
+        k += key != last
+        write_of.append(k)
+        last = key
+    rng, live, sent_at = np.random.default_rng(0), 0, []
+    i = 0
+    while len(sent_at) <= k:
+        op, _ = next_op(rng, live, IMAGES)
+        if op == "add":
+            live += 1
+            sent_at.append(i)
+        elif op == "delete":
+            rng.integers(0, live)
+            live -= 1
+            sent_at.append(i)
+        i += 1
+    return [round(sent_at[write_of[p]] / rate, 1) for p in positions]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.soak_replay", description=__doc__.splitlines()[0])
     ap.add_argument("--wal", required=True, help="a shard WAL left by bench.soak (its index_dir in the JSON)")
     ap.add_argument("--passes", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=5.0, help="the soak's --rate (to map WAL positions to seconds)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one setting, JSON to stdout
     args = ap.parse_args(argv)
@@ -92,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                              capture_output=True, text=True, check=True).stdout
         runs.append({**s, **json.loads(out.strip().splitlines()[-1])})
         print(runs[-1]["name"], runs[-1]["rss_mb_per_pass"], "after malloc_trim", runs[-1]["rss_mb_after_malloc_trim"])
+    at = relayout_positions(args.wal, meta)
+    relayouts = {"wal_records": at, "soak_seconds": soak_seconds(args.wal, at, args.rate)}
+    print("mihc re-layouts at soak seconds", relayouts["soak_seconds"])
     result = {"date": utc_now(), "machine": machine_info(), "wal": args.wal, "index_meta": meta,
-              "passes": args.passes, "runs": runs}
+              "passes": args.passes, "runs": runs, "relayouts": relayouts}
     write_json(Path(args.out) if args.out else RESULTS_DIR / f"soak_replay_{today()}.json", result)
     return 0
 
