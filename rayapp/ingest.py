@@ -285,6 +285,7 @@ def run_ingest(cfg: Config, sources: list[str], opts: IngestOptions | None = Non
     """Index ``sources`` into the shards of ``cfg`` (Ray must be initialised). Resumable."""
     from encoders.registry import get_encoder
     from rayapp.cluster import ensure_shards
+    from rayapp.stderr_noise import without_known_noise
 
     opts = opts or IngestOptions()
     enc = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights, device="cpu")
@@ -296,7 +297,8 @@ def run_ingest(cfg: Config, sources: list[str], opts: IngestOptions | None = Non
     indexed = errors = 0
     if ds is not None:
         writer = ManifestWriter(manifest_dir, enc.code_bytes, flush_rows=opts.flush_rows)
-        with tqdm(total=listed - skipped, unit="img", desc="indexing", disable=not opts.progress) as bar:
+        with without_known_noise(), \
+                tqdm(total=listed - skipped, unit="img", desc="indexing", disable=not opts.progress) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 n_err = sum(1 for e in batch["error"] if e)
                 writer.write(batch)
