@@ -13,6 +13,7 @@ throughput is then what the server can do, not what was offered.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 
@@ -75,11 +76,14 @@ async def _schedule(url: str, path: str, bodies: list[dict], rate: float, second
 def run_step(url: str, path: str, bodies: list[dict], rate: float, seconds: float,
              grace_s: float = 5.0) -> dict:
     """Offer ``rate`` requests/s of ``bodies`` (httpx ``post`` keyword arguments, used in turn) to
-    ``url + path`` for ``seconds`` -> the step's figures (see :func:`summarise`)."""
+    ``url + path`` for ``seconds`` -> the step's figures (see :func:`summarise`), with this
+    client's CPU use and the machine's 1-minute load at its end (is the client or another
+    program part of what was measured?)."""
     cpu0, wall0 = time.process_time(), time.perf_counter()
     outcomes, unfinished = asyncio.run(_schedule(url, path, bodies, rate, seconds, grace_s))
     cpu = (time.process_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
-    return {**summarise(outcomes, unfinished, rate), "client_cpu_percent": round(100 * cpu, 1)}
+    return {**summarise(outcomes, unfinished, rate), "client_cpu_percent": round(100 * cpu, 1),
+            "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def summarise(outcomes: list[Outcome], unfinished: int, rate: float) -> dict:

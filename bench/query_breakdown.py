@@ -29,10 +29,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import (RESULTS_DIR, REPO_ROOT, file_digests, loadavg, machine_info, today, utc_now,
-                          write_json)
 from bench.pyspy_stages import attribute, record, server_processes
-from bench.serve_stack import PATH_FILES, ServeStack, edited_queries, list_photos, wait_for_quiet
+from bench.serve_stack import ServeStack, add_run_args, finish_run, start_run
 
 WARM_UP = 5
 K = 10
@@ -41,17 +39,10 @@ K = 10
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.query_breakdown", description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=2, help="shard nodes (one shard each)")
-    ap.add_argument("--photos", default=str(REPO_ROOT / "rayapp" / "samples"))
-    ap.add_argument("--index-count", type=int, default=200)
-    ap.add_argument("--queries", type=int, default=32, help="distinct edited-copy queries, used in turn")
     ap.add_argument("--profile-seconds", type=float, default=20.0, help="py-spy window (queries run inside it)")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--timed", type=int, default=30, help="queries timed stage by stage in this process")
-    ap.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD")
-    ap.add_argument("--wait-max", type=float, default=40.0, help="minutes")
-    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
-    ap.add_argument("--tag", default="")
-    ap.add_argument("--note", action="append", default=[])
+    add_run_args(ap)
     return ap.parse_args(argv)
 
 
@@ -196,39 +187,35 @@ def critical_path_ms(stages: dict) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    quiet = wait_for_quiet(args.wait_quiet, args.wait_max * 60) if args.wait_quiet else None
-    notes = list(args.note)
-    if quiet and not quiet["quiet"]:
-        notes.append(f"the machine did not become quiet (1-minute load < {args.wait_quiet}) within "
-                     f"{args.wait_max:g} minutes; measured anyway at load {quiet['loads'][-1]}")
-    photos = list_photos(Path(args.photos), args.index_count)
-    images = edited_queries(photos, args.queries)
-    started, load_before = utc_now(), loadavg()
+    """Profile the served path, then time its steps here -> the result document."""
+    begin = start_run("query_breakdown", args)
+    images = begin.queries
     with ServeStack(args.nodes) as stack:
-        indexed = stack.index(photos)
+        indexed = stack.index(begin.photos)
         client_queries(stack.url, images, 2.0)  # warm-up
-        work = Path(tempfile.mkdtemp(prefix="nd-breakdown-"))
-        served = profile_server(stack.url, images, args, work)
+        served = profile_server(stack.url, images, args, Path(tempfile.mkdtemp(prefix="nd-breakdown-")))
         threads = encoder_threads(server_processes())
         path = TimedPath(str(stack.work / "index"), threads)
         stages = time_stages(path, images, args.timed)
         hops = path.hops(images, min(args.timed, 20))
     on_path = critical_path_ms(stages)
     wall = served["client"]["wall"]["p50_ms"]
-    return {"benchmark": "query_breakdown", "date": started, "finished": utc_now(), "machine": machine_info(),
-            "source_digests": file_digests(PATH_FILES),
-            "params": {k: v for k, v in vars(args).items() if k not in ("note", "out_dir")},
-            "photos": {"folder": str(args.photos), "indexed": indexed, "queries": len(images)},
-            "load_before": load_before, "load_after": loadavg(), "quiet_wait": quiet, "notes": notes,
-            "torch_threads": threads, "served": served, "timed_stages": stages, "hops": hops,
-            "timed_critical_path_p50_ms": on_path, "client_wall_p50_ms": wall,
-            "hops_http_and_serve_by_difference_ms": round(wall - on_path, 2)}
+    return {**begin.header, "indexed_images": indexed, "torch_threads": threads, "served": served,
+            "timed_stages": stages, "hops": hops, "timed_critical_path_p50_ms": on_path,
+            "client_wall_p50_ms": wall, "hops_http_and_serve_by_difference_ms": round(wall - on_path, 2)}
 
 
 def table(result: dict) -> str:
-    """A Markdown table: each stage's timed wall P50 beside its CPU per query in the server."""
+    """A Markdown table: the client's and the server's totals, the encoder replica's call and the
+    shard ping, then each stage's timed wall P50 beside its CPU per query in the server."""
     cpu = result["served"]["cpu_ms_per_query_by_stage"]
-    rows = ["| stage | wall P50 ms (timed) | CPU ms/query in the server (py-spy) |", "|---|---|---|"]
+    client, hops = result["served"]["client"], result["hops"]
+    rows = ["| part of one image query | wall P50 ms | CPU ms/query in the server (py-spy) |", "|---|---|---|",
+            f"| client: HTTP request to answer | {client['wall']['p50_ms']} | "
+            f"{result['served']['cpu_ms_per_query_total']} (all processes) |",
+            f"| server: `took_ms` (ingress) | {client['took_ms']['p50_ms']} | |",
+            f"| encoder replica call through Serve (decode to keypoints) | {hops['encoder replica call']['p50_ms']} | |",
+            f"| Ray round trip to a shard (`ping`) | {hops['shard ping']['p50_ms']} | |"]
     names = {"fan-out and shard search": ("fan-out", "shard search"),
              "verification (with its fan-out)": ("verification",)}
     for stage, s in result["timed_stages"].items():
@@ -242,8 +229,7 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
-    out = Path(args.out_dir) / f"query_breakdown_{today()}{'_' + args.tag if args.tag else ''}.json"
-    write_json(out, {**result, "table_md": table(result)})
+    out = finish_run("query_breakdown", args, {**result, "table_md": table(result)})
     print(table(result))
     print(f"client wall P50 {result['client_wall_p50_ms']} ms; timed critical path "
           f"{result['timed_critical_path_p50_ms']} ms; wrote {out}")

@@ -20,14 +20,13 @@ bench/results/serve_load_DATE[_TAG].json and .png.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
-from bench.common import (RESULTS_DIR, REPO_ROOT, file_digests, loadavg, machine_info, today, utc_now,
-                          write_json)
 from bench.open_loop import run_step
 from bench.serve_floor import delete_floor, deploy_floor
-from bench.serve_stack import PATH_FILES, ServeStack, edited_queries, list_photos, wait_for_quiet
+from bench.serve_stack import ServeStack, add_run_args, finish_run, start_run
 
 TARGETS = ("product", "floor")
 RATIO_KEYS = ("p50_ms", "p95_ms", "p99_ms", "achieved_per_s")
@@ -45,20 +44,12 @@ def _rates(text: str) -> list[float]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.serve_load", description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", default="1,2,5", help="shard-node counts, one cluster each")
-    ap.add_argument("--photos", default=str(REPO_ROOT / "rayapp" / "samples"), help="folder of photos to index")
-    ap.add_argument("--index-count", type=int, default=200, help="photos indexed (the first N by name)")
-    ap.add_argument("--queries", type=int, default=32, help="distinct edited-copy queries, sent in turn")
     ap.add_argument("--code-rates", type=_rates, default=_rates("20,60,180"), help="requests/s by code")
     ap.add_argument("--image-rates", type=_rates, default=_rates("4,12,36"), help="requests/s by image")
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each step's schedule")
     ap.add_argument("--grace", type=float, default=5.0, help="seconds to wait for answers after a step")
     ap.add_argument("--extra-steps", type=int, default=2, help="doublings of the top rate to reach saturation")
-    ap.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
-                    help="first wait (up to --wait-max minutes) for the 1-minute load to fall under LOAD")
-    ap.add_argument("--wait-max", type=float, default=40.0)
-    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
-    ap.add_argument("--tag", default="")
-    ap.add_argument("--note", action="append", default=[], help="a note stored in the JSON (repeatable)")
+    add_run_args(ap)
     args = ap.parse_args(argv)
     args.nodes = [int(x) for x in str(args.nodes).split(",") if x.strip()]
     if not args.nodes or min(args.nodes) < 1:
@@ -169,21 +160,9 @@ def measure_nodes(n: int, photos: list[Path], queries: list[bytes], args) -> dic
 
 def run(args: argparse.Namespace) -> dict:
     """Measure every node count -> the result document."""
-    quiet = wait_for_quiet(args.wait_quiet, args.wait_max * 60) if args.wait_quiet else None
-    notes = list(args.note)
-    if quiet and not quiet["quiet"]:
-        notes.append(f"the machine did not become quiet (1-minute load < {args.wait_quiet}) within "
-                     f"{args.wait_max:g} minutes; measured anyway at load {quiet['loads'][-1]}")
-    photos = list_photos(Path(args.photos), args.index_count)
-    queries = edited_queries(photos, args.queries)
-    started, load_before = utc_now(), loadavg()
-    configs = [measure_nodes(n, photos, queries, args) for n in args.nodes]
-    return {"benchmark": "serve_load", "date": started, "finished": utc_now(), "machine": machine_info(),
-            "source_digests": file_digests(PATH_FILES),
-            "params": {k: v for k, v in vars(args).items() if k not in ("note", "out_dir")},
-            "photos": {"folder": str(args.photos), "indexed": len(photos), "queries": len(queries)},
-            "load_before": load_before, "load_after": loadavg(), "quiet_wait": quiet, "notes": notes,
-            "method": __doc__.split("\n\n")[1].replace("\n", " "), "configs": configs}
+    begin = start_run("serve_load", args)
+    configs = [measure_nodes(n, begin.photos, begin.queries, args) for n in args.nodes]
+    return {**begin.header, "method": __doc__.split("\n\n")[1].replace("\n", " "), "configs": configs}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -200,11 +179,11 @@ def plot(result: dict, path: Path) -> None:
                 pts = [(s["rate"], s[target]) for s in steps if target in s]
                 if not pts:
                     continue
-                label = f"{cfg['nodes']} node(s), {target}"
+                look = {"color": f"C{i}", "marker": "o", "mfc": "none" if target == "floor" else f"C{i}",
+                        "label": f"{cfg['nodes']} node(s), {target}"}
                 rates = [r for r, _ in pts]
-                axes[row][0].plot(rates, [s["p99_ms"] for _, s in pts], style, marker="o", color=f"C{i}", label=label)
-                axes[row][1].plot(rates, [s["achieved_per_s"] for _, s in pts], style, marker="o", color=f"C{i}",
-                                  label=label)
+                axes[row][0].plot(rates, [s["p99_ms"] for _, s in pts], style, **look)
+                axes[row][1].plot(rates, [s["achieved_per_s"] for _, s in pts], style, **look)
         axes[row][0].set_ylabel(f"P99 ms, by {mode}")
         axes[row][1].set_ylabel(f"achieved /s, by {mode}")
         for ax in axes[row]:
@@ -224,10 +203,8 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
-    out = Path(args.out_dir) / f"serve_load_{today()}{'_' + args.tag if args.tag else ''}.json"
-    write_json(out, result)
-    plot(result, out.with_suffix(".png"))
+    out = finish_run("serve_load", args, run(args))
+    plot(json.loads(out.read_text()), out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png').name}")
     return 0
 

@@ -10,6 +10,7 @@ through the same HTTP proxy and port, on the same nodes, in the same run.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import socket
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import REPO_ROOT
+from bench.common import (REPO_ROOT, RESULTS_DIR, file_digests, loadavg, machine_info, today, utc_now,
+                          write_json)
 
 #: The ingress's per-client rate limit would answer 429 to a load generator on one address; the
 #: benchmark measures the query path, so the limit is lifted far above any rate it offers.
@@ -49,6 +51,54 @@ def wait_for_quiet(max_load: float, max_wait_s: float, poll_s: float = 60.0, say
         time.sleep(poll_s)
     return {"max_load": max_load, "waited_s": round(time.monotonic() - t0), "loads": seen,
             "quiet": seen[-1] < max_load}
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """The flags every end-to-end benchmark shares: what to index and query, waiting for a quiet
+    machine, and where the result goes."""
+    ap.add_argument("--photos", default=str(REPO_ROOT / "rayapp" / "samples"), help="folder of photos to index")
+    ap.add_argument("--index-count", type=int, default=200, help="photos indexed (the first N by name)")
+    ap.add_argument("--queries", type=int, default=32, help="distinct edited-copy queries, sent in turn")
+    ap.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
+                    help="first wait (up to --wait-max minutes) for the 1-minute load to fall under LOAD")
+    ap.add_argument("--wait-max", type=float, default=40.0, help="minutes")
+    ap.add_argument("--out-dir", default=str(RESULTS_DIR))
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--note", action="append", default=[], help="a note stored in the JSON (repeatable)")
+
+
+@dataclass
+class RunStart:
+    """What a run starts from: its photos and queries, and the header of its result document."""
+
+    photos: list[Path]
+    queries: list[bytes]
+    header: dict
+
+
+def start_run(name: str, args: argparse.Namespace) -> RunStart:
+    """Wait for a quiet machine if asked (noting it when it never came), pick the photos and
+    make the queries -> the run's inputs and the header of its result: machine, git revision,
+    digests of the query path's files, parameters, notes, load."""
+    quiet = wait_for_quiet(args.wait_quiet, args.wait_max * 60) if args.wait_quiet else None
+    notes = list(args.note)
+    if quiet and not quiet["quiet"]:
+        notes.append(f"the machine did not become quiet (1-minute load < {args.wait_quiet}) within "
+                     f"{args.wait_max:g} minutes; measured anyway at load {quiet['loads'][-1]}")
+    photos = list_photos(Path(args.photos), args.index_count)
+    queries = edited_queries(photos, args.queries)
+    header = {"benchmark": name, "date": utc_now(), "machine": machine_info(),
+              "source_digests": file_digests(PATH_FILES),
+              "params": {k: v for k, v in vars(args).items() if k not in ("note", "out_dir")},
+              "photos": {"folder": str(args.photos), "indexed": len(photos), "queries": len(queries)},
+              "load_before": loadavg(), "quiet_wait": quiet, "notes": notes}
+    return RunStart(photos, queries, header)
+
+
+def finish_run(name: str, args: argparse.Namespace, result: dict) -> Path:
+    """Stamp the end time and load, write ``out_dir/NAME_DATE[_TAG].json`` -> its path."""
+    result.update({"finished": utc_now(), "load_after": loadavg()})
+    return write_json(Path(args.out_dir) / f"{name}_{today()}{'_' + args.tag if args.tag else ''}.json", result)
 
 
 def free_port() -> int:
