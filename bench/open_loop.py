@@ -22,6 +22,7 @@ import numpy as np
 
 SATURATED_BELOW = 0.9   # achieved / offered under this: the server, not the schedule, set the pace
 LATE_MS = 5.0           # a send this far behind its due time counts as late
+CLIENT_BOUND = 0.01     # more late sends than this share: the client, not only the server, set the pace
 
 
 @dataclass
@@ -89,7 +90,8 @@ def run_step(url: str, path: str, bodies: list[dict], rate: float, seconds: floa
 def summarise(outcomes: list[Outcome], unfinished: int, rate: float) -> dict:
     """Latency percentiles of the answered requests (ms, from their due time), achieved
     throughput (answers without error per second, between the first and the last),
-    errors by kind (unfinished included), partial answers, late sends and saturation."""
+    errors by kind (unfinished included), partial answers, late sends (and whether there were so
+    many that this client limited the step) and saturation."""
     ok = [o for o in outcomes if o.error is None]
     errors: dict[str, int] = {}
     for o in outcomes:
@@ -102,11 +104,12 @@ def summarise(outcomes: list[Outcome], unfinished: int, rate: float) -> dict:
     # keeps up (whatever its latency), its capacity when it does not
     achieved = (len(done) - 1) / max(1e-9, done[-1] - done[0]) if len(done) > 1 else 0.0
     lat = np.array([o.latency_ms for o in ok]) if ok else None
+    late = sum(o.sent_late_ms > LATE_MS for o in outcomes)
     pct = {f"p{q}_ms": (None if lat is None else round(float(np.percentile(lat, q)), 2)) for q in (50, 95, 99)}
     return {"offered_per_s": rate, "sent": len(outcomes) + unfinished, "ok": len(ok),
             "errors": errors, "error_count": sum(errors.values()),
             "partial": sum(o.partial for o in ok), **pct,
             "mean_ms": None if lat is None else round(float(lat.mean()), 2),
             "achieved_per_s": round(achieved, 2),
-            "late_sends": sum(o.sent_late_ms > LATE_MS for o in outcomes),
+            "late_sends": late, "client_bound": late > CLIENT_BOUND * max(1, len(outcomes)),
             "saturated": bool(achieved < SATURATED_BELOW * rate or unfinished > 0)}

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.cpu_share import CpuShare
 from bench.pyspy_stages import attribute, record, server_processes
 from bench.serve_stack import ServeStack, add_run_args, finish_run, start_run
 
@@ -70,13 +71,14 @@ def client_queries(url: str, images: list[bytes], seconds: float) -> dict:
 def profile_server(url: str, images: list[bytes], args, work: Path) -> dict:
     """Sequential image queries inside a py-spy window over every server process."""
     pids = server_processes()
+    share = CpuShare()
     spies = record(pids, args.profile_seconds, args.rate, work / "pyspy")
     time.sleep(1.0)  # py-spy attaches
     client = client_queries(url, images, max(1.0, args.profile_seconds - 3.0))
     for spy in spies:
         spy.wait()
     cpu = attribute(work / "pyspy", args.rate, client["queries"])
-    return {"client": client, "processes": sorted(pids.values()), **cpu}
+    return {"client": client, "processes": sorted(pids.values()), "cpu_share": share.stop(), **cpu}
 
 
 def encoder_threads(pids: dict[int, str]) -> int:
@@ -196,13 +198,15 @@ def run(args: argparse.Namespace) -> dict:
         served = profile_server(stack.url, images, args, Path(tempfile.mkdtemp(prefix="nd-breakdown-")))
         threads = encoder_threads(server_processes())
         path = TimedPath(str(stack.work / "index"), threads)
+        share = CpuShare()
         stages = time_stages(path, images, args.timed)
+        stages_share = share.stop()
         hops = path.hops(images, min(args.timed, 20))
     on_path = critical_path_ms(stages)
     wall = served["client"]["wall"]["p50_ms"]
     return {**begin.header, "indexed_images": indexed, "torch_threads": threads, "served": served,
-            "timed_stages": stages, "hops": hops, "timed_critical_path_p50_ms": on_path,
-            "client_wall_p50_ms": wall, "hops_http_and_serve_by_difference_ms": round(wall - on_path, 2)}
+            "timed_stages": stages, "timed_stages_cpu_share": stages_share, "hops": hops,
+            "timed_critical_path_p50_ms": on_path, "client_wall_p50_ms": wall, "hops_http_and_serve_by_difference_ms": round(wall - on_path, 2)}
 
 
 def table(result: dict) -> str:

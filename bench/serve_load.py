@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
+from bench.cpu_share import CpuShare, tree_percent, wait_drained
 from bench.open_loop import run_step
 from bench.serve_floor import delete_floor, deploy_floor
 from bench.serve_stack import ServeStack, add_run_args, finish_run, start_run
@@ -31,7 +31,7 @@ from bench.serve_stack import ServeStack, add_run_args, finish_run, start_run
 TARGETS = ("product", "floor")
 RATIO_KEYS = ("p50_ms", "p95_ms", "p99_ms", "achieved_per_s")
 WARM_UP_REQUESTS = 4
-SETTLE_S = 2.0  # after a saturated step, for the server to finish what it still holds
+DRAINED_MARGIN = 15.0  # % of a core over the idle cluster's own use: the server holds no more work
 
 
 def _rates(text: str) -> list[float]:
@@ -79,10 +79,21 @@ def _schedule(rates: list[float], extra_steps: int) -> list[float]:
     return rates + [rates[-1] * 2 ** (i + 1) for i in range(extra_steps)]
 
 
+def measured_step(url: str, path: str, bodies: list[dict], rate: float, args, idle_percent: float) -> dict:
+    """One open-loop step, with the CPU this run and other programs used meanwhile, after which
+    the server is left to finish whatever it still holds (so it cannot spill into the next)."""
+    share = CpuShare()
+    step = run_step(url, path, bodies, rate, args.seconds, args.grace)
+    step.update(share.stop())
+    step["drain_s"] = wait_drained(idle_percent + DRAINED_MARGIN)
+    return step
+
+
 def sweep(url: str, paths: dict[str, str], bodies: list[dict], rates: list[float], args) -> list[dict]:
     """Every step of one query kind: at each rate, each target that has not yet saturated, the
     two in alternating order. -> rows of ``{"rate", "product", "floor", "ratio"}``."""
     rows, saturated = [], set()
+    idle = tree_percent(2.0)
     for i, rate in enumerate(_schedule(rates, args.extra_steps)):
         if set(TARGETS) <= saturated:
             break
@@ -91,13 +102,13 @@ def sweep(url: str, paths: dict[str, str], bodies: list[dict], rates: list[float
         for target in order:
             if target in saturated:
                 continue
-            step = run_step(url, paths[target], bodies, rate, args.seconds, args.grace)
+            step = measured_step(url, paths[target], bodies, rate, args, idle)
             print(f"  {target:7s} {rate:7.1f}/s  p50 {step['p50_ms']}  p99 {step['p99_ms']}  "
-                  f"achieved {step['achieved_per_s']}/s  errors {step['error_count']}", flush=True)
+                  f"achieved {step['achieved_per_s']}/s  errors {step['error_count']}  "
+                  f"others' CPU {step['others_cpu_percent']}%", flush=True)
             row[target] = step
             if step["saturated"]:
                 saturated.add(target)
-                time.sleep(SETTLE_S)
         if "product" in row or "floor" in row:
             row["ratio"] = ratios(row.get("product"), row.get("floor"))
             rows.append(row)
