@@ -28,14 +28,10 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from encoders.decode import IMAGE_EXTENSIONS, load_image, resize_square
-from encoders.keypoints import extract as extract_keypoints
-from encoders.tta import ref_view_images
-from shards.vectors import records
-from shards.verify import KEYPOINT_BYTES
-from shards.views import check_base_id
+from encoders.decode import IMAGE_EXTENSIONS
 from rayapp import metrics
 from rayapp.config import Config, load_config
+from rayapp.store_encoding import BatchEncoder, add_batch, decode_batch
 
 MAX_BLOCKS = 20_000  # file listings split into at most this many Ray Data blocks
 MANIFEST_SCHEMA_BASE = [("id", pa.string()), ("path", pa.string()), ("shard", pa.int32()),
@@ -96,12 +92,6 @@ def list_files(source: str) -> list[dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def _read_bytes(path: str) -> bytes:
-    fs, p = pafs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
-    with fs.open_input_stream(p) as f:
-        return f.read()
-
-
 def load_done_ids(manifest_dir: str) -> set[str]:
     """Ids the manifest records as indexed (errors are retried on the next run)."""
     d = Path(manifest_dir)
@@ -117,72 +107,12 @@ def load_done_ids(manifest_dir: str) -> set[str]:
 
 # ---------------------------------------------------------------- pipeline stages
 
-def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = (),
-                 keypoints: bool = False) -> dict:
-    """Ray Data CPU task: bytes or path -> uint8 (size, size, 3), plus (n, views, size, size, 3)
-    for the reference views' crops and, with ``keypoints``, each image's packed keypoints
-    (``encoders.keypoints``); failures become an error string."""
-    n = len(batch["id"])
-    pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
-    kps = np.zeros((n, KEYPOINT_BYTES if keypoints else 0), dtype=np.uint8)
-    view_pixels = np.zeros((n, len(ref_views), size, size, 3), dtype=np.uint8)
-    errors = [""] * n
-    sizes = np.zeros((n, 2), dtype=np.int32)  # width, height: dedup keeps the largest copy
-    for i in range(n):
-        try:
-            check_base_id(str(batch["id"][i]))
-            data = batch["bytes"][i] if "bytes" in batch else _read_bytes(str(batch["path"][i]))
-            img = load_image(bytes(data), max_pixels=max_pixels)
-            pixels[i] = resize_square(img, size)
-            sizes[i] = img.size
-            if keypoints:
-                kps[i] = extract_keypoints(img)
-            for j, crop in enumerate(ref_view_images(img, ref_views)):
-                view_pixels[i, j] = resize_square(crop, size)
-        except Exception as exc:  # noqa: BLE001 - a bad file is recorded, never aborts the job
-            errors[i] = f"{type(exc).__name__}: {exc}"
-    out = {"id": batch["id"], "path": batch["path"], "pixels": pixels, "size": sizes,
-           "error": np.array(errors, dtype=object)}
-    if keypoints:  # no empty (n, 0) columns for Ray Data
-        out["keypoints"] = kps
-    return {**out, "view_pixels": view_pixels} if ref_views else out
-
-
-class EncodeActor:
+class EncodeActor(BatchEncoder):
     """Ray Data actor: holds one encoder (on GPU when given one) and encodes batches."""
 
     def __init__(self, name: str, weights: str | None, device: str):
         from encoders.registry import get_encoder
-        self.encoder = get_encoder(name, weights=weights, device=device)
-
-    def __call__(self, batch: dict) -> dict:
-        """Codes (n, bytes) and, where the encoder has them, side vectors (n, d); for the
-        reference views' crops (n, views, S, S, 3) the same with a views axis."""
-        ok = np.array([not e for e in batch["error"]], dtype=bool)
-        out = {"id": batch["id"], "path": batch["path"], "size": batch["size"], "error": batch["error"]}
-        if "keypoints" in batch:
-            out["keypoints"] = batch["keypoints"]
-        out["code"], vectors = self._encode(batch["pixels"], ok)
-        with_vectors = self.encoder.vector_bytes > 0  # no empty (n, 0) columns for Ray Data
-        if with_vectors:
-            out["vector"] = vectors
-        if "view_pixels" in batch:
-            parts = [self._encode(batch["view_pixels"][:, j], ok)
-                     for j in range(batch["view_pixels"].shape[1])]
-            out["view_codes"] = np.stack([c for c, _ in parts], axis=1)
-            if with_vectors:
-                out["view_vectors"] = np.stack([v for _, v in parts], axis=1)
-        return out
-
-    def _encode(self, pixels: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        codes = np.zeros((len(ok), self.encoder.code_bytes), dtype=np.uint8)
-        vectors = np.zeros((len(ok), self.encoder.vector_bytes), dtype=np.int8)
-        if ok.any():
-            c, _, v = self.encoder.encode_vectors(pixels[ok])
-            codes[ok] = c
-            if v is not None:
-                vectors[ok] = v
-        return codes, vectors
+        super().__init__(get_encoder(name, weights=weights, device=device))
 
 
 class ShardWriter:
@@ -196,17 +126,7 @@ class ShardWriter:
         self.ref_views = list(cfg.encoder.ref_views)
 
     def __call__(self, batch: dict) -> dict:
-        ok = [i for i, e in enumerate(batch["error"]) if not e]
-        ids = [str(batch["id"][i]) for i in ok]
-        if ids:
-            metas = [{"path": str(batch["path"][i]), "width": int(batch["size"][i][0]),
-                      "height": int(batch["size"][i][1])} for i in ok]
-            def vec(key: str, *col: int) -> np.ndarray | None:
-                return batch[key][(ok, *col)] if key in batch else None
-            views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j))
-                     for j, name in enumerate(self.ref_views)}
-            recs = records(batch["code"][ok], vec("vector"), vec("keypoints"))
-            self.router.add(ids, recs, metas, views)
+        add_batch(self.router, batch, self.ref_views)
         shard = np.array([self.router.shard_for(str(i)) for i in batch["id"]], dtype=np.int32)
         return {"id": batch["id"], "path": batch["path"], "code": batch["code"], "shard": shard,
                 "error": batch["error"]}
