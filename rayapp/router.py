@@ -99,18 +99,20 @@ class ShardRouter:
     ``resolver(i)`` (optional) looks shard ``i`` up again, e.g. by actor name, after its handle
     died for good (a shard re-created under the same name gets a new handle). ``ref_views``
     (how many reference views an image is stored with) makes searches fetch deep enough that
-    k distinct images remain after folding; a view's hit pays ``ref_view_cost``.
+    k distinct images remain after folding; a view's hit pays ``ref_view_cost``. ``pool`` makes
+    the shard calls: by default Ray actor calls (``ShardPool``); ``rayapp.local_shards`` gives
+    one over in-process shards.
     """
 
     def __init__(self, shards: list[ActorHandle], timeout_s: float = 2.0,
                  write_timeout_s: float = 30.0,
                  resolver: Callable[[int], ActorHandle | None] | None = None,
-                 ref_views: int = 0, ref_view_cost: float = REF_VIEW_COST):
+                 ref_views: int = 0, ref_view_cost: float = REF_VIEW_COST, pool: Any = None):
         if not shards:
             raise ValueError("ShardRouter needs at least one shard")
         if ref_view_cost < 0:
             raise ValueError(f"ref_view_cost must be >= 0, got {ref_view_cost}")
-        self.pool = ShardPool(shards, resolver)
+        self.pool = pool if pool is not None else ShardPool(shards, resolver)
         self.ref_views = int(ref_views)
         self.ref_view_cost = float(ref_view_cost)
         self.timeout_s = float(timeout_s)
