@@ -1,11 +1,15 @@
 """Pick the query views' prior costs and the verification credit on a validation benchmark.
 
-Each benchmark is encoded once with every view the service can search (all eight symmetries,
-the framed or pasted photo's crop and its mirror; refs as given and as their stored centre crop),
-and the side-vector distances are kept per (query view, stored view). A grid of view sets and
-costs is then scored exactly as ``neardup eval`` scores one spec: the minimum over views of
-distance plus cost, the top ``VERIFY_DEPTH`` verified by keypoints (cached per pair), mAP@100
-and µAP. Run it on validation sources only:
+Each benchmark is encoded once, as the service encodes (refs through ingest's stages,
+``rayapp.eval_search.encode_refs``; queries' views through ``rayapp.searcher.encode_queries``),
+with every view the service can search (all eight symmetries, the framed or pasted photo's crop
+and its mirror; refs as given and as their stored crops), and the side-vector distances are kept
+per (query view, stored view). A grid of hundreds of view sets and costs cannot each be stored
+and searched, so this keeps its own cached dense scorer: the minimum over views of distance plus
+cost, the top ``VERIFY_DEPTH`` verified by keypoints (cached per pair), mAP@100 and µAP. It
+scores every ref (no shard re-rank depth or index candidates), so check the chosen row with
+``neardup eval``, which searches through the service's shards and ``Searcher``. Run it on
+validation sources only:
 
     python -m bench.tune_views --workdir runs/bench-val --weights W.safetensors --out bench/results/tune.json
 """
@@ -18,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.decode import iter_image_files
-from rayapp.evaluate import (keypoints_of, encode_queries, encode_refs, read_ground_truth,
-                               score_codes)
+from encoders.decode import load_image
 from encoders.registry import get_encoder
-from encoders.tta import costs, is_mirrored
+from encoders.tta import costs, is_mirrored, view_names
+from rayapp.config import EncoderConfig
+from rayapp.eval_search import encode_refs
+from rayapp.evaluate import load_benchmark, score_codes
+from rayapp.searcher import encode_queries
 from shards.vectors import vector_distances
 from shards.verify import inliers
 
@@ -36,22 +42,20 @@ class Encoded:
     """One benchmark encoded once: per-view distance matrices, keypoints, truth."""
 
     def __init__(self, work: Path, weights: str | None):
-        rows = read_ground_truth(work / "ground_truth.csv")
-        self.ref_paths = sorted(iter_image_files([work / "refs"]))
-        index = {p.name: i for i, p in enumerate(self.ref_paths)}
-        self.q_paths = [work / "queries" / q for q, _, _ in rows]
-        self.gt = np.array([index[r] if r else -1 for _, r, _ in rows])
-        self.families = [f for _, _, f in rows]
+        bench = load_benchmark(work / "refs", work / "queries", work / "ground_truth.csv")
+        self.ref_paths, self.q_paths = bench["ref_paths"], bench["q_paths"]
+        self.gt, self.families = bench["gt_ref"], bench["families"]
         enc = get_encoder("deephash", **({"weights": weights} if weights else {}))
-        _, r_vec, _ = encode_refs(enc, self.ref_paths, REF_VIEWS)
-        _, _, valid, self.names, q_vec = encode_queries(enc, self.q_paths, "d4", content=True)
+        refs = encode_refs(enc, self.ref_paths, REF_VIEWS, keypoints=True)
+        r_vec = np.concatenate([refs["vector"][:, None], refs["view_vectors"]], axis=1)
+        self.names, q_vec, valid, self.q_kp = _queries(enc, self.q_paths)
+        self.r_kp = refs["keypoints"]
         self.d = {}
         for v, name in enumerate(self.names):
             for j in range(r_vec.shape[1]):
                 d = vector_distances(q_vec[:, v], r_vec[:, j], enc.bits)
                 d[~valid[:, v]] = np.inf
                 self.d[name, j] = d
-        self.q_kp, self.r_kp = keypoints_of(self.q_paths, query=True), keypoints_of(self.ref_paths)
         self._inl: dict[tuple[int, int, int], int] = {}
 
     def inliers(self, q: int, r: int, block: int) -> int:
@@ -81,6 +85,24 @@ class Encoded:
                 n = max(self.inliers(q, r, b) for b in range(2 if mirrored[q, r] else 1))
                 out[q, r] -= bonus * min(1.0, max(0.0, (n - first) / (full - first)))
         return score_codes(out, 128, self.gt, self.families)
+
+
+def _queries(enc, paths: list[Path], batch: int = 128) -> tuple:
+    """The queries' views as the service encodes them (``encode_queries``, mode d4 with the
+    content views), laid out over every view name -> (names, side vectors (n, views, d), valid
+    (n, views): False where a query has no such view, keypoints (n, 2, K) as given and mirrored)."""
+    cfg = EncoderConfig(tta="d4", content=True)
+    names = list(view_names("d4", True))
+    col = {name: j for j, name in enumerate(names)}
+    vectors = np.zeros((len(paths), len(names), enc.vector_bytes), np.int8)
+    valid = np.zeros((len(paths), len(names)), bool)
+    keypoints = []
+    for i in range(0, len(paths), batch):
+        for qi, q in enumerate(encode_queries(enc, [load_image(p) for p in paths[i:i + batch]], cfg), start=i):
+            cols = [col[name] for name in q.names]
+            vectors[qi, cols], valid[qi, cols] = q.vectors, True
+            keypoints.append(q.keypoints)
+    return names, vectors, valid, np.stack(keypoints)
 
 
 def grid() -> list[dict]:

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="encoder specs, name[:opt=value,...] (opts: tta, rank=vector|weighted|hamming, "
                          "content=on|frame|off (frame: flat frames only, no pasted-photo finder), flip_cost, rot_cost, half_turn_cost, content_cost, outside_cost, upright_cost, "
                          "ref_views=none|center70[+top_left70...], ref_view_cost, "
-                         f"verify=N (spatially verify the top N; default {VERIFY_DEPTH}, 0 = off), weights); "
+                         f"verify=N (spatially verify the top N; default {VERIFY_DEPTH}, 0 = off), "
+                         "index=KIND (the shards' index, default the service's; flat: exact Hamming candidates), weights); "
                          "the default gives the model card's table")
     ap.add_argument("--n-refs", type=int, default=450)
     ap.add_argument("--n-queries", type=int, default=900)

@@ -59,10 +59,24 @@ def test_deephash_beats_pdq_on_real_edits(report):
     assert deep["per_family_recall@1"]["rot90"] == 1.0 and deep["per_family_recall@1"]["hflip"] == 1.0
 
 
-def test_distances_take_the_best_stored_view_plus_its_cost():
+def test_metrics_count_a_ref_not_returned_as_missed():
     import numpy as np
-    from rayapp.evaluate import distances
-    q = np.array([[[0b1111]]], dtype=np.uint8)                    # 1 query, 1 view, 1 byte
-    refs = np.array([[[0b0000], [0b1110]], [[0b1100], [0b0000]]], dtype=np.uint8)  # 2 refs x 2
-    assert distances(q, None, refs, ref_view_cost=0.5).tolist() == [[1.5, 2.0]]
-    assert distances(q, None, refs[:, 0]).tolist() == [[4.0, 2.0]]  # one code per ref
+    from rayapp.evaluate import rank_pessimistic, score_codes, top_hits
+    inf = np.inf
+    dist = np.array([[1.0, inf, 3.0], [inf, 2.0, 2.0], [inf, inf, 0.5]], dtype=np.float32)
+    assert rank_pessimistic(dist, np.array([0, 1, 0])).tolist() == [1, 2, inf]
+    res = score_codes(dist, 8, np.array([0, 1, 0]), ["a", "b", "c"], k_micro=3)
+    assert res["mAP@100"] == round((1 + 0.5 + 0) / 3, 4) and res["recall@1"] == round(1 / 3, 4)
+    assert res["median_positive_distance"] == 2.0  # the one not returned counts as the farthest
+    ranks, correct = top_hits(dist, np.array([0, 1, -1]), k=3)
+    assert ranks.tolist() == [1.0, 3.0, 2.0, 2.0, 0.5] and correct.tolist() == [True, False, True, False, False]
+
+
+def test_a_spec_sets_how_its_queries_are_searched():
+    from rayapp.evaluate import spec_config
+    cfg, shard_cfg, rest = spec_config("deephash:tta=flip,rank=weighted,flip_cost=0.7,content=frame,"
+                                       "ref_views=none,verify=0,weights=w.safetensors,side_hash=0,index=flat")
+    assert (cfg.name, cfg.rank, cfg.flip_cost, cfg.content, cfg.ref_views, cfg.verify) == (
+        "deephash", "weighted", 0.7, "frame", [], 0)
+    assert shard_cfg.index_kind == "flat" and spec_config("pdq")[1].index_kind is None
+    assert rest == {"tta": "flip", "weights": "w.safetensors", "side_hash": "0"}
