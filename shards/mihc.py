@@ -7,7 +7,7 @@ from itertools import combinations
 import numpy as np
 
 from shards import kernels
-from shards.base import (BinaryIndex, Growable, as_words, concat_ranges, load_npy, ranges_from_candidates, save_npy,
+from shards.base import (MISSING_DISTANCE, BinaryIndex, Growable, as_words, concat_ranges, load_npy, ranges_from_candidates, save_npy,
                          topk_from_candidates)
 from shards.buckets import chunk_keys, place, relayout
 
@@ -30,6 +30,10 @@ class Geometry:
 #: directory is 2^b entries per table); past 2^21 rows, 6 x 21-bit chunks with 2 flips probe ~5x
 #: fewer candidates per query at the same memory (measured at 10M: bench/results/shard_*).
 AUTO_STAGES = ((0, 16, 1), (1 << 21, 21, 2))  # (from this many rows, chunk bits, flips)
+#: Up to this many rows a top-k search scans every row: the probes guarantee only the codes
+#: within ``guaranteed_radius``, and an edited copy's code can sit farther than that while its
+#: side vector would still rank it first.
+EXACT_BELOW = 1 << 16
 
 
 def auto_geometry(rows: int, bits: int) -> Geometry:
@@ -248,8 +252,34 @@ class CompactMIHIndex(BinaryIndex):
             self._candidates(np.zeros((1, self.code_bytes), dtype=np.uint8), 1, self.bits)
 
     def _search(self, codes, k):
+        if self._ids.n <= EXACT_BELOW:
+            return self._exact_search(codes, k)
         qidx, rows, dists = self._candidates(codes, k, self.bits)
         return topk_from_candidates(qidx, self._ids.view[rows], dists, len(codes), k)
+
+    def _exact_search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top k over every live row: below EXACT_BELOW rows a full scan costs about a
+        millisecond, and it also finds the copies farther than the probes reach."""
+        columns = np.ascontiguousarray(as_words(self._codes.view).T)  # one word of every row per line
+        dead = ~self._live_mask()
+        queries = as_words(np.ascontiguousarray(codes))
+        kk = min(k, columns.shape[1])
+        qidx, rows, dists = [], [], []
+        for q, query in enumerate(queries):
+            d = np.bitwise_count(columns[0] ^ query[0]).astype(np.int32)
+            for j in range(1, len(columns)):
+                d += np.bitwise_count(columns[j] ^ query[j])
+            d[dead] = MISSING_DISTANCE
+            top = np.argpartition(d, kk - 1)[:kk] if 0 < kk < len(d) else np.arange(len(d))
+            top = top[d[top] != MISSING_DISTANCE]
+            qidx.append(np.full(len(top), q, np.int64))
+            rows.append(top)
+            dists.append(d[top])
+        if not rows:
+            return topk_from_candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), 0, k)
+        rows = np.concatenate(rows)
+        return topk_from_candidates(np.concatenate(qidx), self._ids.view[rows], np.concatenate(dists),
+                                    len(codes), k)
 
     def _range_search(self, codes, radius):
         qidx, rows, dists = self._candidates(codes, 0, radius)

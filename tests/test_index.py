@@ -39,6 +39,35 @@ def _one_faiss_thread():
     faiss.omp_set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _probe_path(monkeypatch):
+    """These tests exercise mihc's probes; an index this small would otherwise scan every row
+    (``shards.mihc.EXACT_BELOW``; its own test below turns the scan back on)."""
+    import shards.mihc as mihc
+    monkeypatch.setattr(mihc, "EXACT_BELOW", 0)
+
+
+def test_a_small_mihc_scans_every_row_and_finds_far_copies(monkeypatch):
+    """Below EXACT_BELOW rows a top-k search is exact: a copy 40 bits away, beyond the probes'
+    guaranteed radius, is found, and the answer equals a flat index's."""
+    import shards.mihc as mihc
+    monkeypatch.setattr(mihc, "EXACT_BELOW", 1 << 16)
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 256, (3000, BITS // 8), dtype=np.uint8)
+    ids = np.arange(3000, dtype=np.int64)
+    far = np.stack([flip_bits(codes[i], 40, rng) for i in (5, 50, 500)])
+    mihc_index, flat = make_index("mihc", BITS), make_index("flat", BITS)
+    for index in (mihc_index, flat):
+        index.add(ids, codes)
+    mihc_index.remove(np.array([7], np.int64))
+    flat.remove(np.array([7], np.int64))
+    D, I = mihc_index.search(far, 5)
+    assert I[:, 0].tolist() == [5, 50, 500] and (D[:, 0] == 40).all()
+    D_flat, _ = flat.search(far, 5)
+    assert np.array_equal(D, D_flat)
+    assert 7 not in mihc_index.search(codes[7:8], 3)[1]  # removed rows are never scanned back
+
+
 def brute_force(codes: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Exact Hamming distances (nq, n)."""
     return np.stack([_popcount_dist(codes, q[None, :]) for q in queries]).astype(np.int32)
