@@ -23,8 +23,9 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.common import write_json
 from bench.cpu_share import CpuShare, tree_percent, wait_drained
-from bench.open_loop import run_step
+from bench.open_loop import client_bound, run_step
 from bench.serve_floor import delete_floor, deploy_floor
 from bench.serve_stack import ServeStack, add_run_args, finish_run, start_run
 
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--grace", type=float, default=5.0, help="seconds to wait for answers after a step")
     ap.add_argument("--extra-steps", type=int, default=2, help="doublings of the top rate to reach saturation")
     add_run_args(ap)
+    ap.add_argument("--render", metavar="JSON", help="only recompute the summaries and the plot of a result")
     args = ap.parse_args(argv)
     args.nodes = [int(x) for x in str(args.nodes).split(",") if x.strip()]
     if not args.nodes or min(args.nodes) < 1:
@@ -123,19 +125,21 @@ def ratios(product: dict | None, floor: dict | None) -> dict | None:
 
 
 def saturation(rows: list[dict]) -> dict:
-    """Per target, the highest achieved throughput and whether any step saturated (if not, the
-    figure is only a lower bound of its capacity); and the product's over the floor's: ``ratio``
-    when both saturated, ``ratio_at_most`` when only the product did."""
-    out = {}
+    """Per target: the highest rate it kept up with (``sustained_per_s``, the achieved throughput
+    of its best unsaturated step: a lower bound of its capacity) and the first rate it did not
+    (``overloaded_at_per_s``, with what it achieved there, ``overloaded_per_s``: past capacity
+    an open-loop queue only grows, so that is at most its capacity); its capacity lies between
+    the two rates. ``ratio``: the product's figures over the floor's."""
+    out: dict = {}
     for target in TARGETS:
-        steps = [r[target] for r in rows if target in r]
-        out[target] = {"max_achieved_per_s": max((s["achieved_per_s"] for s in steps), default=None),
-                       "reached": any(s["saturated"] for s in steps)}
-    p, f = out["product"]["max_achieved_per_s"], out["floor"]["max_achieved_per_s"]
-    if p and f and out["product"]["reached"] and out["floor"]["reached"]:
-        out["ratio"] = round(p / f, 3)
-    elif p and f and out["product"]["reached"]:  # the floor's capacity is at least f
-        out["ratio_at_most"] = round(p / f, 3)
+        steps = [(r["rate"], r[target]) for r in rows if target in r]
+        over = next(((rate, s) for rate, s in steps if s["saturated"]), None)
+        out[target] = {"sustained_per_s": max((s["achieved_per_s"] for _, s in steps if not s["saturated"]),
+                                              default=None),
+                       "reached": over is not None, "overloaded_at_per_s": over[0] if over else None,
+                       "overloaded_per_s": over[1]["achieved_per_s"] if over else None}
+    out["ratio"] = {k: (round(out["product"][k] / out["floor"][k], 3) if out["product"][k] and out["floor"][k]
+                        else None) for k in ("sustained_per_s", "overloaded_per_s")}
     return out
 
 
@@ -180,6 +184,7 @@ def plot(result: dict, path: Path) -> None:
     """P99 and achieved throughput against the offered rate, by code (top) and by image (bottom):
     one colour per node count, the product solid and the floor dashed."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -197,12 +202,16 @@ def plot(result: dict, path: Path) -> None:
                 axes[row][1].plot(rates, [s["achieved_per_s"] for _, s in pts], style, **look)
         axes[row][0].set_ylabel(f"P99 ms, by {mode}")
         axes[row][1].set_ylabel(f"achieved /s, by {mode}")
-        for ax in axes[row]:
+        for ax in axes[row]:  # log-log: the dotted diagonal is "achieved = offered"
             ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("offered requests/s (open loop)")
-        axes[row][0].set_yscale("log")
         lim = max([s["rate"] for c in result["configs"] for s in c["modes"].get(mode, {}).get("steps", [])] or [1])
-        axes[row][1].plot([0.1, lim], [0.1, lim], ":", color="grey", lw=1)
+        low = min([s["rate"] for c in result["configs"] for s in c["modes"].get(mode, {}).get("steps", [])] or [1])
+        axes[row][1].plot([low, lim], [low, lim], ":", color="grey", lw=1)
     axes[0][0].legend(fontsize=7)
     git = result["machine"]["git"]
     fig.suptitle(f"neardup serve vs bare Serve fan-out (dashed), {result['machine']['cores']} cores, "
@@ -212,8 +221,24 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def render(path: Path) -> None:
+    """Recompute each step's client_bound and each query kind's summaries from the stored
+    figures, rewrite the JSON and the plot."""
+    doc = json.loads(path.read_text())
+    for cfg in doc["configs"]:
+        for mode in cfg["modes"].values():
+            for step in (r[t] for r in mode["steps"] for t in TARGETS if t in r):
+                step["client_bound"] = client_bound(step["late_sends"], step["sent"])
+            mode.update(saturation=saturation(mode["steps"]), light_load=light_load(mode["steps"]))
+    write_json(path, doc)
+    plot(doc, path.with_suffix(".png"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        render(Path(args.render))
+        return 0
     out = finish_run("serve_load", args, run(args))
     plot(json.loads(out.read_text()), out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png').name}")
