@@ -86,8 +86,10 @@ def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = 
                          f"upright {upright_cost}")
 
     def one(name: str) -> float:
-        if name in ("outside", "upright"):
-            return outside_cost if name == "outside" else upright_cost
+        if name == "outside":
+            return outside_cost
+        if name == "upright":
+            return upright_cost
         if "rot180" in name:
             return half_turn_cost
         if "rot" in name:

@@ -70,15 +70,6 @@ class RWLock:
 # shared helpers
 # ----------------------------------------------------------------------------------------------
 
-def popcount_rows(x: np.ndarray) -> np.ndarray:
-    """Sum of set bits per row of an unsigned integer array -> int32 (column by column: numpy
-    reduces a short last axis slowly)."""
-    acc = np.bitwise_count(x[:, 0]).astype(np.int32)
-    for j in range(1, x.shape[1]):
-        acc += np.bitwise_count(x[:, j])
-    return acc
-
-
 def as_words(codes: np.ndarray) -> np.ndarray:
     """View packed codes as uint64 words when the width allows (faster popcount), else uint8."""
     if codes.shape[1] % 8 == 0 and codes.flags.c_contiguous:
@@ -87,8 +78,14 @@ def as_words(codes: np.ndarray) -> np.ndarray:
 
 
 def hamming_to(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Distances from one query (B,) to every row of codes (n, B)."""
-    return popcount_rows(np.bitwise_xor(as_words(codes), as_words(query[None, :])))
+    """Distances from one query (B,) to every row of codes (n, B) -> int32 (n,), word column by
+    word column: no (n, words) temporary, and numpy reduces a short last axis slowly."""
+    words = as_words(codes)
+    q = as_words(np.ascontiguousarray(query)[None, :])[0]
+    acc = np.bitwise_count(words[:, 0] ^ q[0]).astype(np.int32)
+    for j in range(1, words.shape[1]):
+        acc += np.bitwise_count(words[:, j] ^ q[j])
+    return acc
 
 
 def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

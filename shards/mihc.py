@@ -7,8 +7,8 @@ from itertools import combinations
 import numpy as np
 
 from shards import kernels
-from shards.base import (MISSING_DISTANCE, BinaryIndex, Growable, as_words, concat_ranges, load_npy, ranges_from_candidates, save_npy,
-                         topk_from_candidates)
+from shards.base import (MISSING_DISTANCE, BinaryIndex, Growable, as_words, concat_ranges, hamming_to,
+                         load_npy, ranges_from_candidates, save_npy, topk_from_candidates)
 from shards.buckets import chunk_keys, place, relayout
 
 
@@ -260,26 +260,20 @@ class CompactMIHIndex(BinaryIndex):
     def _exact_search(self, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The exact top k over every live row: below EXACT_BELOW rows a full scan costs about a
         millisecond, and it also finds the copies farther than the probes reach."""
-        columns = np.ascontiguousarray(as_words(self._codes.view).T)  # one word of every row per line
         dead = ~self._live_mask()
-        queries = as_words(np.ascontiguousarray(codes))
-        kk = min(k, columns.shape[1])
+        kk = min(k, int((~dead).sum()))
         qidx, rows, dists = [], [], []
-        for q, query in enumerate(queries):
-            d = np.bitwise_count(columns[0] ^ query[0]).astype(np.int32)
-            for j in range(1, len(columns)):
-                d += np.bitwise_count(columns[j] ^ query[j])
+        for q, query in enumerate(codes):
+            d = hamming_to(self._codes.view, query)
             d[dead] = MISSING_DISTANCE
-            top = np.argpartition(d, kk - 1)[:kk] if 0 < kk < len(d) else np.arange(len(d))
-            top = top[d[top] != MISSING_DISTANCE]
+            top = np.argpartition(d, kk - 1)[:kk] if 0 < kk < len(d) else np.flatnonzero(~dead)
             qidx.append(np.full(len(top), q, np.int64))
             rows.append(top)
             dists.append(d[top])
-        if not rows:
-            return topk_from_candidates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), 0, k)
-        rows = np.concatenate(rows)
-        return topk_from_candidates(np.concatenate(qidx), self._ids.view[rows], np.concatenate(dists),
-                                    len(codes), k)
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return topk_from_candidates(np.concatenate(qidx) if qidx else np.zeros(0, np.int64),
+                                    self._ids.view[rows],
+                                    np.concatenate(dists) if dists else np.zeros(0, np.int32), len(codes), k)
 
     def _range_search(self, codes, radius):
         qidx, rows, dists = self._candidates(codes, 0, radius)
