@@ -282,11 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="neardup-chaos-") as tmp:
         cfg = Config()
         cfg.encoder.name = "random"  # codes are random; no encoder is loaded
-        cfg.shards.index_dir = args.index_dir or str(Path(tmp) / "index")
-        cfg.shards.index_kind = args.index_kind
-        cfg.shards.snapshot_every = args.snapshot_every
-        cfg.shards.placement = "resource"
-        cfg.shards.namespace = f"neardup-chaos-{os.getpid()}"
+        cfg.storage.index_dir = args.index_dir or str(Path(tmp) / "index")
+        cfg.storage.index_kind = args.index_kind
+        cfg.storage.snapshot_every = args.snapshot_every
+        cfg.storage.placement = "resource"
+        cfg.storage.namespace = f"neardup-chaos-{os.getpid()}"
         t0 = time.monotonic()
         cluster = start_local_cluster(shard_nodes=args.nodes)
         try:

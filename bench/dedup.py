@@ -109,7 +109,7 @@ def index_collection(collection: Path, work: Path):
     staged = (work / "collection").exists()
     sources, truth = ([work / "collection" / "refs", work / "collection" / "copies"], _truth(collection)) \
         if staged else stage(collection, work / "collection")
-    cfg = load_config(overrides={"shards": {"index_dir": str(work / "index"), "namespace": "bench-dedup-q"}})
+    cfg = load_config(overrides={"storage": {"index_dir": str(work / "index"), "namespace": "bench-dedup-q"}})
     t0 = time.perf_counter()
     run_ingest(cfg, [str(s) for s in sources], IngestOptions(progress=False))  # resumes a kept index
     return cfg, truth, time.perf_counter() - t0
@@ -155,8 +155,8 @@ def throughput(n: int, work: Path, batch: int = 256) -> dict:
     from rayapp.dedup import DedupOptions, run_dedup
     from rayapp.router import ShardRouter
     from shards.vectors import records
-    cfg = load_config(overrides={"shards": {"index_dir": str(work / "synthetic"), "keypoints": False,
-                                            "namespace": "bench-dedup"}, "encoder": {"ref_views": []}})
+    cfg = load_config(overrides={"storage": {"index_dir": str(work / "synthetic"), "keypoints": False,
+                                             "ref_views": [], "namespace": "bench-dedup"}})
     rng = np.random.default_rng(0)
     shards = ensure_shards(cfg, bits=128, vector_bytes=128)
     router = ShardRouter(shards, timeout_s=120)

@@ -107,12 +107,13 @@ class TimedPath:
         from rayapp.config import load_config
         from rayapp.router import ShardRouter
         torch.set_num_threads(threads)
-        self.cfg = load_config(None, overrides={"shards": {"index_dir": index_dir}})
+        self.cfg = load_config(None, overrides={"storage": {"index_dir": index_dir}})
         e = self.cfg.encoder
         self.encoder = get_encoder(e.name, weights=e.weights, device="cpu")
         self.shards = get_shards(self.cfg)
         self.router = ShardRouter(self.shards, timeout_s=self.cfg.serve.shard_timeout_s,
-                                  ref_views=len(e.ref_views), ref_view_cost=e.ref_view_cost)
+                                  ref_views=len(self.cfg.storage.ref_views),
+                                  ref_view_cost=self.cfg.query.ref_view_cost)
         self.curve = calibration.load(model_id(self.cfg)).get("image")
 
     def query(self, data: bytes) -> dict[str, float]:
@@ -121,8 +122,8 @@ class TimedPath:
         from encoders.keypoints import extract_query
         from encoders.tta import query_variants
         from rayapp.ranking import merge_variants, with_confidence
-        e, t = self.cfg.encoder, {}
-        img = _timed(t, "decode", load_image, data, e.max_pixels)
+        e, t = self.cfg.query, {}
+        img = _timed(t, "decode", load_image, data, self.cfg.encoder.max_pixels)
         arrays, names = _timed(t, "views", query_variants, img, self.encoder.preprocess, e.tta, e.content)
         codes, weights, vectors = _timed(t, "encode", self.encoder.encode_vectors, np.concatenate(arrays))
         keypoints = _timed(t, "keypoints", extract_query, img)

@@ -25,7 +25,7 @@ import numpy as np
 from encoders.decode import load_image
 from encoders.registry import get_encoder
 from encoders.tta import costs, is_mirrored, view_names
-from rayapp.config import EncoderConfig
+from rayapp.config import QueryConfig
 from rayapp.eval_search import encode_refs
 from rayapp.evaluate import load_benchmark, score_codes
 from rayapp.searcher import encode_queries
@@ -91,7 +91,7 @@ def _queries(enc, paths: list[Path], batch: int = 128) -> tuple:
     """The queries' views as the service encodes them (``encode_queries``, mode d4 with the
     content views), laid out over every view name -> (names, side vectors (n, views, d), valid
     (n, views): False where a query has no such view, keypoints (n, 2, K) as given and mirrored)."""
-    cfg = EncoderConfig(tta="d4", content=True)
+    cfg = QueryConfig(tta="d4", content=True)
     names = list(view_names("d4", True))
     col = {name: j for j, name in enumerate(names)}
     vectors = np.zeros((len(paths), len(names), enc.vector_bytes), np.int8)

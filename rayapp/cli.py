@@ -1,4 +1,4 @@
-"""The ``neardup`` console script: encode, index, search, dedup, serve, demo, eval, train.
+"""The ``neardup`` console script: encode, index, search, dedup, serve, demo, eval, train, config.
 
 Every expected failure (bad path, corrupt image, wrong flag, mismatched index) ends in a
 one-line ``neardup: error: ...`` on stderr and a non-zero exit, never a traceback.
@@ -85,7 +85,7 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
     meta = json.loads(meta_path.read_text())
     return load_config(config_path, overrides={
         "encoder": {"name": encoder or meta["encoder"]},
-        "shards": {"index_dir": index_dir, **shards}})
+        "storage": {"index_dir": index_dir, **shards}})
 
 
 @cli.command()
@@ -116,12 +116,12 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank, m
     enc = _encoder(cfg.encoder.name, cfg.encoder.weights)
     init_ray(address)
     router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout,
-                         ref_views=len(cfg.encoder.ref_views), ref_view_cost=cfg.encoder.ref_view_cost)
-    searcher = Searcher(router, cfg.encoder, calibration.load(model_id(cfg)))
+                         ref_views=len(cfg.storage.ref_views), ref_view_cost=cfg.query.ref_view_cost)
+    searcher = Searcher(router, cfg.query, calibration.load(model_id(cfg)))
     failed = 0
     for path in images:
         try:
-            query = encode_query(enc, load_image(path, max_pixels=cfg.encoder.max_pixels), cfg.encoder,
+            query = encode_query(enc, load_image(path, max_pixels=cfg.encoder.max_pixels), cfg.query,
                                  rank, tta)
         except (OSError, ValueError) as exc:
             failed += 1
@@ -212,15 +212,15 @@ def serve(config_path, index_dir, host, port, num_shards, token, read_token, enc
     from rayapp.cluster import init_ray, shutdown
     from rayapp.lifecycle import run_server, stop_on_signals, wait_for_signal
     cfg = load_config(config_path, overrides={
-        "encoder": {"name": encoder, "tta": tta},
-        "shards": {"index_dir": index_dir, "num_shards": num_shards},
+        "encoder": {"name": encoder}, "query": {"tta": tta},
+        "storage": {"index_dir": index_dir, "num_shards": num_shards},
         "serve": {"host": host, "port": port, "token": token, "read_token": read_token}})
     urls = init_ray(address, dashboard=dashboard, metrics_port=metrics_port or None)
     stop = stop_on_signals()
     try:
         run_server(cfg)
         click.echo(f"neardup API on http://{cfg.serve.host}:{cfg.serve.port} "
-                   f"(index {cfg.shards.index_dir}); Ctrl-C to stop")
+                   f"(index {cfg.storage.index_dir}); Ctrl-C to stop")
         for name, url in urls.items():
             click.echo(f"{name}: {url}")
         wait_for_signal(stop)
@@ -278,6 +278,18 @@ def bench(which, args) -> None:
         raise click.ClickException("benchmarks run from a source checkout (the bench/ folder)")
     # run as its own program from the checkout: the product never imports bench
     sys.exit(subprocess.call([sys.executable, "-m", module, *args], cwd=os.getcwd()))
+
+
+@cli.command(name="config")
+@click.option("--config", "config_path", default=None, help="YAML config file (default $NEARDUP_CONFIG).")
+@click.option("--all", "show_all", is_flag=True, help="Every setting, not only what differs from the defaults.")
+def config_cmd(config_path, show_all) -> None:
+    """Print the configuration that the file and NEARDUP_* environment give, as YAML: only
+    what differs from the defaults (all a neardup.yaml needs), or every setting with --all."""
+    import os
+    import yaml
+    cfg = load_config(config_path or os.environ.get("NEARDUP_CONFIG"))
+    click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False) if show_all else cfg.to_yaml(), nl=False)
 
 
 @cli.command(name="encoders")

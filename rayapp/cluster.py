@@ -96,7 +96,7 @@ def shard_name(i: int) -> str:
 
 def shard_dir(cfg: Config, i: int) -> str:
     """Each shard keeps its snapshot and WAL in ``index_dir/shard-<i>`` (node-local disk)."""
-    return str(Path(cfg.shards.index_dir).expanduser().resolve() / f"shard-{i}")
+    return str(Path(cfg.storage.index_dir).expanduser().resolve() / f"shard-{i}")
 
 
 def shard_nodes() -> int:
@@ -105,7 +105,7 @@ def shard_nodes() -> int:
 
 
 def uses_shard_resource(cfg: Config) -> bool:
-    mode = cfg.shards.placement
+    mode = cfg.storage.placement
     return mode == "resource" or (mode == "auto" and shard_nodes() > 0)
 
 
@@ -121,7 +121,7 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
     hash(id) mod shards: a later run must use the same count (a dead node must not
     silently re-route ids). A mismatched encoder or bit width is refused.
     """
-    path = Path(cfg.shards.index_dir).expanduser() / INDEX_META
+    path = Path(cfg.storage.index_dir).expanduser() / INDEX_META
     want = {"encoder": cfg.encoder.name, "bits": bits}
     if path.is_file():
         have = json.loads(path.read_text())
@@ -133,13 +133,13 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
         return {"vector_bytes": 0, "keypoint_bytes": 0, **have}  # older indexes have neither
     # Another node may have created this index: its named shard actors are cluster-wide.
     n = len(get_shards(cfg)) or (shard_nodes() if uses_shard_resource(cfg)
-                                 else cfg.shards.num_shards)
+                                 else cfg.storage.num_shards)
     if vector_bytes is None:
         vector_bytes = _encoder_widths(cfg)[1]
     meta = {**want, "model": model_id(cfg),
-            "vector_bytes": int(vector_bytes) if cfg.shards.vectors else 0,
-            "keypoint_bytes": KEYPOINT_BYTES if cfg.shards.keypoints else 0,
-            "num_shards": max(1, n), "index_kind": cfg.shards.index_kind}
+            "vector_bytes": int(vector_bytes) if cfg.storage.vectors else 0,
+            "keypoint_bytes": KEYPOINT_BYTES if cfg.storage.keypoints else 0,
+            "num_shards": max(1, n), "index_kind": cfg.storage.index_kind}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
@@ -198,19 +198,19 @@ def ensure_shards(cfg: Config, bits: int | None = None, wait_s: float | None = 1
     logged and returned anyway: the router reports it as missing until it comes up. A shard
     that failed to start (e.g. a bits mismatch on disk) raises.
     """
-    bits = bits or cfg.shards.bits or _encoder_widths(cfg)[0]
+    bits = bits or cfg.storage.bits or _encoder_widths(cfg)[0]
     meta = index_meta(cfg, bits, vector_bytes)
     use_resource = uses_shard_resource(cfg)
     handles = []
     for i in range(meta["num_shards"]):
-        opts = dict(name=shard_name(i), namespace=cfg.shards.namespace, lifetime="detached",
+        opts = dict(name=shard_name(i), namespace=cfg.storage.namespace, lifetime="detached",
                     max_restarts=-1, max_task_retries=-1, max_concurrency=16,
                     get_if_exists=True, num_cpus=0)
         if use_resource:
             opts["resources"] = {SHARD_RESOURCE: 1}
         handles.append(ray.remote(RayShardActor).options(**opts).remote(
-            i, shard_dir(cfg, i), bits, cfg.shards.index_kind, cfg.shards.index_params,
-            cfg.shards.snapshot_every, meta["vector_bytes"], meta["keypoint_bytes"]))
+            i, shard_dir(cfg, i), bits, cfg.storage.index_kind, cfg.storage.index_params,
+            cfg.storage.snapshot_every, meta["vector_bytes"], meta["keypoint_bytes"]))
     refs = [h.ping.remote() for h in handles]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s)
     ray.get(ready)  # raises if a shard could not start
@@ -229,7 +229,7 @@ def get_shards(cfg: Config) -> list[ActorHandle]:
     i = 0
     while True:
         try:
-            handles.append(ray.get_actor(shard_name(i), namespace=cfg.shards.namespace))
+            handles.append(ray.get_actor(shard_name(i), namespace=cfg.storage.namespace))
         except ValueError:
             return handles
         i += 1

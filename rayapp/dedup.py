@@ -97,7 +97,7 @@ def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
     t0 = time.perf_counter()
     shards = get_shards(cfg)
     if not shards:
-        raise click.ClickException(f"no shards are up for {cfg.shards.index_dir}")
+        raise click.ClickException(f"no shards are up for {cfg.storage.index_dir}")
     enc = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights, device="cpu")
     calibrated = "image" in calibration.load(model_id(cfg))
     if not calibrated and opts.radius is None:
@@ -146,7 +146,7 @@ def dedup_paths(paths: list[str], opts: DedupOptions, encoder: str | None = None
     init_ray()
     with tempfile.TemporaryDirectory(prefix="neardup-dedup-") as tmp:
         cfg = load_config(overrides={"encoder": {"name": encoder, "weights": weights},
-                                     "shards": {"index_dir": tmp, "num_shards": num_shards,
+                                     "storage": {"index_dir": tmp, "num_shards": num_shards,
                                                 "namespace": f"dedup-{uuid.uuid4().hex[:8]}"}})
         run_ingest(cfg, list(paths), IngestOptions(progress=opts.progress))
         try:
@@ -214,7 +214,7 @@ def main(index_dir, out_dir, min_confidence, radius, views, k, batch, address, q
     """Deduplicate a whole index as a Ray job (resumable; see rayapp.dedup)."""
     from rayapp.cluster import ensure_shards, init_ray
     meta = json.loads((Path(index_dir) / "neardup.json").read_text())
-    cfg = load_config(overrides={"encoder": {"name": meta["encoder"]}, "shards": {"index_dir": index_dir}})
+    cfg = load_config(overrides={"encoder": {"name": meta["encoder"]}, "storage": {"index_dir": index_dir}})
     init_ray(address)
     ensure_shards(cfg)
     report = run_dedup(cfg, DedupOptions(out_dir, min_confidence, views, radius, k, batch, progress=not quiet))

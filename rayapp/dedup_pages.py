@@ -90,9 +90,9 @@ class DedupWorker:
         self.cfg, self.opts = Config.from_dict(cfg_dict), DedupOptions(**opts_dict)
         self.shards = get_shards(self.cfg)
         router = ShardRouter(self.shards, timeout_s=self.opts.timeout_s,
-                             ref_views=len(self.cfg.encoder.ref_views),
-                             ref_view_cost=self.cfg.encoder.ref_view_cost)
-        self.searcher = Searcher(router, self.cfg.encoder, calibration.load(model_id(self.cfg)))
+                             ref_views=len(self.cfg.storage.ref_views),
+                             ref_view_cost=self.cfg.query.ref_view_cost)
+        self.searcher = Searcher(router, self.cfg.query, calibration.load(model_id(self.cfg)))
         self.calibrated = "image" in self.searcher.curves
         self.widths = ray.get(self.shards[0].widths.remote(), timeout=self.opts.timeout_s)
         self.encoder = None
@@ -105,7 +105,7 @@ class DedupWorker:
         and with views=stored, its stored record)."""
         from encoders.decode import load_image
         from rayapp.searcher import encode_query
-        stored = _queries(page, self.widths, self.cfg.encoder.rank)
+        stored = _queries(page, self.widths, self.cfg.query.rank)
         if self.encoder is None:
             return stored
         out = []
@@ -115,7 +115,7 @@ class DedupWorker:
             except (OSError, ValueError):
                 out.append(q)
                 continue
-            full = encode_query(self.encoder, img, self.cfg.encoder, keypoints=False)
+            full = encode_query(self.encoder, img, self.cfg.query, keypoints=False)
             full.weights, full.keypoints = None, q.keypoints  # as the stored records: one layout
             full.vectors = None if q.vectors is None else full.vectors
             out.append(full)

@@ -57,7 +57,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
     staged.mkdir(parents=True)
     for f in files[:-HELD_OUT]:
         shutil.copy(f, staged / f.name)
-    cfg = load_config(overrides={"shards": {"index_dir": str(out / "index"), "num_shards": 2},
+    cfg = load_config(overrides={"storage": {"index_dir": str(out / "index"), "num_shards": 2},
                                  "serve": {"port": port}})
     enc = get_encoder(cfg.encoder.name)
     click.secho(f"[1/4] starting an embedded Ray; encoder {enc.name} ({enc.bits} bits)", bold=True)

@@ -14,10 +14,9 @@ import ray
 from PIL import Image
 from ray import serve
 
-from encoders.base import check_rank
 from encoders.decode import ImageDecodeError, load_image
 from encoders.keypoints import extract as extract_keypoints, extract_query
-from encoders.tta import check_mode, check_ref_views, query_variants, ref_view_images
+from encoders.tta import query_variants, ref_view_images
 from rayapp.config import Config
 from rayapp.http import decode_status
 
@@ -47,14 +46,14 @@ class EncoderDeployment:
         from encoders.registry import get_encoder
         self.encoder = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights,
                                    device=cfg.encoder.device)
-        self.tta = check_mode(cfg.encoder.tta)
-        self.rank = check_rank(cfg.encoder.rank)
-        self.content = bool(cfg.encoder.content)
-        self.ref_views = check_ref_views(cfg.encoder.ref_views)
+        # cfg was validated by build_app (rayapp.config.Config.validate)
+        self.tta, self.rank = cfg.query.tta, cfg.query.rank
+        self.content = bool(cfg.query.content)
+        self.ref_views = tuple(cfg.storage.ref_views)
         self.max_pixels = int(cfg.encoder.max_pixels)
-        self.verify = max(0, int(cfg.encoder.verify))  # queries: keypoints to verify hits
-        self.keypoints = bool(cfg.shards.keypoints)    # stored images: keypoints to keep
-        self.encode_arrays.set_max_batch_size(max(1, int(cfg.encoder.batch_size)))
+        self.verify = int(cfg.query.verify)         # queries: keypoints to verify hits
+        self.keypoints = bool(cfg.storage.keypoints)  # stored images: keypoints to keep
+        self.encode_arrays.set_max_batch_size(int(cfg.encoder.batch_size))
 
     def info(self) -> dict:
         """Encoder name, bits, input size, the query-time TTA mode and ranking."""

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from encoders.decode import load_image
-from rayapp.config import EncoderConfig, ShardConfig
+from rayapp.config import Config, EncoderConfig
 from rayapp.local_shards import local_router, open_local_shards
 from rayapp.router import ShardRouter
 from rayapp.searcher import QueryViews, Searcher, encode_queries
@@ -57,18 +57,19 @@ def encode_refs(enc, paths: Sequence[Path], ref_views: Sequence[str] = (), keypo
 
 
 @contextlib.contextmanager
-def local_index(enc, encoded: dict, cfg: EncoderConfig, shard_cfg: ShardConfig) -> Iterator[ShardRouter]:
-    """A router over local shards in a temporary folder (``shard_cfg``: their count and index
-    kind) holding the ``encode_refs`` records (side vectors when the encoder has them,
-    keypoints when they were extracted) with ``cfg``'s reference views; the shards are closed
-    and their files removed afterwards."""
+def local_index(enc, encoded: dict, cfg: Config) -> Iterator[ShardRouter]:
+    """A router over local shards in a temporary folder (``cfg.storage``: their count, index
+    kind and reference views) holding the ``encode_refs`` records (side vectors when the
+    encoder has them, keypoints when they were extracted); the shards are closed and their
+    files removed afterwards."""
     keypoint_bytes = KEYPOINT_BYTES if "keypoints" in encoded else 0
     with tempfile.TemporaryDirectory(prefix="neardup-eval-") as root:
-        shards = open_local_shards(root, shard_cfg.num_shards, enc.bits, enc.vector_bytes,
-                                   keypoint_bytes, shard_cfg.index_kind)
+        stored = cfg.storage
+        shards = open_local_shards(root, stored.num_shards, enc.bits, enc.vector_bytes,
+                                   keypoint_bytes, stored.index_kind)
         try:
-            router = local_router(shards, len(cfg.ref_views), cfg.ref_view_cost)
-            add_batch(router, encoded, list(cfg.ref_views))
+            router = local_router(shards, len(stored.ref_views), cfg.query.ref_view_cost)
+            add_batch(router, encoded, list(stored.ref_views))
             yield router
         finally:
             for shard in shards:
@@ -93,12 +94,13 @@ def rank_matrix(searcher: Searcher, enc, paths: Sequence[Path], ref_index: dict[
     return dist, ranked
 
 
-def search_benchmark(enc, cfg: EncoderConfig, shard_cfg: ShardConfig, ref_paths: Sequence[Path],
-                     q_paths: Sequence[Path], ref_index: dict[str, int], k: int) -> tuple[np.ndarray, str]:
-    """Store the refs in local shards and search every query there (``rank_matrix``)."""
-    encoded = encode_refs(enc, ref_paths, cfg.ref_views, keypoints=int(cfg.verify) > 0)
-    with local_index(enc, encoded, cfg, shard_cfg) as router:
-        return rank_matrix(Searcher(router, cfg), enc, q_paths, ref_index, k)
+def search_benchmark(enc, cfg: Config, ref_paths: Sequence[Path], q_paths: Sequence[Path],
+                     ref_index: dict[str, int], k: int) -> tuple[np.ndarray, str]:
+    """Store the refs in local shards as ``cfg.storage`` says and search every query there as
+    ``cfg.query`` says (``rank_matrix``)."""
+    encoded = encode_refs(enc, ref_paths, cfg.storage.ref_views, keypoints=int(cfg.query.verify) > 0)
+    with local_index(enc, encoded, cfg) as router:
+        return rank_matrix(Searcher(router, cfg.query), enc, q_paths, ref_index, k)
 
 
 def ranked_by(q: QueryViews) -> str:

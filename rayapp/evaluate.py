@@ -35,7 +35,7 @@ from encoders.benchmark import ALL_FAMILIES, build_benchmark, read_ground_truth 
 from encoders.base import Encoder, check_rank
 from encoders.decode import iter_image_files, load_image
 from encoders.tta import DEFAULT_REF_VIEWS, check_ref_views, view_names
-from rayapp.config import EncoderConfig, ShardConfig
+from rayapp.config import Config, EncoderConfig, QueryConfig, StorageConfig
 from rayapp.eval_search import search_benchmark
 from shards.index import DEFAULT_KIND
 
@@ -111,23 +111,25 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def spec_config(spec: str) -> tuple[EncoderConfig, ShardConfig, dict]:
-    """An encoder spec -> (how its queries are searched: rank, view costs, content views,
-    stored reference views and their cost, verification depth; how its shards are made:
-    ``index`` kind, default the service's; the options left for the encoder, e.g. tta,
-    weights, side_hash). ``tta`` is set once the encoder is built."""
+def spec_config(spec: str) -> tuple[Config, dict]:
+    """An encoder spec -> (its config: the encoder's name and weights; how its queries are
+    searched: rank, view costs, content views, the stored crops' cost, verification depth;
+    what is stored: reference views and the ``index`` kind, default the service's; the options
+    left for the encoder, e.g. tta, weights, side_hash). ``query.tta`` is set once the encoder
+    is built."""
     name, kwargs = parse_spec(spec)
-    shard_cfg = ShardConfig(index_kind=kwargs.pop("index", None))
-    defaults = EncoderConfig()
+    defaults = QueryConfig()
     prior = {key: float(kwargs.pop(key, getattr(defaults, key))) for key in _PRIOR_COSTS}
     content = kwargs.pop("content", "on")
-    cfg = EncoderConfig(
-        name=name, weights=kwargs.get("weights"), rank=check_rank(kwargs.pop("rank", "vector")),
+    query = QueryConfig(
+        rank=check_rank(kwargs.pop("rank", "vector")),
         content="frame" if content == "frame" else content not in ("off", "0", "false"),
-        ref_views=list(_ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))),
         ref_view_cost=float(kwargs.pop("ref_view_cost", defaults.ref_view_cost)),
         verify=int(kwargs.pop("verify", defaults.verify)), **prior)
-    return cfg, shard_cfg, kwargs
+    storage = StorageConfig(index_kind=kwargs.pop("index", None),
+                            ref_views=list(_ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))))
+    cfg = Config(encoder=EncoderConfig(name=name, weights=kwargs.get("weights")), query=query, storage=storage)
+    return cfg.validate(), kwargs
 
 
 def encode_speed(enc: Encoder, paths: list[Path], batch: int = 128) -> float:
@@ -158,17 +160,18 @@ def score_spec(spec: str, bench: dict, k_micro: int = 10) -> tuple[dict, np.ndar
     """One encoder spec on a benchmark (``load_benchmark``), searched as the service searches
     -> (its report row, the (queries x refs) rank values of each query's hits)."""
     from encoders.registry import get_encoder
-    cfg, shard_cfg, kwargs = spec_config(spec)
-    enc = get_encoder(cfg.name, **kwargs)
-    cfg.tta = getattr(enc, "tta", "none")
+    cfg, kwargs = spec_config(spec)
+    enc = get_encoder(cfg.encoder.name, **kwargs)
+    query = cfg.query
+    query.tta = getattr(enc, "tta", "none")
     speed = encode_speed(enc, bench["ref_paths"])
-    dist, ranked = search_benchmark(enc, cfg, shard_cfg, bench["ref_paths"], bench["q_paths"],
+    dist, ranked = search_benchmark(enc, cfg, bench["ref_paths"], bench["q_paths"],
                                     bench["ref_index"], max(SEARCH_K, k_micro))
-    names = view_names(cfg.tta, cfg.content)
+    names = view_names(query.tta, query.content)
     row = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(), "rank": ranked,
-           "index": shard_cfg.index_kind or DEFAULT_KIND,
-           "views": {n: round(float(c), 3) for n, c in zip(names, cfg.view_costs(names))},
-           "ref_views": {n: cfg.ref_view_cost for n in cfg.ref_views}, "verify": cfg.verify,
+           "index": cfg.storage.index_kind or DEFAULT_KIND,
+           "views": {n: round(float(c), 3) for n, c in zip(names, query.view_costs(names))},
+           "ref_views": {n: query.ref_view_cost for n in cfg.storage.ref_views}, "verify": query.verify,
            **score_codes(dist, enc.bits, bench["gt_ref"], bench["families"], k_micro)}
     print(f"{spec:40s} mAP@100={row['mAP@100']:.3f} muAP={row['muAP']:.3f} "
           f"R@1={row['recall@1']:.3f} worst={row['worst_family']} {speed:.0f} img/s", flush=True)

@@ -123,7 +123,7 @@ class ShardWriter:
         from rayapp.router import ShardRouter
         cfg = Config.from_dict(cfg_dict)
         self.router = ShardRouter(get_shards(cfg), timeout_s=timeout_s)
-        self.ref_views = list(cfg.encoder.ref_views)
+        self.ref_views = list(cfg.storage.ref_views)
 
     def __call__(self, batch: dict) -> dict:
         add_batch(self.router, batch, self.ref_views)
@@ -163,8 +163,8 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
     gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.encoder.device != "cpu"
     ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=1,
                         fn_kwargs={"size": input_size, "max_pixels": cfg.encoder.max_pixels,
-                                   "ref_views": tuple(cfg.encoder.ref_views),
-                                   "keypoints": bool(cfg.shards.keypoints)})
+                                   "ref_views": tuple(cfg.storage.ref_views),
+                                   "keypoints": bool(cfg.storage.keypoints)})
     ds = ds.map_batches(EncodeActor, batch_size=opts.batch_size,
                         fn_constructor_args=(cfg.encoder.name, cfg.encoder.weights,
                                              "cuda" if gpu else "cpu"),
@@ -206,11 +206,11 @@ def run_ingest(cfg: Config, sources: list[str], opts: IngestOptions | None = Non
     from encoders.registry import get_encoder
     from rayapp.cluster import ensure_shards
     from rayapp.stderr_noise import without_known_noise
-
+    cfg.validate()
     opts = opts or IngestOptions()
     enc = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights, device="cpu")
     ensure_shards(cfg, bits=enc.bits, vector_bytes=enc.vector_bytes)
-    manifest_dir = opts.manifest_dir or str(Path(cfg.shards.index_dir) / "manifest")
+    manifest_dir = opts.manifest_dir or str(Path(cfg.storage.index_dir) / "manifest")
     done = load_done_ids(manifest_dir) if opts.resume else set()
     t0 = time.perf_counter()
     ds, listed, skipped = build_dataset(cfg, sources, opts, done, enc.input_size)
@@ -305,7 +305,7 @@ def main(sources, index_dir, encoder, weights, num_shards, address, config_path,
     from rayapp.cluster import init_ray
     cfg = load_config(config_path, overrides={
         "encoder": {"name": encoder, "weights": weights},
-        "shards": {"index_dir": index_dir, "num_shards": num_shards}})
+        "storage": {"index_dir": index_dir, "num_shards": num_shards}})
     init_ray(address)
     opts = IngestOptions(batch_size=batch_size, encoders=encoders, manifest_dir=manifest_dir,
                          resume=not no_resume, progress=not quiet, image_column=image_column,

@@ -11,7 +11,7 @@ Serve's ``/v1/search``, ``neardup search`` and the dedup job all search through
 4. each hit gets its final ``rank`` and, from the model's calibration curve, its
    ``confidence`` (``with_confidence``).
 
->>> searcher = Searcher(router, cfg.encoder, calibration.load(model_id(cfg)))
+>>> searcher = Searcher(router, cfg.query, calibration.load(model_id(cfg)))
 >>> answer = searcher.search(QueryViews.of_code(code), k=10)
 >>> answer.hits[0].id, answer.partial
 """
@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from rayapp.blocking import run_sync
+from rayapp.config import QueryConfig
 from rayapp.hits import Hit
 from rayapp.ranking import merge_variants, order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
@@ -77,12 +78,12 @@ class Answer:
 
 class Searcher:
     """Searches encoded queries over a :class:`ShardRouter` with one encoder's settings
-    (``rayapp.config.EncoderConfig``: view costs, verification depth) and calibration curves
+    (``rayapp.config.QueryConfig``: view costs, verification depth) and calibration curves
     (``encoders.calibration.load``; empty: hits carry no confidence)."""
 
-    def __init__(self, router: ShardRouter, encoder_cfg, curves: dict | None = None):
+    def __init__(self, router: ShardRouter, query: QueryConfig, curves: dict | None = None):
         self.router = router
-        self.cfg = encoder_cfg
+        self.cfg = query
         self.curves = curves or {}
 
     def _depth(self, q: QueryViews) -> int:
@@ -160,27 +161,27 @@ class Searcher:
         return [with_inliers(hits, c) if c else hits for hits, c in zip(merged, by_query)]
 
 
-def encode_query(encoder, img, encoder_cfg, rank: str | None = None, tta: str | None = None,
+def encode_query(encoder, img, query: QueryConfig, rank: str | None = None, tta: str | None = None,
                  keypoints: bool = True) -> QueryViews:
     """A decoded image -> its QueryViews, encoded in this process: the configured views
     (``encoders.tta.query_variants``), bit confidences for weighted ranking, side vectors for
     vector ranking, and keypoints as given and mirrored when hits are verified."""
-    return encode_queries(encoder, [img], encoder_cfg, rank, tta, keypoints)[0]
+    return encode_queries(encoder, [img], query, rank, tta, keypoints)[0]
 
 
-def encode_queries(encoder, imgs: Sequence, encoder_cfg, rank: str | None = None,
+def encode_queries(encoder, imgs: Sequence, query: QueryConfig, rank: str | None = None,
                    tta: str | None = None, keypoints: bool = True) -> list[QueryViews]:
     """Decoded images -> each one's QueryViews (``encode_query``), every view of every image
     encoded in one batch: how eval encodes its queries, at batch speed."""
     from encoders.keypoints import extract_query
     from encoders.tta import query_variants
-    rank = rank or encoder_cfg.rank
-    views = [query_variants(img, encoder.preprocess, tta or encoder_cfg.tta, encoder_cfg.content)
+    rank = rank or query.rank
+    views = [query_variants(img, encoder.preprocess, tta or query.tta, query.content)
              for img in imgs]
     codes, weights, vectors = encoder.encode_vectors(np.concatenate([a for arrays, _ in views for a in arrays]))
     weights = weights if rank != "hamming" else None
     vectors = vectors if rank == "vector" else None
-    verify = keypoints and int(encoder_cfg.verify) > 0
+    verify = keypoints and int(query.verify) > 0
     out, start = [], 0
     for img, (_, names) in zip(imgs, views):
         rows = slice(start, start + len(names))

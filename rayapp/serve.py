@@ -50,9 +50,9 @@ def _client(request: Request) -> str:
 
 def _known_bits(cfg: Config) -> int | None:
     """Bits from the config or an existing index's neardup.json, to avoid loading the encoder."""
-    if cfg.shards.bits:
-        return cfg.shards.bits
-    meta = Path(cfg.shards.index_dir).expanduser() / "neardup.json"
+    if cfg.storage.bits:
+        return cfg.storage.bits
+    meta = Path(cfg.storage.index_dir).expanduser() / "neardup.json"
     try:
         return int(json.loads(meta.read_text())["bits"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -94,17 +94,16 @@ class Ingress:
         self.encoder = encoder
         self.router = ShardRouter(ensure_shards(cfg, bits=_known_bits(cfg)),
                                   timeout_s=cfg.serve.shard_timeout_s,
-                                  resolver=partial(_lookup_shard, cfg.shards.namespace),
-                                  ref_views=len(cfg.encoder.ref_views),
-                                  ref_view_cost=cfg.encoder.ref_view_cost)
+                                  resolver=partial(_lookup_shard, cfg.storage.namespace),
+                                  ref_views=len(cfg.storage.ref_views),
+                                  ref_view_cost=cfg.query.ref_view_cost)
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
         self._ready = False
-        cfg.encoder.view_costs(["original"])  # validates the configured costs at start
         from encoders import calibration
         from rayapp.cluster import model_id
         # no curve for a model without a fitted one: hits then carry no confidence
-        self.searcher = Searcher(self.router, cfg.encoder, calibration.load(model_id(cfg)))
+        self.searcher = Searcher(self.router, cfg.query, calibration.load(model_id(cfg)))
 
     # ---- helpers ----------------------------------------------------------------------
     def _admit(self, request: Request, write: bool = False) -> None:
@@ -356,14 +355,15 @@ class Ingress:
 # application
 # ---------------------------------------------------------------------------------------
 def build_app(cfg: Config) -> serve.Application:
-    """Bind Encoder + Ingress for ``cfg``. Starts nothing: Serve builds it on ``serve.run``."""
-    cfg = copy.deepcopy(cfg)
-    cfg.shards.index_dir = str(Path(cfg.shards.index_dir).expanduser().resolve())
+    """Bind Encoder + Ingress for ``cfg`` (validated here, so a bad value fails before any
+    replica starts). Starts nothing: Serve builds it on ``serve.run``."""
+    cfg = copy.deepcopy(cfg).validate()
+    cfg.storage.index_dir = str(Path(cfg.storage.index_dir).expanduser().resolve())
     if cfg.encoder.weights:
         cfg.encoder.weights = str(Path(cfg.encoder.weights).expanduser().resolve())
     gpu = use_gpu(cfg)
     encoder = EncoderDeployment.options(
-        num_replicas=max(1, int(cfg.encoder.num_replicas)),
+        num_replicas=int(cfg.encoder.num_replicas),
         ray_actor_options={"num_cpus": 1, "num_gpus": 1 if gpu else 0},
     ).bind(cfg)
     return Ingress.bind(cfg, encoder)

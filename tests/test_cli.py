@@ -60,6 +60,7 @@ def test_encode_writes_parquet_and_errors(images, tmp_path):
     (("encode", "rayapp/samples", "--encoder", "nope", "--out", "x.parquet"), "unknown encoder"),
     (("search", "rayapp/samples/" + SAMPLES[0].name, "--index-dir", "/no/such/index"), "no index at"),
     (("search", "x.jpg", "--index-dir", "i", "--k", "0"), "Invalid value for '--k'"),
+    (("config", "--config", "/no/such.yaml"), "config file not found"),
 ])
 def test_errors_are_one_line_and_nonzero(args, message):
     r = run(*args)
@@ -121,6 +122,19 @@ def test_demo_shows_real_matches(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "found" in r.stdout and "API listening at" in r.stdout
     assert (tmp_path / "demo" / "dedup" / "report.html").is_file() and "group 1: " in r.stdout
+
+
+def test_config_prints_what_differs_from_the_defaults(tmp_path):
+    import yaml
+    r = run("config", "--config", "neardup.yaml")
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout) == {"storage": {"index_dir": "/mnt/neardup/index"}, "serve": {"host": "0.0.0.0"}}
+    every = yaml.safe_load(run("config", "--all").stdout)
+    assert list(every) == ["encoder", "query", "storage", "serve"] and every["query"]["tta"] == "flip_turns"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("query: {rank: best}\n")
+    r = run("config", "--config", bad)
+    assert r.returncode == 1 and r.stderr.startswith("neardup: error: invalid config: query.rank must be one of")
 
 
 @pytest.mark.parametrize("args", [("eval", "--help"), ("train", "--help"), ("bench", "shard", "--help")])

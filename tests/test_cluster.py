@@ -54,9 +54,9 @@ def cluster():
 def cfg(cluster, tmp_path_factory) -> Config:
     c = Config()
     c.encoder.name = "pdq"
-    c.shards.index_dir = str(tmp_path_factory.mktemp("cluster-index"))
-    c.shards.namespace = f"neardup-cluster-{uuid.uuid4().hex[:8]}"
-    c.shards.snapshot_every = 200  # snapshots happen during the tests, and kills may hit them
+    c.storage.index_dir = str(tmp_path_factory.mktemp("cluster-index"))
+    c.storage.namespace = f"neardup-cluster-{uuid.uuid4().hex[:8]}"
+    c.storage.snapshot_every = 200  # snapshots happen during the tests, and kills may hit them
     yield c
     kill_shards(c)
 
@@ -152,7 +152,7 @@ def test_one_shard_actor_per_shard_node(cluster, cfg, data):
     ids, codes = data
     handles = ensure_shards(cfg)
     assert len(handles) == 3
-    meta = json.loads((Path(cfg.shards.index_dir) / INDEX_META).read_text())
+    meta = json.loads((Path(cfg.storage.index_dir) / INDEX_META).read_text())
     assert meta["num_shards"] == 3 and meta["bits"] == BITS and meta["encoder"] == "pdq"
 
     stats = _stats(handles)
@@ -288,7 +288,7 @@ def _kill_once_written(cmd: list[str], env: dict, folder: Path, pattern: str, lo
 def test_ingest_killed_midway_then_rerun_is_exact(cluster, tmp_path):
     index_dir = tmp_path / "index"
     ns = f"neardup-ingest-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "NEARDUP_SHARDS_PLACEMENT": "local", "NEARDUP_SHARDS_NAMESPACE": ns,
+    env = {**os.environ, "NEARDUP_STORAGE_PLACEMENT": "local", "NEARDUP_STORAGE_NAMESPACE": ns,
            "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "rayapp.ingest", str(SAMPLES), "--index-dir", str(index_dir),
@@ -309,7 +309,7 @@ def test_ingest_killed_midway_then_rerun_is_exact(cluster, tmp_path):
     ok = table.filter(pa.compute.is_null(table["error"]))
     assert table.num_rows == images and len(set(table["id"].to_pylist())) == images
     cfg2 = Config()
-    cfg2.shards.index_dir, cfg2.shards.namespace = str(index_dir), ns
+    cfg2.storage.index_dir, cfg2.storage.namespace = str(index_dir), ns
     shards = get_shards(cfg2)
     try:
         assert len(shards) == 2 and _count(shards) == ok.num_rows
@@ -335,7 +335,7 @@ def test_dedup_job_killed_midway_then_rerun_has_every_edge_once(cluster, tmp_pat
         with Image.open(f) as im:
             edited_copy(im, "jpeg").save(photos / f"{f.stem}__copy.jpg", quality=90)
     ns = f"neardup-dedup-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "NEARDUP_SHARDS_PLACEMENT": "local", "NEARDUP_SHARDS_NAMESPACE": ns,
+    env = {**os.environ, "NEARDUP_STORAGE_PLACEMENT": "local", "NEARDUP_STORAGE_NAMESPACE": ns,
            "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     index_dir, out = tmp_path / "index", tmp_path / "dedup"
@@ -361,5 +361,5 @@ def test_dedup_job_killed_midway_then_rerun_has_every_edge_once(cluster, tmp_pat
         assert (f.name, f"{f.stem}__copy.jpg") in pairs or (f"{f.stem}__copy.jpg", f.name) in pairs
     assert "groups among 13 images" in rerun.stdout
     cfg2 = Config()
-    cfg2.shards.index_dir, cfg2.shards.namespace = str(index_dir), ns
+    cfg2.storage.index_dir, cfg2.storage.namespace = str(index_dir), ns
     kill_shards(cfg2)

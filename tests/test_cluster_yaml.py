@@ -32,7 +32,7 @@ def test_serve_yaml_validates_and_names_our_deployments():
 def test_example_config_loads():
     from rayapp.config import load_config
     cfg = load_config(ROOT / "neardup.yaml", env={})
-    assert cfg.serve.host == "0.0.0.0" and cfg.shards.placement == "auto"
+    assert cfg.serve.host == "0.0.0.0" and cfg.storage.placement == "auto"
 
 
 def test_relative_serve_config_is_found_beside_the_project(tmp_path, monkeypatch):

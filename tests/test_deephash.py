@@ -248,10 +248,10 @@ def test_metrics_rank_ties_pessimistically():
 
 def _service_distances(enc, queries, refs) -> np.ndarray:
     """(queries x refs) side-vector distance plus view cost, over the service's default views."""
-    from rayapp.config import EncoderConfig
+    from rayapp.config import QueryConfig
     from encoders.tta import query_variants
     from shards.vectors import vector_distances
-    cfg = EncoderConfig()
+    cfg = QueryConfig()
     _, _, r_vec = enc.encode_vectors(np.stack([enc.preprocess(im) for im in refs]))
     rows = []
     for q in queries:

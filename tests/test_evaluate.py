@@ -74,9 +74,10 @@ def test_metrics_count_a_ref_not_returned_as_missed():
 
 def test_a_spec_sets_how_its_queries_are_searched():
     from rayapp.evaluate import spec_config
-    cfg, shard_cfg, rest = spec_config("deephash:tta=flip,rank=weighted,flip_cost=0.7,content=frame,"
-                                       "ref_views=none,verify=0,weights=w.safetensors,side_hash=0,index=flat")
-    assert (cfg.name, cfg.rank, cfg.flip_cost, cfg.content, cfg.ref_views, cfg.verify) == (
+    cfg, rest = spec_config("deephash:tta=flip,rank=weighted,flip_cost=0.7,content=frame,"
+                            "ref_views=none,verify=0,weights=w.safetensors,side_hash=0,index=flat")
+    q = cfg.query
+    assert (cfg.encoder.name, q.rank, q.flip_cost, q.content, cfg.storage.ref_views, q.verify) == (
         "deephash", "weighted", 0.7, "frame", [], 0)
-    assert shard_cfg.index_kind == "flat" and spec_config("pdq")[1].index_kind is None
+    assert cfg.storage.index_kind == "flat" and spec_config("pdq")[0].storage.index_kind is None
     assert rest == {"tta": "flip", "weights": "w.safetensors", "side_hash": "0"}

@@ -40,10 +40,10 @@ def source(tmp_path) -> Path:
 
 
 def _cfg(tmp_path, name="pdq", shards=2, ref_views=None):
-    return load_config(env={}, overrides={"encoder": {"name": name, "ref_views": ref_views},
-                                          "shards": {"index_dir": str(tmp_path / "index"),
-                                                     "num_shards": shards,
-                                                     "namespace": f"t{abs(hash(str(tmp_path)))}"}})
+    return load_config(env={}, overrides={"encoder": {"name": name},
+                                          "storage": {"index_dir": str(tmp_path / "index"),
+                                                      "num_shards": shards, "ref_views": ref_views,
+                                                      "namespace": f"t{abs(hash(str(tmp_path)))}"}})
 
 
 def test_folder_ingest_is_searchable_and_resumable(ray_local, tmp_path, source):
@@ -156,9 +156,9 @@ def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
 def test_an_index_without_side_vectors_ranks_by_weighted_hamming(ray_local, tmp_path):
     files = sorted(SAMPLES.glob("*.jpg"))[4:7]
     cfg = load_config(env={}, overrides={
-        "encoder": {"name": "deephash", "ref_views": []},
-        "shards": {"index_dir": str(tmp_path / "index"), "num_shards": 1, "vectors": False,
-                   "namespace": f"nv{abs(hash(str(tmp_path)))}"}})
+        "encoder": {"name": "deephash"},
+        "storage": {"index_dir": str(tmp_path / "index"), "num_shards": 1, "vectors": False,
+                    "ref_views": [], "namespace": f"nv{abs(hash(str(tmp_path)))}"}})
     src = tmp_path / "src"
     src.mkdir()
     for f in files:

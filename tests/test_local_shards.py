@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayapp.config import EncoderConfig
+from rayapp.config import QueryConfig
 from rayapp.local_shards import local_router, open_local_shards
 from rayapp.searcher import QueryViews, Searcher
 
@@ -23,7 +23,7 @@ def test_a_stored_view_hit_folds_into_its_image_and_pays_its_cost(shards):
     images = np.array([[0b0000], [0b1100]], dtype=np.uint8)
     views = {"center70": np.array([[0b1110], [0b0000]], dtype=np.uint8)}
     assert router.add(["a", "b"], images, None, views)["added"] == 2
-    hits = Searcher(router, EncoderConfig(verify=0)).search(
+    hits = Searcher(router, QueryConfig(verify=0)).search(
         QueryViews.of_code(np.array([0b1111], dtype=np.uint8)), k=5).hits
     assert [(h.id, h.rank, h.ref_view) for h in hits] == [("a", 1.5, "center70"), ("b", 2.0, None)]
     assert {h.shard for h in hits} <= {0, 1}
@@ -37,6 +37,6 @@ def test_a_shard_that_fails_makes_the_answer_partial(shards):
         raise RuntimeError("disk gone")
 
     shards[1].search = broken
-    answer = Searcher(router, EncoderConfig(verify=0)).search(QueryViews.of_code(np.array([3], np.uint8)), k=3)
+    answer = Searcher(router, QueryConfig(verify=0)).search(QueryViews.of_code(np.array([3], np.uint8)), k=3)
     assert answer.partial and answer.missing == [1]
     assert answer.hits and all(h.shard == 0 for h in answer.hits)

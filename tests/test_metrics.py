@@ -61,10 +61,10 @@ def served(tmp_path_factory):
              _metrics_export_port=port)
     cfg = Config()
     cfg.encoder.name = "pdq"
-    cfg.shards.index_dir = str(tmp_path_factory.mktemp("metrics-index"))
-    cfg.shards.num_shards = 1
-    cfg.shards.index_kind = "flat"
-    cfg.shards.namespace = f"neardup-metrics-{uuid.uuid4().hex[:8]}"
+    cfg.storage.index_dir = str(tmp_path_factory.mktemp("metrics-index"))
+    cfg.storage.num_shards = 1
+    cfg.storage.index_kind = "flat"
+    cfg.storage.namespace = f"neardup-metrics-{uuid.uuid4().hex[:8]}"
     cfg.serve.port = free_port()
     try:
         yield cfg, port

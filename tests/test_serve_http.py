@@ -35,10 +35,10 @@ def server(tmp_path_factory):
     cfg = Config()
     cfg.encoder.name = "pdq"
     cfg.encoder.max_pixels = 4_000_000
-    cfg.shards.index_dir = str(tmp_path_factory.mktemp("index"))
-    cfg.shards.num_shards = 2
-    cfg.shards.index_kind = "flat"
-    cfg.shards.namespace = f"neardup-test-{uuid.uuid4().hex[:8]}"
+    cfg.storage.index_dir = str(tmp_path_factory.mktemp("index"))
+    cfg.storage.num_shards = 2
+    cfg.storage.index_kind = "flat"
+    cfg.storage.namespace = f"neardup-test-{uuid.uuid4().hex[:8]}"
     cfg.serve.port = free_port()
     cfg.serve.token = TOKEN
     cfg.serve.max_body_bytes = MAX_BODY

@@ -34,9 +34,9 @@ SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").gl
 def client(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     cfg = Config()
-    cfg.encoder.tta = "flip_rot90"
-    cfg.shards.index_dir = str(tmp_path_factory.mktemp("index"))
-    cfg.shards.namespace = f"neardup-tta-{uuid.uuid4().hex[:8]}"
+    cfg.query.tta = "flip_rot90"
+    cfg.storage.index_dir = str(tmp_path_factory.mktemp("index"))
+    cfg.storage.namespace = f"neardup-tta-{uuid.uuid4().hex[:8]}"
     cfg.serve.port = free_port()
     url = run_server(cfg, blocking=False)
     with httpx.Client(base_url=url, timeout=60.0) as c:
