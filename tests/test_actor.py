@@ -309,13 +309,6 @@ def test_concurrent_searches_during_adds(shard):
 # as a real Ray actor
 # ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _wait_restarted(actor, old_pid: int, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -330,7 +323,7 @@ def _wait_restarted(actor, old_pid: int, timeout: float = 60.0) -> dict:
         time.sleep(0.2)
 
 
-def test_ray_actor_survives_kill(ray_cluster, tmp_path):
+def test_ray_actor_survives_kill(ray_local, tmp_path):
     Shard = ray.remote(ShardActor).options(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
     actor = Shard.remote(0, str(tmp_path / "shard-0"), BITS, snapshot_every=150)
     ids, codes = names(400), codes_for(400)

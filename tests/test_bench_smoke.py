@@ -236,6 +236,7 @@ def test_pyspy_stacks_are_sorted_into_query_stages():
     assert stage_of(f"{head};HTTPProxy.__call__ (ray/serve/_private/proxy.py:1)", "proxy") == "http proxy"
 
 
+@pytest.mark.ray  # its subprocess starts a Ray of its own
 def test_serve_load_smoke_against_a_real_server(tmp_path):
     """`neardup bench serve` end to end at toy rates on one shard node: the product and the floor
     both answer every request by code and by image, and JSON and plot are written."""

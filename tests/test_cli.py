@@ -69,6 +69,10 @@ def test_errors_are_one_line_and_nonzero(args, message):
     assert "Traceback" not in r.stderr
 
 
+RAY = pytest.mark.ray  # the subprocess starts an embedded Ray of its own
+
+
+@RAY
 def test_index_then_search_json(images, query, tmp_path):
     index = tmp_path / "index"
     r = run("index", images, "--index-dir", index, "--encoder", "pdq", "--shards", "2", "--quiet")
@@ -100,6 +104,7 @@ def test_index_then_search_json(images, query, tmp_path):
     assert f"{SAMPLES[1].name}  (as flip" in r.stdout
 
 
+@RAY
 def test_dedup_of_a_folder(images, query, tmp_path):
     folder = tmp_path / "d"
     shutil.copytree(images, folder)
@@ -117,6 +122,7 @@ def test_dedup_of_a_folder(images, query, tmp_path):
 
 
 @pytest.mark.slow
+@RAY
 def test_demo_shows_real_matches(tmp_path):
     r = run("demo", "--exit", "--port", free_port(), "--out", tmp_path / "demo", timeout=1200)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -163,6 +169,7 @@ def _scrape_neardup_metrics(port: int, metrics_port: int) -> None:
     pytest.fail("ray_neardup_* metrics never appeared on the metrics port")
 
 
+@RAY
 def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
     import signal
     import time

@@ -37,6 +37,8 @@ from rayapp.router import ShardRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "rayapp" / "samples"
+pytestmark = pytest.mark.ray  # several nodes (ray.cluster_utils.Cluster) and `ray start`: its own Ray
+
 BITS = 256  # pdq
 N = 300
 

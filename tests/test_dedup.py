@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from rayapp.groups import pair_scores, star_groups
 from shards.store import IdStore, hash_ids
@@ -67,15 +66,7 @@ def collection(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    from rayapp.cluster import init_ray
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-def test_find_duplicates_and_the_report(local_ray, collection, tmp_path):
+def test_find_duplicates_and_the_report(ray_local, collection, tmp_path):
     from rayapp.dedup import find_duplicates, plot_duplicates
     out = tmp_path / "job"
     dupes = find_duplicates(image_dir=str(collection), min_confidence=0.99, out_dir=str(out))

@@ -5,7 +5,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from encoders.keypoints import extract as extract_keypoints
 from encoders.registry import get_encoder
@@ -16,13 +15,6 @@ from rayapp.router import ShardRouter
 from shards.verify import KEYPOINT_BYTES
 
 SAMPLES = Path(__file__).resolve().parents[1] / "rayapp" / "samples"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

@@ -77,6 +77,7 @@ def served(tmp_path_factory):
             ray.shutdown()
 
 
+@pytest.mark.ray  # its own Ray: a metrics export port, counters no other test has touched
 def test_metrics_reach_the_prometheus_endpoint(served, tmp_path):
     from rayapp.ingest import IngestOptions, run_ingest
     from rayapp.lifecycle import run_server

@@ -20,13 +20,6 @@ BITS = 64
 N = 300
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _make_shards(root, n=2, prefix="s", vector_bytes=0):
     actor = ray.remote(ShardActor).options(max_concurrency=16, num_cpus=0)
     handles = [actor.remote(i, str(root / f"{prefix}-{i}"), BITS, "flat", None, 100_000, vector_bytes)
@@ -81,7 +74,7 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def router(ray_cluster, tmp_path_factory, data):
+def router(ray_local, tmp_path_factory, data):
     ids, codes = data
     r = ShardRouter(_make_shards(tmp_path_factory.mktemp("router")), timeout_s=5.0)
     counts = r.add(ids, codes, [{"n": i} for i in range(N)])
@@ -156,7 +149,7 @@ def test_weighted_rerank_orders_by_bit_confidence(router, data):
     assert router.search(codes[:1], k=3, weights=weights, vectors=vectors) == (results, missing)
 
 
-def test_side_vectors_rank_across_shards_and_fold_views(ray_cluster, tmp_path):
+def test_side_vectors_rank_across_shards_and_fold_views(ray_local, tmp_path):
     from formats.vectors import quantize
     from shards.vectors import records
     r = ShardRouter(_make_shards(tmp_path, n=3, vector_bytes=BITS), timeout_s=5.0, ref_views=1)
@@ -228,7 +221,7 @@ def test_with_views_expands_ids_and_drops_the_views_not_given():
         with_views(["x"], codes[:1], None, {"center70": codes})
 
 
-def test_reference_views_share_a_shard_fold_into_hits_and_go_with_their_image(ray_cluster, tmp_path):
+def test_reference_views_share_a_shard_fold_into_hits_and_go_with_their_image(ray_local, tmp_path):
     r = ShardRouter(_make_shards(tmp_path, n=3), timeout_s=5.0, ref_views=1, ref_view_cost=0.5)
     rng = np.random.default_rng(7)
     codes, crops = (rng.integers(0, 256, (20, BITS // 8), dtype=np.uint8) for _ in range(2))
@@ -307,7 +300,7 @@ def test_merge_results_tags_shards_and_applies_radius():
     assert merged == [[Hit("a", 2, shard=1), Hit("b", 2, shard=0), Hit("c", 5, shard=1)]]
 
 
-def test_dead_shard_gives_partial_answer_and_failed_writes(ray_cluster, tmp_path_factory, data):
+def test_dead_shard_gives_partial_answer_and_failed_writes(ray_local, tmp_path_factory, data):
     ids, codes = data
     shards = _make_shards(tmp_path_factory.mktemp("dead"), prefix="d")
     r = ShardRouter(shards, timeout_s=3.0, write_timeout_s=3.0)
@@ -330,7 +323,7 @@ def test_dead_shard_gives_partial_answer_and_failed_writes(ray_cluster, tmp_path
     assert stats[0]["state"] == "ready" and stats[1]["state"] == "unavailable"
 
 
-def test_dead_shard_is_re_resolved(ray_cluster, tmp_path_factory, data):
+def test_dead_shard_is_re_resolved(ray_local, tmp_path_factory, data):
     ids, codes = data
     root = tmp_path_factory.mktemp("resolve")
     shards = _make_shards(root, prefix="r")

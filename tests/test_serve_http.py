@@ -30,8 +30,7 @@ MAX_BODY = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def server(ray_local, tmp_path_factory):
     cfg = Config()
     cfg.encoder.name = "pdq"
     cfg.encoder.max_pixels = 4_000_000
@@ -52,7 +51,6 @@ def server(tmp_path_factory):
     serve.shutdown()
     from rayapp.cluster import kill_shards
     kill_shards(cfg)
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

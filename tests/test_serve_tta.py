@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 from PIL import Image
 from ray import serve
 
@@ -31,8 +30,7 @@ SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").gl
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def client(ray_local, tmp_path_factory):
     cfg = Config()
     cfg.query.tta = "flip_rot90"
     cfg.storage.index_dir = str(tmp_path_factory.mktemp("index"))
@@ -44,7 +42,6 @@ def client(tmp_path_factory):
     serve.shutdown()
     from rayapp.cluster import kill_shards
     kill_shards(cfg)
-    ray.shutdown()
 
 
 def _search(client: httpx.Client, data: bytes) -> dict:
