@@ -5,7 +5,8 @@ Each benchmark is encoded once, as the service encodes (refs through ingest's st
 with every view the service can search (all eight symmetries, the framed or pasted photo's crop
 and its mirror; refs as given and as their stored crops), and the side-vector distances are kept
 per (query view, stored view). A grid of hundreds of view sets and costs cannot each be stored
-and searched, so this keeps its own cached dense scorer: the minimum over views of distance plus
+and searched, so this keeps its own cached dense scorer, built from the service's own rules
+(``encoders.tta.costs``, ``shards.verify.verify_bonus``): the minimum over views of distance plus
 cost, the top ``VERIFY_DEPTH`` verified by keypoints (cached per pair), mAP@100 and µAP. It
 scores every ref (no shard re-rank depth or index candidates), so check the chosen row with
 ``neardup eval``, which searches through the service's shards and ``Searcher``. Run it on
@@ -30,8 +31,9 @@ from rayapp.eval_search import encode_refs
 from rayapp.evaluate import load_benchmark, score_codes
 from rayapp.searcher import encode_queries
 from shards.vectors import vector_distances
-from shards.verify import inliers
+from shards.verify import inliers, verify_bonus
 
+VERIFY_DEPTH = QueryConfig().verify  # hits verified per query, as the service does
 REF_VIEWS = ("center70", "top_left70", "top_right70", "bottom_left70", "bottom_right70")
 MODES = {"flip_rot90": ("original", "flip", "rot90", "rot270"),
          "flip_turns": ("original", "flip", "rot90", "rot270", "rot180", "flip+rot180"),
@@ -81,9 +83,9 @@ class Encoded:
         first, full, bonus = credit
         out = best.copy()
         for q, row in enumerate(best):
-            for r in np.argsort(row, kind="stable")[:20]:
+            for r in np.argsort(row, kind="stable")[:VERIFY_DEPTH]:
                 n = max(self.inliers(q, r, b) for b in range(2 if mirrored[q, r] else 1))
-                out[q, r] -= bonus * min(1.0, max(0.0, (n - first) / (full - first)))
+                out[q, r] -= verify_bonus(n, first, full, bonus)
         return score_codes(out, 128, self.gt, self.families)
 
 

@@ -46,8 +46,9 @@ def inliers(query: np.ndarray | bytes, stored: np.ndarray | bytes) -> int:
     return 0 if mask is None else int(mask.sum())
 
 
-def verify_bonus(n_inliers: int) -> float:
-    """Distance credit for a verified hit: 0 up to BONUS_FROM inliers, VERIFY_BONUS from
-    BONUS_FULL on, linear between."""
-    frac = (n_inliers - BONUS_FROM) / float(BONUS_FULL - BONUS_FROM)
-    return VERIFY_BONUS * min(1.0, max(0.0, frac))
+def verify_bonus(n_inliers: int, first: int = BONUS_FROM, full: int = BONUS_FULL,
+                 bonus: float = VERIFY_BONUS) -> float:
+    """Distance credit for a verified hit: 0 up to ``first`` inliers, ``bonus`` from ``full``
+    on, linear between (the shipped rule by default; ``bench.tune_views`` sweeps the three)."""
+    frac = (n_inliers - first) / float(full - first)
+    return bonus * min(1.0, max(0.0, frac))
