@@ -154,7 +154,8 @@ class Config:
 
     def to_yaml(self) -> str:
         """YAML of :meth:`changed`: loads back (:func:`load_config`) to this config."""
-        return yaml.safe_dump(self.changed(), sort_keys=False) if self.changed() else "{}\n"
+        changed = self.changed()
+        return yaml.safe_dump(changed, sort_keys=False) if changed else "{}\n"
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Config":

@@ -32,7 +32,8 @@ def _header(weights: str | Path) -> list[str]:
         f"- Training data: {', '.join(Path(d).name for d in extra.get('data', []))} "
         f"({extra.get('images', '?')} images).",
         f"- Steps: {extra.get('steps')} in this run, {extra.get('train_minutes')} min on "
-        f"{'one GPU' if cfg.get('use_gpu') else 'the CPU'}; started from: {cfg.get('init') or 'random init'}; EMA weights: {extra.get('ema', False)}; "
+        f"{'one GPU' if cfg.get('use_gpu') else 'the CPU'}; started from: {cfg.get('init') or 'random init'}; "
+        f"EMA weights: {extra.get('ema', False)}; "
         f"seed {cfg.get('seed')}; format version {meta['version']}.",
         f"- Date: {time.strftime('%Y-%m-%d')}.", "",
         "## Hyperparameters", "", "```json", json.dumps(cfg, indent=2, sort_keys=True), "```", "",
