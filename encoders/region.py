@@ -7,10 +7,14 @@ a rectangle whose sides are one- or two-pixel steps that run straight for their 
 edges inside photos are rarely both straight and that sharp for so long.
 
 At 192 pixels on the long side, every pixel gets a ridge test per axis: its step across the line
-is large and at least twice the steps two pixels to either side. Columns and rows rich in ridges
-are the candidate sides; every rectangle they form (15-85% of the image, each side at least 30%
-of its length) is scored by the ridge share along its four sides, and the best one is returned
-when every side that is not on the image border keeps at least ``MIN_SUPPORT`` of its length.
+(the largest over the three colour channels, so a side between two regions of like brightness but
+unlike colour still counts) is large and at least twice the steps two pixels to either side.
+Columns and rows rich in ridges are the candidate sides; every rectangle they form (10-85% of the
+image, each side at least 22% of its length) is scored by the ridge share along its sides that
+are not on the image border, and the best one is returned when those sides keep on average
+``MIN_MEAN_SUPPORT`` of their length and each at least ``MIN_SUPPORT``. Where a pasted photo
+meets a background of like colour its side has gaps, so one weak side must not veto a box that
+the others hold.
 """
 from __future__ import annotations
 
@@ -20,23 +24,25 @@ import numpy as np
 from PIL import Image
 
 SIZE = 192
-MIN_STEP = 12.0  # grey levels a side's step must reach
-MIN_SUPPORT = 0.6  # share of a side's length that must be a ridge
-CANDIDATES = 6  # candidate columns and rows per axis
-MIN_SIDE = 0.3  # each side of the rectangle spans at least this share of the image's side
-MIN_AREA, MAX_AREA = 0.15, 0.85  # the rectangle's share of the image
+MIN_STEP = 12.0  # levels (of 255) a side's step must reach in some colour channel
+MIN_SUPPORT = 0.45  # share of each inner side's length that must be a ridge
+MIN_MEAN_SUPPORT = 0.7  # mean share over the inner sides
+CANDIDATES = 8  # candidate columns and rows per axis
+MIN_SIDE = 0.22  # each side of the rectangle spans at least this share of the image's side
+MIN_AREA, MAX_AREA = 0.10, 0.85  # the rectangle's share of the image
 
 
-def _grey(img: Image.Image) -> tuple[np.ndarray, float]:
+def _small(img: Image.Image) -> tuple[np.ndarray, float]:
+    """(H, W, 3) float RGB at SIZE on the long side, and the scale from ``img``."""
     w, h = img.size
     scale = SIZE / max(w, h)
     size = (max(16, round(w * scale)), max(16, round(h * scale)))
-    return np.asarray(img.convert("L").resize(size, Image.BILINEAR), dtype=np.float32), scale
+    return np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32), scale
 
 
-def _ridges(g: np.ndarray) -> np.ndarray:
+def _ridges(rgb: np.ndarray) -> np.ndarray:
     """(H, W-1) bool: the step between columns x and x+1 is a sharp ridge along the row."""
-    d = np.abs(np.diff(g, axis=1))
+    d = np.abs(np.diff(rgb, axis=1)).max(axis=-1)
     pad = np.pad(d, ((0, 0), (2, 2)))
     side = np.maximum(pad[:, :-4], pad[:, 4:])
     return (d >= MIN_STEP) & (d >= 2 * side)
@@ -80,9 +86,9 @@ def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     >>> paste_box(bg)
     (60, 40, 156, 112)
     """
-    g, scale = _grey(img)
-    h, w = g.shape
-    vr, hr = _ridges(g), _ridges(g.T)  # vertical sides (between columns), horizontal sides
+    rgb, scale = _small(img)
+    h, w = rgb.shape[:2]
+    vr, hr = _ridges(rgb), _ridges(rgb.transpose(1, 0, 2))  # vertical sides, horizontal sides
     xs = _peaks(vr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, w - 1]
     ys = _peaks(hr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, h - 1]
     vruns, hruns = _runs(vr, xs), _runs(hr, ys)
@@ -95,7 +101,7 @@ def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
         sides = [_support(vruns, x0, y0 + 1, y1 + 1), _support(vruns, x1, y0 + 1, y1 + 1),
                  _support(hruns, y0, x0 + 1, x1 + 1), _support(hruns, y1, x0 + 1, x1 + 1)]
         inner = [s for s, edge in zip(sides, (x0 < 0, x1 >= w - 1, y0 < 0, y1 >= h - 1)) if not edge]
-        if len(inner) < 3 or min(inner) < MIN_SUPPORT:
+        if len(inner) < 3 or min(inner) < MIN_SUPPORT or np.mean(inner) < MIN_MEAN_SUPPORT:
             continue
         score = float(np.mean(inner))
         if score > best_score:

@@ -47,3 +47,18 @@ def test_query_views_search_the_pasted_photo():
     assert names == ["original", "flip", "content", "content+flip", "outside"] and len(arrays) == 5
     # the outside view is the widest strip beside the pasted photo: a clean part of the picture
     assert outside_box(img.size, photo_box(img)) is not None
+
+
+def test_a_side_between_like_brightness_and_unlike_colour_is_found():
+    """A photo pasted where the background has its brightness but not its colour: the step
+    across the side is in the colour channels, not in grey."""
+    bg = np.zeros((240, 320, 3), np.uint8)
+    bg[..., 1] = 150  # green, grey level about 88
+    ramp = np.linspace(0, 1, 140, dtype=np.float32)[:, None]
+    photo = np.zeros((140, 120, 3), np.uint8)
+    photo[..., 0] = (230 * (0.6 + 0.4 * ramp)).astype(np.uint8)  # reds, grey levels 41-69
+    photo[..., 2] = (180 * (0.6 + 0.4 * ramp)).astype(np.uint8)  # ... with blue: about as bright
+    img = bg.copy()
+    img[50:190, 100:220] = photo
+    got = paste_box(as_jpeg(Image.fromarray(img)))
+    assert got is not None and iou(got, (100, 50, 220, 190)) > 0.8, got
