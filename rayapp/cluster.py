@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 SHARD_RESOURCE = "shard"
 INDEX_META = "neardup.json"
-STATS_INTERVAL_S = 5.0   # how often a shard actor publishes its code count and memory
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
@@ -181,8 +180,10 @@ class RayShardActor(ShardActor):
         metrics.set_shard_stats(self.shard_id, st["codes"], st["memory_bytes"])
 
     def _stats_loop(self) -> None:
+        """Publish every half export interval (``metrics.gauge_refresh_s``): each export Ray
+        makes shows the count as it is, whatever interval the cluster is configured with."""
         while True:
-            time.sleep(STATS_INTERVAL_S)
+            time.sleep(metrics.gauge_refresh_s())
             try:
                 self._publish_stats()
             except Exception as exc:  # noqa: BLE001 - metrics must never take a shard down

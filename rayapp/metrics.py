@@ -9,9 +9,11 @@ Where each is recorded: query latency, queries and errors in the Serve ingress; 
 memory and WAL fsync latency in each shard actor's process (on its node); ingest counts and rate
 in the ingest job's driver.
 
-Ray drops a gauge from the scrape ~20-30 s after its last ``set`` (measured with Ray 2.60), so
-gauges are set through :func:`_set_gauge`, which re-sets the last value of each series every
-``GAUGE_REFRESH_S`` from a daemon thread: a finished ingest keeps showing its final rate (0).
+Ray exports metrics every ``metrics_report_interval_ms`` (its system config, 10 s by default) and
+drops a gauge from the scrape two export intervals after its last ``set`` (Ray 2.60), so gauges
+are set through :func:`_set_gauge`, which re-sets the last value of each series every half
+interval (:func:`gauge_refresh_s`) from a daemon thread: a finished ingest keeps showing its
+final rate (0).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "neardup_ingest_images_per_s": ("gauge", "Current ingest throughput.", ()),
 }
 _lock = threading.Lock()
-GAUGE_REFRESH_S = 10.0
+DEFAULT_EXPORT_INTERVAL_S = 10.0  # Ray's default metrics_report_interval_ms
 _gauge_values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}  # (name, tags) -> last value
 _refresher: threading.Thread | None = None
 
@@ -65,6 +67,20 @@ def _enabled() -> bool:
     return ray.is_initialized()
 
 
+def export_interval_s() -> float:
+    """How often Ray exports this process's metrics: its ``metrics_report_interval_ms``, at
+    least 1 s as Ray applies it (the default when Ray is not up)."""
+    try:
+        return max(ray._config.metrics_report_interval_ms(), 1000) / 1000.0
+    except Exception:  # noqa: BLE001 - no Ray config in this process
+        return DEFAULT_EXPORT_INTERVAL_S
+
+
+def gauge_refresh_s() -> float:
+    """Half an export interval: every export carries each gauge, so Ray never drops one."""
+    return export_interval_s() / 2
+
+
 def _set_gauge(name: str, value: float, tags: dict[str, str] | None = None) -> None:
     """Set a gauge series and keep it alive (see the module docstring)."""
     global _refresher
@@ -78,7 +94,7 @@ def _set_gauge(name: str, value: float, tags: dict[str, str] | None = None) -> N
 
 def _refresh_gauges() -> None:
     while True:
-        time.sleep(GAUGE_REFRESH_S)
+        time.sleep(gauge_refresh_s())
         with _lock:
             series = list(_gauge_values.items())
         for (name, tags), value in series:

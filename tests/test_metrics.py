@@ -18,6 +18,11 @@ from rayapp.config import Config
 from tests.helpers_net import free_port
 
 SAMPLES = Path(__file__).resolve().parents[1] / "rayapp" / "samples"
+#: Ray's metrics export interval here (its floor; the default is 10 s), set through the
+#: environment so that every Ray process has it, the metrics agent too: series show up, and a
+#: gauge that is not kept alive drops (two intervals after its last export), within seconds
+EXPORT_S = 1.0
+POLL_S = 0.5
 
 
 def _scrape(port: int) -> str:
@@ -57,8 +62,9 @@ def test_recording_without_ray_is_a_no_op():
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _metrics_export_port=port)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_metrics_report_interval_ms", str(int(EXPORT_S * 1000)))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port)
     cfg = Config()
     cfg.encoder.name = "pdq"
     cfg.storage.index_dir = str(tmp_path_factory.mktemp("metrics-index"))
@@ -106,7 +112,7 @@ def test_metrics_reach_the_prometheus_endpoint(served, tmp_path):
         series = _series(_scrape(port))
         if want <= set(series) or time.monotonic() > deadline:
             break
-        time.sleep(2)
+        time.sleep(POLL_S)
     assert want <= set(series), f"missing: {sorted(want - set(series))}"
 
     def values(name: str, label: str) -> list[float]:
@@ -117,19 +123,19 @@ def test_metrics_reach_the_prometheus_endpoint(served, tmp_path):
     assert sum(values("ray_neardup_errors_total", 'type="bad_image"')) >= 1
     assert sum(values("ray_neardup_wal_fsync_ms_count", 'shard="0"')) >= 2
     assert sum(values("ray_neardup_ingest_images_total", 'outcome="indexed"')) == 6
-    # The shard actor publishes its count every few seconds (and /v1/status sets it from the
-    # ingress): wait until every series shows the last add. Codes, not images: the 6 ingested
-    # images are each stored with their centre crop, plus the one added by code.
+    # The shard actor publishes its count every half export interval (and /v1/status sets it
+    # from the ingress): wait until every series shows the last add. Codes, not images: the 6
+    # ingested images are each stored with their centre crop, plus the one added by code.
     deadline = time.monotonic() + 60
     while set(values("ray_neardup_shard_codes", 'shard="0"')) != {13.0} \
             and time.monotonic() < deadline:
-        time.sleep(2)
+        time.sleep(POLL_S)
         series = _series(_scrape(port))
     assert set(values("ray_neardup_shard_codes", 'shard="0"')) == {13.0}
     assert values("ray_neardup_shard_memory_bytes", 'shard="0"')[0] > 0
 
-    # Ray drops a gauge ~30 s after its last set: the driver keeps its gauges alive, and a
-    # finished ingest reads as rate 0
-    time.sleep(max(0.0, ingest_done + 45 - time.monotonic()))
+    # Ray drops a gauge two export intervals after its last set: long past that, the driver has
+    # kept its gauges alive, and a finished ingest reads as rate 0
+    time.sleep(max(0.0, ingest_done + 10 * EXPORT_S - time.monotonic()))
     series = _series(_scrape(port))
     assert values("ray_neardup_ingest_images_per_s", "") == [0.0]
