@@ -31,7 +31,7 @@ from encoders.registry import DEFAULT_ENCODER
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, OUTSIDE_COST,
                           REF_VIEW_COST, REF_VIEWS, ROT_COST, TTA_MODES, UPRIGHT_COST, costs)
 from shards.index import INDEX_KINDS
-from shards.verify import VERIFY_DEPTH
+from shards.verify import VERIFY_DEPTH, VERIFY_MORE
 
 Rule = tuple[Callable[[Any], bool], str]
 
@@ -89,6 +89,7 @@ class QueryConfig:
     rank: str = _value("vector", _one_of(*RANK_MODES))     # vector | weighted | hamming
     ref_view_cost: float = _value(REF_VIEW_COST, _COST)    # prior cost a stored crop's match pays
     verify: int = _value(VERIFY_DEPTH, _at_least(0))       # verify an image query's top N (0 = off)
+    verify_more: int = _value(VERIFY_MORE, _at_least(0))   # ... and N more when none is confirmed
 
     def view_costs(self, names: Sequence[str]) -> np.ndarray:
         """The prior cost of each named query view under these settings (``encoders.tta.costs``)."""

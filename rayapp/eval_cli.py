@@ -17,7 +17,14 @@ import numpy as np
 
 from encoders.benchmark import SUITES, build_benchmark
 from rayapp.evaluate import RESULTS_DIR, git_rev, evaluate, parse_spec
-from shards.verify import VERIFY_DEPTH
+from shards.verify import VERIFY_DEPTH, VERIFY_MORE
+
+
+def ranked_by(row: dict) -> str:
+    """What a report row's hits were ranked by: "vector + verify top 20 (40 unless confirmed)"."""
+    depth, more = row.get("verify"), row.get("verify_more")
+    deeper = f" ({depth + more} unless confirmed)" if depth and more else ""
+    return row.get("rank", "hamming") + (f" + verify top {depth}{deeper}" if depth else "")
 
 
 def format_table(report: dict) -> str:
@@ -26,7 +33,7 @@ def format_table(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for spec, r in report["results"].items():
         worst = r["worst_family"]
-        ranked = r.get("rank", "hamming") + (f" + verify top {r['verify']}" if r.get("verify") else "")
+        ranked = ranked_by(r)
         lines.append(f"| {spec} | {r['bits']} | {ranked} | {r['mAP@100']:.3f} | "
                      f"{r['muAP']:.3f} | {r['recall@1']:.3f} | "
                      f"{worst} ({r['per_family_recall@1'].get(worst, 0):.2f}) | {r['encode_img_per_s']:.0f} |")
@@ -86,7 +93,7 @@ def format_suites(combined: dict) -> str:
     lines = [head, "|---|---|" + "---|---|---|---|" * len(suites)]
     first = combined["suites"][suites[0]]["results"]
     for spec, r in first.items():
-        ranked = r.get("rank", "hamming") + (f" + verify top {r['verify']}" if r.get("verify") else "")
+        ranked = ranked_by(r)
         cells = []
         for s in suites:
             x = combined["suites"][s]["results"].get(spec)
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                          "content=on|frame|off (frame: flat frames only, no pasted-photo finder), flip_cost, rot_cost, half_turn_cost, content_cost, outside_cost, upright_cost, "
                          "ref_views=none|center70[+top_left70...], ref_view_cost, "
                          f"verify=N (spatially verify the top N; default {VERIFY_DEPTH}, 0 = off), "
+                         f"verify_more=N (verify N more when no hit is confirmed; default {VERIFY_MORE}), "
                          "index=KIND (the shards' index, default the service's; flat: exact Hamming candidates), weights); "
                          "the default gives the model card's table")
     ap.add_argument("--n-refs", type=int, default=450)

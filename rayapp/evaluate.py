@@ -125,7 +125,8 @@ def spec_config(spec: str) -> tuple[Config, dict]:
         rank=check_rank(kwargs.pop("rank", "vector")),
         content="frame" if content == "frame" else content not in ("off", "0", "false"),
         ref_view_cost=float(kwargs.pop("ref_view_cost", defaults.ref_view_cost)),
-        verify=int(kwargs.pop("verify", defaults.verify)), **prior)
+        verify=int(kwargs.pop("verify", defaults.verify)),
+        verify_more=int(kwargs.pop("verify_more", defaults.verify_more)), **prior)
     storage = StorageConfig(index_kind=kwargs.pop("index", None),
                             ref_views=list(_ref_views(kwargs.pop("ref_views", "+".join(DEFAULT_REF_VIEWS)))))
     cfg = Config(encoder=EncoderConfig(name=name, weights=kwargs.get("weights")), query=query, storage=storage)
@@ -172,6 +173,7 @@ def score_spec(spec: str, bench: dict, k_micro: int = 10) -> tuple[dict, np.ndar
            "index": cfg.storage.index_kind or DEFAULT_KIND,
            "views": {n: round(float(c), 3) for n, c in zip(names, query.view_costs(names))},
            "ref_views": {n: query.ref_view_cost for n in cfg.storage.ref_views}, "verify": query.verify,
+           "verify_more": query.verify_more if query.verify else 0,
            **score_codes(dist, enc.bits, bench["gt_ref"], bench["families"], k_micro)}
     print(f"{spec:40s} mAP@100={row['mAP@100']:.3f} muAP={row['muAP']:.3f} "
           f"R@1={row['recall@1']:.3f} worst={row['worst_family']} {speed:.0f} img/s", flush=True)

@@ -27,7 +27,7 @@ from rayapp.config import QueryConfig
 from rayapp.hits import Hit
 from rayapp.ranking import merge_variants, order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
-from shards.verify import VERIFY_BONUS
+from shards.verify import VERIFY_BONUS, confirmed
 
 
 class NeedsCalibration(ValueError):
@@ -114,7 +114,18 @@ class Searcher:
         hits = self._merged(q, rows, fetch)
         if depth:
             hits = await self.router.averify(hits, q.keypoints, depth)
+            hits = await self._verify_more(q, hits, depth)
         return Answer(self._finish(q, hits, k, min_confidence), missing)
+
+    async def _verify_more(self, q: QueryViews, hits: list[Hit], depth: int) -> list[Hit]:
+        """When no verified hit is confirmed (a hard edit, or no copy stored), the next
+        ``verify_more`` unverified hits are verified too: deeper only where it can matter."""
+        more = max(0, int(self.cfg.verify_more))
+        if not more or not hits or confirmed(hits[0].inliers):
+            return hits
+        todo = [h for h in hits[:depth + more] if h.inliers is None]
+        checked = await self.router.averify(todo, q.keypoints, len(todo)) if todo else []
+        return with_inliers(hits, {h.id: h.inliers for h in checked if h.inliers is not None})
 
     def search(self, q: QueryViews, k: int = 10, radius: int | None = None, with_meta: bool = False,
                min_confidence: float = 0.0) -> Answer:

@@ -24,9 +24,10 @@ MIN_MATCHES = 5
 # the side-vector score's units. Chosen on validation sources with the independent edit suite
 # (bench/tune_views.py; flat around it, MODEL_CARD.md).
 BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 6, 30, 8.0
-# Hits verified per image query, after merging its views (validation: top 10 -> 0.956 mAP@100,
-# top 20 -> 0.968); about 1 ms each on one core.
+# Hits verified per image query, after merging its views, and how many more are verified when
+# none of those is confirmed (``confirmed``); chosen on validation sources (MODEL_CARD.md).
 VERIFY_DEPTH = 20
+VERIFY_MORE = 20
 
 cv2.setNumThreads(1)  # callers run many in parallel (Ray workers, Serve replicas)
 
@@ -44,6 +45,12 @@ def inliers(query: np.ndarray | bytes, stored: np.ndarray | bytes) -> int:
     _, mask = cv2.estimateAffinePartial2D(q_xy[good], s_xy[nearest[good, 0]], method=cv2.RANSAC,
                                           ransacReprojThreshold=REPROJ_PX)
     return 0 if mask is None else int(mask.sum())
+
+
+def confirmed(n_inliers: int | None) -> bool:
+    """Whether a verified hit has earned the full credit: a copy beyond doubt, so a query whose
+    best hit is confirmed need not verify deeper."""
+    return n_inliers is not None and n_inliers >= BONUS_FULL
 
 
 def verify_bonus(n_inliers: int, first: int = BONUS_FROM, full: int = BONUS_FULL,
