@@ -27,7 +27,9 @@ class NoOpShard:
         return []
 
 
-@serve.deployment(name="Floor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+# drain checks as often as the product's replicas (rayapp.serve.DRAIN_CHECK_S), so removing it is quick
+@serve.deployment(name="Floor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0},
+                  graceful_shutdown_wait_loop_s=0.2)
 class FloorIngress:
     """Reads the body, fans a code out to every no-op actor, answers with an empty result."""
 

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "neardup"
 ENCODER_TIMEOUT_S = 60.0
+#: How often a stopping replica checks whether its in-flight requests are done. Serve's default
+#: (2 s) makes every stop (SIGTERM, serve.shutdown, a redeploy) wait that long, however idle the
+#: replica; requests still in flight are waited for all the same.
+DRAIN_CHECK_S = 0.2
 
 
 def _client(request: Request) -> str:
@@ -365,8 +369,9 @@ def build_app(cfg: Config) -> serve.Application:
     encoder = EncoderDeployment.options(
         num_replicas=int(cfg.encoder.num_replicas),
         ray_actor_options={"num_cpus": 1, "num_gpus": 1 if gpu else 0},
+        graceful_shutdown_wait_loop_s=DRAIN_CHECK_S,
     ).bind(cfg)
-    return Ingress.bind(cfg, encoder)
+    return Ingress.options(graceful_shutdown_wait_loop_s=DRAIN_CHECK_S).bind(cfg, encoder)
 
 
 def app_builder(args: dict | None = None) -> serve.Application:
