@@ -15,7 +15,9 @@ from encoders.base import Encoder
 DEFAULT_ENCODER = "deephash"
 
 _FACTORIES: dict[str, Callable[..., Encoder]] = {}
-_MODULES = ("encoders.classic", "encoders.deephash")
+#: The module that registers each built-in encoder. Only the one asked for is imported: deephash
+#: brings in torch, which a PDQ or pHash process (a CLI run, a Ray worker) would load for nothing.
+_BUILTIN = {"pdq": "encoders.classic", "phash": "encoders.classic", "deephash": "encoders.deephash"}
 _loaded = False
 
 
@@ -27,10 +29,13 @@ def register(name: str) -> Callable[[Callable[..., Encoder]], Callable[..., Enco
     return wrap
 
 
-def _load_builtin() -> None:
+def _load_builtin(name: str | None = None) -> None:
+    """Import the module of the built-in encoder ``name``, or of every built-in one."""
     global _loaded
-    if not _loaded:
-        for mod in _MODULES:
+    if name in _BUILTIN:
+        importlib.import_module(_BUILTIN[name])
+    elif not _loaded:
+        for mod in dict.fromkeys(_BUILTIN.values()):
             importlib.import_module(mod)
         _loaded = True
 
@@ -47,8 +52,8 @@ def get_encoder(name: str | None = None, **kwargs) -> Encoder:
     Keyword arguments go to the factory (e.g. ``weights="my.safetensors"`` for deephash).
     Raises ValueError for an unknown name.
     """
-    _load_builtin()
     name = name or DEFAULT_ENCODER
+    _load_builtin(name)
     if name not in _FACTORIES:
         raise ValueError(f"unknown encoder {name!r}; choose from: {', '.join(sorted(_FACTORIES))}")
     return _FACTORIES[name](**kwargs)

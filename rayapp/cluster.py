@@ -157,8 +157,10 @@ def model_id(cfg: Config) -> str:
 def _check_model(have: dict, cfg: Config, where: Path) -> None:
     """Refuse to mix codes of two models: an index built before ``model`` was recorded holds the
     previous bundled deephash's codes."""
-    from encoders.deephash import LEGACY_MODEL_ID
-    stored = have.get("model") or (LEGACY_MODEL_ID if have.get("encoder") == "deephash" else have.get("encoder"))
+    stored = have.get("model") or have.get("encoder")
+    if not have.get("model") and stored == "deephash":  # imported only here: it brings in torch
+        from encoders.deephash import LEGACY_MODEL_ID
+        stored = LEGACY_MODEL_ID
     current = model_id(cfg)
     if stored != current:
         raise ValueError(f"index at {where} holds codes of model {stored}, but the encoder is {current}: "
