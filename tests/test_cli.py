@@ -1,5 +1,7 @@
 """The neardup console script, run as a user would: real files, real subprocesses."""
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +72,9 @@ def test_errors_are_one_line_and_nonzero(args, message):
 
 
 RAY = pytest.mark.ray  # the subprocess starts an embedded Ray of its own
+#: Ray's metrics export interval for `neardup serve` here (Ray's setting, through the environment
+#: as a user would set it; its default is 10 s): the metrics show up within a second or two
+METRICS_EXPORT_MS = "1000"
 
 
 @RAY
@@ -91,17 +96,17 @@ def test_index_then_search_json(images, query, tmp_path):
     assert top["inliers"] > max(r.get("inliers", 0) for r in first["results"][1:])
     assert top["id"] == SAMPLES[0].name and top["distance"] <= 31
     assert lines[1]["results"][0]["distance"] > top["distance"]
-    # a mirrored copy: PDQ alone is far off; --tta flip also searches the mirror image
+    # a mirrored copy: PDQ alone is far off; --tta flip also searches the mirror image. Text
+    # output this time (one Ray start-up less): a hit's line is its distance, confidence, id and
+    # how it matched
     mirrored = tmp_path / "mirrored.jpg"
     with Image.open(SAMPLES[1]) as im:
         im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored, quality=90)
-    r = run("search", mirrored, "--index-dir", index, "--k", "1", "--json", "--tta", "flip")
-    assert r.returncode == 0, r.stderr
-    hit = json.loads(r.stdout)["results"][0]
-    assert hit["id"] == SAMPLES[1].name and hit["distance"] <= 10 and hit["variant"] == "flip"
-    r = run("search", mirrored, "--index-dir", index, "--k", "1", "--tta", "flip")  # text output
+    r = run("search", mirrored, "--index-dir", index, "--k", "1", "--tta", "flip")
     assert r.returncode == 0, r.stderr
     assert f"{SAMPLES[1].name}  (as flip" in r.stdout
+    hit = re.search(rf"^ +(\d+)(?: +[\d.]+)? +{re.escape(SAMPLES[1].name)}  \(as flip[,)]", r.stdout, re.M)
+    assert hit and int(hit.group(1)) <= 10, r.stdout
 
 
 @RAY
@@ -152,7 +157,7 @@ def test_passthrough_commands_show_their_flags(args):
 
 def _scrape_neardup_metrics(port: int, metrics_port: int) -> None:
     """After a few queries, the single-node server's metrics port serves the query latency and
-    the shard gauges (Ray exports them every few seconds)."""
+    the shard gauges (Ray exports them every METRICS_EXPORT_MS milliseconds)."""
     import time
     import httpx
     for _ in range(3):
@@ -165,7 +170,7 @@ def _scrape_neardup_metrics(port: int, metrics_port: int) -> None:
             text = ""
         if "ray_neardup_query_latency_ms" in text and "ray_neardup_shard_codes" in text:
             return
-        time.sleep(2)
+        time.sleep(0.5)
     pytest.fail("ray_neardup_* metrics never appeared on the metrics port")
 
 
@@ -176,9 +181,10 @@ def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
 
     import httpx
     port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "RAY_metrics_report_interval_ms": METRICS_EXPORT_MS}
     proc = subprocess.Popen([*NEARDUP, "serve", "--index-dir", str(tmp_path / "idx"), "--encoder", "pdq",
                              "--shards", "1", "--port", str(port), "--metrics-port", str(metrics_port)],
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -189,7 +195,7 @@ def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
                 pass
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(1)
+            time.sleep(0.2)
         assert httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=30).json()["shards"][0]["count"] == 0
         _scrape_neardup_metrics(port, metrics_port)
         proc.send_signal(signal.SIGTERM)
@@ -200,9 +206,9 @@ def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert f"metrics: http://127.0.0.1:{metrics_port}/metrics" in out and "dashboard: http://" in out
-    for _ in range(30):  # the embedded Ray's raylet goes away with the process
+    for _ in range(150):  # the embedded Ray's raylet goes away with the process
         if subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True).returncode:
             break
-        time.sleep(1)
+        time.sleep(0.2)
     else:
         pytest.fail("Ray processes were left running after neardup serve exited")
