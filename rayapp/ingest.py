@@ -153,7 +153,7 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
             parts.append(ray.data.from_items(todo, override_num_blocks=blocks))
     for src in parquet:
         ds = _parquet_rows(src, opts)
-        listed += ds.count()
+        listed += _parquet_count(src)
         if done:
             ds = ds.filter(lambda r: r["id"] not in done)
         parts.append(ds)
@@ -190,6 +190,13 @@ def _parquet_rows(src: str, opts: IngestOptions) -> "ray.data.Dataset":
         return {"id": np.array([str(i) for i in ids], dtype=object),
                 "path": np.array([str(p) for p in paths], dtype=object), "bytes": data}
     return ds.map_batches(rows, batch_format="numpy")
+
+
+def _parquet_count(src: str) -> int:
+    """Rows of a Parquet source, from its files' footers: counting the dataset itself would read
+    every image's bytes once more before the pipeline reads them."""
+    import pyarrow.dataset as pads
+    return pads.dataset(src, format="parquet").count_rows()
 
 
 def _check_unique(rows: list[dict]) -> None:
