@@ -179,7 +179,7 @@ class ServeStack:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(1)
+            time.sleep(0.2)
         raise RuntimeError(f"neardup serve not ready after {READY_TIMEOUT_S:g}s; see {self.work}/server.log")
 
     def index(self, photos: list[Path]) -> int:
