@@ -177,7 +177,8 @@ def dedup(paths, index_dir, out_dir, min_confidence, views, radius, k, batch, en
     from rayapp.cluster import ensure_shards, init_ray
     if bool(paths) == bool(index_dir):
         raise click.UsageError("give either PATHS or --index-dir")
-    opts = job.DedupOptions(out_dir, min_confidence, views, radius, k, batch, progress=not quiet)
+    opts = job.DedupOptions(out_dir=out_dir, min_confidence=min_confidence, views=views, radius=radius,
+                            k=k, batch=batch, progress=not quiet)
     if index_dir:
         cfg = _index_config(index_dir, encoder, address)
         init_ray(address)

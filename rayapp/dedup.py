@@ -217,7 +217,8 @@ def main(index_dir, out_dir, min_confidence, radius, views, k, batch, address, q
     cfg = load_config(overrides={"encoder": {"name": meta["encoder"]}, "storage": {"index_dir": index_dir}})
     init_ray(address)
     ensure_shards(cfg)
-    report = run_dedup(cfg, DedupOptions(out_dir, min_confidence, views, radius, k, batch, progress=not quiet))
+    report = run_dedup(cfg, DedupOptions(out_dir=out_dir, min_confidence=min_confidence, views=views,
+                                         radius=radius, k=k, batch=batch, progress=not quiet))
     print_groups(report)
 
 
