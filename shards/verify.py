@@ -4,8 +4,13 @@ A crop of 35-55% of an image holds too little of it for a global descriptor, but
 blobs are still the stored image's, at one scale, rotation and offset. Each stored image keeps
 up to ``KEYPOINTS`` ORB keypoints (``encoders.keypoints``) in its record, after the code and the
 side vector; the router asks the shards to verify only a query's top ``verify`` hits.
-:func:`inliers` matches ORB descriptors (FAISS Hamming 2-NN, ratio test) and counts the matches
-one similarity transform explains (OpenCV RANSAC); :func:`verify_bonus` turns the count into a distance credit.
+:func:`inliers` matches ORB descriptors (FAISS Hamming 2-NN, ratio test, each stored keypoint
+used by one match at most) and counts the matches one similarity transform explains (OpenCV
+RANSAC); :func:`verify_bonus` turns the count into a distance credit.
+
+Matches are one-to-one because many query keypoints landing on one stored keypoint is what a
+degenerate transform (a scale near zero maps every point onto one) explains for free: with
+many-to-one matches unrelated photos reached tens of inliers, as many as an overlaid copy.
 
 The packed layout (``KEYPOINT_BYTES``, ``pack``/``unpack``) is ``formats.keypoints``.
 """
@@ -21,9 +26,10 @@ RATIO = 0.85             # Lowe's ratio test on Hamming distances
 REPROJ_PX = 4.0          # RANSAC inlier threshold, pixels at KEYPOINT_SIDE
 MIN_MATCHES = 5
 # A hit's credit grows linearly from BONUS_FROM inliers to the full VERIFY_BONUS at BONUS_FULL, in
-# the side-vector score's units. Chosen on validation sources with the independent edit suite
-# (bench/tune_views.py; flat around it, MODEL_CARD.md).
-BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 6, 30, 8.0
+# the side-vector score's units: one-to-one matches leave unrelated photos a handful of inliers,
+# so a few more already mark a copy. Chosen on validation sources with the independent edit
+# suite through ``neardup eval`` (MODEL_CARD.md).
+BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 6, 10, 16.0
 # Hits verified per image query, after merging its views, and how many more are verified when
 # none of those is confirmed (``confirmed``); chosen on validation sources (MODEL_CARD.md).
 VERIFY_DEPTH = 20
@@ -39,12 +45,19 @@ def inliers(query: np.ndarray | bytes, stored: np.ndarray | bytes) -> int:
     if len(q_des) < MIN_MATCHES or len(s_des) < 2:
         return 0
     dist, nearest = faiss.knn_hamming(q_des, s_des, 2)  # 5x OpenCV's brute-force matcher
-    good = np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1])
+    good = _one_to_one(np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1]), dist[:, 0], nearest[:, 0])
     if len(good) < MIN_MATCHES:
         return 0
     _, mask = cv2.estimateAffinePartial2D(q_xy[good], s_xy[nearest[good, 0]], method=cv2.RANSAC,
                                           ransacReprojThreshold=REPROJ_PX)
     return 0 if mask is None else int(mask.sum())
+
+
+def _one_to_one(good: np.ndarray, dist: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """The ``good`` query keypoints, keeping for each stored keypoint only its closest match."""
+    by_dist = good[np.argsort(dist[good], kind="stable")]
+    _, first = np.unique(nearest[by_dist], return_index=True)
+    return np.sort(by_dist[first])
 
 
 def confirmed(n_inliers: int | None) -> bool:
