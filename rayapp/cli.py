@@ -78,11 +78,11 @@ def encode(paths, encoder, weights, out, errors_path, batch_size) -> None:
 
 def _index_config(index_dir: str, encoder: str | None, address: str | None,
                   config_path: str | None = None, **shards) -> Config:
-    meta_path = Path(index_dir) / "neardup.json"
-    if not meta_path.is_file():
+    from rayapp.cluster import read_index_meta
+    meta = read_index_meta(index_dir)
+    if meta is None:
         raise click.ClickException(f"no index at {index_dir} (missing neardup.json); "
                                    "build one with `neardup index`")
-    meta = json.loads(meta_path.read_text())
     return load_config(config_path, overrides={
         "encoder": {"name": encoder or meta["encoder"]},
         "storage": {"index_dir": index_dir, **shards}})

@@ -108,6 +108,15 @@ def uses_shard_resource(cfg: Config) -> bool:
     return mode == "resource" or (mode == "auto" and shard_nodes() > 0)
 
 
+def read_index_meta(index_dir: str | Path) -> dict | None:
+    """An index's ``neardup.json`` (encoder, bits, widths, shard count), or None if there is no
+    readable one."""
+    try:
+        return json.loads((Path(index_dir).expanduser() / INDEX_META).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
     """Read or create ``index_dir/neardup.json``: encoder, bits, side-vector width and the
     shard count.
@@ -122,8 +131,8 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
     """
     path = Path(cfg.storage.index_dir).expanduser() / INDEX_META
     want = {"encoder": cfg.encoder.name, "bits": bits}
-    if path.is_file():
-        have = json.loads(path.read_text())
+    have = read_index_meta(path.parent) if path.is_file() else None
+    if have is not None:
         for key, value in want.items():
             if have.get(key) != value:
                 raise ValueError(f"index at {path.parent} was built with {key}={have.get(key)!r}, "

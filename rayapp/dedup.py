@@ -23,7 +23,6 @@ Python, in imagededup's shape:
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import uuid
@@ -212,8 +211,10 @@ def plot_duplicates(duplicates: dict[str, list[tuple[str, float]]], image_dir: s
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(index_dir, out_dir, min_confidence, radius, views, k, batch, address, quiet) -> None:
     """Deduplicate a whole index as a Ray job (resumable; see rayapp.dedup)."""
-    from rayapp.cluster import ensure_shards, init_ray
-    meta = json.loads((Path(index_dir) / "neardup.json").read_text())
+    from rayapp.cluster import ensure_shards, init_ray, read_index_meta
+    meta = read_index_meta(index_dir)
+    if meta is None:
+        raise click.ClickException(f"no index at {index_dir} (missing neardup.json)")
     cfg = load_config(overrides={"encoder": {"name": meta["encoder"]}, "storage": {"index_dir": index_dir}})
     init_ray(address)
     ensure_shards(cfg)

@@ -12,7 +12,6 @@ router. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx status, never a 
 import asyncio
 import copy
 import hashlib
-import json
 import logging
 import os
 import time
@@ -54,13 +53,9 @@ def _client(request: Request) -> str:
 
 def _known_bits(cfg: Config) -> int | None:
     """Bits from the config or an existing index's neardup.json, to avoid loading the encoder."""
-    if cfg.storage.bits:
-        return cfg.storage.bits
-    meta = Path(cfg.storage.index_dir).expanduser() / "neardup.json"
-    try:
-        return int(json.loads(meta.read_text())["bits"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    from rayapp.cluster import read_index_meta
+    meta = read_index_meta(cfg.storage.index_dir) or {}
+    return cfg.storage.bits or meta.get("bits")
 
 
 async def _awaitable(response):
