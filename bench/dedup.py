@@ -4,7 +4,8 @@ against single linkage over the same matches in the same run, plus a synthetic i
 Quality: a benchmark folder (``encoders.benchmark``: ``refs/`` and ``queries/`` with
 ``ground_truth.csv``) becomes one collection: every ref (queried originals and distractors) and
 every edited copy of a ref (the edited non-indexed photos are left out: they are the photos
-pasted into copies, so they share content with them). The job (``rayapp.dedup``) indexes it,
+pasted into copies, so they share content with them, and so are copies that show the same pasted
+photo as another copy: ``_truth``). The job (``rayapp.dedup``) indexes it,
 searches every stored image and groups the matches at ``--min-confidence``. Scored: pair
 precision and recall over all pairs and over pairs that involve an edited copy, purity, the
 largest group against its true size, and the same for connected components of the same
@@ -24,30 +25,51 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import RESULTS_DIR, machine_info, write_json
+from encoders.benchmark import PASTED_CSV
 
 SUPPORTS = (0.0, 0.34, 0.5, 0.67)  # star_groups rules scored on the same matches
 
 
+class PeakTreeMemory:
+    """The largest resident bytes of this process and every descendant (the embedded Ray's GCS,
+    raylet, workers and shard actors) seen while the block runs, sampled every ``interval_s``."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        from bench.soak import tree_rss
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(b for b, _ in tree_rss(os.getpid()).values()))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakTreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def stage(collection: Path, out: Path) -> tuple[list[Path], dict[str, str]]:
-    """Symlinks of the refs and the positive queries under ``out``; the true label of each id."""
-    rows = list(csv.DictReader(open(collection / "ground_truth.csv")))
+    """Symlinks of the refs and the kept copies (``_truth``) under ``out``; the true label of
+    each id."""
     for sub in ("refs", "copies"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for ref in sorted((collection / "refs").iterdir()):
-        os.symlink(ref.resolve(), out / "refs" / ref.name)
-        truth[ref.name] = ref.name
-    for r in rows:
-        if r["ref"]:
-            os.symlink((collection / "queries" / r["query"]).resolve(), out / "copies" / r["query"])
-            truth[r["query"]] = r["ref"]
+    truth = _truth(collection)
+    for name, source in truth.items():
+        sub, folder = ("refs", "refs") if name == source else ("copies", "queries")
+        os.symlink((collection / folder / name).resolve(), out / sub / name)
     return [out / "refs", out / "copies"], truth
 
 
@@ -116,9 +138,16 @@ def index_collection(collection: Path, work: Path):
 
 
 def _truth(collection: Path) -> dict[str, str]:
+    """id -> its source: every ref, and every edited copy of a ref except those that show a
+    non-indexed photo another copy shows too (``pasted.csv``): two such copies share that
+    photo's pixels without sharing a source, so neither answer about them would be wrong."""
     truth = {ref.name: ref.name for ref in (collection / "refs").iterdir()}
+    pasted = collection / PASTED_CSV
+    shown = [(r["query"], r["other_photo"]) for r in csv.DictReader(open(pasted))] if pasted.exists() else []
+    uses = Counter(photo for _, photo in shown)
+    shared = {query for query, photo in shown if uses[photo] > 1}
     for r in csv.DictReader(open(collection / "ground_truth.csv")):
-        if r["ref"]:
+        if r["ref"] and r["query"] not in shared:
             truth[r["query"]] = r["ref"]
     return truth
 
@@ -129,8 +158,9 @@ def quality(cfg, truth: dict[str, str], min_confidence: float, views: str, work:
     from rayapp.groups import pair_scores, star_groups
     import pyarrow.parquet as pq
     shutil.rmtree(work, ignore_errors=True)  # a fresh job, not a resumed one
-    report = run_dedup(cfg, DedupOptions(out_dir=str(work), min_confidence=min_confidence, views=views,
-                                         progress=False))
+    with PeakTreeMemory() as memory:
+        report = run_dedup(cfg, DedupOptions(out_dir=str(work), min_confidence=min_confidence, views=views,
+                                             progress=False))
     edges = pq.read_table(work / "edges.parquet").to_pylist()
     weighted = [(e["a"], e["b"], _strength(e, report.bits)) for e in edges]
     single = components(weighted)
@@ -139,7 +169,7 @@ def quality(cfg, truth: dict[str, str], min_confidence: float, views: str, work:
     rules = {f"star_support_{sup:g}": star_groups(weighted, pixels, sup) for sup in SUPPORTS}
     return {"images": report.images, "min_confidence": min_confidence, "views": views,
             "matching_pairs": report.edges, "dedup_s": round(report.seconds, 1),
-            "dedup_images_per_s": round(report.images_per_s, 1),
+            "dedup_images_per_s": round(report.images_per_s, 1), "peak_rss_all_processes_bytes": memory.peak,
             "star_groups": {**pair_scores(report.groups, truth), "oversize": _oversize(report.groups, truth)},
             "single_linkage_same_matches": {**pair_scores(single, truth), "oversize": _oversize(single, truth)},
             "rules_same_matches": {name: {**pair_scores(g, truth), "oversize": _oversize(g, truth)}
@@ -169,14 +199,16 @@ def throughput(n: int, work: Path, batch: int = 256) -> dict:
     for s in range(0, n, batch):
         router.search(codes[s:s + batch], 21, vectors=vectors[s:s + batch])
     floor = time.perf_counter() - t0
-    report = run_dedup(cfg, DedupOptions(out_dir=str(work / "synthetic-job"), report=False, batch=batch,
-                                         views="stored"))
+    with PeakTreeMemory() as memory:
+        report = run_dedup(cfg, DedupOptions(out_dir=str(work / "synthetic-job"), report=False, batch=batch,
+                                             views="stored"))
     rss = sum(ray.get([h.stats.remote() for h in shards])[i]["memory_bytes"] for i in range(len(shards)))
     kill_shards(cfg)
     return {"stored_codes": n, "dedup_s": round(report.seconds, 1),
             "dedup_images_per_s": round(report.images_per_s, 1),
             "bare_search_s": round(floor, 1), "bare_search_images_per_s": round(n / floor, 1),
-            "ratio_to_bare_search": round(report.seconds / floor, 2), "shard_memory_bytes": rss}
+            "ratio_to_bare_search": round(report.seconds / floor, 2), "shard_memory_bytes": rss,
+            "peak_rss_all_processes_bytes": memory.peak}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,9 @@ from encoders.decode import iter_image_files, load_image
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
 SUITES = {"own": ALL_FAMILIES, "independent": independent_edits.FAMILIES}
+#: Which non-indexed photo each composite query shows (pasted around or over its copy): two
+#: copies that show the same one share content without sharing a source.
+PASTED_CSV = "pasted.csv"
 
 
 def source_files(originals: str | Path | list, subset: str | None = None) -> list[Path]:
@@ -39,17 +42,31 @@ def source_files(originals: str | Path | list, subset: str | None = None) -> lis
     return files
 
 
+class _TakenFrom(list):
+    """The pool of other photos, remembering which of them edits took (``taken``: indices)."""
+
+    def __init__(self, items: list):
+        super().__init__(items)
+        self.taken: list[int] = []
+
+    def __getitem__(self, i):
+        self.taken.append(i)
+        return super().__getitem__(i)
+
+
 def _editor(suite: str, pool: list[Path]):
-    """fn(source path, family, rng) -> edited PIL image, for the named suite."""
+    """fn(source path, family, rng) -> (edited PIL image, names of the pool photos it shows),
+    for the named suite."""
     if suite == "own":
-        return lambda src, fam, rng: apply_family(fam, load_image(src), rng, strength=1.0)
+        return lambda src, fam, rng: (apply_family(fam, load_image(src), rng, strength=1.0), [])
     if suite != "independent":
         raise ValueError(f"unknown edit suite {suite!r}; choose from {list(SUITES)}")
-    others = [np.asarray(load_image(p)) for p in pool]
+    others = _TakenFrom([np.asarray(load_image(p)) for p in pool])
 
-    def edit(src: Path, fam: str, rng: np.random.Generator) -> Image.Image:
+    def edit(src: Path, fam: str, rng: np.random.Generator) -> tuple[Image.Image, list[str]]:
+        others.taken.clear()
         out, _ = independent_edits.apply(fam, np.asarray(load_image(src)), rng, others)
-        return Image.fromarray(out)
+        return Image.fromarray(out), [pool[i].name for i in others.taken]
     return edit
 
 
@@ -86,15 +103,15 @@ def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_ref
     rng.shuffle(fam_order)
     sources = [(refs[i % len(refs)], fam) for i, fam in enumerate(fam_order)]
     sources += [(f, families[int(rng.integers(0, len(families)))]) for f in negatives]
-    rows = []
+    rows, shown = [], []
     for j, (src, fam) in enumerate(sources):
         qname = f"q{j:05d}.jpg"
-        edit(src, fam, rng).save(out / "queries" / qname, quality=95)
+        image, others = edit(src, fam, rng)
+        image.save(out / "queries" / qname, quality=95)
         rows.append((qname, ref_names.get(src, ""), fam))
-    with open(out / "ground_truth.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["query", "ref", "family"])
-        w.writerows(rows)
+        shown += [(qname, name) for name in others]
+    _write_csv(out / "ground_truth.csv", ["query", "ref", "family"], rows)
+    _write_csv(out / PASTED_CSV, ["query", "other_photo"], shown)
     dirs = originals_dir if isinstance(originals_dir, (list, tuple)) else [originals_dir]
     info = {"originals": [str(d) for d in dirs], "subset": subset, "suite": suite,
             "refs": len(refs) + len(distractors), "queried_refs": len(refs),
@@ -102,6 +119,13 @@ def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_ref
             "negative_queries": len(negatives), "families": list(families), "seed": seed}
     (out / "benchmark.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
 
 
 def read_ground_truth(path: str | Path) -> list[tuple[str, str, str]]:

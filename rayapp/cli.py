@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from encoders.base import RANK_MODES
 from encoders.tta import TTA_MODES
 from rayapp.config import Config, load_config
+from rayapp.dedup_options import job_options
 from rayapp.ingest import list_files
 from rayapp.ingest import main as index_command
 
@@ -155,20 +156,9 @@ def _print_hits(path: str, answer, as_json: bool) -> None:
 @cli.command()
 @click.argument("paths", nargs=-1)
 @click.option("--index-dir", default=None, help="Deduplicate this index (else index PATHS into a temporary one).")
-@click.option("--out", "out_dir", default="neardup-dedup", show_default=True,
-              help="Where edges.parquet, groups.parquet, groups.csv and report.html go.")
-@click.option("--min-confidence", default=0.99, show_default=True, type=click.FloatRange(0, 1),
-              help="Keep matches at least this likely to be copies (calibrated precision).")
-@click.option("--radius", default=None, type=int,
-              help="Encoders without a confidence curve: matches within this many bits (default: the encoder's).")
-@click.option("--views", default="full", show_default=True, type=click.Choice(["full", "stored"]),
-              help="full: read each image again and search all its query views; stored: its stored record only.")
-@click.option("--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="Matches looked at per image.")
-@click.option("--batch", default=256, show_default=True, type=click.IntRange(1, 10_000), help="Images per task.")
+@job_options
 @click.option("--encoder", default=None, help="With PATHS: the encoder (default: deephash).")
 @click.option("--weights", default=None, help="With PATHS: a local weights file.")
-@click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
 def dedup(paths, index_dir, out_dir, min_confidence, views, radius, k, batch, encoder, weights, address,
           quiet) -> None:
     """Group the near-duplicates of an index, or of PATHS, into star groups with a copy to keep;

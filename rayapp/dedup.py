@@ -35,6 +35,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from rayapp.config import Config, load_config
+from rayapp.dedup_options import job_options
 from rayapp.dedup_pages import EDGE_SCHEMA, IMAGE_SCHEMA, DedupOptions, load_plan, read_parts, run_pages
 from rayapp.groups import Group, star_groups
 from rayapp.report import write_report
@@ -198,17 +199,7 @@ def plot_duplicates(duplicates: dict[str, list[tuple[str, float]]], image_dir: s
 
 @click.command(name="dedup")
 @click.option("--index-dir", required=True, help="Index built by `neardup index`.")
-@click.option("--out", "out_dir", default="neardup-dedup", show_default=True,
-              help="Where edges.parquet, groups.parquet, groups.csv and report.html go.")
-@click.option("--min-confidence", default=0.99, show_default=True, type=click.FloatRange(0, 1),
-              help="Keep matches at least this likely to be copies (calibrated precision).")
-@click.option("--radius", default=None, type=int, help="Uncalibrated encoders: matches within this many bits.")
-@click.option("--views", default="full", show_default=True, type=click.Choice(["full", "stored"]),
-              help="full: read each image again and search all its query views; stored: its stored record only.")
-@click.option("--k", default=20, show_default=True, type=click.IntRange(1, 1000), help="Matches looked at per image.")
-@click.option("--batch", default=256, show_default=True, type=click.IntRange(1, 10_000), help="Images per task.")
-@click.option("--address", default=None, help="Ray address of a running cluster (default: embedded).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@job_options
 def main(index_dir, out_dir, min_confidence, radius, views, k, batch, address, quiet) -> None:
     """Deduplicate a whole index as a Ray job (resumable; see rayapp.dedup)."""
     from rayapp.cluster import ensure_shards, init_ray, read_index_meta

@@ -262,3 +262,15 @@ def test_serve_load_smoke_against_a_real_server(tmp_path):
         assert step["ratio"]["p50_ms"] > 0
         assert cfg["modes"][mode]["light_load"]["rate"] == step["rate"]
     assert path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dedup_bench_leaves_out_copies_that_show_the_same_pasted_photo(tmp_path):
+    from bench.dedup import _truth
+    (tmp_path / "refs").mkdir()
+    for name in ("r1.jpg", "r2.jpg"):
+        (tmp_path / "refs" / name).write_bytes(b"")
+    (tmp_path / "ground_truth.csv").write_text(
+        "query,ref,family\nq1.jpg,r1.jpg,paste_into\nq2.jpg,r2.jpg,overlay\nq3.jpg,r1.jpg,overlay\n"
+        "q4.jpg,r2.jpg,jpeg\nq5.jpg,,paste_into\n")
+    (tmp_path / "pasted.csv").write_text("query,other_photo\nq1.jpg,n1.jpg\nq2.jpg,n1.jpg\nq3.jpg,n2.jpg\n")
+    assert _truth(tmp_path) == {"r1.jpg": "r1.jpg", "r2.jpg": "r2.jpg", "q3.jpg": "r1.jpg", "q4.jpg": "r2.jpg"}

@@ -4,6 +4,7 @@ both suites side by side on a tiny benchmark."""
 from __future__ import annotations
 
 import ast
+import csv
 import json
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def test_eval_scores_both_suites_side_by_side(tmp_path):
     assert set(report["suites"]) == {"own", "independent"}
     ind = report["suites"]["independent"]
     assert ind["benchmark"]["suite"] == "independent" and ind["benchmark"]["positive_queries"] == fams
+    gt = {r["query"]: r["family"] for r in csv.DictReader(open(tmp_path / "bench/independent/ground_truth.csv"))}
+    pasted = list(csv.DictReader(open(tmp_path / "bench/independent/pasted.csv")))
+    assert {gt[r["query"]] for r in pasted} >= {"paste_into", "overlay"}  # the photo each one shows
     deep = ind["results"]["deephash:tta=flip_turns,verify=0"]
     assert set(deep["per_family_recall@1"]) == set(independent_edits.FAMILIES)
     assert "rot180" in deep["views"] and "flip+rot180" in deep["views"]
