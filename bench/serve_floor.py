@@ -15,6 +15,8 @@ import ray
 from ray import serve
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from rayapp.serve import DRAIN_CHECK_S
+
 FLOOR_APP = "neardup-floor"
 FLOOR_PREFIX = "/floor"
 
@@ -27,9 +29,9 @@ class NoOpShard:
         return []
 
 
-# drain checks as often as the product's replicas (rayapp.serve.DRAIN_CHECK_S), so removing it is quick
+# drain checks as often as the product's replicas, so removing it is quick
 @serve.deployment(name="Floor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0},
-                  graceful_shutdown_wait_loop_s=0.2)
+                  graceful_shutdown_wait_loop_s=DRAIN_CHECK_S)
 class FloorIngress:
     """Reads the body, fans a code out to every no-op actor, answers with an empty result."""
 

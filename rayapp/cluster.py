@@ -109,11 +109,27 @@ def uses_shard_resource(cfg: Config) -> bool:
 
 
 def read_index_meta(index_dir: str | Path) -> dict | None:
-    """An index's ``neardup.json`` (encoder, bits, widths, shard count), or None if there is no
-    readable one."""
+    """An index's ``neardup.json`` (encoder, bits, widths, shard count), or None where there is
+    none. One that cannot be read is a ValueError naming it, never None: a damaged index must
+    not look like a missing one, which ``index_meta`` would create afresh over it."""
+    path = Path(index_dir).expanduser() / INDEX_META
+    if not path.is_file():
+        return None
     try:
-        return json.loads((Path(index_dir).expanduser() / INDEX_META).read_text())
-    except (OSError, ValueError):
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable index metadata ({exc})") from None
+
+
+def known_bits(cfg: Config) -> int | None:
+    """The code width from the config or an existing index's metadata, so a caller (the Serve
+    ingress) need not load the encoder to learn it; None where neither says, or the metadata
+    cannot be read (``index_meta`` reports that)."""
+    if cfg.storage.bits:
+        return cfg.storage.bits
+    try:
+        return (read_index_meta(cfg.storage.index_dir) or {}).get("bits")
+    except ValueError:
         return None
 
 
@@ -131,7 +147,7 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
     """
     path = Path(cfg.storage.index_dir).expanduser() / INDEX_META
     want = {"encoder": cfg.encoder.name, "bits": bits}
-    have = read_index_meta(path.parent) if path.is_file() else None
+    have = read_index_meta(path.parent)
     if have is not None:
         for key, value in want.items():
             if have.get(key) != value:

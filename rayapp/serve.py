@@ -51,13 +51,6 @@ def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def _known_bits(cfg: Config) -> int | None:
-    """Bits from the config or an existing index's neardup.json, to avoid loading the encoder."""
-    from rayapp.cluster import read_index_meta
-    meta = read_index_meta(cfg.storage.index_dir) or {}
-    return cfg.storage.bits or meta.get("bits")
-
-
 async def _awaitable(response):
     return await response
 
@@ -88,10 +81,10 @@ class Ingress:
     """HTTP API (see DESIGN.md): validates, encodes via the Encoder deployment, routes to shards."""
 
     def __init__(self, cfg: Config, encoder: DeploymentHandle):
-        from rayapp.cluster import ensure_shards
+        from rayapp.cluster import ensure_shards, known_bits
         self.cfg = cfg
         self.encoder = encoder
-        self.router = ShardRouter(ensure_shards(cfg, bits=_known_bits(cfg)),
+        self.router = ShardRouter(ensure_shards(cfg, bits=known_bits(cfg)),
                                   timeout_s=cfg.serve.shard_timeout_s,
                                   resolver=partial(_lookup_shard, cfg.storage.namespace),
                                   ref_views=len(cfg.storage.ref_views),

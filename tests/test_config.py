@@ -68,6 +68,18 @@ def test_an_index_of_another_model_says_it_needs_reindexing(tmp_path):
     assert index_meta(cfg, 128)["model"] == model_id(cfg)
 
 
+def test_a_damaged_index_metadata_file_is_reported_not_replaced(tmp_path):
+    from rayapp.cluster import index_meta, known_bits, read_index_meta
+    cfg = load_config(env={}, overrides={"storage": {"index_dir": str(tmp_path)}})
+    assert read_index_meta(tmp_path) is None and known_bits(cfg) is None  # no index yet
+    meta = tmp_path / "neardup.json"
+    meta.write_text('{"encoder": "deephash", "bi')
+    with pytest.raises(ValueError, match="unreadable index metadata"):
+        index_meta(cfg, 128)
+    assert meta.read_text() == '{"encoder": "deephash", "bi'
+    assert known_bits(cfg) is None
+
+
 def test_bad_values_are_named_together(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("query: {tta: sideways, flip_cost: -1, verify: many}\n"
