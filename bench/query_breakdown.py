@@ -109,7 +109,7 @@ class TimedPath:
         torch.set_num_threads(threads)
         self.cfg = load_config(None, overrides={"storage": {"index_dir": index_dir}})
         e = self.cfg.encoder
-        self.encoder = get_encoder(e.name, weights=e.weights, device="cpu")
+        self.encoder = get_encoder(e.name, weights=e.weights, device="cpu", runtime=e.runtime)
         self.shards = get_shards(self.cfg)
         self.router = ShardRouter(self.shards, timeout_s=self.cfg.serve.shard_timeout_s,
                                   ref_views=len(self.cfg.storage.ref_views),

@@ -85,6 +85,9 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 RANK_MODES = ("vector", "weighted", "hamming")
+#: How a learned encoder's network runs: ``torch`` (eager), ``onnx`` (ONNX Runtime, CPU only,
+#: ``encoders.onnx_cpu``), or ``auto``: ONNX Runtime on CPU where it is installed.
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 def check_rank(mode: str) -> str:

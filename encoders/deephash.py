@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.base import Encoder, pack_bits
+from encoders.base import RUNTIMES, Encoder, pack_bits
 from encoders.dct_hash import dct_hash
 from encoders.registry import register
 from encoders.tta import check_mode
@@ -247,6 +247,19 @@ def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Pat
 
 
 # ---------------------------------------------------------------- encoder
+def _runtime(runtime: str, device: torch.device) -> str:
+    from encoders import onnx_cpu
+    if runtime == "torch" or device.type != "cpu":
+        if runtime == "onnx":
+            raise ValueError(f"runtime onnx runs on CPU only, not on {device}")
+        return "torch"
+    if onnx_cpu.available():
+        return "onnx"
+    if runtime == "onnx":
+        raise ValueError("runtime onnx needs the onnxruntime and onnx packages")
+    return "torch"
+
+
 def _device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -263,10 +276,14 @@ class DeepHashEncoder(Encoder):
 
     def __init__(self, model: DeepHashNet, input_size: int = DEFAULT_INPUT_SIZE, device: str = "auto",
                  tta: str = "none", batch_size: int = 64, weights_path: str | None = None,
-                 side_hash: bool = True):
+                 side_hash: bool = True, runtime: str = "torch"):
         check_mode(tta)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
         self.side_hash = bool(side_hash)
         self.device = _device(device)
+        self.runtime = _runtime(runtime, self.device)
+        self._onnx = None  # exported on first use, so a build for info() costs nothing
         self.model = model.eval().to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -289,6 +306,11 @@ class DeepHashEncoder(Encoder):
 
     @torch.inference_mode()
     def _logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.runtime == "onnx":
+            if self._onnx is None:
+                from encoders.onnx_cpu import OnnxLogits
+                self._onnx = OnnxLogits(self.model, self.input_size)
+            return self._onnx(batch) if len(batch) else np.zeros((0, self.bits), np.float32)
         out = []
         for i in range(0, len(batch), self.batch_size):
             x = self._to_tensor(batch[i:i + self.batch_size])
@@ -325,14 +347,16 @@ class DeepHashEncoder(Encoder):
 
     def info(self) -> dict:
         return {**super().info(), "backbone": self.model.backbone_name, "tta": self.tta,
-                "device": str(self.device), "weights": self.weights_path}
+                "device": str(self.device), "runtime": self.runtime, "weights": self.weights_path}
 
 
 @register("deephash")
 def build_deephash(weights: str | Path | None = None, backbone: str | None = None, bits: int | None = None,
-                   device: str = "auto", tta: str = "none", **kwargs) -> DeepHashEncoder:
+                   device: str = "auto", tta: str = "none", runtime: str = "auto",
+                   **kwargs) -> DeepHashEncoder:
     """Load deephash from ``weights`` (a local safetensors path) or the bundled file;
-    ``side_hash=0`` leaves the DCT hash out of its side vectors."""
+    ``side_hash=0`` leaves the DCT hash out of its side vectors; ``runtime`` (``RUNTIMES``)
+    picks eager PyTorch or ONNX Runtime on CPU."""
     path = Path(weights) if weights is not None else bundled_weights(backbone, bits)
     model, meta = load_model(path)
     if backbone is not None and Backbone.parse(backbone).value != meta["backbone"]:
@@ -342,4 +366,4 @@ def build_deephash(weights: str | Path | None = None, backbone: str | None = Non
     side_hash = str(kwargs.get("side_hash", True)).lower() not in ("0", "false", "off", "no")
     return DeepHashEncoder(model, int(meta["input_size"]), device=device, tta=tta,
                            batch_size=int(kwargs.get("batch_size", 64)), weights_path=str(path),
-                           side_hash=side_hash)
+                           side_hash=side_hash, runtime=runtime)

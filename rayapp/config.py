@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import yaml
 
-from encoders.base import RANK_MODES
+from encoders.base import RANK_MODES, RUNTIMES
 from encoders.registry import DEFAULT_ENCODER
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, OUTSIDE_COST,
                           REF_VIEW_COST, REF_VIEWS, ROT_COST, TTA_MODES, UPRIGHT_COST, costs)
@@ -71,6 +71,9 @@ class EncoderConfig:
     device: str = _value("auto", _rule(lambda v: v in ("auto", "cpu") or v.startswith("cuda"),
                                        "auto, cpu or cuda[:N]"))
     num_replicas: int = _value(1, _at_least(1))  # encoder actors (ingest) / replicas (serve)
+    runtime: str = _value("auto", _one_of(*RUNTIMES))  # deephash: torch | onnx | auto (onnx on CPU)
+    # serve: encode inside the Ingress replica or in a deployment of its own (auto: own if GPU)
+    placement: str = _value("auto", _one_of("auto", "ingress", "replica"))
     max_pixels: int = _value(50_000_000, _at_least(1))  # decompression-bomb cap
 
 

@@ -1,9 +1,14 @@
-"""The Encoder deployment: decodes untrusted image bytes in threads and encodes arrays in
-dynamic batches (``serve.batch``), on a GPU when the cluster has one (``use_gpu``).
+"""The encoder behind the HTTP API: decodes untrusted image bytes in threads and encodes each
+request's views in one forward pass, requests batched together (``serve.batch``).
 
-One replica answers every image request the ingress (``rayapp.serve``) gets: a query's views
-(``encoders.tta.query_variants``) and keypoints, or a stored image's code, side vector,
-reference views and keypoints.
+:class:`ImageEncoder` answers every image request the ingress (``rayapp.serve``) gets: a
+query's views (``encoders.tta.query_variants``) and keypoints, or a stored image's code, side
+vector, reference views and keypoints. It runs in one of two places (``encoder.placement``):
+
+- ``ingress``: inside each Ingress replica, so an image query makes no Ray hop to be encoded
+  and a small install runs one process fewer (the default without a GPU);
+- ``replica``: as its own deployment (:class:`EncoderDeployment`), which can hold a GPU and
+  scale apart from the ingress (the default when the cluster has a GPU).
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ from rayapp.config import Config
 from rayapp.http import decode_status
 
 CPU_ONLY_ENCODERS = frozenset({"pdq", "phash"})  # classical hashes never use a GPU
-BATCH_WAIT_S = 0.002  # a query's views arrive together; waiting longer only adds to its latency
+#: A request's views are one batch item, so no wait is needed to gather them; requests that
+#: arrive while a forward pass runs are taken together by the next one.
+BATCH_WAIT_S = 0.0
 
 
 def _warm_up_png() -> bytes:
@@ -38,14 +45,16 @@ def _warm_up_png() -> bytes:
 WARM_UP_IMAGE = _warm_up_png()
 
 
-@serve.deployment(name="Encoder", max_ongoing_requests=128)
-class EncoderDeployment:
-    """Holds one encoder; decodes bytes in threads and encodes arrays in dynamic batches."""
+class ImageEncoder:
+    """Holds one encoder; decodes bytes in threads and encodes requests in dynamic batches.
+
+    Must be built inside a Serve replica (``serve.batch`` reads the replica's settings).
+    """
 
     def __init__(self, cfg: Config):
         from encoders.registry import get_encoder
         self.encoder = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights,
-                                   device=cfg.encoder.device)
+                                   device=cfg.encoder.device, runtime=cfg.encoder.runtime)
         # cfg was validated by build_app (rayapp.config.Config.validate)
         self.tta, self.rank = cfg.query.tta, cfg.query.rank
         self.content = bool(cfg.query.content)
@@ -53,7 +62,7 @@ class EncoderDeployment:
         self.max_pixels = int(cfg.encoder.max_pixels)
         self.verify = int(cfg.query.verify)         # queries: keypoints to verify hits
         self.keypoints = bool(cfg.storage.keypoints)  # stored images: keypoints to keep
-        self.encode_arrays.set_max_batch_size(int(cfg.encoder.batch_size))
+        self.encode_stacks.set_max_batch_size(int(cfg.encoder.batch_size))
 
     def info(self) -> dict:
         """Encoder name, bits, input size, the query-time TTA mode and ranking."""
@@ -72,7 +81,7 @@ class EncoderDeployment:
         and ``"views"`` maps each configured reference view to that crop's (code, vector).
         ``"keypoints"`` holds the image's packed keypoints (``encoders.keypoints``) to store it
         (``shards.keypoints``) or to verify a query's hits (``encoder.verify``), else None.
-        Every array goes through the same dynamic batcher.
+        All of a request's arrays go through the dynamic batcher as one item.
         """
         try:
             img, arrays, names = await asyncio.to_thread(self._views, data, query, store)
@@ -81,7 +90,7 @@ class EncoderDeployment:
         # keypoints (OpenCV) are found in another thread while the views are encoded (torch):
         # both release the GIL, so on two cores the query waits for the longer, not the sum
         found = asyncio.ensure_future(asyncio.to_thread(self._keypoints, img, query, store))
-        parts = await asyncio.gather(*(self.encode_arrays(v[0]) for v in arrays))
+        parts = await self.encode_stacks(np.concatenate(arrays))
         keypoints = await found
         if not query:
             if not store:
@@ -116,13 +125,29 @@ class EncoderDeployment:
         return extract_query(img) if query else extract_keypoints(img)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def encode_arrays(self, arrays: list[np.ndarray]) -> list[tuple]:
-        """Batched: preprocessed uint8 arrays -> (packed code, bit confidences or None, int8 side
-        vector or None) each."""
-        codes, weights, vectors = await asyncio.to_thread(self.encoder.encode_vectors, np.stack(arrays))
+    async def encode_stacks(self, stacks: list[np.ndarray]) -> list[list[tuple]]:
+        """Batched: each request's (n, ...) preprocessed uint8 arrays -> a list of (packed code,
+        bit confidences or None, int8 side vector or None), one per array, in one forward pass."""
+        codes, weights, vectors = await asyncio.to_thread(self.encoder.encode_vectors,
+                                                          np.concatenate(stacks))
         n = len(codes)
-        return list(zip(codes, [None] * n if weights is None else weights,
+        rows = list(zip(codes, [None] * n if weights is None else weights,
                         [None] * n if vectors is None else vectors))
+        ends = np.cumsum([len(s) for s in stacks])
+        return [rows[end - len(s):end] for s, end in zip(stacks, ends)]
+
+
+@serve.deployment(name="Encoder", max_ongoing_requests=128)
+class EncoderDeployment(ImageEncoder):
+    """The encoder as its own deployment (``encoder.placement: replica``)."""
+
+
+def in_ingress(cfg: Config) -> bool:
+    """Whether the encoder runs inside the Ingress replica (``encoder.placement``; auto: unless
+    the encoder uses a GPU, which a replica of its own holds)."""
+    if cfg.encoder.placement != "auto":
+        return cfg.encoder.placement == "ingress"
+    return not use_gpu(cfg)
 
 
 def use_gpu(cfg: Config) -> bool:

@@ -110,9 +110,9 @@ def load_done_ids(manifest_dir: str) -> set[str]:
 class EncodeActor(BatchEncoder):
     """Ray Data actor: holds one encoder (on GPU when given one) and encodes batches."""
 
-    def __init__(self, name: str, weights: str | None, device: str):
+    def __init__(self, name: str, weights: str | None, device: str, runtime: str = "auto"):
         from encoders.registry import get_encoder
-        super().__init__(get_encoder(name, weights=weights, device=device))
+        super().__init__(get_encoder(name, weights=weights, device=device, runtime=runtime))
 
 
 class ShardWriter:
@@ -167,7 +167,7 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
                                    "keypoints": bool(cfg.storage.keypoints)})
     ds = ds.map_batches(EncodeActor, batch_size=opts.batch_size,
                         fn_constructor_args=(cfg.encoder.name, cfg.encoder.weights,
-                                             "cuda" if gpu else "cpu"),
+                                             "cuda" if gpu else "cpu", cfg.encoder.runtime),
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, opts.encoders)),
                         **({"num_gpus": 1} if gpu else {"num_cpus": 1}))
     ds = ds.map_batches(ShardWriter, batch_size=opts.batch_size, num_cpus=0,

@@ -3,8 +3,8 @@
     serve run rayapp.serve:app          # config from $NEARDUP_CONFIG (YAML) and NEARDUP_* env
     neardup serve --index-dir DIR       # the CLI calls rayapp.lifecycle.run_server()
 
-``Ingress`` validates requests, asks the Encoder deployment (``rayapp.encoder_deployment``)
-for codes and answers queries through one :class:`rayapp.searcher.Searcher` over the shard
+``Ingress`` validates requests, gets codes from the encoder (``rayapp.encoder_deployment``:
+in its own process, or a deployment of its own when that holds a GPU) and answers queries through one :class:`rayapp.searcher.Searcher` over the shard
 router. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx status, never a traceback
 (``rayapp.api``).
 """
@@ -29,7 +29,8 @@ from encoders.base import code_to_hex, hex_to_code
 from rayapp import metrics
 from rayapp.api import api, version
 from rayapp.config import Config, load_config
-from rayapp.encoder_deployment import WARM_UP_IMAGE, EncoderDeployment, use_gpu
+from rayapp.encoder_deployment import (WARM_UP_IMAGE, EncoderDeployment, ImageEncoder, in_ingress,
+                                       use_gpu)
 from rayapp.http import (HASH_BODY, ITEMS_BODY, SEARCH_BODY, ApiError, Item, RateLimiter, bool_param,
                          check_bearer, check_id, error_response, float_param, int_param,
                          parse_request)
@@ -49,10 +50,6 @@ DRAIN_CHECK_S = 0.2
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
-
-
-async def _awaitable(response):
-    return await response
 
 
 def _lookup_shard(namespace: str, i: int):
@@ -78,12 +75,14 @@ def _answer_code(answer: dict, where: str) -> np.ndarray:
 @serve.deployment(name="Ingress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Ingress:
-    """HTTP API (see DESIGN.md): validates, encodes via the Encoder deployment, routes to shards."""
+    """HTTP API (DESIGN.md): validates, encodes (here, or by the Encoder deployment's handle
+    when given one), routes to shards."""
 
-    def __init__(self, cfg: Config, encoder: DeploymentHandle):
+    def __init__(self, cfg: Config, encoder: DeploymentHandle | None = None):
         from rayapp.cluster import ensure_shards, known_bits
         self.cfg = cfg
         self.encoder = encoder
+        self.local_encoder = ImageEncoder(cfg) if encoder is None else None
         self.router = ShardRouter(ensure_shards(cfg, bits=known_bits(cfg)),
                                   timeout_s=cfg.serve.shard_timeout_s,
                                   resolver=partial(_lookup_shard, cfg.storage.namespace),
@@ -110,9 +109,12 @@ class Ingress:
         check_bearer(request.headers.get("authorization", ""), [t for t in needed if t])
 
     async def _encoder_call(self, method: str, *args):
+        if self.local_encoder is not None:
+            answer = getattr(self.local_encoder, method)(*args)
+            return await answer if asyncio.iscoroutine(answer) else answer
         try:
-            return await asyncio.wait_for(_awaitable(getattr(self.encoder, method).remote(*args)),
-                                          ENCODER_TIMEOUT_S)
+            call = getattr(self.encoder, method).remote(*args)
+            return await asyncio.wait_for(asyncio.ensure_future(call), ENCODER_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise ApiError(503, f"encoder did not answer within {ENCODER_TIMEOUT_S:g}s",
                            "encoder_timeout") from None
@@ -122,7 +124,8 @@ class Ingress:
 
     async def encoder_info(self) -> dict:
         if self._info is None:
-            self._info = await self._encoder_call("info")
+            where = "ingress" if self.local_encoder is not None else "replica"
+            self._info = {**await self._encoder_call("info"), "placement": where}
         return self._info
 
     async def _codes(self, items: list[Item], stored: dict | None = None) -> np.ndarray:
@@ -347,12 +350,16 @@ class Ingress:
 # application
 # ---------------------------------------------------------------------------------------
 def build_app(cfg: Config) -> serve.Application:
-    """Bind Encoder + Ingress for ``cfg`` (validated here, so a bad value fails before any
-    replica starts). Starts nothing: Serve builds it on ``serve.run``."""
+    """Bind the Ingress (and the Encoder deployment, if apart) for ``cfg``, validated here so a
+    bad value fails before any replica starts. Starts nothing: Serve builds it on ``serve.run``."""
     cfg = copy.deepcopy(cfg).validate()
     cfg.storage.index_dir = str(Path(cfg.storage.index_dir).expanduser().resolve())
     if cfg.encoder.weights:
         cfg.encoder.weights = str(Path(cfg.encoder.weights).expanduser().resolve())
+    if in_ingress(cfg):  # the ingress encodes: it takes the encoder's core and its replica count
+        return Ingress.options(num_replicas=int(cfg.encoder.num_replicas),
+                               ray_actor_options={"num_cpus": 1},
+                               graceful_shutdown_wait_loop_s=DRAIN_CHECK_S).bind(cfg)
     gpu = use_gpu(cfg)
     encoder = EncoderDeployment.options(
         num_replicas=int(cfg.encoder.num_replicas),

@@ -274,3 +274,14 @@ def test_dedup_bench_leaves_out_copies_that_show_the_same_pasted_photo(tmp_path)
         "q4.jpg,r2.jpg,jpeg\nq5.jpg,,paste_into\n")
     (tmp_path / "pasted.csv").write_text("query,other_photo\nq1.jpg,n1.jpg\nq2.jpg,n1.jpg\nq3.jpg,n2.jpg\n")
     assert _truth(tmp_path) == {"r1.jpg": "r1.jpg", "r2.jpg": "r2.jpg", "q3.jpg": "r1.jpg", "q4.jpg": "r2.jpg"}
+
+
+@pytest.mark.skipif(not __import__("encoders.onnx_cpu", fromlist=["x"]).available(),
+                    reason="onnxruntime and onnx are not installed")
+def test_encoder_runtime_bench_compares_both_runtimes(tmp_path):
+    from bench import encoder_runtime
+    out = tmp_path / "runtime.json"
+    assert encoder_runtime.main(["--repeats", "3", "--rounds", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["runtimes"]) == {"torch", "onnx"} and set(result["ratio_onnx_to_torch_ms"]) == {"1", "8", "64"}
+    assert result["agreement"]["images"] == 64 and result["agreement"]["max_bit_flips"] <= 1

@@ -285,3 +285,21 @@ def test_faded_and_upside_down_copies_are_closer_than_unrelated_photos(tmp_path,
     own = np.diag(d)
     others = np.where(np.eye(len(d), dtype=bool), np.inf, d).min(axis=1)
     assert (own < others).mean() >= 0.9, (edit, own.round(2), others.round(2))
+
+
+@pytest.mark.skipif(not __import__("encoders.onnx_cpu", fromlist=["x"]).available(),
+                    reason="onnxruntime and onnx are not installed")
+def test_onnx_runtime_gives_the_eager_codes_and_vectors(photo_dir):
+    """The bundled weights through ONNX Runtime (the CPU default) and through eager PyTorch
+    encode real photos and their edits alike: codes within a bit, side vectors within a step."""
+    fast, eager = build_deephash(device="cpu"), build_deephash(device="cpu", runtime="torch")
+    assert fast.runtime == "onnx" and eager.runtime == "torch" and fast.info()["runtime"] == "onnx"
+    photos = [load_image(p) for p in sorted(photo_dir.glob("*.jpg"))[:8]]
+    edited = [apply_family(["rotate", "fade", "screenshot", "combo_crop_text_jpeg"][i % 4], im, np.random.default_rng(i)) for i, im in enumerate(photos)]
+    batch = np.stack([fast.preprocess(im) for im in photos + edited])
+    (c1, w1, v1), (c2, w2, v2) = fast.encode_vectors(batch), eager.encode_vectors(batch)
+    assert np.diag(hamming(c1, c2)).max() <= 1
+    assert np.abs(v1.astype(int) - v2.astype(int)).max() <= 1
+    np.testing.assert_allclose(w1, w2, atol=1e-3)
+    with pytest.raises(ValueError, match="runtime"):
+        build_deephash(device="cpu", runtime="tensorrt")

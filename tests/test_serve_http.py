@@ -95,6 +95,7 @@ def test_healthz_and_status(server):
     assert client.get("/readyz").json() == {"status": "ready"}  # run_server waited for it
     status = client.get("/v1/status").json()
     assert status["encoder"]["encoder"] == "pdq" and status["encoder"]["bits"] == 256
+    assert status["encoder"]["placement"] == "ingress"  # no GPU: the ingress encodes, no hop
     assert status["partial"] is False and status["missing_shards"] == []
     assert [s["id"] for s in status["shards"]] == [0, 1]
     for shard in status["shards"]:

@@ -4,7 +4,7 @@ over HTTP.
 Photos: the bundled CC0 samples. With ``encoder.tta = flip_rot90`` the API also searches the
 query's mirrored and 90/270-degree rotated variants and keeps each id's best rank (a turned or
 mirrored match pays a small prior cost), so rotated and mirrored copies come back near and say
-which variant matched; an image query is ranked by weighted Hamming distance (its bit
+which variant matched (here through an Encoder deployment of its own); an image query is ranked by weighted Hamming distance (its bit
 confidences); a hex-code query (no pixels) is searched as is, by Hamming distance.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").gl
 def client(ray_local, tmp_path_factory):
     cfg = Config()
     cfg.query.tta = "flip_rot90"
+    cfg.encoder.placement = "replica"  # the Encoder deployment of its own (test_serve_http: in the ingress)
     cfg.storage.index_dir = str(tmp_path_factory.mktemp("index"))
     cfg.storage.namespace = f"neardup-tta-{uuid.uuid4().hex[:8]}"
     cfg.serve.port = free_port()
@@ -53,6 +54,7 @@ def _search(client: httpx.Client, data: bytes) -> dict:
 def test_rotated_and_mirrored_copies_are_found_with_tta(client):
     encoder = client.get("/v1/status").json()["encoder"]
     assert encoder["tta"] == "flip_rot90" and encoder["rank"] == "vector"
+    assert encoder["placement"] == "replica"
     assert encoder["vector_bytes"] == get_encoder("deephash").vector_bytes  # the index keeps a side vector per code
     photos = {f"p{i}": Image.open(path).convert("RGB") for i, path in enumerate(SAMPLES[:12])}
     for pid, img in photos.items():
