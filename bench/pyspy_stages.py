@@ -31,7 +31,8 @@ ROLES = {"proxy": "ray::ProxyActor", "ingress": "ray::ServeReplica:neardup:Ingre
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("decode", ("encoder",), ("load_image (encoders/decode.py",)),
     ("keypoints", ("encoder",), ("encoders/keypoints.py",)),
-    ("encode", ("encoder",), ("encode_vectors (", "encode_arrays (", "encoders/deephash.py")),
+    ("encode", ("encoder",), ("encode_vectors (", "encode_stacks (", "encoders/deephash.py",
+                              "encoders/onnx_cpu.py")),
     ("views", ("encoder",), ("encoders/",)),
     ("shard search", ("shard",), ("ShardActor.search (shards/actor.py", "ShardActor._score (")),
     ("verification", ("shard",), ("ShardActor.verify (shards/actor.py", "shards/verify.py")),
@@ -50,6 +51,8 @@ IDLE_LEAVES = ("Worker.main_loop (", "Thread.run (threading.py", "_run_router_ev
                "wait (threading.py", "select (", "get (queue.py", "run_forever (", "_run_once (",
                "Server.main_loop (")
 OTHER = "serve/ray other"
+#: a frame of the encoder's own code, wherever it runs
+ENCODER_FRAME = "rayapp/encoder_deployment.py"
 IDLE = "idle"
 
 
@@ -104,6 +107,8 @@ def stage_of(stack: str, role: str) -> str:
         return IDLE
     if role == "proxy":  # Serve's HTTP proxy: parsing, routing to the ingress and back
         return "http proxy"
+    if role == "ingress" and any(ENCODER_FRAME in fr for fr in frames):
+        role = "encoder"  # the ingress encodes itself (encoder.placement: ingress)
     for stage, roles, fragments in RULES:
         if role in roles and any(f in fr for fr in frames for f in fragments):
             return stage

@@ -82,9 +82,10 @@ def profile_server(url: str, images: list[bytes], args, work: Path) -> dict:
 
 
 def encoder_threads(pids: dict[int, str]) -> int:
-    """OMP_NUM_THREADS of the encoder replica (Ray sets it from the replica's CPUs), else 1."""
-    for pid, role in pids.items():
-        if role != "encoder":
+    """OMP_NUM_THREADS of the process that encodes, the encoder replica or the ingress (Ray sets
+    it from the replica's CPUs), else 1."""
+    for pid, role in sorted(pids.items(), key=lambda kv: kv[1] != "encoder"):
+        if role not in ("encoder", "ingress"):
             continue
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -137,21 +138,26 @@ class TimedPath:
         return t
 
     def hops(self, images: list[bytes], n: int) -> dict:
-        """Wall ms of one Ray round trip to a shard (``ping``) and of the encoder replica's whole
-        ``encode_image`` called through its Serve handle (decode to keypoints, one hop)."""
+        """Wall ms of one Ray round trip to a shard (``ping``) and, where the encoder is a
+        replica of its own, of its whole ``encode_image`` through its Serve handle (decode to
+        keypoints, one hop); None where the ingress encodes."""
         import ray
         from ray import serve
-        handle = serve.get_deployment_handle("Encoder", app_name="neardup")
+        try:
+            handle = serve.get_deployment_handle("Encoder", app_name="neardup")
+        except Exception:  # noqa: BLE001 - no Encoder deployment: the ingress encodes
+            handle = None
         ping, call = [], []
         for i in range(WARM_UP + n):
             t0 = time.perf_counter()
             ray.get(self.shards[i % len(self.shards)].ping.remote())
             t1 = time.perf_counter()
-            handle.encode_image.remote(images[i % len(images)], True).result()
+            if handle is not None:
+                handle.encode_image.remote(images[i % len(images)], True).result()
             if i >= WARM_UP:
                 ping.append((t1 - t0) * 1000)
                 call.append((time.perf_counter() - t1) * 1000)
-        return {"shard ping": _pct(ping), "encoder replica call": _pct(call)}
+        return {"shard ping": _pct(ping), "encoder replica call": _pct(call) if handle else None}
 
 
 def _timed(times: dict, name: str, fn, *args):
@@ -219,7 +225,8 @@ def table(result: dict) -> str:
             f"| client: HTTP request to answer | {client['wall']['p50_ms']} | "
             f"{result['served']['cpu_ms_per_query_total']} (all processes) |",
             f"| server: `took_ms` (ingress) | {client['took_ms']['p50_ms']} | |",
-            f"| encoder replica call through Serve (decode to keypoints) | {hops['encoder replica call']['p50_ms']} | |",
+            f"| encoder replica call through Serve (decode to keypoints) | "
+            f"{(hops['encoder replica call'] or {}).get('p50_ms', 'none: the ingress encodes')} | |",
             f"| Ray round trip to a shard (`ping`) | {hops['shard ping']['p50_ms']} | |"]
     names = {"fan-out and shard search": ("fan-out", "shard search"),
              "verification (with its fan-out)": ("verification",)}

@@ -18,8 +18,6 @@ the others hold.
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 from PIL import Image
 
@@ -33,11 +31,12 @@ MIN_AREA, MAX_AREA = 0.10, 0.85  # the rectangle's share of the image
 
 
 def _small(img: Image.Image) -> tuple[np.ndarray, float]:
-    """(H, W, 3) float RGB at SIZE on the long side, and the scale from ``img``."""
+    """(H, W, 3) int16 RGB at SIZE on the long side (steps between pixels stay exact and cheap),
+    and the scale from ``img``."""
     w, h = img.size
     scale = SIZE / max(w, h)
     size = (max(16, round(w * scale)), max(16, round(h * scale)))
-    return np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32), scale
+    return np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.int16), scale
 
 
 def _ridges(rgb: np.ndarray) -> np.ndarray:
@@ -59,22 +58,54 @@ def _peaks(profile: np.ndarray, k: int) -> list[int]:
     return out
 
 
-def _runs(ridge: np.ndarray, lines: list[int]) -> dict[int, np.ndarray]:
-    """Per candidate line inside the image, the running count of rows where it (or a neighbour)
-    is a ridge, so any side's support is one subtraction."""
-    out = {}
-    for x in lines:
+def _runs(ridge: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """Per candidate line, the running count of rows where it (or a neighbour) is a ridge, so
+    any side's support is one subtraction; a line on the image border never breaks a side, so
+    its count runs as if every row were a ridge."""
+    out = np.tile(np.arange(ridge.shape[0] + 1), (len(lines), 1))
+    for i, x in enumerate(lines):
         if 0 <= x < ridge.shape[1]:
             band = ridge[:, max(0, x - 1):x + 2].any(axis=1)
-            out[x] = np.concatenate([[0], np.cumsum(band)])
+            out[i, 1:] = np.cumsum(band)
     return out
 
 
-def _support(runs: dict[int, np.ndarray], line: int, lo: int, hi: int) -> float:
-    """Share of rows lo..hi where ``line`` is a ridge; 1 for a line on the image border."""
-    if line not in runs:
-        return 1.0
-    return float(runs[line][hi] - runs[line][lo]) / max(1, hi - lo)
+def _pairs(lines: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into the sorted distinct ``lines``) of every pair a < b, in ``combinations`` order."""
+    a, b = np.triu_indices(len(lines), k=1)
+    return a, b
+
+
+def _side(runs: np.ndarray, line: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Share of rows lo..hi (broadcast) where each ``line`` (an index into ``runs``) is a ridge."""
+    return (runs[line, hi] - runs[line, lo]) / np.maximum(1, hi - lo)
+
+
+def _best_box(vr: np.ndarray, hr: np.ndarray, xs: list[int], ys: list[int]) -> tuple | None:
+    """The best-scored rectangle over every pair of candidate columns and rows (first of equals
+    in row-major order of (column pair, row pair)), as (x0, y0, x1, y1) lines, or None."""
+    h, w = vr.shape[0], hr.shape[0]
+    xl, yl = np.array(sorted(set(xs))), np.array(sorted(set(ys)))
+    (xa, xb), (ya, yb) = _pairs(list(xl)), _pairs(list(yl))
+    x0, x1 = xl[xa][:, None], xl[xb][:, None]   # column pairs down, row pairs across
+    y0, y1 = yl[ya][None, :], yl[yb][None, :]
+    bw, bh = x1 - x0, y1 - y0
+    ok = (MIN_SIDE * w <= bw) & (MIN_SIDE * h <= bh) & (MIN_AREA <= bw * bh / (w * h)) & (bw * bh / (w * h) <= MAX_AREA)
+    vruns, hruns = _runs(vr, xl), _runs(hr, yl)
+    sides = [_side(vruns, xa[:, None], y0 + 1, y1 + 1), _side(vruns, xb[:, None], y0 + 1, y1 + 1),
+             _side(hruns, ya[None, :], x0 + 1, x1 + 1), _side(hruns, yb[None, :], x0 + 1, x1 + 1)]
+    inner = [~np.broadcast_to(e, ok.shape) for e in (x0 < 0, x1 >= w - 1, y0 < 0, y1 >= h - 1)]
+    count = sum(m.astype(int) for m in inner)
+    total, low = np.zeros(ok.shape), np.full(ok.shape, np.inf)
+    for side, m in zip(sides, inner):  # summed in side order, as a mean over the inner sides is
+        total = total + np.where(m, side, 0.0)
+        low = np.minimum(low, np.where(m, side, np.inf))
+    score = total / np.maximum(count, 1)
+    ok &= (count >= 3) & (low >= MIN_SUPPORT) & (score >= MIN_MEAN_SUPPORT) & (score > 0)
+    if not ok.any():
+        return None
+    i, j = np.unravel_index(np.argmax(np.where(ok, score, -1.0)), ok.shape)
+    return int(x0[i, 0]) + 1, int(y0[0, j]) + 1, int(x1[i, 0]) + 1, int(y1[0, j]) + 1
 
 
 def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
@@ -91,21 +122,7 @@ def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     vr, hr = _ridges(rgb), _ridges(rgb.transpose(1, 0, 2))  # vertical sides, horizontal sides
     xs = _peaks(vr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, w - 1]
     ys = _peaks(hr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, h - 1]
-    vruns, hruns = _runs(vr, xs), _runs(hr, ys)
-    best, best_score = None, 0.0
-    for (x0, x1), (y0, y1) in itertools.product(itertools.combinations(sorted(set(xs)), 2),
-                                                itertools.combinations(sorted(set(ys)), 2)):
-        bw, bh = x1 - x0, y1 - y0
-        if not (MIN_SIDE * w <= bw and MIN_SIDE * h <= bh and MIN_AREA <= bw * bh / (w * h) <= MAX_AREA):
-            continue
-        sides = [_support(vruns, x0, y0 + 1, y1 + 1), _support(vruns, x1, y0 + 1, y1 + 1),
-                 _support(hruns, y0, x0 + 1, x1 + 1), _support(hruns, y1, x0 + 1, x1 + 1)]
-        inner = [s for s, edge in zip(sides, (x0 < 0, x1 >= w - 1, y0 < 0, y1 >= h - 1)) if not edge]
-        if len(inner) < 3 or min(inner) < MIN_SUPPORT or np.mean(inner) < MIN_MEAN_SUPPORT:
-            continue
-        score = float(np.mean(inner))
-        if score > best_score:
-            best, best_score = (x0 + 1, y0 + 1, x1 + 1, y1 + 1), score
+    best = _best_box(vr, hr, xs, ys)
     if best is None:
         return None
     W, H = img.size

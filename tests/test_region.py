@@ -62,3 +62,46 @@ def test_a_side_between_like_brightness_and_unlike_colour_is_found():
     img[50:190, 100:220] = photo
     got = paste_box(as_jpeg(Image.fromarray(img)))
     assert got is not None and iou(got, (100, 50, 220, 190)) > 0.8, got
+
+
+def _best_box_one_by_one(vr, hr, xs, ys):
+    """The box search written out box by box: what the vectorised ``_best_box`` must equal."""
+    import itertools
+    from encoders import region as r
+    h, w = vr.shape[0], hr.shape[0]
+    xl, yl = sorted(set(xs)), sorted(set(ys))
+    vruns, hruns = r._runs(vr, np.array(xl)), r._runs(hr, np.array(yl))
+    best, best_score = None, 0.0
+    for (a, b), (c, d) in itertools.product(itertools.combinations(range(len(xl)), 2),
+                                            itertools.combinations(range(len(yl)), 2)):
+        x0, x1, y0, y1 = xl[a], xl[b], yl[c], yl[d]
+        bw, bh = x1 - x0, y1 - y0
+        if not (r.MIN_SIDE * w <= bw and r.MIN_SIDE * h <= bh and r.MIN_AREA <= bw * bh / (w * h) <= r.MAX_AREA):
+            continue
+        sides = [(vruns[i, y1 + 1] - vruns[i, y0 + 1]) / max(1, bh) for i in (a, b)] + \
+                [(hruns[i, x1 + 1] - hruns[i, x0 + 1]) / max(1, bw) for i in (c, d)]
+        inner = [s for s, edge in zip(sides, (x0 < 0, x1 >= w - 1, y0 < 0, y1 >= h - 1)) if not edge]
+        if len(inner) < 3 or min(inner) < r.MIN_SUPPORT or np.mean(inner) < r.MIN_MEAN_SUPPORT:
+            continue
+        if np.mean(inner) > best_score:
+            best, best_score = (x0 + 1, y0 + 1, x1 + 1, y1 + 1), float(np.mean(inner))
+    return best
+
+
+def test_the_vectorised_box_search_equals_the_search_box_by_box():
+    from encoders import region as r
+    rng = np.random.default_rng(0)
+    images = [Image.open(p).convert("RGB") for p in SAMPLES[:12]]
+    for i, photo in enumerate(SCENES):
+        images.append(_pasted(photo, SCENES[(i + 1) % len(SCENES)], rng.uniform(0.3, 0.7),
+                              tuple(rng.uniform(0, 1, 2)))[0])
+    fired = 0
+    for img in images:
+        rgb, _ = r._small(img)
+        vr, hr = r._ridges(rgb), r._ridges(rgb.transpose(1, 0, 2))
+        xs = r._peaks(vr.sum(axis=0).astype(np.float32), r.CANDIDATES) + [-1, rgb.shape[1] - 1]
+        ys = r._peaks(hr.sum(axis=0).astype(np.float32), r.CANDIDATES) + [-1, rgb.shape[0] - 1]
+        best = r._best_box(vr, hr, xs, ys)
+        assert best == _best_box_one_by_one(vr, hr, xs, ys)
+        fired += best is not None
+    assert fired >= len(SCENES) // 2  # the comparison covers boxes found, not only misses
