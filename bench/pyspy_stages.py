@@ -51,8 +51,8 @@ IDLE_LEAVES = ("Worker.main_loop (", "Thread.run (threading.py", "_run_router_ev
                "wait (threading.py", "select (", "get (queue.py", "run_forever (", "_run_once (",
                "Server.main_loop (")
 OTHER = "serve/ray other"
-#: a frame of the encoder's own code, wherever it runs
-ENCODER_FRAME = "rayapp/encoder_deployment.py"
+#: frames of the encoder's own code, wherever it runs (its network runs in a thread of its own)
+ENCODER_FRAMES = ("rayapp/encoder_deployment.py", "encoders/deephash.py", "encoders/onnx_cpu.py")
 IDLE = "idle"
 
 
@@ -107,7 +107,7 @@ def stage_of(stack: str, role: str) -> str:
         return IDLE
     if role == "proxy":  # Serve's HTTP proxy: parsing, routing to the ingress and back
         return "http proxy"
-    if role == "ingress" and any(ENCODER_FRAME in fr for fr in frames):
+    if role == "ingress" and any(f in fr for fr in frames for f in ENCODER_FRAMES):
         role = "encoder"  # the ingress encodes itself (encoder.placement: ingress)
     for stage, roles, fragments in RULES:
         if role in roles and any(f in fr for fr in frames for f in fragments):

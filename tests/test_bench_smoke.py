@@ -232,6 +232,8 @@ def test_pyspy_stacks_are_sorted_into_query_stages():
                     "ingress") == "merge and rank"  # an encoder module called from the ingress
     assert stage_of(f"{head};ImageEncoder.encode_stacks (rayapp/encoder_deployment.py:130);"
                     "OnnxLogits.__call__ (encoders/onnx_cpu.py:90)", "ingress") == "encode"  # it encodes there
+    assert stage_of(f"{head};_WorkItem.run (concurrent/futures/thread.py:58);"
+                    "DeepHashEncoder.encode_vectors (encoders/deephash.py:313)", "ingress") == "encode"
     assert stage_of(f"{head};ShardActor.verify (shards/actor.py:300)", "shard") == "verification"
     assert stage_of("thread (2): MainThread;Worker.main_loop (ray/_private/worker.py:1069)", "shard") == IDLE
     assert stage_of(f"{head};Metric._record (ray/util/metrics.py:1)", "ingress") == OTHER
