@@ -1,10 +1,12 @@
 """Sequential image-query latency over HTTP, against a baseline checkout in the same run.
 
 Each side (this checkout and ``--baseline``, e.g. a ``git worktree`` of the previous revision)
-indexes the same photos with ``neardup index``, serves them with ``neardup serve``, and answers
-the same edited queries one at a time (multipart upload to ``/v1/search``, k=10) after a warm-up.
+indexes the same photos with ``neardup index``, serves them with ``neardup serve`` until
+``/readyz`` says ready, and answers the same edited queries one at a time (multipart upload to
+``/v1/search``, k=10) after a warm-up.
 Sides alternate over ``--rounds`` so that drifting machine load hits both alike. The result is
-P50/P95/P99 per side and their ratio to the baseline.
+P50/P95/P99 per side and their ratio to the baseline, and each round's first and tenth query
+after ready (the warm-up queries, not in the percentiles).
 
     python -m bench.query_latency --photos rayapp/samples --baseline ../neardup-prev --queries 200
 """
@@ -51,7 +53,21 @@ def _make_queries(photos: list[Path], out: Path, n: int) -> list[Path]:
     return paths
 
 
-def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], warmup: int) -> list[float]:
+def _server_memory(pid: int) -> dict:
+    """Resident bytes of the server (``neardup serve`` and every process below it: Ray's own,
+    Serve's, the replicas, the shards), in all and by process title."""
+    from bench.soak import tree_rss
+    by_title: dict[str, int] = {}
+    for rss, cmd in tree_rss(pid).values():
+        title = cmd.split()[0] if cmd.startswith("ray::") else Path(cmd.split()[0]).name
+        by_title[title] = by_title.get(title, 0) + rss
+    return {"processes": len(tree_rss(pid)), "rss_bytes": sum(by_title.values()), "by_title": by_title}
+
+
+def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], warmup: int,
+                    memory: list) -> tuple[list[float], list[float]]:
+    """Serve ``index`` from ``repo``; once ``/readyz`` says ready, note the server's memory in
+    ``memory``, time ``warmup`` queries, then every query -> (the warm-up's ms, the timed ms)."""
     proc = _cli(repo, "serve", "--index-dir", str(index), "--port", str(port),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -59,21 +75,22 @@ def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], war
         deadline = time.time() + 240
         while time.time() < deadline:
             try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(1)
+                pass
+            time.sleep(0.2)
         else:
             raise RuntimeError(f"{repo}: server did not come up on {port}")
         times = []
         with httpx.Client(timeout=30) as client:
-            for i, q in enumerate(queries[:warmup] + queries):
+            memory.append(_server_memory(proc.pid))
+            for q in queries[:warmup] + queries:
                 t0 = time.perf_counter()
                 r = client.post(f"{url}/v1/search", files={"file": q.read_bytes()}, data={"k": "10"})
                 r.raise_for_status()
-                if i >= warmup:
-                    times.append((time.perf_counter() - t0) * 1000)
-        return times
+                times.append((time.perf_counter() - t0) * 1000)
+        return times[:warmup], times[warmup:]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -96,15 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, repo in sides.items():
         _cli(repo, "index", *map(str, photos), "--index-dir", str(work / name)).wait()
     times: dict[str, list[float]] = {name: [] for name in sides}
+    first: dict[str, list[dict]] = {name: [] for name in sides}  # each round's first and tenth query
+    memory: dict[str, list[dict]] = {name: [] for name in sides}  # each round's server, once ready
     for r in range(args.rounds):
         for name, repo in sides.items():
-            times[name] += _serve_and_time(repo, work / name, args.port + r, queries, args.warmup)
-            print(name, latency_percentiles(times[name]), flush=True)
+            warm, timed = _serve_and_time(repo, work / name, args.port + r, queries, args.warmup,
+                                          memory[name])
+            times[name] += timed
+            first[name].append({"first_ms": round(warm[0], 1), "tenth_ms": round((warm + timed)[9], 1)})
+            print(name, latency_percentiles(times[name]), first[name][-1], flush=True)
     stats = {name: latency_percentiles(t) for name, t in times.items()}
     ratio = {k: round(stats["current"][k] / stats["baseline"][k], 3) for k in stats["current"]}
     result = {"date": utc_now(), "machine": machine_info(), "queries": args.queries, "rounds": args.rounds,
               "photos": len(photos), "sides": {k: str(v) for k, v in sides.items()},
-              "latency_ms": stats, "ratio_current_to_baseline": ratio}
+              "latency_ms": stats, "ratio_current_to_baseline": ratio,
+              "first_and_tenth_query_after_ready": first, "server_memory_when_ready": memory}
     out = Path(args.out) if args.out else RESULTS_DIR / f"query_latency_{today()}.json"
     write_json(out, result)
     print(result["latency_ms"], ratio)

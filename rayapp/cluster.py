@@ -332,3 +332,14 @@ def shutdown() -> None:
         ray_serve.shutdown()
     finally:
         ray.shutdown()
+
+
+def status_row(stats: dict) -> dict:
+    """A shard's row in ``/v1/status`` from its ``stats()`` answer (or the router's stand-in
+    for one that did not answer): id, node, pid, count of images, stored reference views,
+    memory, keypoint blob bytes on disk, index kind, state, and the error if any."""
+    row = {"id": stats.get("shard_id"), "node": stats.get("node_id"), "pid": stats.get("pid"),
+           "count": stats.get("count"), "views": stats.get("views"),
+           "memory_bytes": stats.get("memory_bytes"), "keypoint_file_bytes": stats.get("keypoint_file_bytes"),
+           "index_kind": stats.get("index_kind"), "state": stats.get("state", "ready")}
+    return {**row, "error": stats["error"]} if "error" in stats else row

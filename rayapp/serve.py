@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "neardup"
 ENCODER_TIMEOUT_S = 60.0
+WARM_UP_TIMEOUT_S = 60.0  # the constructor's warm-up; /readyz tries again after it
 #: How often a stopping replica checks whether its in-flight requests are done. Serve's default
 #: (2 s) makes every stop (SIGTERM, serve.shutdown, a redeploy) wait that long, however idle the
 #: replica; requests still in flight are waited for all the same.
@@ -58,8 +59,7 @@ def _lookup_shard(namespace: str, i: int):
 
 
 def _stack(parts: list, dtype=np.int8) -> np.ndarray | None:
-    """Side vectors (or keypoints) of several images as one (n, d) array, or None if any is
-    missing (an encoder without vectors, keypoints not kept)."""
+    """Side vectors (or keypoints) of images as one (n, d) array; None if any is missing."""
     return None if any(v is None for v in parts) else np.stack(parts).astype(dtype)
 
 
@@ -78,10 +78,17 @@ class Ingress:
     """HTTP API (DESIGN.md): validates, encodes (here, or by the Encoder deployment's handle
     when given one), routes to shards."""
 
-    def __init__(self, cfg: Config, encoder: DeploymentHandle | None = None):
-        from rayapp.cluster import ensure_shards, known_bits
-        self.cfg = cfg
-        self.encoder = encoder
+    async def __init__(self, cfg: Config, encoder: DeploymentHandle | None = None):
+        """Connect, then warm up before taking HTTP traffic (Serve awaits an async constructor),
+        so the first query is as fast as any; a failed warm-up is retried by ``/readyz``."""
+        self._setup(cfg, encoder)
+        if problem := await self._warm_up(WARM_UP_TIMEOUT_S):
+            log.warning("warm-up deferred to /readyz: %s", problem)
+
+    def _setup(self, cfg: Config, encoder: DeploymentHandle | None) -> None:
+        from encoders import calibration
+        from rayapp.cluster import ensure_shards, known_bits, model_id
+        self.cfg, self.encoder = cfg, encoder
         self.local_encoder = ImageEncoder(cfg) if encoder is None else None
         self.router = ShardRouter(ensure_shards(cfg, bits=known_bits(cfg)),
                                   timeout_s=cfg.serve.shard_timeout_s,
@@ -91,8 +98,6 @@ class Ingress:
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
         self._ready = False
-        from encoders import calibration
-        from rayapp.cluster import model_id
         # no curve for a model without a fitted one: hits then carry no confidence
         self.searcher = Searcher(self.router, cfg.query, calibration.load(model_id(cfg)))
 
@@ -186,35 +191,30 @@ class Ingress:
         """Readiness: ok once a warm-up image query has gone through the encoder (model loaded,
         every view encoded) and been answered by every shard (index kernels compiled); 503 with
         the reason until then, so the first real query is answered in full."""
-        if not self._ready:
-            try:
-                await self._warm_up()
-            except (ApiError, ShardUnavailable, RuntimeError, ValueError) as exc:
-                return error_response(503, f"not ready: {getattr(exc, 'message', exc)}")
-            self._ready = True
-        return {"status": "ready"}
+        problem = None if self._ready else await self._warm_up()
+        return error_response(503, f"not ready: {problem}") if problem else {"status": "ready"}
 
-    async def _warm_up(self) -> None:
-        answer = await self.searcher.asearch(await self._query_views(Item(data=WARM_UP_IMAGE)), 10)
+    async def _warm_up(self, timeout_s: float | None = None) -> str | None:
+        """One image query through the encoder and every shard -> None once it went through
+        (the replica is ready from then on), else what stopped it."""
+        try:
+            views = await asyncio.wait_for(self._query_views(Item(data=WARM_UP_IMAGE)), timeout_s)
+            answer = await asyncio.wait_for(self.searcher.asearch(views, 10), timeout_s)
+        except (ApiError, ShardUnavailable, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
+            return str(getattr(exc, "message", exc)) or type(exc).__name__
         if answer.missing:
-            raise RuntimeError(f"shards {answer.missing} did not answer the warm-up search")
+            return f"shards {answer.missing} did not answer the warm-up search"
+        self._ready = True
+        return None
 
     @api.get("/v1/status")
     async def status(self, request: Request) -> dict:
         """Shards (id, node, pid, count of images, stored reference views, memory, keypoint blob
         bytes on disk, index kind, state), encoder and version."""
+        from rayapp.cluster import status_row
         self._admit(request)
-        stats = await self.router.astats()
-        shards = []
-        for st in stats:
-            row = {"id": st.get("shard_id"), "node": st.get("node_id"), "pid": st.get("pid"),
-                   "count": st.get("count"), "views": st.get("views"),
-                   "memory_bytes": st.get("memory_bytes"),
-                   "keypoint_file_bytes": st.get("keypoint_file_bytes"),
-                   "index_kind": st.get("index_kind"), "state": st.get("state", "ready")}
-            if "error" in st:
-                row["error"] = st["error"]
-            shards.append(row)  # shards publish their own count/memory gauges (cluster.py)
+        # shards publish their own count/memory gauges (cluster.py)
+        shards = [status_row(st) for st in await self.router.astats()]
         missing = [row["id"] for row in shards if row["state"] == "unavailable"]
         try:
             encoder = await self.encoder_info()
