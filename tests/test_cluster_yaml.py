@@ -27,6 +27,10 @@ def test_serve_yaml_validates_and_names_our_deployments():
     from rayapp import serve as serve_module
     built = serve_module.app_builder({"config": str(ROOT / "neardup.yaml")})
     assert built is not None  # binds only; starts nothing
+    # the file's Encoder settings need the Encoder deployment, whatever GPUs are up at deploy time
+    from rayapp.config import load_config
+    from rayapp.encoder_deployment import in_ingress
+    assert not in_ingress(load_config(ROOT / "neardup.yaml", overrides=app.args["overrides"], env={}))
 
 
 def test_example_config_loads():
