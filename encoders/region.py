@@ -70,12 +70,6 @@ def _runs(ridge: np.ndarray, lines: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pairs(lines: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (into the sorted distinct ``lines``) of every pair a < b, in ``combinations`` order."""
-    a, b = np.triu_indices(len(lines), k=1)
-    return a, b
-
-
 def _side(runs: np.ndarray, line: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Share of rows lo..hi (broadcast) where each ``line`` (an index into ``runs``) is a ridge."""
     return (runs[line, hi] - runs[line, lo]) / np.maximum(1, hi - lo)
@@ -86,11 +80,13 @@ def _best_box(vr: np.ndarray, hr: np.ndarray, xs: list[int], ys: list[int]) -> t
     in row-major order of (column pair, row pair)), as (x0, y0, x1, y1) lines, or None."""
     h, w = vr.shape[0], hr.shape[0]
     xl, yl = np.array(sorted(set(xs))), np.array(sorted(set(ys)))
-    (xa, xb), (ya, yb) = _pairs(list(xl)), _pairs(list(yl))
+    # every pair a < b of each, in ``itertools.combinations`` order
+    (xa, xb), (ya, yb) = np.triu_indices(len(xl), k=1), np.triu_indices(len(yl), k=1)
     x0, x1 = xl[xa][:, None], xl[xb][:, None]   # column pairs down, row pairs across
     y0, y1 = yl[ya][None, :], yl[yb][None, :]
     bw, bh = x1 - x0, y1 - y0
-    ok = (MIN_SIDE * w <= bw) & (MIN_SIDE * h <= bh) & (MIN_AREA <= bw * bh / (w * h)) & (bw * bh / (w * h) <= MAX_AREA)
+    area = bw * bh / (w * h)
+    ok = (MIN_SIDE * w <= bw) & (MIN_SIDE * h <= bh) & (MIN_AREA <= area) & (area <= MAX_AREA)
     vruns, hruns = _runs(vr, xl), _runs(hr, yl)
     sides = [_side(vruns, xa[:, None], y0 + 1, y1 + 1), _side(vruns, xb[:, None], y0 + 1, y1 + 1),
              _side(hruns, ya[None, :], x0 + 1, x1 + 1), _side(hruns, yb[None, :], x0 + 1, x1 + 1)]

@@ -4,8 +4,8 @@
     neardup serve --index-dir DIR       # the CLI calls rayapp.lifecycle.run_server()
 
 ``Ingress`` validates requests, gets codes from the encoder (``rayapp.encoder_deployment``:
-in its own process, or a deployment of its own when that holds a GPU) and answers queries through one :class:`rayapp.searcher.Searcher` over the shard
-router. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx status, never a traceback
+in its own process, or a deployment of its own when that holds a GPU) and answers queries
+through one :class:`rayapp.searcher.Searcher` over the shard router. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx status, never a traceback
 (``rayapp.api``).
 """
 
