@@ -1,7 +1,8 @@
 """A hit: one stored image that answers a query, typed from the shards' replies to the JSON.
 
 Shard actors answer with plain dicts (``shards`` never imports ``rayapp``); the router turns
-them into :class:`Hit` values (``from_shards``), the ranking and the :class:`Searcher` work
+them into :class:`Hit` values (``Hit.from_shard``, for the hits ``rayapp.ranking.merge_results``
+keeps), the ranking and the :class:`Searcher` work
 with those, and a hit becomes a dict again only where it leaves the process: the HTTP API
 (``to_json``), ``neardup search`` (``to_cli_json``), the dedup edges and the demo, which reads
 the HTTP answer back (``from_json``).
@@ -89,7 +90,3 @@ _JSON_FIELDS = tuple(f.name for f in fields(Hit) if f.name != "code")
 _CLI_FIELDS = ("rank", "confidence", "score", "weighted", "cost", "variant", "ref_view", "inliers")
 _BLANK = Hit("", 0)
 
-
-def from_shards(results: dict[int, list[list[dict]]]) -> dict[int, list[list[Hit]]]:
-    """Each shard's per-query hit lists (plain dicts over Ray) as Hits tagged with the shard."""
-    return {s: [[Hit.from_shard(h, s) for h in row] for row in rows] for s, rows in results.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from itertools import islice
+from operator import itemgetter
 from typing import Sequence
 
 import numpy as np
@@ -21,17 +22,29 @@ from shards.verify import verify_bonus
 from shards.views import split_id
 
 
-def merge_results(per_shard: dict[int, list[list[Hit]]], num_queries: int, k: int,
+def merge_results(replies: dict[int, list[list[dict]]], num_queries: int, k: int,
                   radius: int | None = None) -> list[list[Hit]]:
-    """k-way merge of per-shard result lists (``rayapp.hits.from_shards``) by the rank key:
-    each query's top k within ``radius``."""
-    key = order_key
+    """k-way merge of the shards' replies (per shard, per query, plain hit dicts as
+    ``ShardActor.search`` returns them) by the rank key: each query's top k within ``radius``,
+    as Hits tagged with their shard. Only the kept hits become Hits: an image query's views
+    bring back thousands of candidates, most of which the merge drops."""
     merged: list[list[Hit]] = []
     for q in range(num_queries):
-        streams = [sorted((hit for hit in results[q] if radius is None or hit.distance <= radius), key=key)
-                   for _, results in sorted(per_shard.items())]
-        merged.append(list(islice(heapq.merge(*streams, key=key), k)))
+        streams = [sorted((_reply_key(raw) + (s, raw) for raw in rows[q]
+                           if radius is None or raw["distance"] <= radius), key=_BY_KEY)
+                   for s, rows in sorted(replies.items())]
+        merged.append([Hit.from_shard(raw, s) for *_, s, raw in islice(heapq.merge(*streams, key=_BY_KEY), k)])
     return merged
+
+
+_BY_KEY = itemgetter(0, 1, 2, 3)  # a merge entry's rank key and shard (the dict never compares)
+
+
+def _reply_key(raw: dict) -> tuple[float, int, str]:
+    """``order_key`` of a hit as a shard returns it: no view cost, re-rank or verification yet."""
+    d = raw["distance"]
+    score = raw.get("score")
+    return (d if score is None else score, d, raw["id"])
 
 
 def merge_variants(rows: list[list[Hit]], k: int, costs: Sequence[float] | None = None,
@@ -108,7 +121,8 @@ def order_key(hit: Hit) -> tuple[float, int, str]:
     the credit of a spatially verified hit (``inliers``); then distance, then id."""
     d = int(hit.distance)
     base = hit.score if hit.score is not None else hit.weighted if hit.weighted is not None else d
-    return (base + hit.cost - verify_bonus(hit.inliers or 0), d, hit.id)
+    credit = verify_bonus(hit.inliers) if hit.inliers else 0.0
+    return (base + hit.cost - credit, d, hit.id)
 
 
 def with_confidence(hits: list[Hit], curve=None, min_confidence: float = 0.0) -> list[Hit]:

@@ -29,7 +29,7 @@ from ray.actor import ActorHandle
 
 from encoders.tta import REF_VIEW_COST, REF_VIEWS, is_mirrored
 from rayapp.blocking import run_sync
-from rayapp.hits import Hit, from_shards
+from rayapp.hits import Hit
 from rayapp.ranking import fold_views, merge_results, rerank_depth, with_inliers, weighted_unless_scored
 from rayapp.shard_pool import ShardPool, client_error, reason
 from shards.verify import KEYPOINT_BYTES
@@ -214,7 +214,7 @@ class ShardRouter:
     def _merge(self, results: dict[int, Any], codes: np.ndarray, k: int, depth: int,
                radius: int | None, weights: np.ndarray | None) -> list[list[Hit]]:
         """The shards' replies (plain dicts) as each query's ranked Hits, views folded."""
-        merged = merge_results(from_shards(results), len(codes), depth, radius)
+        merged = merge_results(results, len(codes), depth, radius)
         if weights is not None:
             merged = [weighted_unless_scored(hits, codes[q], weights[q], depth)
                       for q, hits in enumerate(merged)]

@@ -197,9 +197,10 @@ class Ingress:
     async def _warm_up(self, timeout_s: float | None = None) -> str | None:
         """One image query through the encoder and every shard -> None once it went through
         (the replica is ready from then on), else what stopped it."""
+        async def query():
+            return await self.searcher.asearch(await self._query_views(Item(data=WARM_UP_IMAGE)), 10)
         try:
-            views = await asyncio.wait_for(self._query_views(Item(data=WARM_UP_IMAGE)), timeout_s)
-            answer = await asyncio.wait_for(self.searcher.asearch(views, 10), timeout_s)
+            answer = await asyncio.wait_for(query(), timeout_s)  # one bound over both steps
         except (ApiError, ShardUnavailable, RuntimeError, ValueError, asyncio.TimeoutError) as exc:
             return str(getattr(exc, "message", exc)) or type(exc).__name__
         if answer.missing:

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from rayapp.hits import Hit, from_shards
+from rayapp.hits import Hit
 
 
 def test_a_shard_reply_becomes_a_hit_of_its_shard():
-    (row,), = from_shards({1: [[{"id": "a", "distance": 3, "meta": {"path": "/a.jpg"}, "score": 1.5}]]}).values()
-    assert row == [Hit("a", 3, meta={"path": "/a.jpg"}, score=1.5, shard=1)]
+    hit = Hit.from_shard({"id": "a", "distance": 3, "meta": {"path": "/a.jpg"}, "score": 1.5}, 1)
+    assert hit == Hit("a", 3, meta={"path": "/a.jpg"}, score=1.5, shard=1)
     with pytest.raises(TypeError, match="no field"):
         Hit.from_shard({"id": "a", "distance": 3, "colour": "red"}, 0)
 

@@ -10,7 +10,7 @@ import ray
 import xxhash
 
 from encoders.base import hamming
-from rayapp.hits import Hit, from_shards
+from rayapp.hits import Hit
 from rayapp.ranking import fold_views, merge_results, merge_variants
 from rayapp.router import ShardRouter, ShardUnavailable, shard_for, with_views
 from shards.actor import ShardActor
@@ -294,10 +294,12 @@ def test_bad_input_is_a_value_error(router):
 
 
 def test_merge_results_tags_shards_and_applies_radius():
-    per_shard = from_shards({0: [[{"id": "b", "distance": 2}, {"id": "d", "distance": 9}]],
-                             1: [[{"id": "a", "distance": 2}, {"id": "c", "distance": 5}]]})
-    merged = merge_results(per_shard, 1, k=3, radius=5)
+    replies = {0: [[{"id": "b", "distance": 2}, {"id": "d", "distance": 9}]],
+               1: [[{"id": "a", "distance": 2}, {"id": "c", "distance": 5}]]}
+    merged = merge_results(replies, 1, k=3, radius=5)
     assert merged == [[Hit("a", 2, shard=1), Hit("b", 2, shard=0), Hit("c", 5, shard=1)]]
+    scored = {0: [[{"id": "b", "distance": 2, "score": 9.0}]], 1: [[{"id": "a", "distance": 7, "score": 3.5}]]}
+    assert [h.id for h in merge_results(scored, 1, k=2)[0]] == ["a", "b"]  # by score, not distance
 
 
 def test_dead_shard_gives_partial_answer_and_failed_writes(ray_local, tmp_path_factory, data):
