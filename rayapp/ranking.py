@@ -41,10 +41,11 @@ _BY_KEY = itemgetter(0, 1, 2, 3)  # a merge entry's rank key and shard (the dict
 
 
 def _reply_key(raw: dict) -> tuple[float, int, str]:
-    """``order_key`` of a hit as a shard returns it: no view cost, re-rank or verification yet."""
+    """``order_key`` of a hit as a shard returns it: no query view's cost, re-rank or
+    verification yet (a stored view's cost when the shard folded it)."""
     d = raw["distance"]
     score = raw.get("score")
-    return (d if score is None else score, d, raw["id"])
+    return ((d if score is None else score) + raw.get("cost", 0.0), d, raw["id"])
 
 
 def merge_variants(rows: list[list[Hit]], k: int, costs: Sequence[float] | None = None,

@@ -166,10 +166,13 @@ class ShardRouter:
         return codes
 
     def _submit_search(self, shards: list[int], codes, k, radius, with_meta, with_codes,
-                       vectors=None) -> dict[int, Any]:
+                       vectors=None, keep=None) -> dict[int, Any]:
+        """One search call per shard; with ``keep`` each shard folds its stored views into
+        their images and returns its top ``keep`` images (``ShardActor.search``)."""
         radius = None if radius is None else int(radius)
-        extra = () if vectors is None else (vectors,)
-        return {i: self.pool.read(i, "search", codes, int(k), radius, with_meta, with_codes, *extra)
+        fold = None if keep is None else self.ref_view_cost
+        return {i: self.pool.read(i, "search", codes, int(k), radius, with_meta, with_codes, vectors,
+                                  fold, keep)
                 for i in shards}
 
     # ---- search -----------------------------------------------------------------------
@@ -179,16 +182,19 @@ class ShardRouter:
         """Top-k per query over all shards -> (hits, ids of shards that did not answer).
 
         With ``weights`` (the queries' bit confidences, (n, bits)) or side ``vectors`` (n, d),
-        each shard returns its ``rerank_depth(k)`` Hamming neighbours. Shards that store side
+        each shard takes its ``rerank_depth(k)`` Hamming neighbours. Shards that store side
         vectors score them by cosine (``score``, ``shards.vectors``); otherwise, with weights,
-        the merged lists are re-ranked by weighted Hamming distance (``weighted``); without
-        either, hits rank by Hamming distance.
+        the merged lists are re-ranked here by weighted Hamming distance (``weighted``); without
+        either, hits rank by Hamming distance. Unless a re-rank here follows, each shard folds
+        its stored views into their images and sends back only its top k.
         """
         codes = self._query(codes, k, radius)
         shards, skipped = await self.pool.available()
         depth, with_codes = self._depth(codes, k, weights, vectors)
+        # a weighted re-rank here must see every view's hit first; otherwise shards fold
+        keep = None if weights is not None and vectors is None else int(k)
         results, errors = await self.pool.gather(self._submit_search(
-            shards, codes, depth, radius, with_meta, with_codes, vectors), self.timeout_s)
+            shards, codes, depth, radius, with_meta, with_codes, vectors, keep), self.timeout_s)
         return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
 
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,

@@ -108,7 +108,7 @@ class Searcher:
         """The top ``k`` stored images for one query (see the module docstring)."""
         self.curve(q.kind, min_confidence)
         depth = self._depth(q)
-        fetch = max(k, depth)
+        fetch = max(k, self._candidates(depth))
         rows, missing = await self.router.asearch(q.codes, fetch, radius, with_meta, q.weights,
                                                   q.vectors)
         hits = self._merged(q, rows, fetch)
@@ -116,6 +116,11 @@ class Searcher:
             hits = await self.router.averify(hits, q.keypoints, depth)
             hits = await self._verify_more(q, hits, depth)
         return Answer(self._finish(q, hits, k, min_confidence), missing)
+
+    def _candidates(self, depth: int) -> int:
+        """Hits a verified query fetches: every one a verification round may reach, so that
+        the top k of an answer do not depend on k."""
+        return depth + max(0, int(self.cfg.verify_more)) if depth else 0
 
     async def _verify_more(self, q: QueryViews, hits: list[Hit], depth: int) -> list[Hit]:
         """When no verified hit is confirmed (a hard edit, or no copy stored), the next

@@ -20,6 +20,7 @@ import numpy as np
 
 from shards import shard_dir
 from shards.blobs import BlobLog
+from shards.candidates import Candidates, hits as candidate_hits, rank_keys
 from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limit, check_metas,
                            check_radius, check_vectors)
 from shards.index import DEFAULT_KIND, load_index, make_index
@@ -214,52 +215,49 @@ class ShardActor:
     # -- reads ------------------------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, with_codes: bool = False,
-               vectors: np.ndarray | None = None) -> list[list[dict]]:
-        """Per query, up to k results sorted by (distance, id), optionally within radius; with
-        ``with_codes`` each hit also carries its packed code (bytes), for re-ranking. With the
-        queries' side ``vectors`` (n, vector_bytes), on a shard that stores them, each hit gains
-        ``score`` (``shards.vectors.vector_distance``; its Hamming distance where the entry has
-        no vector) and the k hits are ordered by it."""
+               vectors: np.ndarray | None = None, fold: float | None = None,
+               keep: int | None = None) -> list[list[dict]]:
+        """Per query, its k Hamming-nearest entries, optionally within radius, as hit dicts
+        (``shards.candidates``): ordered by distance, or with the queries' side ``vectors``
+        (n, vector_bytes), on a shard that stores them, by ``score``. With ``fold`` (a stored
+        view's prior cost) each image's entries fold into its best and the top ``keep`` images
+        remain, unless the hits go back unscored with ``with_codes`` to be re-ranked first.
+        ``with_codes``: each hit carries its packed code (bytes); ``with_meta``: its meta."""
         codes = self._layout.check(codes)
         k, radius = check_k(k), check_radius(radius)
         scored = check_vectors(vectors, len(codes), self.vector_bytes, self.bits)
+        with_codes = with_codes and not scored  # codes are for a re-rank scored hits never get
+        fold = None if fold is None or with_codes else float(fold)
         D, I = self._index.search(codes, k)
-        keep = I != -1
+        ok = I != -1
         if radius is not None:
-            keep &= D <= radius
-        store = self._store
-        flat = I[keep]
-        if with_meta or with_codes or scored:
-            found = store.get_many(flat)
-            names = [None if it is None else it.id for it in found]
-        else:
-            found, names = None, store.ids_of(flat)
-        out: list[list[dict]] = []
-        j = 0
+            ok &= D <= radius
+        flat = I[ok]
+        names, rows = self._store.rows_of(flat) if scored else (self._store.ids_of(flat), None)
+        out, start = [], 0
         for q in range(len(codes)):
-            row, items = [], []
-            for d in D[q][keep[q]].tolist():
-                name = names[j]
-                if name is not None:  # None: removed between the index lookup and now
-                    hit = {"id": name, "distance": int(d)}
-                    if with_meta:
-                        hit["meta"] = found[j].meta_dict()
-                    if with_codes:
-                        hit["code"] = found[j].code[:self.code_bytes]
-                    row.append(hit)
-                    items.append(found[j] if scored else None)
-                j += 1
-            out.append(self._score(row, items, vectors[q]) if scored else row)
+            stop = start + int(ok[q].sum())
+            live = [j for j in range(start, stop) if names[j] is not None]  # None: just removed
+            c = Candidates([names[j] for j in live], D[q][ok[q]][np.array(live, int) - start], flat[live])
+            scores = None if not scored else vector_distance(
+                vectors[q], self._layout.vector_array(rows[live]), self.bits)
+            found = candidate_hits(c, rank_keys(c, scores), fold, keep)
+            out.append(self._with_items(c, found, with_meta, with_codes))
+            start = stop
         return out
 
-    def _score(self, row: list[dict], items: list, query_vector: np.ndarray) -> list[dict]:
-        """Hits with ``score``: the stored vectors' distance to the query's, ordered by it."""
-        if not row:
-            return row
-        scores = vector_distance(query_vector, self._layout.vectors([it.code for it in items]), self.bits)
-        for hit, sc in zip(row, scores.tolist()):
-            hit["score"] = round(float(hit["distance"]) if sc != sc else sc, 3)  # NaN: no vector
-        return sorted(row, key=lambda h: (h["score"], h["distance"], h["id"]))
+    def _with_items(self, c: Candidates, found: list[tuple[int, dict]], with_meta: bool,
+                    with_codes: bool) -> list[dict]:
+        """The hits, each with its stored meta and/or code when asked for."""
+        if not (with_meta or with_codes):
+            return [hit for _, hit in found]
+        items = self._store.get_many(c.hashes[[i for i, _ in found]])
+        for (_, hit), item in zip(found, items):
+            if with_meta:
+                hit["meta"] = item.meta_dict() if item is not None else {}
+            if with_codes:
+                hit["code"] = item.code[:self.code_bytes] if item is not None else bytes(self.code_bytes)
+        return [hit for _, hit in found]
 
     def verify(self, ids: list[str], keypoints: np.ndarray | bytes,
                which: list[int] | None = None) -> list[int | None]:

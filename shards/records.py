@@ -120,10 +120,11 @@ class RecordLayout:
                 rec[n:] = kps
         return recs
 
-    def vectors(self, rows: Sequence[bytes]) -> np.ndarray:
-        """The side vectors of store rows, (n, vector_bytes) int8."""
+    def vector_array(self, rows: np.ndarray) -> np.ndarray:
+        """The side vectors of store rows given as one (n, row bytes) uint8 array, (n,
+        vector_bytes) int8."""
         cb, vb = self.code_bytes, self.vector_bytes
-        return np.frombuffer(b"".join(r[cb:cb + vb] for r in rows), np.int8).reshape(len(rows), vb)
+        return np.ascontiguousarray(rows[:, cb:cb + vb]).view(np.int8)
 
     def same(self, row: bytes, record: np.ndarray, blobs: BlobLog | None) -> bool:
         """Whether a stored row (code, vector, keypoint slot) holds this record."""

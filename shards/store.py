@@ -103,6 +103,30 @@ class IdStore:
                 out[i] = ext
         return out
 
+    def rows_of(self, hashes: np.ndarray) -> tuple[list[str | None], np.ndarray]:
+        """External ids (None where absent) and stored rows, (n, code_bytes) uint8 (zeros where
+        absent), for int64 keys: what scoring many candidates needs, without an item each."""
+        hashes = np.asarray(hashes, dtype=np.int64).reshape(-1)
+        base, overlay = self._base, self._overlay
+        ids: list[str | None] = [None] * len(hashes)
+        out = np.zeros((len(hashes), self.code_bytes), dtype=np.uint8)
+        missing = []
+        for i, h in enumerate(hashes.tolist()):
+            item = overlay.get(h)
+            if item is None:
+                missing.append(i)
+            else:
+                ids[i] = item.id
+                out[i] = np.frombuffer(item.code, np.uint8)
+        if missing and len(base):
+            where = np.array(missing, dtype=np.int64)
+            rows = base.rows_of(hashes[where])
+            where, rows = where[rows >= 0], rows[rows >= 0]
+            out[where] = base.codes(rows, self.code_bytes)
+            for i, ext in zip(where.tolist(), base.ids(rows)):
+                ids[i] = ext
+        return ids, out
+
     def page(self, after: int | None, limit: int) -> tuple[np.ndarray, list[StoredItem]]:
         """Up to ``limit`` live items in ascending key order, from the first key above ``after``
         (None: from the start) -> (keys, items). Paging by key is stable while other keys are

@@ -33,7 +33,7 @@ BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 6, 10, 16.0
 # Hits verified per image query, after merging its views, and how many more are verified when
 # none of those is confirmed (``confirmed``); chosen on validation sources (MODEL_CARD.md).
 VERIFY_DEPTH = 20
-VERIFY_MORE = 20
+VERIFY_MORE = 80
 
 cv2.setNumThreads(1)  # callers run many in parallel (Ray workers, Serve replicas)
 

@@ -44,7 +44,8 @@ def _kill(handle) -> None:
 class SlowShard:
     """Stands in for a hung shard: every call sleeps far longer than the router's timeout."""
 
-    def search(self, codes, k=10, radius=None, with_meta=False, with_codes=False):
+    def search(self, codes, k=10, radius=None, with_meta=False, with_codes=False, vectors=None,
+               fold=None, keep=None):
         time.sleep(30)
         return [[] for _ in codes]
 

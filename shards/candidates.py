@@ -1,0 +1,85 @@
+"""A shard's answer to one search: its index's candidates per query, scored, ordered, and
+optionally folded into images, as the plain hit dicts the router merges.
+
+Each query's candidates are its Hamming nearest codes. With the queries' side vectors, on a
+shard that stores its own, each gains ``score`` (``shards.vectors``; its Hamming distance where
+the entry has no vector) and they are ordered by it, else by distance; ties go by distance, then
+id. With ``fold`` (the prior cost a stored reference view's match pays, ``shards.views``) each
+image's candidates and its views' fold into one, the image's best, where a view's pays the
+cost (``ref_view`` and ``cost`` say so), and only the top ``keep`` images are returned: an image
+query searches many views of itself against twice as many candidates as it keeps, and folding
+here, where an image and its views live together, sends back only what the router can use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shards.views import SEP, split_id
+
+
+@dataclass
+class Candidates:
+    """One query's candidates: stored ids, Hamming distances and store keys."""
+
+    names: list[str]
+    distances: np.ndarray
+    hashes: np.ndarray
+
+
+def rank_keys(c: Candidates, scores: np.ndarray | None) -> list[float] | None:
+    """Each candidate's side-vector score rounded to 3 places, its distance where it has no
+    vector (NaN); None when the query was not scored."""
+    if scores is None:
+        return None
+    values = np.where(np.isnan(scores), c.distances, np.asarray(scores, dtype=np.float64))
+    return np.round(values, 3).tolist()  # the float32 scores are never half-way: as round()
+
+
+def hits(c: Candidates, keys: list[float] | None, fold: float | None = None,
+         keep: int | None = None) -> list[tuple[int, dict]]:
+    """One query's (candidate index, hit dict), best first: every candidate, or with ``fold``
+    the top ``keep`` images (see the module docstring)."""
+    if fold is None:  # unscored candidates keep the index's order: by distance
+        order = range(len(c.names)) if keys is None else _order(keys, c.distances, np.array(c.names, dtype=str))
+        return [(i, _hit(c, keys, i, c.names[i], None, 0.0)) for i in order]
+    cost = round(fold, 3)
+    return [(i, _hit(c, keys, i, image, view, cost)) for i, image, view in _folded(c, keys, fold, keep)]
+
+
+def _order(keys: list[float] | None, distances: np.ndarray, *ids: np.ndarray) -> list[int]:
+    """Candidate indices by (key, distance, ids...): ``np.lexsort`` takes the last key first."""
+    primary = distances if keys is None else np.asarray(keys, dtype=np.float64)
+    return np.lexsort((*ids[::-1], distances, primary)).tolist()
+
+
+def _folded(c: Candidates, keys: list[float] | None, cost: float,
+            keep: int | None) -> list[tuple[int, str, str | None]]:
+    """(candidate index, image id, view or None) of the top ``keep`` images, each at its best
+    candidate, a view's paying ``cost``; ties by distance, then stored id."""
+    base = c.distances if keys is None else np.asarray(keys, dtype=np.float64)
+    views = np.array([SEP in n for n in c.names], dtype=bool)
+    folded = [float(k) for k in (base + cost * views).tolist()] if cost else keys
+    out: list[tuple[int, str, str | None]] = []
+    seen: set[str] = set()
+    for i in _order(folded, c.distances, np.array(c.names, dtype=str)):
+        image, view = split_id(c.names[i])
+        if image not in seen:
+            seen.add(image)
+            out.append((i, image, view))
+            if keep is not None and len(out) == keep:
+                break
+    return out
+
+
+def _hit(c: Candidates, keys: list[float] | None, i: int, image: str, view: str | None,
+         cost: float) -> dict:
+    hit = {"id": image, "distance": int(c.distances[i])}
+    if keys is not None:
+        hit["score"] = keys[i]
+    if view is not None:
+        hit["ref_view"] = view
+        if cost > 0:
+            hit["cost"] = cost
+    return hit
