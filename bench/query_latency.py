@@ -6,7 +6,9 @@ indexes the same photos with ``neardup index``, serves them with ``neardup serve
 ``/v1/search``, k=10) after a warm-up.
 Sides alternate over ``--rounds`` so that drifting machine load hits both alike. The result is
 P50/P95/P99 per side and their ratio to the baseline, and each round's first and tenth query
-after ready (the warm-up queries, not in the percentiles).
+after ready (the warm-up queries, not in the percentiles). With ``--unrelated DIR``, photos of
+that folder (not indexed: queries with no copy stored, which verify deepest) are searched too,
+interleaved with the copies and reported apart.
 
     python -m bench.query_latency --photos rayapp/samples --baseline ../neardup-prev --queries 200
 """
@@ -24,6 +26,23 @@ import httpx
 import numpy as np
 
 from bench.common import RESULTS_DIR, REPO_ROOT, latency_percentiles, machine_info, today, utc_now, write_json
+
+
+def _unrelated(folder: str | None, n: int) -> list[Path]:
+    """Up to ``n`` photos of ``folder`` (none without one)."""
+    if not folder:
+        return []
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
+
+
+def _interleave(copies: list[Path], unrelated: list[Path]) -> tuple[list[Path], list[bool]]:
+    """Copies and unrelated photos alternated (the rest of the longer list at the end), and
+    which are unrelated."""
+    out: list[tuple[Path, bool]] = []
+    for i in range(max(len(copies), len(unrelated))):
+        out += [(copies[i], False)] if i < len(copies) else []
+        out += [(unrelated[i], True)] if i < len(unrelated) else []
+    return [p for p, _ in out], [u for _, u in out]
 
 
 def _env(repo: Path) -> dict:
@@ -104,22 +123,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--port", type=int, default=28123)
+    ap.add_argument("--unrelated", default=None, help="folder of photos not indexed, searched too")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     sides = {"current": REPO_ROOT, "baseline": Path(args.baseline).resolve()}
     work = Path(tempfile.mkdtemp(prefix="neardup-latency-"))
-    queries = _make_queries(photos, work / "queries", args.queries)
+    copies = _make_queries(photos, work / "queries", args.queries)
+    unrelated = _unrelated(args.unrelated, args.queries)
+    queries, is_unrelated = _interleave(copies, unrelated)
     for name, repo in sides.items():
         _cli(repo, "index", *map(str, photos), "--index-dir", str(work / name)).wait()
     times: dict[str, list[float]] = {name: [] for name in sides}
+    times_unrelated: dict[str, list[float]] = {name: [] for name in sides}
     first: dict[str, list[dict]] = {name: [] for name in sides}  # each round's first and tenth query
     memory: dict[str, list[dict]] = {name: [] for name in sides}  # each round's server, once ready
     for r in range(args.rounds):
         for name, repo in sides.items():
             warm, timed = _serve_and_time(repo, work / name, args.port + r, queries, args.warmup,
                                           memory[name])
-            times[name] += timed
+            times[name] += [t for t, u in zip(timed, is_unrelated) if not u]
+            times_unrelated[name] += [t for t, u in zip(timed, is_unrelated) if u]
             first[name].append({"first_ms": round(warm[0], 1), "tenth_ms": round((warm + timed)[9], 1)})
             print(name, latency_percentiles(times[name]), first[name][-1], flush=True)
     stats = {name: latency_percentiles(t) for name, t in times.items()}
@@ -128,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
               "photos": len(photos), "sides": {k: str(v) for k, v in sides.items()},
               "latency_ms": stats, "ratio_current_to_baseline": ratio,
               "first_and_tenth_query_after_ready": first, "server_memory_when_ready": memory}
+    if unrelated:
+        result["unrelated_queries"] = len(unrelated)
+        result["unrelated_latency_ms"] = {n: latency_percentiles(t) for n, t in times_unrelated.items()}
     out = Path(args.out) if args.out else RESULTS_DIR / f"query_latency_{today()}.json"
     write_json(out, result)
     print(result["latency_ms"], ratio)
