@@ -380,3 +380,34 @@ def test_side_vectors_rank_hits_and_survive_restart(tmp_path):
     plain.add(ids[:2], recs[:2])
     assert plain.get(ids[1])["code"] == codes[1].tobytes().hex() and plain.stats()["vector_bytes"] == 0
     plain.close()
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_folded_search_is_the_routers_fold_of_the_full_answer(tmp_path, snapshot):
+    """A shard asked to fold (``fold``: a stored view's cost) answers what the router's own fold
+    of its full answer gives: each image once, at its best hit, a view's paying the cost, the
+    top ``keep``; scored by side vectors, and in Hamming order without them."""
+    from formats.vectors import quantize
+    from rayapp.ranking import fold_views, merge_results
+    from shards.vectors import records
+    from shards.views import view_id
+    rng = np.random.default_rng(9)
+    n = 120
+    codes, floats = codes_for(n, seed=9), rng.normal(size=(n, BITS)).astype(np.float32)
+    view_codes = np.stack([near(c, 3, seed=i) for i, c in enumerate(codes[::2])])
+    ids = names(n) + [view_id(i, "center70") for i in names(n)[::2]]
+    a = ShardActor(0, str(tmp_path / "s"), BITS, vector_bytes=BITS)
+    a.add(ids, records(np.concatenate([codes, view_codes]),
+                       quantize(np.concatenate([floats, floats[::2] + 0.3]))))
+    if snapshot:
+        a.snapshot()
+    query = np.stack([near(codes[i], 5, seed=i) for i in (0, 3, 8)])
+    for vectors in (quantize(floats[[0, 3, 8]] + 0.5), None):
+        full = a.search(query, k=60, vectors=vectors)
+        for keep in (5, 30):
+            folded = a.search(query, k=60, vectors=vectors, fold=1.0, keep=keep)
+            want = [fold_views(h, keep, 1.0) for h in merge_results({0: full}, len(query), 60)]
+            assert merge_results({0: folded}, len(query), keep) == want
+            assert all(len(row) == keep for row in folded)
+            assert any(h.get("ref_view") == "center70" and h["cost"] == 1.0 for row in folded for h in row)
+    a.close()
