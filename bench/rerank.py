@@ -4,8 +4,8 @@
     python -m bench.rerank --entries 20000    # smoke size
 
 One in-process ShardActor per mode over the same random codes: ``vector_bytes=0`` searched with
-``with_codes`` (what the router's weighted re-rank needs) and ``vector_bytes=128`` searched with
-query vectors (the shard scores its candidates). A query is one image's views: 6 codes, 40
+the queries' bit confidences (the shard ranks by weighted Hamming distance) and
+``vector_bytes=128`` searched with query vectors (the shard scores by cosine). A query is one image's views: 6 codes, 40
 candidates each (``rerank_depth(10)`` for an image stored with one crop).
 """
 from __future__ import annotations
@@ -33,10 +33,12 @@ def _shard(codes: np.ndarray, vectors: np.ndarray, vector_bytes: int, root: str)
 
 def _latencies(shard: ShardActor, queries: np.ndarray, qvec: np.ndarray | None, n: int) -> dict:
     ms = []
+    weights = np.random.default_rng(1).uniform(0, 1, (queries.shape[1], 128)).astype(np.float32)
     for i in range(n):
         q = queries[i % len(queries)]
+        ranked = {"weights": weights} if qvec is None else {"vectors": qvec[i % len(qvec)]}
         t0 = time.perf_counter()
-        shard.search(q, 40, None, False, qvec is None, None if qvec is None else qvec[i % len(qvec)])
+        shard.search(q, 40, **ranked)
         ms.append((time.perf_counter() - t0) * 1000)
     return common.latency_percentiles(ms)
 

@@ -61,7 +61,7 @@ def run(argv: list[str] | None = None) -> Path:
             pick = rng.choice(args.entries, 6)
             img = _crop_jpeg(photos[int(pick[0]) % len(photos)], rng)
             t0 = time.perf_counter()
-            (hits, *_) = shard.search(codes[pick] ^ 3, 40, None, False, False, vectors[pick])
+            (hits, *_) = shard.search(codes[pick] ^ 3, 40, vectors=vectors[pick])
             t1 = time.perf_counter()
             query = extract_query(img)  # as given and mirrored
             t2 = time.perf_counter()

@@ -45,7 +45,8 @@ class Encoder(ABC):
 
     def encode_weighted(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Codes plus each bit's confidence in [0, 1] (float32 (n, bits)), for ranking stored
-        codes by :func:`weighted_hamming`; None when the encoder has no confidences (PDQ, pHash)."""
+        codes by weighted Hamming distance (``shards.weighted``); None when the encoder has no
+        confidences (PDQ, pHash)."""
         return self.encode_batch(batch), None
 
     def encode_vectors(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None,
@@ -95,18 +96,6 @@ def check_rank(mode: str) -> str:
     if mode not in RANK_MODES:
         raise ValueError(f"rank must be one of {', '.join(RANK_MODES)}; got {mode!r}")
     return mode
-
-
-def weighted_hamming(query: np.ndarray, weights: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Asymmetric distance from one query (packed (B,), its bit confidences (bits,)) to packed
-    codes (m, B) -> float32 (m,): the sum of the confidences of the bits that differ.
-
-    Stored codes stay binary; only the query keeps its real-valued confidences. A bit the encoder
-    was unsure of costs little when it flips, so copies rank above images that merely tie in
-    Hamming distance (held-out mAP@100 0.769 -> 0.815 for deephash, MODEL_CARD.md).
-    """
-    x = np.bitwise_xor(np.asarray(codes, dtype=np.uint8).reshape(-1, len(query)), query[None, :])
-    return np.unpackbits(x, axis=-1, bitorder="big").astype(np.float32) @ np.asarray(weights, np.float32)
 
 
 def code_to_hex(code: np.ndarray) -> str:

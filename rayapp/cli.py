@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 

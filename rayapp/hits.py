@@ -9,7 +9,7 @@ the HTTP answer back (``from_json``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from shards.verify import verify_bonus
@@ -35,7 +35,6 @@ class Hit:
     inliers: int | None = None        # keypoints that verified it
     rank: float | None = None         # the final rank value: lower is better
     confidence: float | None = None   # calibrated estimated precision, 0-1
-    code: bytes | None = field(default=None, repr=False, compare=False)  # for a re-rank only
 
     def but(self, **changes: Any) -> "Hit":
         """A copy with ``changes`` (``dataclasses.replace``, without re-running the frozen
@@ -48,8 +47,8 @@ class Hit:
 
     @classmethod
     def from_shard(cls, raw: dict, shard: int) -> "Hit":
-        """A shard actor's hit (``ShardActor.search``: id, distance, optional meta, code,
-        score) as held by shard ``shard``."""
+        """A shard actor's hit (``ShardActor.search``: id, distance, optional meta, score or
+        weighted, cost and ref_view) as held by shard ``shard``."""
         return _BLANK.but(**raw, shard=shard)
 
     @classmethod
@@ -86,7 +85,7 @@ class Hit:
 
 
 _FIELDS = frozenset(f.name for f in fields(Hit))
-_JSON_FIELDS = tuple(f.name for f in fields(Hit) if f.name != "code")
+_JSON_FIELDS = tuple(f.name for f in fields(Hit))
 _CLI_FIELDS = ("rank", "confidence", "score", "weighted", "cost", "variant", "ref_view", "inliers")
 _BLANK = Hit("", 0)
 

@@ -1,5 +1,5 @@
 """How hits are ordered, in one place: the rank key, the merge of shards' and views' results,
-the weighted re-rank, the verification credit and the calibrated confidence.
+the verification credit and the calibrated confidence.
 
 Every answer (``/v1/search``, ``neardup search``, dedup, eval) is ranked by ``order_key``: the
 side-vector ``score`` or else the ``weighted`` Hamming distance or else the distance, plus the
@@ -13,13 +13,8 @@ from itertools import islice
 from operator import itemgetter
 from typing import Sequence
 
-import numpy as np
-
-from encoders.base import weighted_hamming
-from encoders.tta import REF_VIEW_COST
 from rayapp.hits import Hit
 from shards.verify import verify_bonus
-from shards.views import split_id
 
 
 def merge_results(replies: dict[int, list[list[dict]]], num_queries: int, k: int,
@@ -41,10 +36,10 @@ _BY_KEY = itemgetter(0, 1, 2, 3)  # a merge entry's rank key and shard (the dict
 
 
 def _reply_key(raw: dict) -> tuple[float, int, str]:
-    """``order_key`` of a hit as a shard returns it: no query view's cost, re-rank or
-    verification yet (a stored view's cost when the shard folded it)."""
+    """``order_key`` of a hit as a shard returns it: no query view's cost or verification yet
+    (a stored view's cost when the shard folded it)."""
     d = raw["distance"]
-    score = raw.get("score")
+    score = raw.get("score", raw.get("weighted"))
     return ((d if score is None else score) + raw.get("cost", 0.0), d, raw["id"])
 
 
@@ -70,20 +65,6 @@ def merge_variants(rows: list[list[Hit]], k: int, costs: Sequence[float] | None 
     return sorted(best.values(), key=order_key)[:k]
 
 
-def fold_views(hits: list[Hit], k: int, cost: float = REF_VIEW_COST) -> list[Hit]:
-    """One query's hits with each stored reference view's hit folded into its image's: the image
-    keeps its best hit, where a view's pays ``cost`` and names the ``ref_view``; the top k."""
-    best: dict[str, Hit] = {}
-    for hit in hits:
-        image, view = split_id(hit.id)
-        if view is not None:
-            hit = _with_cost(hit, cost).but(id=image, ref_view=view)
-        seen = best.get(image)
-        if seen is None or order_key(hit) < order_key(seen):
-            best[image] = hit
-    return sorted(best.values(), key=order_key)[:k]
-
-
 def _with_cost(hit: Hit, cost: float) -> Hit:
     """``hit`` having paid ``cost`` more (a total that is not > 0 leaves it as it was)."""
     total = round(hit.cost + cost, 3)
@@ -91,29 +72,9 @@ def _with_cost(hit: Hit, cost: float) -> Hit:
 
 
 def rerank_depth(k: int) -> int:
-    """Hamming neighbours each shard returns for a weighted re-rank of the top k: deep enough
-    that re-ranking them matches re-ranking every stored code (see the model card)."""
+    """Hamming neighbours each shard ranks by side vector or weighted distance for the top k:
+    deep enough that ranking them matches ranking every stored code (see the model card)."""
     return max(2 * k, k + 10)
-
-
-def rerank(hits: list[Hit], query: np.ndarray, weights: np.ndarray, k: int) -> list[Hit]:
-    """One query's hits (each with its ``code``) ordered by weighted Hamming distance, then
-    distance and id; the top k, each with ``weighted`` set and its code dropped."""
-    if not hits:
-        return []
-    codes = np.frombuffer(b"".join(h.code for h in hits), dtype=np.uint8)
-    scores = weighted_hamming(query, weights, codes)
-    out = [h.but(code=None, weighted=round(float(w), 3)) for h, w in zip(hits, scores.tolist())]
-    return sorted(out, key=order_key)[:k]
-
-
-def weighted_unless_scored(hits: list[Hit], query: np.ndarray, weights: np.ndarray,
-                            k: int) -> list[Hit]:
-    """Hits re-ranked by weighted Hamming distance, unless their shards already scored them by
-    side vector (``score``); either way without their codes."""
-    if not any(h.score is not None for h in hits):
-        return rerank(hits, query, weights, k)
-    return [h.but(code=None) for h in hits]
 
 
 def order_key(hit: Hit) -> tuple[float, int, str]:

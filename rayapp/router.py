@@ -7,8 +7,8 @@ instead of claiming durability they do not have. Deadlines and the probation of 
 are :class:`rayapp.shard_pool.ShardPool`'s.
 
 An image may be stored with reference views (``shards.views``): extra entries holding the codes
-of some of its crops, on the image's shard. Searches fold a view's hit into its image's
-(``fold_views``), and removing an image removes its views.
+of some of its crops, on the image's shard. Each shard folds a view's hit into its image's
+(``shards.candidates``), so the router merges images, and removing an image removes its views.
 
 An image query's top hits can then be spatially verified (``verify``): each owning shard
 matches the query's keypoints against its stored images' (``shards.verify``), and a hit that
@@ -30,7 +30,7 @@ from ray.actor import ActorHandle
 from encoders.tta import REF_VIEW_COST, REF_VIEWS, is_mirrored
 from rayapp.blocking import run_sync
 from rayapp.hits import Hit
-from rayapp.ranking import fold_views, merge_results, rerank_depth, with_inliers, weighted_unless_scored
+from rayapp.ranking import merge_results, rerank_depth, with_inliers
 from rayapp.shard_pool import ShardPool, client_error, reason
 from shards.verify import KEYPOINT_BYTES
 from shards.views import base_id, check_base_id, view_id
@@ -165,37 +165,34 @@ class ShardRouter:
             raise ValueError(f"radius must be >= 0, got {radius}")
         return codes
 
-    def _submit_search(self, shards: list[int], codes, k, radius, with_meta, with_codes,
-                       vectors=None, keep=None) -> dict[int, Any]:
-        """One search call per shard; with ``keep`` each shard folds its stored views into
-        their images and returns its top ``keep`` images (``ShardActor.search``)."""
+    def _submit_search(self, shards: list[int], codes, depth, radius, with_meta, vectors, weights,
+                       keep) -> dict[int, Any]:
+        """One search call per shard: each ranks its ``depth`` candidates per query, folds its
+        stored views into their images and returns its top ``keep`` images
+        (``ShardActor.search``)."""
         radius = None if radius is None else int(radius)
-        fold = None if keep is None else self.ref_view_cost
-        return {i: self.pool.read(i, "search", codes, int(k), radius, with_meta, with_codes, vectors,
-                                  fold, keep)
+        return {i: self.pool.read(i, "search", codes, int(depth), radius, with_meta, vectors, weights,
+                                  self.ref_view_cost, int(keep))
                 for i in shards}
 
     # ---- search -----------------------------------------------------------------------
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                       with_meta: bool = False, weights: np.ndarray | None = None,
                       vectors: np.ndarray | None = None) -> tuple[list[list[Hit]], list[int]]:
-        """Top-k per query over all shards -> (hits, ids of shards that did not answer).
+        """Top-k images per query over all shards -> (hits, ids of shards that did not answer).
 
-        With ``weights`` (the queries' bit confidences, (n, bits)) or side ``vectors`` (n, d),
-        each shard takes its ``rerank_depth(k)`` Hamming neighbours. Shards that store side
-        vectors score them by cosine (``score``, ``shards.vectors``); otherwise, with weights,
-        the merged lists are re-ranked here by weighted Hamming distance (``weighted``); without
-        either, hits rank by Hamming distance. Unless a re-rank here follows, each shard folds
-        its stored views into their images and sends back only its top k.
+        With side ``vectors`` (n, d) or bit confidences ``weights`` (n, bits), each shard
+        ranks its ``rerank_depth(k)`` Hamming neighbours: by cosine where it stores side vectors
+        (``score``, ``shards.vectors``), else by weighted Hamming distance (``weighted``,
+        ``shards.weighted``); without either, by Hamming distance. Each shard folds its stored
+        views into their images and sends back its top k; the router merges them.
         """
         codes = self._query(codes, k, radius)
         shards, skipped = await self.pool.available()
-        depth, with_codes = self._depth(codes, k, weights, vectors)
-        # a weighted re-rank here must see every view's hit first; otherwise shards fold
-        keep = None if weights is not None and vectors is None else int(k)
+        depth = self._depth(codes, k, weights, vectors)
         results, errors = await self.pool.gather(self._submit_search(
-            shards, codes, depth, radius, with_meta, with_codes, vectors, keep), self.timeout_s)
-        return self._merge(results, codes, k, depth, radius, weights), sorted({**skipped, **errors})
+            shards, codes, depth, radius, with_meta, vectors, weights, k), self.timeout_s)
+        return merge_results(results, len(codes), int(k), radius), sorted({**skipped, **errors})
 
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, weights: np.ndarray | None = None,
@@ -204,27 +201,18 @@ class ShardRouter:
         return run_sync(self.asearch(codes, k, radius, with_meta, weights, vectors))
 
     def _depth(self, codes: np.ndarray, k: int, weights: np.ndarray | None,
-               vectors: np.ndarray | None = None) -> tuple[int, bool]:
-        """(neighbours to fetch per shard, whether hits carry codes) for this query: re-ranked
-        queries (bit confidences or side vectors) fetch ``rerank_depth(k)``, and an image can
-        take up to 1 + ref_views of them."""
+               vectors: np.ndarray | None = None) -> int:
+        """Neighbours to fetch per shard for this query (bad shapes raise here, before any
+        shard is asked): ranked queries (side vectors or bit confidences) fetch
+        ``rerank_depth(k)``, and an image can take up to 1 + ref_views of them."""
         if vectors is not None and len(vectors) != len(codes):
             raise ValueError(f"got {len(vectors)} query vectors for {len(codes)} codes")
         if weights is not None and np.shape(weights) != (len(codes), codes.shape[1] * 8):
             raise ValueError(f"weights must have shape ({len(codes)}, {codes.shape[1] * 8}), "
                              f"got {np.shape(weights)}")
-        reranked = weights is not None or vectors is not None
-        depth = rerank_depth(int(k)) if reranked else int(k)
-        return depth * (1 + self.ref_views), weights is not None
-
-    def _merge(self, results: dict[int, Any], codes: np.ndarray, k: int, depth: int,
-               radius: int | None, weights: np.ndarray | None) -> list[list[Hit]]:
-        """The shards' replies (plain dicts) as each query's ranked Hits, views folded."""
-        merged = merge_results(results, len(codes), depth, radius)
-        if weights is not None:
-            merged = [weighted_unless_scored(hits, codes[q], weights[q], depth)
-                      for q, hits in enumerate(merged)]
-        return [fold_views(hits, int(k), self.ref_view_cost) for hits in merged]
+        ranked = weights is not None or vectors is not None
+        depth = rerank_depth(int(k)) if ranked else int(k)
+        return depth * (1 + self.ref_views)
 
     # ---- spatial verification ---------------------------------------------------------
     def _submit_verify(self, hits: list[Hit], keypoints: np.ndarray,

@@ -22,12 +22,13 @@ from shards import shard_dir
 from shards.blobs import BlobLog
 from shards.candidates import Candidates, hits as candidate_hits, rank_keys
 from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limit, check_metas,
-                           check_radius, check_vectors)
+                           check_radius, check_vectors, check_weights)
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.records import RecordLayout
 from shards.store import IdStore, hash_ids
 from shards.vectors import vector_distance
 from shards.verify import inliers
+from shards.weighted import weighted_hamming
 from shards.views import is_view
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, replay_batches
 
@@ -214,49 +215,53 @@ class ShardActor:
 
     # -- reads ------------------------------------------------------------------------------------
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
-               with_meta: bool = False, with_codes: bool = False,
-               vectors: np.ndarray | None = None, fold: float | None = None,
+               with_meta: bool = False, vectors: np.ndarray | None = None,
+               weights: np.ndarray | None = None, fold: float | None = None,
                keep: int | None = None) -> list[list[dict]]:
         """Per query, its k Hamming-nearest entries, optionally within radius, as hit dicts
-        (``shards.candidates``): ordered by distance, or with the queries' side ``vectors``
-        (n, vector_bytes), on a shard that stores them, by ``score``. With ``fold`` (a stored
-        view's prior cost) each image's entries fold into its best and the top ``keep`` images
-        remain, unless the hits go back unscored with ``with_codes`` to be re-ranked first.
-        ``with_codes``: each hit carries its packed code (bytes); ``with_meta``: its meta."""
+        (``shards.candidates``), ordered by distance or, when the queries carry them, by
+        ``score`` (side ``vectors`` (n, vector_bytes), on a shard that stores its own) or else
+        by ``weighted`` Hamming distance (bit confidences ``weights`` (n, bits),
+        ``shards.weighted``). With ``fold`` (a stored view's prior cost) each image's entries
+        fold into its best and the top ``keep`` images remain. ``with_meta``: each hit carries
+        its stored meta."""
         codes = self._layout.check(codes)
         k, radius = check_k(k), check_radius(radius)
         scored = check_vectors(vectors, len(codes), self.vector_bytes, self.bits)
-        with_codes = with_codes and not scored  # codes are for a re-rank scored hits never get
-        fold = None if fold is None or with_codes else float(fold)
+        vectors = vectors if scored else None
+        weights = None if scored or weights is None else check_weights(weights, len(codes), self.bits)
+        fold = None if fold is None else float(fold)
         D, I = self._index.search(codes, k)
         ok = I != -1
         if radius is not None:
             ok &= D <= radius
         flat = I[ok]
-        names, rows = self._store.rows_of(flat) if scored else (self._store.ids_of(flat), None)
+        ranked = scored or weights is not None
+        names, rows = self._store.rows_of(flat) if ranked else (self._store.ids_of(flat), None)
         out, start = [], 0
         for q in range(len(codes)):
             stop = start + int(ok[q].sum())
             live = [j for j in range(start, stop) if names[j] is not None]  # None: just removed
             c = Candidates([names[j] for j in live], D[q][ok[q]][np.array(live, int) - start], flat[live])
-            scores = None if not scored else vector_distance(
-                vectors[q], self._layout.vector_array(rows[live]), self.bits)
-            found = candidate_hits(c, rank_keys(c, scores), fold, keep)
-            out.append(self._with_items(c, found, with_meta, with_codes))
+            scores = None if not ranked else self._scores(q, rows[live], vectors, weights, codes)
+            found = candidate_hits(c, rank_keys(c, scores), fold, keep, "score" if scored else "weighted")
+            out.append(self._with_meta(c, found) if with_meta else [hit for _, hit in found])
             start = stop
         return out
 
-    def _with_items(self, c: Candidates, found: list[tuple[int, dict]], with_meta: bool,
-                    with_codes: bool) -> list[dict]:
-        """The hits, each with its stored meta and/or code when asked for."""
-        if not (with_meta or with_codes):
-            return [hit for _, hit in found]
+    def _scores(self, q: int, rows: np.ndarray, vectors: np.ndarray | None,
+                weights: np.ndarray | None, codes: np.ndarray) -> np.ndarray:
+        """Query ``q``'s score of each candidate's store row: by side vector when ``vectors``
+        are given (NaN where none is stored), else by weighted Hamming distance."""
+        if vectors is not None:
+            return vector_distance(vectors[q], self._layout.vector_array(rows), self.bits)
+        return weighted_hamming(codes[q], weights[q], rows[:, :self.code_bytes])
+
+    def _with_meta(self, c: Candidates, found: list[tuple[int, dict]]) -> list[dict]:
+        """The hits, each with its stored meta."""
         items = self._store.get_many(c.hashes[[i for i, _ in found]])
         for (_, hit), item in zip(found, items):
-            if with_meta:
-                hit["meta"] = item.meta_dict() if item is not None else {}
-            if with_codes:
-                hit["code"] = item.code[:self.code_bytes] if item is not None else bytes(self.code_bytes)
+            hit["meta"] = item.meta_dict() if item is not None else {}
         return [hit for _, hit in found]
 
     def verify(self, ids: list[str], keypoints: np.ndarray | bytes,

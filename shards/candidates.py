@@ -3,8 +3,9 @@ optionally folded into images, as the plain hit dicts the router merges.
 
 Each query's candidates are its Hamming nearest codes. With the queries' side vectors, on a
 shard that stores its own, each gains ``score`` (``shards.vectors``; its Hamming distance where
-the entry has no vector) and they are ordered by it, else by distance; ties go by distance, then
-id. With ``fold`` (the prior cost a stored reference view's match pays, ``shards.views``) each
+the entry has no vector), else with the queries' bit confidences ``weighted`` (weighted Hamming
+distance, ``shards.weighted``), and they are ordered by it, else by distance; ties go by
+distance, then id. With ``fold`` (the prior cost a stored reference view's match pays, ``shards.views``) each
 image's candidates and its views' fold into one, the image's best, where a view's pays the
 cost (``ref_view`` and ``cost`` say so), and only the top ``keep`` images are returned: an image
 query searches many views of itself against twice as many candidates as it keeps, and folding
@@ -29,8 +30,8 @@ class Candidates:
 
 
 def rank_keys(c: Candidates, scores: np.ndarray | None) -> list[float] | None:
-    """Each candidate's side-vector score rounded to 3 places, its distance where it has no
-    vector (NaN); None when the query was not scored."""
+    """Each candidate's score rounded to 3 places, its distance where it has none (NaN: no side
+    vector stored); None when the query was not scored."""
     if scores is None:
         return None
     values = np.where(np.isnan(scores), c.distances, np.asarray(scores, dtype=np.float64))
@@ -38,14 +39,16 @@ def rank_keys(c: Candidates, scores: np.ndarray | None) -> list[float] | None:
 
 
 def hits(c: Candidates, keys: list[float] | None, fold: float | None = None,
-         keep: int | None = None) -> list[tuple[int, dict]]:
+         keep: int | None = None, name: str = "score") -> list[tuple[int, dict]]:
     """One query's (candidate index, hit dict), best first: every candidate, or with ``fold``
-    the top ``keep`` images (see the module docstring)."""
+    the top ``keep`` images (see the module docstring). ``name``: the hit field the keys go to
+    (``score`` or ``weighted``)."""
     if fold is None:  # unscored candidates keep the index's order: by distance
         order = range(len(c.names)) if keys is None else _order(keys, c.distances, np.array(c.names, dtype=str))
-        return [(i, _hit(c, keys, i, c.names[i], None, 0.0)) for i in order]
+        return [(i, _hit(c, keys, i, c.names[i], None, 0.0, name)) for i in order]
     cost = round(fold, 3)
-    return [(i, _hit(c, keys, i, image, view, cost)) for i, image, view in _folded(c, keys, fold, keep)]
+    return [(i, _hit(c, keys, i, image, view, cost, name))
+            for i, image, view in _folded(c, keys, fold, keep)]
 
 
 def _order(keys: list[float] | None, distances: np.ndarray, *ids: np.ndarray) -> list[int]:
@@ -74,10 +77,10 @@ def _folded(c: Candidates, keys: list[float] | None, cost: float,
 
 
 def _hit(c: Candidates, keys: list[float] | None, i: int, image: str, view: str | None,
-         cost: float) -> dict:
+         cost: float, name: str) -> dict:
     hit = {"id": image, "distance": int(c.distances[i])}
     if keys is not None:
-        hit["score"] = keys[i]
+        hit[name] = keys[i]
     if view is not None:
         hit["ref_view"] = view
         if cost > 0:

@@ -77,6 +77,14 @@ def check_vectors(vectors: Any, n: int, vector_bytes: int, value_width: int) -> 
         raise ValueError(f"vectors must have shape ({n}, {vector_bytes}), got {shape}")
     return scored
 
+def check_weights(weights: Any, n: int, bits: int) -> np.ndarray:
+    """``n`` queries' bit confidences as float32 (n, bits), else ValueError."""
+    shape = np.shape(weights)
+    if shape != (n, bits):
+        raise ValueError(f"weights must have shape ({n}, {bits}), got {shape}")
+    return np.asarray(weights, dtype=np.float32)
+
+
 def check_limit(limit: Any) -> int:
     """A page size: an integer in 1..MAX_K."""
     if not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_K:

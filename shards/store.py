@@ -86,30 +86,20 @@ class IdStore:
 
     def ids_of(self, hashes: np.ndarray) -> list[str | None]:
         """External ids for int64 keys (None where absent); cheaper than get_many."""
-        hashes = np.asarray(hashes, dtype=np.int64).reshape(-1)
-        base, overlay = self._base, self._overlay
-        out: list[str | None] = []
-        missing = []
-        for i, h in enumerate(hashes.tolist()):
-            item = overlay.get(h)
-            out.append(None if item is None else item.id)
-            if item is None:
-                missing.append(i)
-        if missing and len(base):
-            idx = np.array(missing, dtype=np.int64)
-            rows = base.rows_of(hashes[idx])
-            hit = rows >= 0
-            for i, ext in zip(idx[hit].tolist(), base.ids(rows[hit])):
-                out[i] = ext
-        return out
+        return self._lookup(hashes, rows=False)[0]
 
     def rows_of(self, hashes: np.ndarray) -> tuple[list[str | None], np.ndarray]:
         """External ids (None where absent) and stored rows, (n, code_bytes) uint8 (zeros where
         absent), for int64 keys: what scoring many candidates needs, without an item each."""
+        return self._lookup(hashes, rows=True)
+
+    def _lookup(self, hashes: np.ndarray, rows: bool) -> tuple[list[str | None], np.ndarray | None]:
+        """Ids (and with ``rows`` the stored rows) of int64 keys: the overlay's, then the
+        base's for the keys the overlay lacks."""
         hashes = np.asarray(hashes, dtype=np.int64).reshape(-1)
         base, overlay = self._base, self._overlay
         ids: list[str | None] = [None] * len(hashes)
-        out = np.zeros((len(hashes), self.code_bytes), dtype=np.uint8)
+        out = np.zeros((len(hashes), self.code_bytes), dtype=np.uint8) if rows else None
         missing = []
         for i, h in enumerate(hashes.tolist()):
             item = overlay.get(h)
@@ -117,13 +107,15 @@ class IdStore:
                 missing.append(i)
             else:
                 ids[i] = item.id
-                out[i] = np.frombuffer(item.code, np.uint8)
+                if rows:
+                    out[i] = np.frombuffer(item.code, np.uint8)
         if missing and len(base):
             where = np.array(missing, dtype=np.int64)
-            rows = base.rows_of(hashes[where])
-            where, rows = where[rows >= 0], rows[rows >= 0]
-            out[where] = base.codes(rows, self.code_bytes)
-            for i, ext in zip(where.tolist(), base.ids(rows)):
+            found = base.rows_of(hashes[where])
+            where, found = where[found >= 0], found[found >= 0]
+            if rows:
+                out[where] = base.codes(found, self.code_bytes)
+            for i, ext in zip(where.tolist(), base.ids(found)):
                 ids[i] = ext
         return ids, out
 

@@ -5,8 +5,8 @@ An indexed image may also be stored under the codes of some of its crops (its *r
 far from the full image's but close to its stored centre crop. Each view is an ordinary entry
 whose id is ``<id>\\x1f<view>``. The unit separator is a control character, which no client id
 may contain (``check_base_id``), so every stored id is either an image's or one of its views'.
-Routing hashes the base id (``base_id``), so an image and its views share a shard; the router
-folds a view's hit back into its image's (``rayapp.ranking.fold_views``).
+Routing hashes the base id (``base_id``), so an image and its views share a shard, which folds
+a view's hit back into its image's (``shards.candidates``).
 """
 from __future__ import annotations
 

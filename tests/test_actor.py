@@ -382,13 +382,32 @@ def test_side_vectors_rank_hits_and_survive_restart(tmp_path):
     plain.close()
 
 
+def _fold(rows: list[dict], cost: float, keep: int) -> list[dict]:
+    """The fold rule written out plainly: each image at its best hit, where a stored view's
+    pays ``cost``; ties by distance, then image id; the top ``keep``."""
+    from shards.views import split_id
+    best: dict[str, tuple] = {}
+    for hit in rows:
+        image, view = split_id(hit["id"])
+        base = hit.get("score", hit.get("weighted", hit["distance"]))
+        key = (round(base + (cost if view else 0.0), 3), hit["distance"], image)
+        if image not in best or key < best[image][0]:
+            best[image] = (key, image, view, hit)
+    out = []
+    for key, image, view, hit in sorted(best.values(), key=lambda b: b[0])[:keep]:
+        folded = {**hit, "id": image}
+        if view:
+            folded.update(ref_view=view, cost=cost)
+        out.append(folded)
+    return out
+
+
 @pytest.mark.parametrize("snapshot", [False, True])
-def test_folded_search_is_the_routers_fold_of_the_full_answer(tmp_path, snapshot):
-    """A shard asked to fold (``fold``: a stored view's cost) answers what the router's own fold
-    of its full answer gives: each image once, at its best hit, a view's paying the cost, the
-    top ``keep``; scored by side vectors, and in Hamming order without them."""
+def test_a_folded_search_is_the_fold_of_the_full_answer(tmp_path, snapshot):
+    """A shard asked to fold (``fold``: a stored view's cost) answers the fold of its full
+    answer: each image once, at its best hit, a view's paying the cost, the top ``keep``; ranked
+    by side vectors, by the queries' bit confidences, and by Hamming distance without either."""
     from formats.vectors import quantize
-    from rayapp.ranking import fold_views, merge_results
     from shards.vectors import records
     from shards.views import view_id
     rng = np.random.default_rng(9)
@@ -402,12 +421,33 @@ def test_folded_search_is_the_routers_fold_of_the_full_answer(tmp_path, snapshot
     if snapshot:
         a.snapshot()
     query = np.stack([near(codes[i], 5, seed=i) for i in (0, 3, 8)])
-    for vectors in (quantize(floats[[0, 3, 8]] + 0.5), None):
-        full = a.search(query, k=60, vectors=vectors)
+    weights = rng.uniform(0.1, 1.0, (3, BITS)).astype(np.float32)
+    for ranked in ({"vectors": quantize(floats[[0, 3, 8]] + 0.5)}, {"weights": weights}, {}):
+        full = a.search(query, k=60, **ranked)
         for keep in (5, 30):
-            folded = a.search(query, k=60, vectors=vectors, fold=1.0, keep=keep)
-            want = [fold_views(h, keep, 1.0) for h in merge_results({0: full}, len(query), 60)]
-            assert merge_results({0: folded}, len(query), keep) == want
+            folded = a.search(query, k=60, fold=1.0, keep=keep, **ranked)
+            assert folded == [_fold(rows, 1.0, keep) for rows in full]
             assert all(len(row) == keep for row in folded)
             assert any(h.get("ref_view") == "center70" and h["cost"] == 1.0 for row in folded for h in row)
+    a.close()
+
+
+def test_weighted_ranks_by_the_confidence_of_the_bits_that_differ(tmp_path):
+    """Without side vectors, a query's bit confidences rank its candidates: a code that differs
+    only in bits the query is unsure of beats one that differs in fewer, surer bits."""
+    from shards.weighted import weighted_hamming
+    codes = codes_for(3, seed=4)
+    codes[1], codes[2] = codes[0], codes[0]
+    codes[1, 0] ^= 0b11100000  # 3 bits the query is unsure of
+    codes[2, 1] ^= 0b10000000  # 1 bit it is sure of
+    a = ShardActor(0, str(tmp_path / "w"), BITS)
+    a.add(names(3), codes)
+    weights = np.ones((1, BITS), np.float32)
+    weights[0, :3] = 0.1
+    (hits,) = a.search(codes[:1], k=3, weights=weights)
+    assert [(h["id"], h["weighted"]) for h in hits] == [(names(3)[0], 0.0), (names(3)[1], 0.3),
+                                                      (names(3)[2], 1.0)]
+    assert np.allclose(weighted_hamming(codes[0], weights[0], codes), [0.0, 0.3, 1.0])
+    with pytest.raises(ValueError, match="weights must have shape"):
+        a.search(codes[:1], k=3, weights=np.ones((2, BITS), np.float32))
     a.close()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from encoders.augment import apply_family
-from encoders.base import hamming, unpack_bits, weighted_hamming
+from encoders.base import hamming, unpack_bits
+from shards.weighted import weighted_hamming
 from encoders.deephash import (WEIGHTS_DIR, Backbone, DeepHashEncoder, DeepHashNet, build_deephash,
                                bundled_weights, load_model, read_metadata, save_weights)
 from encoders.decode import load_image

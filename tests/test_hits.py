@@ -17,16 +17,16 @@ def test_a_shard_reply_becomes_a_hit_of_its_shard():
 
 
 def test_but_copies_and_leaves_the_original_alone():
-    hit = Hit("a", 3, shard=0, code=b"\x01")
-    moved = hit.but(code=None, weighted=2.5)
-    assert (moved.weighted, moved.code, hit.weighted, hit.code) == (2.5, None, None, b"\x01")
+    hit = Hit("a", 3, shard=0)
+    moved = hit.but(weighted=2.5)
+    assert (moved.weighted, hit.weighted) == (2.5, None)
     with pytest.raises(TypeError, match="no field"):
         hit.but(colour="red")
 
 
 def test_json_has_the_set_fields_in_the_http_contracts_order():
     hit = Hit("a", 3, meta={"path": "/a.jpg"}, score=1.5, shard=1, cost=0.5, ref_view="center70",
-              variant="flip", inliers=0, rank=2.0, confidence=0.9, code=b"\x00")
+              variant="flip", inliers=0, rank=2.0, confidence=0.9)
     assert json.dumps(hit.to_json()) == (
         '{"id": "a", "distance": 3, "meta": {"path": "/a.jpg"}, "score": 1.5, "shard": 1, "cost": 0.5, '
         '"ref_view": "center70", "variant": "flip", "inliers": 0, "rank": 2.0, "confidence": 0.9}')

@@ -11,7 +11,7 @@ import xxhash
 
 from encoders.base import hamming
 from rayapp.hits import Hit
-from rayapp.ranking import fold_views, merge_results, merge_variants
+from rayapp.ranking import merge_results, merge_variants
 from rayapp.router import ShardRouter, ShardUnavailable, shard_for, with_views
 from shards.actor import ShardActor
 from shards.views import view_id
@@ -44,7 +44,7 @@ def _kill(handle) -> None:
 class SlowShard:
     """Stands in for a hung shard: every call sleeps far longer than the router's timeout."""
 
-    def search(self, codes, k=10, radius=None, with_meta=False, with_codes=False, vectors=None,
+    def search(self, codes, k=10, radius=None, with_meta=False, vectors=None, weights=None,
                fold=None, keep=None):
         time.sleep(30)
         return [[] for _ in codes]
@@ -138,14 +138,14 @@ def test_weighted_rerank_orders_by_bit_confidence(router, data):
     assert missing == []
     top = results[0]
     assert [h.id for h in top] == ["img-0000", "img-0002", "img-0001"]
-    assert [h.weighted for h in top] == [0.0, 0.3, 1.0] and all(h.code is None for h in top)
+    assert [h.weighted for h in top] == [0.0, 0.3, 1.0]
     # the radius still bounds the Hamming distance; the async twin agrees
     assert [h.id for h in router.search(codes[:1], k=3, radius=1, weights=weights)[0][0]] == [
         "img-0000", "img-0001"]
     assert asyncio.run(router.asearch(codes[:1], k=3, weights=weights)) == (results, missing)
     with pytest.raises(ValueError, match="weights must have shape"):
         router.search(codes[:1], k=3, weights=np.ones((1, 8), np.float32))
-    # shards without side vectors ignore query vectors: the weighted re-rank still applies
+    # shards without side vectors ignore query vectors: the weighted ranking still applies
     vectors = np.ones((1, BITS), np.int8)
     assert router.search(codes[:1], k=3, weights=weights, vectors=vectors) == (results, missing)
 
@@ -164,7 +164,7 @@ def test_side_vectors_rank_across_shards_and_fold_views(ray_local, tmp_path):
     (hits,), missing = r.search(codes[4:5], k=5, vectors=crop_floats[9:10])
     assert missing == [] and hits[0].id == "v-9" and hits[0].ref_view == "center70"
     from encoders.tta import REF_VIEW_COST
-    assert hits[0].score < 0.5 and hits[0].cost == REF_VIEW_COST and hits[0].code is None
+    assert hits[0].score < 0.5 and hits[0].cost == REF_VIEW_COST
     keys = [h.score + h.cost for h in hits]
     assert keys == sorted(keys) and len({h.id for h in hits}) == 5
 
@@ -195,16 +195,6 @@ def test_merge_variants_adds_to_the_cost_a_hit_already_paid():
     top = merge_variants([as_given, mirrored], 2, [0, 0.5], ("original", "flip"))
     assert [(h.id, h.cost) for h in top] == [("b", 0.5), ("a", 0.5)]  # 3.1 < 3.4
     assert top[0].ref_view == "center70" and top[1].variant == "flip"
-
-
-def test_fold_views_keeps_each_images_best_hit_with_the_view_cost():
-    hits = [Hit(view_id("a", "center70"), 4, weighted=1.0), Hit("b", 5, weighted=1.2),
-            Hit("a", 9, weighted=3.0), Hit(view_id("b", "center70"), 5, weighted=1.1)]
-    top = fold_views(hits, 5, cost=0.5)
-    # a's crop (1.0 + 0.5) beats a as stored (3.0); b as stored (1.2) beats b's crop (1.6)
-    assert top == [Hit("b", 5, weighted=1.2), Hit("a", 4, weighted=1.0, cost=0.5, ref_view="center70")]
-    assert fold_views(hits, 1, cost=0.5) == top[:1]
-    assert fold_views(hits, 5, cost=0.0)[0].id == "a"  # free views: the crop's 1.0 leads
 
 
 def test_with_views_expands_ids_and_drops_the_views_not_given():
