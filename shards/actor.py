@@ -273,8 +273,8 @@ class ShardActor:
         ids = check_ids(ids)
         blocks, which = check_keypoint_blocks(keypoints, which, len(ids))
         out: list[int | None] = []
-        for item_id, w in zip(ids, which):
-            item = self._store.get(item_id) if self.keypoint_bytes else None
+        items = self._store.get_ids(ids) if self.keypoint_bytes else [None] * len(ids)
+        for item, w in zip(items, which):
             stored = None if item is None else self._layout.keypoints(item.code, self._blobs)
             out.append(None if stored is None else
                        max(inliers(b, stored) for b in (blocks if w < 0 else blocks[w:w + 1])))

@@ -76,13 +76,14 @@ class IdStore:
                 out[i] = item
         return out
 
-    def get_by_hash(self, h: int) -> StoredItem | None:
-        return self.get_many([h])[0]
-
     def get(self, ext_id: str) -> StoredItem | None:
         """The item stored under this external id, or None."""
-        item = self.get_by_hash(id_hash(ext_id))
-        return item if item is not None and item.id == ext_id else None
+        return self.get_ids([ext_id])[0]
+
+    def get_ids(self, ext_ids: Sequence[str]) -> list[StoredItem | None]:
+        """The items stored under these external ids (None where absent), in one lookup."""
+        items = self.get_many(hash_ids(ext_ids))
+        return [item if item is not None and item.id == i else None for i, item in zip(ext_ids, items)]
 
     def ids_of(self, hashes: np.ndarray) -> list[str | None]:
         """External ids for int64 keys (None where absent); cheaper than get_many."""
