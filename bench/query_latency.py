@@ -6,7 +6,8 @@ indexes the same photos with ``neardup index``, serves them with ``neardup serve
 ``/v1/search``, k=10) after a warm-up.
 Sides alternate over ``--rounds`` so that drifting machine load hits both alike. The result is
 P50/P95/P99 per side and their ratio to the baseline, and each round's first and tenth query
-after ready (the warm-up queries, not in the percentiles). With ``--unrelated DIR``, photos of
+after ready (the warm-up queries, not in the percentiles; the tenth sends the first's image
+again, so the two differ only in what the server had warmed). With ``--unrelated DIR``, photos of
 that folder (not indexed: queries with no copy stored, which verify deepest) are searched too,
 interleaved with the copies and reported apart.
 
@@ -83,6 +84,15 @@ def _server_memory(pid: int) -> dict:
     return {"processes": len(tree_rss(pid)), "rss_bytes": sum(by_title.values()), "by_title": by_title}
 
 
+def _warm_up_list(queries: list[Path], warmup: int) -> list[Path]:
+    """The warm-up queries: the first ``warmup``, except that the tenth repeats the first (the
+    same image, so first and tenth compare the server's warmth, not two queries' costs)."""
+    warm = list(queries[:warmup])
+    if len(warm) >= 10:
+        warm[9] = warm[0]
+    return warm
+
+
 def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], warmup: int,
                     memory: list) -> tuple[list[float], list[float]]:
     """Serve ``index`` from ``repo``; once ``/readyz`` says ready, note the server's memory in
@@ -104,7 +114,7 @@ def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], war
         times = []
         with httpx.Client(timeout=30) as client:
             memory.append(_server_memory(proc.pid))
-            for q in queries[:warmup] + queries:
+            for q in _warm_up_list(queries, warmup) + queries:
                 t0 = time.perf_counter()
                 r = client.post(f"{url}/v1/search", files={"file": q.read_bytes()}, data={"k": "10"})
                 r.raise_for_status()

@@ -31,18 +31,22 @@ CPU_ONLY_ENCODERS = frozenset({"pdq", "phash"})  # classical hashes never use a 
 BATCH_WAIT_S = 0.0
 
 
-def _warm_up_png() -> bytes:
-    """A small photo-like PNG (a gradient with a square) that every view and detector can run on."""
+def _warm_up_jpeg() -> bytes:
+    """A photo-sized JPEG (480x360: a smooth colour field with a detailed picture pasted into
+    it) that takes the paths a real query takes: the JPEG decoder, ORB at full detection size,
+    the pasted-photo finder and its extra views (9 in one batch), so the first real query finds
+    them warm."""
     import io
-    from PIL import ImageDraw
-    img = Image.linear_gradient("L").resize((96, 72)).convert("RGB")
-    ImageDraw.Draw(img).rectangle((20, 15, 60, 50), fill=(200, 40, 40))
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize((480, 360), Image.BICUBIC)
+    inner = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((240, 180), Image.BICUBIC)
+    img.paste(inner, (150, 90))
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
 
 
-WARM_UP_IMAGE = _warm_up_png()
+WARM_UP_IMAGE = _warm_up_jpeg()
 
 
 class ImageEncoder:
