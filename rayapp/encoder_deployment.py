@@ -21,7 +21,7 @@ from ray import serve
 
 from encoders.decode import ImageDecodeError, load_image
 from encoders.keypoints import extract as extract_keypoints, extract_query
-from encoders.tta import query_variants, ref_view_images, view_names
+from encoders.tta import most_views, query_variants, ref_view_images
 from rayapp.config import Config
 from rayapp.http import decode_status
 
@@ -68,7 +68,7 @@ class ImageEncoder:
         self.keypoints = bool(cfg.storage.keypoints)  # stored images: keypoints to keep
         # encoder.batch_size counts images per forward pass, as in ingest; a batch item here is a
         # request with all its views, so at most batch_size // (most views a query has) of them
-        most = max(len(view_names(self.tta, self.content)), 1 + len(self.ref_views))
+        most = max(most_views(self.tta, self.content), 1 + len(self.ref_views))
         self.encode_stacks.set_max_batch_size(max(1, int(cfg.encoder.batch_size) // most))
 
     def info(self) -> dict:

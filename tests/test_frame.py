@@ -67,3 +67,23 @@ def test_query_views_add_the_framed_photo_and_its_mirror():
     codes = [enc.encode_batch(a) for a in arrays]
     hamming = [int(np.unpackbits(c ^ own).sum()) for c in codes]
     assert hamming[4] < hamming[0], hamming
+
+
+def test_a_framed_looking_picture_with_a_photo_pasted_in_searches_both_crops():
+    """A photo beside flat space looks framed, and a second photo pasted into that space is
+    what the pasted-photo finder sees: the two boxes differ, so both crops are searched."""
+    from encoders.tta import box_iou, most_views
+    enc = get_encoder("deephash", device="cpu")
+    a, b = (Image.open(p).convert("RGB") for p in SCENES[:2])
+    canvas = Image.new("RGB", (480, 360), (235, 235, 232))
+    canvas.paste(a.resize((260, 200)), (0, 0))
+    canvas.paste(b.resize((180, 135)), (290, 215))
+    query = as_jpeg(canvas)
+    arrays, names = query_variants(query, enc.preprocess, "flip_rot90")
+    assert names[:8] == ["original", "flip", "rot90", "rot270", "content", "content+flip",
+                         "content", "content+flip"]
+    assert len(names) <= most_views("flip_rot90") and most_views("flip_rot90", "frame") == len(view_names("flip_rot90"))
+    own = enc.encode_batch(enc.preprocess(b.resize((180, 135)))[None])
+    hamming = [int(np.unpackbits(enc.encode_batch(x) ^ own).sum()) for x in arrays]
+    assert hamming[6] < hamming[0], hamming  # the pasted photo's crop is near its own code
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0 and box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
