@@ -168,6 +168,12 @@ def social_screenshot(img, rng, others=()):
 
 def paste_into(img, rng, others=()):
     """The photo shrunk to 40-70% of another photo's side and pasted onto it."""
+    return paste_into_box(img, rng, others)[0]
+
+
+def paste_into_box(img, rng, others=()):
+    """``paste_into`` and the (left, top, right, bottom) box the photo landed in, for measuring
+    a finder against the truth (``bench.paste_finder``)."""
     bg = _other(rng, others)
     bh, bw = bg.shape[:2]
     side = max(bh, bw, 256)
@@ -179,7 +185,7 @@ def paste_into(img, rng, others=()):
     x, y = int(rng.integers(0, bw - pw + 1)), int(rng.integers(0, bh - ph + 1))
     out = bg.copy()
     out[y:y + ph, x:x + pw] = _fit(img, pw, ph)
-    return out
+    return out, (x, y, x + pw, y + ph)
 
 
 def overlay(img, rng, others=()):

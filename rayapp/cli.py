@@ -248,19 +248,21 @@ def eval_cmd(args) -> None:
     sys.exit(eval_main(list(args)))
 
 
-BENCH_MODULES = {"shard": "shard_bench", "serve": "serve_load", "breakdown": "query_breakdown"}
+BENCH_MODULES = {"shard": "shard_bench", "serve": "serve_load", "breakdown": "query_breakdown",
+                 "paste": "paste_finder"}
 
 
 @cli.command(**PASSTHROUGH)
 @click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify", "dedup", "soak", "serve",
-                                            "breakdown"]))
+                                            "breakdown", "paste"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
     """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards), `gpu`
     (encoder and faiss-gpu throughput against the CPU), `rerank` (side-vector scoring), `verify`
     (spatial verification), `dedup` (the dedup job's quality and throughput), `soak` (a long mixed
     load against a real server), `serve` (open-loop load on a real server beside Ray Serve's own
-    floor) or `breakdown` (where one image query's time goes)."""
+    floor), `breakdown` (where one image query's time goes) or `paste` (how often the query's
+    crops hold a photo pasted into a picture)."""
     import os
     import subprocess
     module = "bench." + BENCH_MODULES.get(which, which)

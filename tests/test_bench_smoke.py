@@ -289,3 +289,13 @@ def test_encoder_runtime_bench_compares_both_runtimes(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["runtimes"]) == {"torch", "onnx"} and set(result["ratio_onnx_to_torch_ms"]) == {"1", "8", "64"}
     assert result["agreement"]["images"] == 64 and result["agreement"]["max_bit_flips"] <= 1
+
+
+def test_paste_finder_bench_scores_both_rules_on_the_same_trials(tmp_path):
+    from bench import paste_finder
+    photos = str(common.REPO_ROOT / "rayapp" / "samples")
+    res = json.loads(paste_finder.run(["--photos", photos, "--n", "12", "--out-dir", str(tmp_path)]).read_text())
+    for rule in ("frame_first", "both_boxes"):
+        assert sum(res[rule].values()) == 12
+    assert res["both_boxes"]["none"] == res["frame_first"]["none"]  # the same trials, the same finders
+    assert res["both_boxes"]["found"] >= res["frame_first"]["found"] > 0
