@@ -118,10 +118,7 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
     When both finders fire on different boxes (a photo pasted onto a picture with flat areas
     looks framed too), both crops are searched, each as ``content``."""
     arrays, names = variants(preprocess(img)[None], mode), list(variant_names(mode))
-    frame = content_box(img) if content else None
-    pasted = paste_box(img) if content and content != "frame" else None
-    if frame is not None and pasted is not None and box_iou(frame, pasted) >= SAME_BOX_IOU:
-        pasted = None  # one photo, found by both
+    frame, pasted = content_boxes(img, content)
     for box in (b for b in (frame, pasted) if b is not None):
         inner = preprocess(img.crop(box))[None]
         arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
@@ -135,6 +132,17 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
         arrays.append(preprocess(turned_back(img, theta))[None])
         names.append("upright")
     return arrays, names
+
+
+def content_boxes(img: Image.Image, content: bool | str = True) -> tuple[tuple | None, tuple | None]:
+    """(the flat frame's photo box, the pasted photo's box) of a query, each None where its
+    finder does not fire or does not run (``content`` False; "frame": no pasted-photo finder);
+    the pasted box is None too when it is the frame's photo found again (IoU >= SAME_BOX_IOU)."""
+    frame = content_box(img) if content else None
+    pasted = paste_box(img) if content and content != "frame" else None
+    if frame is not None and pasted is not None and box_iou(frame, pasted) >= SAME_BOX_IOU:
+        pasted = None  # one photo, found by both
+    return frame, pasted
 
 
 def most_views(mode: str, content: bool | str = True) -> int:
@@ -155,12 +163,6 @@ def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def photo_box(img: Image.Image, region: bool = True) -> tuple[int, int, int, int] | None:
-    """The box of the photo inside ``img``: inside a flat frame (``encoders.frame``), else (with
-    ``region``) pasted into another picture (``encoders.region``); None when neither is found."""
-    return content_box(img) or (paste_box(img) if region else None)
 
 
 def outside_box(size: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:

@@ -79,7 +79,7 @@ def rerank_depth(k: int) -> int:
 
 def order_key(hit: Hit) -> tuple[float, int, str]:
     """Rank key: the side-vector ``score`` or else the ``weighted`` distance when present
-    (re-ranked hits), else distance, plus the prior ``cost`` of the views that matched, less
+    (from shards without side vectors), else distance, plus the prior ``cost`` of the views that matched, less
     the credit of a spatially verified hit (``inliers``); then distance, then id."""
     d = int(hit.distance)
     base = hit.score if hit.score is not None else hit.weighted if hit.weighted is not None else d

@@ -32,6 +32,7 @@ from rayapp.blocking import run_sync
 from rayapp.hits import Hit
 from rayapp.ranking import merge_results, rerank_depth, with_inliers
 from rayapp.shard_pool import ShardPool, client_error, reason
+from shards.checks import check_weights
 from shards.verify import KEYPOINT_BYTES
 from shards.views import base_id, check_base_id, view_id
 
@@ -207,9 +208,8 @@ class ShardRouter:
         ``rerank_depth(k)``, and an image can take up to 1 + ref_views of them."""
         if vectors is not None and len(vectors) != len(codes):
             raise ValueError(f"got {len(vectors)} query vectors for {len(codes)} codes")
-        if weights is not None and np.shape(weights) != (len(codes), codes.shape[1] * 8):
-            raise ValueError(f"weights must have shape ({len(codes)}, {codes.shape[1] * 8}), "
-                             f"got {np.shape(weights)}")
+        if weights is not None:
+            check_weights(weights, len(codes), codes.shape[1] * 8)
         ranked = weights is not None or vectors is not None
         depth = rerank_depth(int(k)) if ranked else int(k)
         return depth * (1 + self.ref_views)

@@ -77,6 +77,7 @@ def check_vectors(vectors: Any, n: int, vector_bytes: int, value_width: int) -> 
         raise ValueError(f"vectors must have shape ({n}, {vector_bytes}), got {shape}")
     return scored
 
+
 def check_weights(weights: Any, n: int, bits: int) -> np.ndarray:
     """``n`` queries' bit confidences as float32 (n, bits), else ValueError."""
     shape = np.shape(weights)

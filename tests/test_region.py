@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from encoders.region import paste_box
-from encoders.tta import outside_box, photo_box, query_variants
+from encoders.tta import content_boxes, outside_box, query_variants
 from tests.helpers_images import SAMPLES, SCENES, as_jpeg, iou
 
 
@@ -42,11 +42,12 @@ def test_leaves_most_ordinary_photos_alone():
 def test_query_views_search_the_pasted_photo():
     clothes = [p for p in SAMPLES if p.name.startswith("clothing")]
     img, box = _pasted(clothes[1], SCENES[1], 0.5, (0.5, 0.2))
-    assert photo_box(img) is not None and iou(photo_box(img), box) > 0.8
+    frame, pasted = content_boxes(img)
+    assert frame is None and pasted is not None and iou(pasted, box) > 0.8
     arrays, names = query_variants(img, lambda im: np.asarray(im.resize((32, 32))), "flip")
     assert names == ["original", "flip", "content", "content+flip", "outside"] and len(arrays) == 5
     # the outside view is the widest strip beside the pasted photo: a clean part of the picture
-    assert outside_box(img.size, photo_box(img)) is not None
+    assert outside_box(img.size, pasted) is not None
 
 
 def test_a_side_between_like_brightness_and_unlike_colour_is_found():
