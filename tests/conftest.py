@@ -21,6 +21,8 @@ Ray, and which test gets which:
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,8 +104,30 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         _SHARED.stop()
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _SHARED.stop()
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process with pytest's own exit status once everything is reported.
+
+    The session starts and stops Ray in this process several times (the shared Ray, then the
+    multi-node and metrics tests), and Ray's native threads from an earlier session can crash
+    the interpreter's teardown after the last test has passed (ray-project/ray#31145): CI once
+    saw "444 passed" and then a segmentation fault. Nothing is left to run or write by then
+    (the cache and every report are written at session finish), so the process skips the
+    teardown. ``NEARDUP_TEST_SOFT_EXIT=1`` keeps the normal teardown, to chase such a crash.
+    """
+    if not _EXIT_STATUS or os.environ.get("NEARDUP_TEST_SOFT_EXIT") == "1":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS[-1])
 
 
 PHOTO_COUNT = 12
