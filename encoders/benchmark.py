@@ -28,6 +28,8 @@ SUITES = {"own": ALL_FAMILIES, "independent": independent_edits.FAMILIES}
 #: Which non-indexed photo each composite query shows (pasted around or over its copy): two
 #: copies that show the same one share content without sharing a source.
 PASTED_CSV = "pasted.csv"
+#: The single edits each query was made with, in order (a chain's draw, a recipe's steps).
+EDITS_CSV = "edits.csv"
 
 
 def source_files(originals: str | Path | list, subset: str | None = None) -> list[Path]:
@@ -55,18 +57,18 @@ class _TakenFrom(list):
 
 
 def _editor(suite: str, pool: list[Path]):
-    """fn(source path, family, rng) -> (edited PIL image, names of the pool photos it shows),
-    for the named suite."""
+    """fn(source path, family, rng) -> (edited PIL image, names of the pool photos it shows,
+    the single edits applied), for the named suite."""
     if suite == "own":
-        return lambda src, fam, rng: (apply_family(fam, load_image(src), rng, strength=1.0), [])
+        return lambda src, fam, rng: (apply_family(fam, load_image(src), rng, strength=1.0), [], [fam])
     if suite != "independent":
         raise ValueError(f"unknown edit suite {suite!r}; choose from {list(SUITES)}")
     others = _TakenFrom([np.asarray(load_image(p)) for p in pool])
 
-    def edit(src: Path, fam: str, rng: np.random.Generator) -> tuple[Image.Image, list[str]]:
+    def edit(src: Path, fam: str, rng: np.random.Generator) -> tuple[Image.Image, list[str], list[str]]:
         others.taken.clear()
-        out, _ = independent_edits.apply(fam, np.asarray(load_image(src)), rng, others)
-        return Image.fromarray(out), [pool[i].name for i in others.taken]
+        out, singles = independent_edits.apply(fam, np.asarray(load_image(src)), rng, others)
+        return Image.fromarray(out), [pool[i].name for i in others.taken], singles
     return edit
 
 
@@ -74,7 +76,8 @@ def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_ref
                     n_queries: int = 900, n_negatives: int = 280, n_distractors: int = 250,
                     seed: int = 0, families: tuple[str, ...] | None = None, suite: str = "own",
                     subset: str | None = None) -> dict:
-    """Write refs/, queries/ and ground_truth.csv (query,ref,family) under ``out_dir``.
+    """Write refs/, queries/ and ground_truth.csv (query,ref,family) under ``out_dir``, with
+    edits.csv (query,edits: the single edits joined by ``+``) and pasted.csv.
 
     ``n_refs`` originals get ``n_queries`` edited queries (families cycled evenly), ``n_distractors``
     more originals are indexed without queries, and ``n_negatives`` non-indexed originals give edited
@@ -103,14 +106,16 @@ def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_ref
     rng.shuffle(fam_order)
     sources = [(refs[i % len(refs)], fam) for i, fam in enumerate(fam_order)]
     sources += [(f, families[int(rng.integers(0, len(families)))]) for f in negatives]
-    rows, shown = [], []
+    rows, shown, edits = [], [], []
     for j, (src, fam) in enumerate(sources):
         qname = f"q{j:05d}.jpg"
-        image, others = edit(src, fam, rng)
+        image, others, singles = edit(src, fam, rng)
         image.save(out / "queries" / qname, quality=95)
         rows.append((qname, ref_names.get(src, ""), fam))
         shown += [(qname, name) for name in others]
+        edits.append((qname, "+".join(singles)))
     _write_csv(out / "ground_truth.csv", ["query", "ref", "family"], rows)
+    _write_csv(out / EDITS_CSV, ["query", "edits"], edits)
     _write_csv(out / PASTED_CSV, ["query", "other_photo"], shown)
     dirs = originals_dir if isinstance(originals_dir, (list, tuple)) else [originals_dir]
     info = {"originals": [str(d) for d in dirs], "subset": subset, "suite": suite,

@@ -81,6 +81,14 @@ def test_eval_scores_both_suites_side_by_side(tmp_path):
     gt = {r["query"]: r["family"] for r in csv.DictReader(open(tmp_path / "bench/independent/ground_truth.csv"))}
     pasted = list(csv.DictReader(open(tmp_path / "bench/independent/pasted.csv")))
     assert {gt[r["query"]] for r in pasted} >= {"paste_into", "overlay"}  # the photo each one shows
+    edits = {r["query"]: r["edits"].split("+") for r in csv.DictReader(open(tmp_path / "bench/independent/edits.csv"))}
+    assert set(edits) == set(gt)  # every query says which single edits made it
+    for query, family in gt.items():
+        singles = edits[query]
+        if family == independent_edits.CHAIN:
+            assert 2 <= len(singles) <= 4 and set(singles) <= set(independent_edits.SINGLES)
+        else:
+            assert singles == list(independent_edits.COMBOS.get(family, (family,)))
     deep = ind["results"]["deephash:tta=flip_turns,verify=0"]
     assert set(deep["per_family_recall@1"]) == set(independent_edits.FAMILIES)
     assert "rot180" in deep["views"] and "flip+rot180" in deep["views"]
