@@ -12,7 +12,7 @@ from encoders.keypoints import extract, extract_query
 from shards.actor import ShardActor
 from shards.vectors import records
 from shards.verify import (BONUS_FROM, BONUS_FULL, _one_to_one, KEYPOINT_BYTES, VERIFY_BONUS, inliers, pack, unpack,
-                           verify_bonus)
+                           two_nearest, verify_bonus)
 from tests.helpers_images import jpeg_bytes
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
@@ -69,6 +69,21 @@ def test_many_query_keypoints_on_one_stored_keypoint_count_once():
     dist = np.array([9, 3, 7, 5])
     nearest = np.array([4, 4, 4, 2])
     assert _one_to_one(good, dist, nearest).tolist() == [1, 3]
+
+
+@pytest.mark.parametrize("m,n", [(256, 256), (37, 2), (5, 180)])
+def test_two_nearest_agrees_with_faiss_knn(m, n):
+    """The full-matrix 2-NN gives FAISS k-NN's two distances, and a nearest at the first one,
+    on descriptors with many ties (few distinct bits)."""
+    import faiss
+    rng = np.random.default_rng(m + n)
+    q = (rng.integers(0, 4, (m, 32)) * 64).astype(np.uint8)
+    s = (rng.integers(0, 4, (n, 32)) * 64).astype(np.uint8)
+    first, second, nearest = two_nearest(q, s)
+    dist, _ = faiss.knn_hamming(q, s, 2)
+    assert first.tolist() == dist[:, 0].tolist() and second.tolist() == dist[:, 1].tolist()
+    own = np.unpackbits(q[:, None, :] ^ s[nearest][:, None, :], axis=2).sum(axis=(1, 2))
+    assert own.tolist() == first.tolist()
 
 
 def test_bonus_is_zero_then_linear_then_capped():
