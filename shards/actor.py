@@ -26,9 +26,9 @@ from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limi
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.records import RecordLayout
 from shards.store import IdStore, hash_ids
-from shards.vectors import vector_distance
+from shards.vectors import paired_distances
 from shards.verify import inliers
-from shards.weighted import weighted_hamming
+from shards.weighted import paired_weighted_hamming
 from shards.views import is_view
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, replay_batches
 
@@ -238,24 +238,27 @@ class ShardActor:
         flat = I[ok]
         ranked = scored or weights is not None
         names, rows = self._store.rows_of(flat) if ranked else (self._store.ids_of(flat), None)
+        of_query = np.repeat(np.arange(len(codes)), ok.sum(axis=1))
+        all_scores = self._scores(of_query, rows, vectors, weights, codes) if ranked else None
         out, start = [], 0
         for q in range(len(codes)):
             stop = start + int(ok[q].sum())
             live = [j for j in range(start, stop) if names[j] is not None]  # None: just removed
             c = Candidates([names[j] for j in live], D[q][ok[q]][np.array(live, int) - start], flat[live])
-            scores = None if not ranked else self._scores(q, rows[live], vectors, weights, codes)
+            scores = None if all_scores is None else all_scores[live]
             found = candidate_hits(c, rank_keys(c, scores), fold, keep, "score" if scored else "weighted")
             out.append(self._with_meta(c, found) if with_meta else [hit for _, hit in found])
             start = stop
         return out
 
-    def _scores(self, q: int, rows: np.ndarray, vectors: np.ndarray | None,
+    def _scores(self, of_query: np.ndarray, rows: np.ndarray, vectors: np.ndarray | None,
                 weights: np.ndarray | None, codes: np.ndarray) -> np.ndarray:
-        """Query ``q``'s score of each candidate's store row: by side vector when ``vectors``
-        are given (NaN where none is stored), else by weighted Hamming distance."""
+        """Each candidate's score by its query (``of_query``: the query of each store row in
+        ``rows``), all in one pass: by side vector when ``vectors`` are given (NaN where none is
+        stored), else by weighted Hamming distance."""
         if vectors is not None:
-            return vector_distance(vectors[q], self._layout.vector_array(rows), self.bits)
-        return weighted_hamming(codes[q], weights[q], rows[:, :self.code_bytes])
+            return paired_distances(vectors[of_query], self._layout.vector_array(rows), self.bits)
+        return paired_weighted_hamming(codes[of_query], weights[of_query], rows[:, :self.code_bytes])
 
     def _with_meta(self, c: Candidates, found: list[tuple[int, dict]]) -> list[dict]:
         """The hits, each with its stored meta."""

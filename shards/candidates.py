@@ -44,17 +44,22 @@ def hits(c: Candidates, keys: list[float] | None, fold: float | None = None,
     the top ``keep`` images (see the module docstring). ``name``: the hit field the keys go to
     (``score`` or ``weighted``)."""
     if fold is None:  # unscored candidates keep the index's order: by distance
-        order = range(len(c.names)) if keys is None else _order(keys, c.distances, np.array(c.names, dtype=str))
+        order = range(len(c.names)) if keys is None else _order(keys, c.distances, c.names)
         return [(i, _hit(c, keys, i, c.names[i], None, 0.0, name)) for i in order]
     cost = round(fold, 3)
     return [(i, _hit(c, keys, i, image, view, cost, name))
             for i, image, view in _folded(c, keys, fold, keep)]
 
 
-def _order(keys: list[float] | None, distances: np.ndarray, *ids: np.ndarray) -> list[int]:
-    """Candidate indices by (key, distance, ids...): ``np.lexsort`` takes the last key first."""
+def _order(keys: list[float] | np.ndarray | None, distances: np.ndarray, names: list[str]) -> list[int]:
+    """Candidate indices by (key, distance, stored id). ``np.lexsort`` takes the last key first;
+    the ids, slow to sort, are sorted by only when two candidates tie on both numbers."""
     primary = distances if keys is None else np.asarray(keys, dtype=np.float64)
-    return np.lexsort((*ids[::-1], distances, primary)).tolist()
+    order = np.lexsort((distances, primary))
+    p, d = primary[order], distances[order]
+    if np.any((p[1:] == p[:-1]) & (d[1:] == d[:-1])):
+        order = np.lexsort((np.array(names, dtype=str), distances, primary))
+    return order.tolist()
 
 
 def _folded(c: Candidates, keys: list[float] | None, cost: float,
@@ -62,11 +67,11 @@ def _folded(c: Candidates, keys: list[float] | None, cost: float,
     """(candidate index, image id, view or None) of the top ``keep`` images, each at its best
     candidate, a view's paying ``cost``; ties by distance, then stored id."""
     base = c.distances if keys is None else np.asarray(keys, dtype=np.float64)
-    views = np.array([SEP in n for n in c.names], dtype=bool)
-    folded = [float(k) for k in (base + cost * views).tolist()] if cost else keys
+    views = np.fromiter((SEP in n for n in c.names), dtype=bool, count=len(c.names))
+    folded = base + cost * views if cost else keys
     out: list[tuple[int, str, str | None]] = []
     seen: set[str] = set()
-    for i in _order(folded, c.distances, np.array(c.names, dtype=str)):
+    for i in _order(folded, c.distances, c.names):
         image, view = split_id(c.names[i])
         if image not in seen:
             seen.add(image)

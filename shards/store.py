@@ -99,17 +99,14 @@ class IdStore:
         base's for the keys the overlay lacks."""
         hashes = np.asarray(hashes, dtype=np.int64).reshape(-1)
         base, overlay = self._base, self._overlay
-        ids: list[str | None] = [None] * len(hashes)
+        items = [overlay.get(h) for h in hashes.tolist()] if overlay else [None] * len(hashes)
+        ids: list[str | None] = [None if item is None else item.id for item in items]
         out = np.zeros((len(hashes), self.code_bytes), dtype=np.uint8) if rows else None
-        missing = []
-        for i, h in enumerate(hashes.tolist()):
-            item = overlay.get(h)
-            if item is None:
-                missing.append(i)
-            else:
-                ids[i] = item.id
-                if rows:
-                    out[i] = np.frombuffer(item.code, np.uint8)
+        held = [i for i, item in enumerate(items) if item is not None]
+        missing = [i for i, item in enumerate(items) if item is None] if held else list(range(len(items)))
+        if rows and held:
+            codes = b"".join([items[i].code for i in held])
+            out[held] = np.frombuffer(codes, np.uint8).reshape(len(held), self.code_bytes)
         if missing and len(base):
             where = np.array(missing, dtype=np.int64)
             found = base.rows_of(hashes[where])

@@ -36,6 +36,23 @@ def vector_distance(query: np.ndarray, stored: np.ndarray, value_width: int) -> 
     return vector_distances(np.asarray(query)[None], stored, value_width)[0]
 
 
+def paired_distances(queries: np.ndarray, stored: np.ndarray, value_width: int) -> np.ndarray:
+    """Row ``i`` of ``queries`` (m, d) against row ``i`` of ``stored`` (m, d') -> float32 (m,),
+    as ``vector_distance``: a shard scores all its candidates of all of a query's views (each
+    row paired with its view's vector) in one pass."""
+    q_values, q_hash = split(np.asarray(queries), value_width)
+    s_values, s_hash = split(np.asarray(stored), value_width)
+    q = q_values.astype(np.float32)
+    s = s_values.astype(np.float32)
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.einsum("ij,ij->i", q, s) / np.linalg.norm(s, axis=1)
+    out = ((1.0 - cos) * VECTOR_SCALE).astype(np.float32)
+    if q_hash is not None and s_hash is not None:
+        out -= _credit(_hash_bits(q_hash, s_hash), q_hash, s_hash)
+    return out
+
+
 def vector_distances(queries: np.ndarray, stored: np.ndarray, value_width: int) -> np.ndarray:
     """Query side vectors (n, d) against stored ones (m, d') -> float32 (n, m), as
     ``vector_distance``."""
@@ -59,10 +76,20 @@ def hash_credit(queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
     where either hash is all zero (none computed)."""
     q = np.ascontiguousarray(queries).view(np.uint64)
     s = np.ascontiguousarray(stored).view(np.uint64)
-    bits = np.bitwise_count(q[:, None, :] ^ s[None, :, :]).sum(axis=2, dtype=np.int32)
+    return _credit(_hash_bits(q[:, None, :], s[None, :, :]), q[:, None, :], s[None, :, :])
+
+
+def _hash_bits(q: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Differing bits of packed hashes, summed over the last axis (shapes broadcast)."""
+    q = np.ascontiguousarray(q).view(np.uint64)
+    s = np.ascontiguousarray(s).view(np.uint64)
+    return np.bitwise_count(q ^ s).sum(axis=-1, dtype=np.int32)
+
+
+def _credit(bits: np.ndarray, q: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The credit of pairs ``bits`` apart (``hash_credit``), 0 where either hash is all zero."""
     credit = HASH_CREDIT * np.clip((HASH_FROM - bits) / float(HASH_FROM - HASH_FULL), 0.0, 1.0)
-    credit[~q.any(axis=1)] = 0.0
-    credit[:, ~s.any(axis=1)] = 0.0
+    credit[~(q.any(axis=-1) & s.any(axis=-1))] = 0.0
     return credit.astype(np.float32)
 
 

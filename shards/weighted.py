@@ -15,3 +15,12 @@ def weighted_hamming(query: np.ndarray, weights: np.ndarray, codes: np.ndarray) 
     codes (m, B) -> float32 (m,): the sum of the confidences of the bits that differ."""
     x = np.bitwise_xor(np.asarray(codes, dtype=np.uint8).reshape(-1, len(query)), query[None, :])
     return np.unpackbits(x, axis=-1, bitorder="big").astype(np.float32) @ np.asarray(weights, np.float32)
+
+
+def paired_weighted_hamming(queries: np.ndarray, weights: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Row ``i`` of packed ``queries`` (m, B) with its confidences ``weights`` (m, bits) against
+    row ``i`` of packed ``codes`` (m, B) -> float32 (m,), as ``weighted_hamming``: a shard scores
+    all its candidates of all of a query's views in one pass."""
+    x = np.bitwise_xor(np.asarray(codes, dtype=np.uint8), np.asarray(queries, dtype=np.uint8))
+    flips = np.unpackbits(x, axis=-1, bitorder="big").astype(np.float32)
+    return np.einsum("ij,ij->i", flips, np.asarray(weights, np.float32))
