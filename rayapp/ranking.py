@@ -50,25 +50,35 @@ def merge_variants(rows: list[list[Hit]], k: int, costs: Sequence[float] | None 
     A hit of variant v pays ``costs[v]`` (``encoders.tta.costs``: a mirrored or turned match must
     be clearly better than the query as given) on top of any ``cost`` it carries; a hit's
     ``cost`` says what it paid in all. With ``names`` each hit says which ``variant`` matched.
+    Keys are compared first and only the kept hits are copied: an image query's views bring
+    back hundreds of hits, most of them the same images again.
     """
-    best: dict[str, Hit] = {}
+    best: dict[str, tuple] = {}
     names = names if len(rows) > 1 else None
     for v, hits in enumerate(rows):
         cost = float(costs[v]) if costs is not None else 0.0
         for hit in hits:
-            hit = _with_cost(hit, cost)
-            if names:
-                hit = hit.but(variant=names[v])
+            paid = _paid(hit, cost)
+            key = _key(hit, paid)
             seen = best.get(hit.id)
-            if seen is None or order_key(hit) < order_key(seen):
-                best[hit.id] = hit
-    return sorted(best.values(), key=order_key)[:k]
+            if seen is None or key < seen[0]:
+                best[hit.id] = (key, hit, paid, v)
+    top = sorted(best.values(), key=itemgetter(0))[:k]
+    return [_as_paid(hit, paid, names[v] if names else None) for _, hit, paid, v in top]
 
 
-def _with_cost(hit: Hit, cost: float) -> Hit:
-    """``hit`` having paid ``cost`` more (a total that is not > 0 leaves it as it was)."""
+def _paid(hit: Hit, cost: float) -> float:
+    """The cost ``hit`` carries once it has paid ``cost`` more (a total that is not > 0 leaves
+    it as it was)."""
     total = round(hit.cost + cost, 3)
-    return hit.but(cost=total) if total > 0 else hit
+    return total if total > 0 else hit.cost
+
+
+def _as_paid(hit: Hit, paid: float, variant: str | None) -> Hit:
+    changes = {"cost": paid} if paid != hit.cost else {}
+    if variant is not None:
+        changes["variant"] = variant
+    return hit.but(**changes) if changes else hit
 
 
 def rerank_depth(k: int) -> int:
@@ -81,10 +91,15 @@ def order_key(hit: Hit) -> tuple[float, int, str]:
     """Rank key: the side-vector ``score`` or else the ``weighted`` distance when present
     (from shards without side vectors), else distance, plus the prior ``cost`` of the views that matched, less
     the credit of a spatially verified hit (``inliers``); then distance, then id."""
+    return _key(hit, hit.cost)
+
+
+def _key(hit: Hit, cost: float) -> tuple[float, int, str]:
+    """``order_key`` of ``hit`` as if it carried ``cost``."""
     d = int(hit.distance)
     base = hit.score if hit.score is not None else hit.weighted if hit.weighted is not None else d
     credit = verify_bonus(hit.inliers) if hit.inliers else 0.0
-    return (base + hit.cost - credit, d, hit.id)
+    return (base + cost - credit, d, hit.id)
 
 
 def with_confidence(hits: list[Hit], curve=None, min_confidence: float = 0.0) -> list[Hit]:

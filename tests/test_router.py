@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import ray
+from hypothesis import given, settings, strategies as st
 import xxhash
 
 from encoders.base import hamming
@@ -195,6 +196,28 @@ def test_merge_variants_adds_to_the_cost_a_hit_already_paid():
     top = merge_variants([as_given, mirrored], 2, [0, 0.5], ("original", "flip"))
     assert [(h.id, h.cost) for h in top] == [("b", 0.5), ("a", 0.5)]  # 3.1 < 3.4
     assert top[0].ref_view == "center70" and top[1].variant == "flip"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 40),
+                                   st.sampled_from([None, 1.0, 2.5, 2.75]), st.sampled_from([0.0, 0.5])),
+                         max_size=8), min_size=1, max_size=4),
+       st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.5]), min_size=4, max_size=4), st.integers(1, 6))
+def test_merge_variants_is_the_best_paid_copy_of_each_image(rows, costs, k):
+    """Against the plain rule: each hit pays its view's cost and says its view, each id keeps
+    its best, the top k by order_key."""
+    from rayapp.ranking import order_key
+    hits = [[Hit(i, d, weighted=w, cost=c) for i, d, w, c in row] for row in rows]
+    names = [f"v{v}" for v in range(len(rows))]
+    best: dict[str, Hit] = {}
+    for v, row in enumerate(hits):
+        for h in row:
+            total = round(h.cost + costs[v], 3)
+            h = h.but(cost=total) if total > 0 else h
+            h = h.but(variant=names[v]) if len(rows) > 1 else h
+            if h.id not in best or order_key(h) < order_key(best[h.id]):
+                best[h.id] = h
+    assert merge_variants(hits, k, costs[:len(rows)], names) == sorted(best.values(), key=order_key)[:k]
 
 
 def test_with_views_expands_ids_and_drops_the_views_not_given():
