@@ -14,6 +14,7 @@ from operator import itemgetter
 from typing import Sequence
 
 from rayapp.hits import Hit
+from shards.candidates import reply_key
 from shards.verify import verify_bonus
 
 
@@ -25,7 +26,7 @@ def merge_results(replies: dict[int, list[list[dict]]], num_queries: int, k: int
     bring back thousands of candidates, most of which the merge drops."""
     merged: list[list[Hit]] = []
     for q in range(num_queries):
-        streams = [sorted((_reply_key(raw) + (s, raw) for raw in rows[q]
+        streams = [sorted((reply_key(raw) + (s, raw) for raw in rows[q]
                            if radius is None or raw["distance"] <= radius), key=_BY_KEY)
                    for s, rows in sorted(replies.items())]
         merged.append([Hit.from_shard(raw, s) for *_, s, raw in islice(heapq.merge(*streams, key=_BY_KEY), k)])
@@ -33,14 +34,6 @@ def merge_results(replies: dict[int, list[list[dict]]], num_queries: int, k: int
 
 
 _BY_KEY = itemgetter(0, 1, 2, 3)  # a merge entry's rank key and shard (the dict never compares)
-
-
-def _reply_key(raw: dict) -> tuple[float, int, str]:
-    """``order_key`` of a hit as a shard returns it: no query view's cost or verification yet
-    (a stored view's cost when the shard folded it)."""
-    d = raw["distance"]
-    score = raw.get("score", raw.get("weighted"))
-    return ((d if score is None else score) + raw.get("cost", 0.0), d, raw["id"])
 
 
 def merge_variants(rows: list[list[Hit]], k: int, costs: Sequence[float] | None = None,

@@ -167,39 +167,44 @@ class ShardRouter:
         return codes
 
     def _submit_search(self, shards: list[int], codes, depth, radius, with_meta, vectors, weights,
-                       keep) -> dict[int, Any]:
+                       keep, views=None) -> dict[int, Any]:
         """One search call per shard: each ranks its ``depth`` candidates per query, folds its
-        stored views into their images and returns its top ``keep`` images
-        (``ShardActor.search``)."""
+        stored views into their images and returns its top ``keep`` images, with ``views`` one
+        list for the query's views merged (``ShardActor.search``)."""
         radius = None if radius is None else int(radius)
         return {i: self.pool.read(i, "search", codes, int(depth), radius, with_meta, vectors, weights,
-                                  self.ref_view_cost, int(keep))
+                                  self.ref_view_cost, int(keep), views)
                 for i in shards}
 
     # ---- search -----------------------------------------------------------------------
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                       with_meta: bool = False, weights: np.ndarray | None = None,
-                      vectors: np.ndarray | None = None) -> tuple[list[list[Hit]], list[int]]:
+                      vectors: np.ndarray | None = None,
+                      views: list[tuple[str, float]] | None = None) -> tuple[list[list[Hit]], list[int]]:
         """Top-k images per query over all shards -> (hits, ids of shards that did not answer).
 
         With side ``vectors`` (n, d) or bit confidences ``weights`` (n, bits), each shard
         ranks its ``rerank_depth(k)`` Hamming neighbours: by cosine where it stores side vectors
         (``score``, ``shards.vectors``), else by weighted Hamming distance (``weighted``,
         ``shards.weighted``); without either, by Hamming distance. Each shard folds its stored
-        views into their images and sends back its top k; the router merges them.
+        views into their images and sends back its top k; the router merges them. With
+        ``views`` (each code's view name and prior cost) the codes are one image query's views,
+        each shard merges them (``shards.candidates.merge_views``) and the answer is one list.
         """
         codes = self._query(codes, k, radius)
         shards, skipped = await self.pool.available()
         depth = self._depth(codes, k, weights, vectors)
         results, errors = await self.pool.gather(self._submit_search(
-            shards, codes, depth, radius, with_meta, vectors, weights, k), self.timeout_s)
-        return merge_results(results, len(codes), int(k), radius), sorted({**skipped, **errors})
+            shards, codes, depth, radius, with_meta, vectors, weights, k, views), self.timeout_s)
+        queries = 1 if views is not None else len(codes)
+        return merge_results(results, queries, int(k), radius), sorted({**skipped, **errors})
 
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, weights: np.ndarray | None = None,
-               vectors: np.ndarray | None = None) -> tuple[list[list[Hit]], list[int]]:
+               vectors: np.ndarray | None = None,
+               views: list[tuple[str, float]] | None = None) -> tuple[list[list[Hit]], list[int]]:
         """:meth:`asearch`, waited for."""
-        return run_sync(self.asearch(codes, k, radius, with_meta, weights, vectors))
+        return run_sync(self.asearch(codes, k, radius, with_meta, weights, vectors, views))
 
     def _depth(self, codes: np.ndarray, k: int, weights: np.ndarray | None,
                vectors: np.ndarray | None = None) -> int:

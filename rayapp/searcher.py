@@ -109,9 +109,10 @@ class Searcher:
         self.curve(q.kind, min_confidence)
         depth = self._depth(q)
         fetch = max(k, self._candidates(depth))
+        views = list(zip(q.names, self.cfg.view_costs(q.names).tolist()))
         rows, missing = await self.router.asearch(q.codes, fetch, radius, with_meta, q.weights,
-                                                  q.vectors)
-        hits = self._merged(q, rows, fetch)
+                                                  q.vectors, views)
+        hits = rows[0]  # the shards merged the views (``shards.candidates.merge_views``)
         if depth:
             hits = await self.router.averify(hits, q.keypoints, depth)
             hits = await self._verify_more(q, hits, depth)

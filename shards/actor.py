@@ -20,9 +20,9 @@ import numpy as np
 
 from shards import shard_dir
 from shards.blobs import BlobLog
-from shards.candidates import Candidates, hits as candidate_hits, rank_keys
+from shards.candidates import Candidates, hits as candidate_hits, merge_views, rank_keys
 from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limit, check_metas,
-                           check_radius, check_vectors, check_weights)
+                           check_radius, check_vectors, check_views, check_weights)
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.records import RecordLayout
 from shards.store import IdStore, hash_ids
@@ -217,16 +217,19 @@ class ShardActor:
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, vectors: np.ndarray | None = None,
                weights: np.ndarray | None = None, fold: float | None = None,
-               keep: int | None = None) -> list[list[dict]]:
+               keep: int | None = None, views: list | None = None) -> list[list[dict]]:
         """Per query, its k Hamming-nearest entries, optionally within radius, as hit dicts
         (``shards.candidates``), ordered by distance or, when the queries carry them, by
         ``score`` (side ``vectors`` (n, vector_bytes), on a shard that stores its own) or else
         by ``weighted`` Hamming distance (bit confidences ``weights`` (n, bits),
         ``shards.weighted``). With ``fold`` (a stored view's prior cost) each image's entries
         fold into its best and the top ``keep`` images remain. ``with_meta``: each hit carries
-        its stored meta."""
+        its stored meta. With ``views`` (each code's view name and prior cost: the codes are
+        one image query's views) the answer is one list, the views merged
+        (``shards.candidates.merge_views``)."""
         codes = self._layout.check(codes)
         k, radius = check_k(k), check_radius(radius)
+        views = None if views is None else check_views(views, len(codes))
         scored = check_vectors(vectors, len(codes), self.vector_bytes, self.bits)
         vectors = vectors if scored else None
         weights = None if scored or weights is None else check_weights(weights, len(codes), self.bits)
@@ -249,7 +252,7 @@ class ShardActor:
             found = candidate_hits(c, rank_keys(c, scores), fold, keep, "score" if scored else "weighted")
             out.append(self._with_meta(c, found) if with_meta else [hit for _, hit in found])
             start = stop
-        return out
+        return out if views is None else [merge_views(out, views, keep)]
 
     def _scores(self, of_query: np.ndarray, rows: np.ndarray, vectors: np.ndarray | None,
                 weights: np.ndarray | None, codes: np.ndarray) -> np.ndarray:

@@ -91,3 +91,42 @@ def _hit(c: Candidates, keys: list[float] | None, i: int, image: str, view: str 
         if cost > 0:
             hit["cost"] = cost
     return hit
+
+
+def reply_key(hit: dict, cost: float | None = None) -> tuple[float, int, str]:
+    """The rank key of a hit dict before verification: its ``score`` or else ``weighted`` or
+    else its distance, plus the ``cost`` of the views that matched (or ``cost`` when given);
+    then distance, then id."""
+    d = hit["distance"]
+    value = hit.get("score", hit.get("weighted"))
+    return ((d if value is None else value) + (hit.get("cost", 0.0) if cost is None else cost), d, hit["id"])
+
+
+def merge_views(per_view: list[list[dict]], views: list[tuple[str, float]], keep: int | None) -> list[dict]:
+    """One query's hits from each of its views (``views``: each one's name and prior cost, in
+    ``per_view``'s order) -> per image its best hit having paid its view's cost (``cost`` sums
+    what it paid, ``variant`` names the view when there are several), the top ``keep``.
+
+    Each shard merges the views of an image query itself, so it sends back one list instead
+    of one per view: the same answer (an image missing from a view's top ``keep`` here has that
+    many better images in this shard alone), a fraction of the hits to send and merge.
+    """
+    best: dict[str, tuple] = {}
+    for v, ((_, cost), hits) in enumerate(zip(views, per_view)):
+        for hit in hits:
+            had = hit.get("cost", 0.0)
+            total = round(had + cost, 3)
+            paid = total if total > 0 else had
+            key = reply_key(hit, paid)
+            seen = best.get(hit["id"])
+            if seen is None or key < seen[0]:
+                best[hit["id"]] = (key, hit, paid, v)
+    out = []
+    for _, hit, paid, v in sorted(best.values(), key=lambda e: e[0])[:keep]:
+        hit = dict(hit)
+        if paid > 0:
+            hit["cost"] = paid
+        if len(views) > 1:
+            hit["variant"] = views[v][0]
+        out.append(hit)
+    return out

@@ -67,6 +67,17 @@ def check_radius(radius: Any) -> int | None:
     return radius
 
 
+def check_views(views: Any, n: int) -> list[tuple[str, float]]:
+    """A search's query views: one (name, prior cost >= 0) per code."""
+    try:
+        out = [(str(name), float(cost)) for name, cost in views]
+    except (TypeError, ValueError):
+        raise ValueError(f"views must be (name, cost) pairs, got {views!r:.80}") from None
+    if len(out) != n or any(not c >= 0 for _, c in out):
+        raise ValueError(f"views must give one (name, cost >= 0) per code: {n} codes, got {views!r:.80}")
+    return out
+
+
 def check_vectors(vectors: Any, n: int, vector_bytes: int, value_width: int) -> bool:
     """Whether a search of ``n`` queries is scored by their side ``vectors``: they are given
     and the shard stores ``vector_bytes`` > 0 of its own; then they must be (n, w) with at least

@@ -432,6 +432,37 @@ def test_a_folded_search_is_the_fold_of_the_full_answer(tmp_path, snapshot):
     a.close()
 
 
+def test_a_shard_merges_a_querys_views_as_the_router_would(tmp_path):
+    """Asked with ``views`` (each code's view name and prior cost), a shard answers one list:
+    what ``rayapp.ranking.merge_variants`` makes of its per-view answers (each image at its
+    best view, having paid that view's cost, named by it), the top ``keep``."""
+    from formats.vectors import quantize
+    from rayapp.hits import Hit
+    from rayapp.ranking import merge_variants
+    from shards.vectors import records
+    from shards.views import view_id
+    rng = np.random.default_rng(12)
+    n = 80
+    codes, floats = codes_for(n, seed=12), rng.normal(size=(n, BITS)).astype(np.float32)
+    ids = names(n) + [view_id(i, "center70") for i in names(n)[::2]]
+    a = ShardActor(0, str(tmp_path / "v"), BITS, vector_bytes=BITS)
+    a.add(ids, records(np.concatenate([codes, codes[::2]]), quantize(np.concatenate([floats, floats[::2] + 0.2]))))
+    query = np.stack([near(codes[4], 6, seed=1), near(codes[9], 6, seed=2), near(codes[4], 20, seed=3)])
+    views = [("original", 0.0), ("flip", 0.5), ("rot90", 1.25)]
+    weights = rng.uniform(0.1, 1.0, (3, BITS)).astype(np.float32)
+    for ranked in ({"vectors": quantize(floats[[4, 9, 4]] + 0.4)}, {"weights": weights}, {}):
+        for keep in (3, 25):
+            per_view = a.search(query, k=50, fold=0.5, keep=keep, **ranked)
+            expected = merge_variants([[Hit.from_shard(h, 0) for h in row] for row in per_view], keep,
+                                      [c for _, c in views], [v for v, _ in views])
+            merged = a.search(query, k=50, fold=0.5, keep=keep, views=views, **ranked)
+            assert len(merged) == 1
+            assert [Hit.from_shard(h, 0) for h in merged[0]] == expected
+    with pytest.raises(ValueError, match="one \\(name, cost"):
+        a.search(query, k=5, views=views[:2])
+    a.close()
+
+
 def test_weighted_ranks_by_the_confidence_of_the_bits_that_differ(tmp_path):
     """Without side vectors, a query's bit confidences rank its candidates: a code that differs
     only in bits the query is unsure of beats one that differs in fewer, surer bits."""
