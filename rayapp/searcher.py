@@ -5,7 +5,8 @@ Serve's ``/v1/search``, ``neardup search`` and the dedup job all search through
 
 1. every view's code goes to every shard (``ShardRouter.search``: Hamming top-k, side-vector
    scores, stored views folded into their image);
-2. the views' hits merge into one list (``merge_variants``: each view's prior cost);
+2. the views' hits merge into one list, each view paying its prior cost: on each shard for one
+   query (``shards.candidates.merge_views``), in the router for a batch (``merge_variants``);
 3. the top hits are spatially verified by their shards (``ShardRouter.verify``) when the
    query has keypoints;
 4. each hit gets its final ``rank`` and, from the model's calibration curve, its
