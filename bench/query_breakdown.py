@@ -8,7 +8,7 @@ merge, verification and serialisation, measured two ways in one run.
 2. **The same steps, timed one by one.** This process (a driver on the same cluster) runs the
    product's own functions in the order the server runs them (``load_image``,
    ``query_variants``, ``encode_vectors``, ``extract_query``, ``ShardRouter.search`` against the
-   same shard actors, ``merge_variants``, ``ShardRouter.verify``, ``with_confidence``, FastAPI's
+   same shard actors, each merging the query's views, ``ShardRouter.verify``, ``with_confidence``, FastAPI's
    JSON rendering) and times each: wall milliseconds per stage. Torch runs with as many threads
    as the server's encoder replica has (its OMP_NUM_THREADS).
 
@@ -122,16 +122,18 @@ class TimedPath:
         from encoders.decode import load_image
         from encoders.keypoints import extract_query
         from encoders.tta import query_variants
-        from rayapp.ranking import merge_variants, with_confidence
+        from rayapp.ranking import with_confidence
         e, t = self.cfg.query, {}
         img = _timed(t, "decode", load_image, data, self.cfg.encoder.max_pixels)
         arrays, names = _timed(t, "views", query_variants, img, self.encoder.preprocess, e.tta, e.content)
         codes, weights, vectors = _timed(t, "encode", self.encoder.encode_vectors, np.concatenate(arrays))
         keypoints = _timed(t, "keypoints", extract_query, img)
         depth, fetch = max(0, int(e.verify)), max(K, int(e.verify))
-        rows, _ = _timed(t, "fan-out and shard search", self.router.search, codes, fetch, None, False,
-                         weights if e.rank != "hamming" else None, vectors if e.rank == "vector" else None)
-        hits = _timed(t, "merge and rank", merge_variants, rows, fetch, e.view_costs(names), names)
+        views = [(0, name, cost) for name, cost in zip(names, e.view_costs(names).tolist())]
+        rows, _ = _timed(t, "fan-out, shard search and merge", self.router.search, codes, fetch, None, False,
+                         weights if e.rank != "hamming" else None, vectors if e.rank == "vector" else None,
+                         views)
+        hits = rows[0]
         hits = _timed(t, "verification (with its fan-out)", self.router.verify, hits, keypoints, depth)
         hits = _timed(t, "confidence", with_confidence, hits[:K], self.curve, 0.0)
         _timed(t, "serialisation", _render, hits, codes[0])
@@ -228,7 +230,7 @@ def table(result: dict) -> str:
             f"| encoder replica call through Serve (decode to keypoints) | "
             f"{(hops['encoder replica call'] or {}).get('p50_ms', 'none: the ingress encodes')} | |",
             f"| Ray round trip to a shard (`ping`) | {hops['shard ping']['p50_ms']} | |"]
-    names = {"fan-out and shard search": ("fan-out", "shard search"),
+    names = {"fan-out, shard search and merge": ("fan-out", "shard search", "merge and rank"),
              "verification (with its fan-out)": ("verification",)}
     for stage, s in result["timed_stages"].items():
         spent = sum(cpu.get(n, 0.0) for n in names.get(stage, (stage,)))

@@ -1,4 +1,4 @@
-"""How hits are ordered, in one place: the rank key, the merge of shards' and views' results,
+"""How hits are ordered, in one place: the rank key, the merge of the shards' results,
 the verification credit and the calibrated confidence.
 
 Every answer (``/v1/search``, ``neardup search``, dedup, eval) is ranked by ``order_key``: the
@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 from itertools import islice
 from operator import itemgetter
-from typing import Sequence
 
 from rayapp.hits import Hit
 from shards.candidates import reply_key
@@ -36,44 +35,6 @@ def merge_results(replies: dict[int, list[list[dict]]], num_queries: int, k: int
 _BY_KEY = itemgetter(0, 1, 2, 3)  # a merge entry's rank key and shard (the dict never compares)
 
 
-def merge_variants(rows: list[list[Hit]], k: int, costs: Sequence[float] | None = None,
-                   names: Sequence[str] | None = None) -> list[Hit]:
-    """Results of one query's TTA variants -> one list: per id its best hit, top k.
-
-    A hit of variant v pays ``costs[v]`` (``encoders.tta.costs``: a mirrored or turned match must
-    be clearly better than the query as given) on top of any ``cost`` it carries; a hit's
-    ``cost`` says what it paid in all. With ``names`` each hit says which ``variant`` matched.
-    Keys are compared first and only the kept hits are copied: an image query's views bring
-    back hundreds of hits, most of them the same images again.
-    """
-    best: dict[str, tuple] = {}
-    names = names if len(rows) > 1 else None
-    for v, hits in enumerate(rows):
-        cost = float(costs[v]) if costs is not None else 0.0
-        for hit in hits:
-            paid = _paid(hit, cost)
-            key = _key(hit, paid)
-            seen = best.get(hit.id)
-            if seen is None or key < seen[0]:
-                best[hit.id] = (key, hit, paid, v)
-    top = sorted(best.values(), key=itemgetter(0))[:k]
-    return [_as_paid(hit, paid, names[v] if names else None) for _, hit, paid, v in top]
-
-
-def _paid(hit: Hit, cost: float) -> float:
-    """The cost ``hit`` carries once it has paid ``cost`` more (a total that is not > 0 leaves
-    it as it was)."""
-    total = round(hit.cost + cost, 3)
-    return total if total > 0 else hit.cost
-
-
-def _as_paid(hit: Hit, paid: float, variant: str | None) -> Hit:
-    changes = {"cost": paid} if paid != hit.cost else {}
-    if variant is not None:
-        changes["variant"] = variant
-    return hit.but(**changes) if changes else hit
-
-
 def rerank_depth(k: int) -> int:
     """Hamming neighbours each shard ranks by side vector or weighted distance for the top k:
     deep enough that ranking them matches ranking every stored code (see the model card)."""
@@ -84,15 +45,10 @@ def order_key(hit: Hit) -> tuple[float, int, str]:
     """Rank key: the side-vector ``score`` or else the ``weighted`` distance when present
     (from shards without side vectors), else distance, plus the prior ``cost`` of the views that matched, less
     the credit of a spatially verified hit (``inliers``); then distance, then id."""
-    return _key(hit, hit.cost)
-
-
-def _key(hit: Hit, cost: float) -> tuple[float, int, str]:
-    """``order_key`` of ``hit`` as if it carried ``cost``."""
     d = int(hit.distance)
     base = hit.score if hit.score is not None else hit.weighted if hit.weighted is not None else d
     credit = verify_bonus(hit.inliers) if hit.inliers else 0.0
-    return (base + cost - credit, d, hit.id)
+    return (base + hit.cost - credit, d, hit.id)
 
 
 def with_confidence(hits: list[Hit], curve=None, min_confidence: float = 0.0) -> list[Hit]:

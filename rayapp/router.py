@@ -32,7 +32,7 @@ from rayapp.blocking import run_sync
 from rayapp.hits import Hit
 from rayapp.ranking import merge_results, rerank_depth, with_inliers
 from rayapp.shard_pool import ShardPool, client_error, reason
-from shards.checks import check_weights
+from shards.checks import check_views, check_weights
 from shards.verify import KEYPOINT_BYTES
 from shards.views import base_id, check_base_id, view_id
 
@@ -180,7 +180,7 @@ class ShardRouter:
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                       with_meta: bool = False, weights: np.ndarray | None = None,
                       vectors: np.ndarray | None = None,
-                      views: list[tuple[str, float]] | None = None) -> tuple[list[list[Hit]], list[int]]:
+                      views: list[tuple[int, str, float]] | None = None) -> tuple[list[list[Hit]], list[int]]:
         """Top-k images per query over all shards -> (hits, ids of shards that did not answer).
 
         With side ``vectors`` (n, d) or bit confidences ``weights`` (n, bits), each shard
@@ -188,21 +188,23 @@ class ShardRouter:
         (``score``, ``shards.vectors``), else by weighted Hamming distance (``weighted``,
         ``shards.weighted``); without either, by Hamming distance. Each shard folds its stored
         views into their images and sends back its top k; the router merges them. With
-        ``views`` (each code's view name and prior cost) the codes are one image query's views,
-        each shard merges them (``shards.candidates.merge_views``) and the answer is one list.
+        ``views`` (each code's query, view name and prior cost) the codes are image queries'
+        views, each shard merges each query's (``shards.candidates.merge_views``) and the answer
+        is one list per query.
         """
         codes = self._query(codes, k, radius)
+        views = None if views is None else check_views(views, len(codes))
         shards, skipped = await self.pool.available()
         depth = self._depth(codes, k, weights, vectors)
         results, errors = await self.pool.gather(self._submit_search(
             shards, codes, depth, radius, with_meta, vectors, weights, k, views), self.timeout_s)
-        queries = 1 if views is not None else len(codes)
+        queries = len(codes) if views is None else views[-1][0] + 1
         return merge_results(results, queries, int(k), radius), sorted({**skipped, **errors})
 
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, weights: np.ndarray | None = None,
                vectors: np.ndarray | None = None,
-               views: list[tuple[str, float]] | None = None) -> tuple[list[list[Hit]], list[int]]:
+               views: list[tuple[int, str, float]] | None = None) -> tuple[list[list[Hit]], list[int]]:
         """:meth:`asearch`, waited for."""
         return run_sync(self.asearch(codes, k, radius, with_meta, weights, vectors, views))
 

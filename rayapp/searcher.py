@@ -5,8 +5,8 @@ Serve's ``/v1/search``, ``neardup search`` and the dedup job all search through
 
 1. every view's code goes to every shard (``ShardRouter.search``: Hamming top-k, side-vector
    scores, stored views folded into their image);
-2. the views' hits merge into one list, each view paying its prior cost: on each shard for one
-   query (``shards.candidates.merge_views``), in the router for a batch (``merge_variants``);
+2. each shard merges a query's views into one list, each view paying its prior cost
+   (``shards.candidates.merge_views``), and the router merges the shards' lists;
 3. the top hits are spatially verified by their shards (``ShardRouter.verify``) when the
    query has keypoints;
 4. each hit gets its final ``rank`` and, from the model's calibration curve, its
@@ -26,7 +26,7 @@ import numpy as np
 from rayapp.blocking import run_sync
 from rayapp.config import QueryConfig
 from rayapp.hits import Hit
-from rayapp.ranking import merge_variants, order_key, with_confidence, with_inliers
+from rayapp.ranking import order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
 from shards.verify import VERIFY_BONUS, confirmed
 
@@ -98,8 +98,10 @@ class Searcher:
                              "confidence curve (encoders/weights/calibration.json)")
         return curve
 
-    def _merged(self, q: QueryViews, rows: list[list[Hit]], fetch: int) -> list[Hit]:
-        return merge_variants(rows, fetch, self.cfg.view_costs(q.names), q.names)
+    def _views(self, queries: Sequence[QueryViews]) -> list[tuple[int, str, float]]:
+        """Each code's (query, view name, prior cost), for the shards to merge each query's views."""
+        return [(i, name, cost) for i, q in enumerate(queries)
+                for name, cost in zip(q.names, self.cfg.view_costs(q.names).tolist())]
 
     def _finish(self, q: QueryViews, hits: list[Hit], k: int, min_confidence: float) -> list[Hit]:
         return with_confidence(hits[:k], self.curve(q.kind, min_confidence), min_confidence)
@@ -110,10 +112,9 @@ class Searcher:
         self.curve(q.kind, min_confidence)
         depth = self._depth(q)
         fetch = max(k, self._candidates(depth))
-        views = list(zip(q.names, self.cfg.view_costs(q.names).tolist()))
         rows, missing = await self.router.asearch(q.codes, fetch, radius, with_meta, q.weights,
-                                                  q.vectors, views)
-        hits = rows[0]  # the shards merged the views (``shards.candidates.merge_views``)
+                                                  q.vectors, self._views([q]))
+        hits = rows[0]
         if depth:
             hits = await self.router.averify(hits, q.keypoints, depth)
             hits = await self._verify_more(q, hits, depth)
@@ -151,14 +152,12 @@ class Searcher:
             return []
         q0 = queries[0]
         curve = self.curve(q0.kind, min_confidence)
-        bounds = np.cumsum([0] + [len(q.codes) for q in queries])
         stack = lambda name: (None if getattr(q0, name) is None  # noqa: E731
                               else np.concatenate([getattr(q, name) for q in queries]))
         depth = max(self._depth(q) for q in queries)
         fetch = max(k, depth)
-        rows, missing = self.router.search(stack("codes"), fetch, radius, with_meta,
-                                           stack("weights"), stack("vectors"))
-        merged = [self._merged(q, rows[bounds[i]:bounds[i + 1]], fetch) for i, q in enumerate(queries)]
+        merged, missing = self.router.search(stack("codes"), fetch, radius, with_meta,
+                                             stack("weights"), stack("vectors"), self._views(queries))
         if depth and curve is not None:
             merged = self._verify_needed(queries, merged, curve, min_confidence)
         return [Answer(self._finish(q, hits, k, min_confidence), missing)

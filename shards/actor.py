@@ -224,8 +224,8 @@ class ShardActor:
         by ``weighted`` Hamming distance (bit confidences ``weights`` (n, bits),
         ``shards.weighted``). With ``fold`` (a stored view's prior cost) each image's entries
         fold into its best and the top ``keep`` images remain. ``with_meta``: each hit carries
-        its stored meta. With ``views`` (each code's view name and prior cost: the codes are
-        one image query's views) the answer is one list, the views merged
+        its stored meta. With ``views`` (each code's query, view name and prior cost: the codes
+        are image queries' views) the answer is one list per query, its views merged
         (``shards.candidates.merge_views``)."""
         codes = self._layout.check(codes)
         k, radius = check_k(k), check_radius(radius)
@@ -252,7 +252,7 @@ class ShardActor:
             found = candidate_hits(c, rank_keys(c, scores), fold, keep, "score" if scored else "weighted")
             out.append(self._with_meta(c, found) if with_meta else [hit for _, hit in found])
             start = stop
-        return out if views is None else [merge_views(out, views, keep)]
+        return out if views is None else merge_views(out, views, keep)
 
     def _scores(self, of_query: np.ndarray, rows: np.ndarray, vectors: np.ndarray | None,
                 weights: np.ndarray | None, codes: np.ndarray) -> np.ndarray:

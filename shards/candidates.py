@@ -102,31 +102,38 @@ def reply_key(hit: dict, cost: float | None = None) -> tuple[float, int, str]:
     return ((d if value is None else value) + (hit.get("cost", 0.0) if cost is None else cost), d, hit["id"])
 
 
-def merge_views(per_view: list[list[dict]], views: list[tuple[str, float]], keep: int | None) -> list[dict]:
-    """One query's hits from each of its views (``views``: each one's name and prior cost, in
-    ``per_view``'s order) -> per image its best hit having paid its view's cost (``cost`` sums
-    what it paid, ``variant`` names the view when there are several), the top ``keep``.
+def merge_views(per_code: list[list[dict]], views: list[tuple[int, str, float]],
+                keep: int | None) -> list[list[dict]]:
+    """Hits of image queries' views -> per query, per image its best hit having paid its view's
+    cost, the top ``keep``. ``views`` gives each code (each list of ``per_code``) its query, view
+    name and prior cost (``encoders.tta.costs``: a mirrored or turned match must be clearly
+    better than the query as given). A hit's ``cost`` sums what it paid, with the stored view's
+    cost it may carry; ``variant`` names its view when its query has several.
 
-    Each shard merges the views of an image query itself, so it sends back one list instead
-    of one per view: the same answer (an image missing from a view's top ``keep`` here has that
-    many better images in this shard alone), a fraction of the hits to send and merge.
+    A shard merges each query's views itself and sends back one list per query instead of one
+    per view: the same answer as merging after the shards (an image missing from a view's top
+    ``keep`` on its shard has that many better images there), a fraction of the hits to send.
     """
-    best: dict[str, tuple] = {}
-    for v, ((_, cost), hits) in enumerate(zip(views, per_view)):
+    best: list[dict[str, tuple]] = [{} for _ in range(views[-1][0] + 1 if views else 0)]
+    for v, ((q, _, cost), hits) in enumerate(zip(views, per_code)):
         for hit in hits:
             had = hit.get("cost", 0.0)
             total = round(had + cost, 3)
             paid = total if total > 0 else had
             key = reply_key(hit, paid)
-            seen = best.get(hit["id"])
+            seen = best[q].get(hit["id"])
             if seen is None or key < seen[0]:
-                best[hit["id"]] = (key, hit, paid, v)
-    out = []
-    for _, hit, paid, v in sorted(best.values(), key=lambda e: e[0])[:keep]:
-        hit = dict(hit)
-        if paid > 0:
-            hit["cost"] = paid
-        if len(views) > 1:
-            hit["variant"] = views[v][0]
-        out.append(hit)
-    return out
+                best[q][hit["id"]] = (key, hit, paid, v)
+    several = [sum(1 for vq, _, _ in views if vq == q) > 1 for q in range(len(best))]
+    return [[_paid(hit, paid, views[v][1] if several[q] else None)
+             for _, hit, paid, v in sorted(found.values(), key=lambda e: e[0])[:keep]]
+            for q, found in enumerate(best)]
+
+
+def _paid(hit: dict, paid: float, variant: str | None) -> dict:
+    hit = dict(hit)
+    if paid > 0:
+        hit["cost"] = paid
+    if variant is not None:
+        hit["variant"] = variant
+    return hit

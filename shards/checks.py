@@ -67,14 +67,18 @@ def check_radius(radius: Any) -> int | None:
     return radius
 
 
-def check_views(views: Any, n: int) -> list[tuple[str, float]]:
-    """A search's query views: one (name, prior cost >= 0) per code."""
+def check_views(views: Any, n: int) -> list[tuple[int, str, float]]:
+    """A search's query views: one (query, view name, prior cost >= 0) per code, the queries
+    numbered 0, 1, ... in order."""
     try:
-        out = [(str(name), float(cost)) for name, cost in views]
+        out = [(int(q), str(name), float(cost)) for q, name, cost in views]
     except (TypeError, ValueError):
-        raise ValueError(f"views must be (name, cost) pairs, got {views!r:.80}") from None
-    if len(out) != n or any(not c >= 0 for _, c in out):
-        raise ValueError(f"views must give one (name, cost >= 0) per code: {n} codes, got {views!r:.80}")
+        raise ValueError(f"views must be (query, name, cost) triples, got {views!r:.80}") from None
+    queries = [q for q, _, _ in out]
+    if len(out) != n or any(not c >= 0 for _, _, c in out) or queries != sorted(queries) \
+            or (queries and (queries[0] != 0 or any(b - a > 1 for a, b in zip(queries, queries[1:])))):
+        raise ValueError(f"views must give one (query, name, cost >= 0) per code, queries 0, 1, ... in "
+                         f"order: {n} codes, got {views!r:.80}")
     return out
 
 

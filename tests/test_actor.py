@@ -432,13 +432,12 @@ def test_a_folded_search_is_the_fold_of_the_full_answer(tmp_path, snapshot):
     a.close()
 
 
-def test_a_shard_merges_a_querys_views_as_the_router_would(tmp_path):
-    """Asked with ``views`` (each code's view name and prior cost), a shard answers one list:
-    what ``rayapp.ranking.merge_variants`` makes of its per-view answers (each image at its
-    best view, having paid that view's cost, named by it), the top ``keep``."""
+def test_a_shard_merges_each_querys_views(tmp_path):
+    """Asked with ``views`` (each code's query, view name and prior cost), a shard answers one
+    list per query: ``merge_views`` of its per-view answers (the rule itself is tested in
+    test_router), the top ``keep``; bad views are a clear error."""
     from formats.vectors import quantize
-    from rayapp.hits import Hit
-    from rayapp.ranking import merge_variants
+    from shards.candidates import merge_views
     from shards.vectors import records
     from shards.views import view_id
     rng = np.random.default_rng(12)
@@ -448,18 +447,17 @@ def test_a_shard_merges_a_querys_views_as_the_router_would(tmp_path):
     a = ShardActor(0, str(tmp_path / "v"), BITS, vector_bytes=BITS)
     a.add(ids, records(np.concatenate([codes, codes[::2]]), quantize(np.concatenate([floats, floats[::2] + 0.2]))))
     query = np.stack([near(codes[4], 6, seed=1), near(codes[9], 6, seed=2), near(codes[4], 20, seed=3)])
-    views = [("original", 0.0), ("flip", 0.5), ("rot90", 1.25)]
+    views = [(0, "original", 0.0), (0, "flip", 0.5), (1, "original", 0.0)]
     weights = rng.uniform(0.1, 1.0, (3, BITS)).astype(np.float32)
     for ranked in ({"vectors": quantize(floats[[4, 9, 4]] + 0.4)}, {"weights": weights}, {}):
         for keep in (3, 25):
             per_view = a.search(query, k=50, fold=0.5, keep=keep, **ranked)
-            expected = merge_variants([[Hit.from_shard(h, 0) for h in row] for row in per_view], keep,
-                                      [c for _, c in views], [v for v, _ in views])
             merged = a.search(query, k=50, fold=0.5, keep=keep, views=views, **ranked)
-            assert len(merged) == 1
-            assert [Hit.from_shard(h, 0) for h in merged[0]] == expected
-    with pytest.raises(ValueError, match="one \\(name, cost"):
-        a.search(query, k=5, views=views[:2])
+            assert merged == merge_views(per_view, views, keep) and len(merged) == 2
+            assert merged[0][0]["id"] in (names(n)[4], names(n)[9]) and merged[1][0]["id"] == names(n)[4]
+    for bad in (views[:2], [(0, "original", 0.0), (2, "flip", 0.5), (2, "x", 0.0)], [(0, "a", -1.0)] * 3):
+        with pytest.raises(ValueError, match="views must"):
+            a.search(query, k=5, views=bad)
     a.close()
 
 

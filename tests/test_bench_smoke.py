@@ -228,7 +228,7 @@ def test_pyspy_stacks_are_sorted_into_query_stages():
                     "encoder") == "views"
     assert stage_of(f"{head};ShardRouter.asearch (rayapp/router.py:180);ShardPool.read (rayapp/shard_pool.py:60);"
                     "ActorHandle._actor_method_call (ray/actor.py:1)", "ingress") == "fan-out"
-    assert stage_of(f"{head};Searcher._merged (rayapp/searcher.py:100);costs (encoders/tta.py:20)",
+    assert stage_of(f"{head};Searcher._views (rayapp/searcher.py:101);costs (encoders/tta.py:20)",
                     "ingress") == "merge and rank"  # an encoder module called from the ingress
     assert stage_of(f"{head};ImageEncoder.encode_stacks (rayapp/encoder_deployment.py:130);"
                     "OnnxLogits.__call__ (encoders/onnx_cpu.py:90)", "ingress") == "encode"  # it encodes there

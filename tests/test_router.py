@@ -12,9 +12,10 @@ import xxhash
 
 from encoders.base import hamming
 from rayapp.hits import Hit
-from rayapp.ranking import merge_results, merge_variants
+from rayapp.ranking import merge_results
 from rayapp.router import ShardRouter, ShardUnavailable, shard_for, with_views
 from shards.actor import ShardActor
+from shards.candidates import merge_views
 from shards.views import view_id
 
 BITS = 64
@@ -170,32 +171,39 @@ def test_side_vectors_rank_across_shards_and_fold_views(ray_local, tmp_path):
     assert keys == sorted(keys) and len({h.id for h in hits}) == 5
 
 
-def test_merge_variants_charges_each_variant_its_prior_cost():
-    as_given = [Hit("a", 9, weighted=3.0), Hit("b", 12, weighted=4.0)]
-    mirrored = [Hit("b", 8, weighted=2.8), Hit("c", 9, weighted=3.2)]
-    names = ("original", "flip")
+def _views(*costs: float, names=("original", "flip", "rot90", "rot270")) -> list:
+    return [(0, names[v], c) for v, c in enumerate(costs)]
+
+
+def test_merge_views_charges_each_view_its_prior_cost():
+    as_given = [{"id": "a", "distance": 9, "weighted": 3.0}, {"id": "b", "distance": 12, "weighted": 4.0}]
+    mirrored = [{"id": "b", "distance": 8, "weighted": 2.8}, {"id": "c", "distance": 9, "weighted": 3.2}]
     # equal costs: b's mirrored match (2.8) beats a (3.0)
-    assert [(h.id, h.variant) for h in merge_variants([as_given, mirrored], 3, [0, 0], names)] == [
-        ("b", "flip"), ("a", "original"), ("c", "flip")]
+    [top] = merge_views([as_given, mirrored], _views(0, 0), 3)
+    assert [(h["id"], h["variant"]) for h in top] == [("b", "flip"), ("a", "original"), ("c", "flip")]
     # a mirrored match pays 0.5: a (3.0) now leads b (2.8 + 0.5) and c (3.2 + 0.5); b keeps its
     # best hit (3.3 < 4.0), with its own distances, not the cost
-    top = merge_variants([as_given, mirrored], 3, [0, 0.5], names)
-    assert [(h.id, h.variant, h.weighted) for h in top] == [
+    [top] = merge_views([as_given, mirrored], _views(0, 0.5), 3)
+    assert [(h["id"], h["variant"], h["weighted"]) for h in top] == [
         ("a", "original", 3.0), ("b", "flip", 2.8), ("c", "flip", 3.2)]
-    assert merge_variants([as_given, mirrored], 1, [0, 0.5], names) == top[:1]
-    # one variant: nothing to say about it; without weights the cost applies to the distance
-    assert merge_variants([as_given], 2, [0], names[:1])[0].variant is None
-    plain = [[Hit("a", 9)], [Hit("b", 8)]]
-    assert [h.id for h in merge_variants(plain, 2, [0, 1.5])] == ["a", "b"]
+    assert merge_views([as_given, mirrored], _views(0, 0.5), 1) == [top[:1]]
+    # one view: nothing to say about it; without weights the cost applies to the distance
+    assert "variant" not in merge_views([as_given], _views(0), 2)[0][0]
+    plain = [[{"id": "a", "distance": 9}], [{"id": "b", "distance": 8}]]
+    assert [h["id"] for h in merge_views(plain, _views(0, 1.5), 2)[0]] == ["a", "b"]
+    # two queries in one call: each merges its own views
+    two = merge_views([as_given, mirrored], [(0, "original", 0.0), (1, "original", 0.0)], 5)
+    assert [[h["id"] for h in q] for q in two] == [["a", "b"], ["b", "c"]]
+    assert all("variant" not in h for q in two for h in q)
 
 
-def test_merge_variants_adds_to_the_cost_a_hit_already_paid():
+def test_merge_views_adds_to_the_cost_a_hit_already_paid():
     # b matched through a stored crop (cost 0.5) as given, a through the query's mirror
-    as_given = [Hit("b", 8, weighted=2.6, cost=0.5, ref_view="center70")]
-    mirrored = [Hit("a", 9, weighted=2.9)]
-    top = merge_variants([as_given, mirrored], 2, [0, 0.5], ("original", "flip"))
-    assert [(h.id, h.cost) for h in top] == [("b", 0.5), ("a", 0.5)]  # 3.1 < 3.4
-    assert top[0].ref_view == "center70" and top[1].variant == "flip"
+    as_given = [{"id": "b", "distance": 8, "weighted": 2.6, "cost": 0.5, "ref_view": "center70"}]
+    mirrored = [{"id": "a", "distance": 9, "weighted": 2.9}]
+    [top] = merge_views([as_given, mirrored], _views(0, 0.5), 2)
+    assert [(h["id"], h["cost"]) for h in top] == [("b", 0.5), ("a", 0.5)]  # 3.1 < 3.4
+    assert top[0]["ref_view"] == "center70" and top[1]["variant"] == "flip"
 
 
 @settings(max_examples=200, deadline=None)
@@ -203,9 +211,9 @@ def test_merge_variants_adds_to_the_cost_a_hit_already_paid():
                                    st.sampled_from([None, 1.0, 2.5, 2.75]), st.sampled_from([0.0, 0.5])),
                          max_size=8), min_size=1, max_size=4),
        st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.5]), min_size=4, max_size=4), st.integers(1, 6))
-def test_merge_variants_is_the_best_paid_copy_of_each_image(rows, costs, k):
-    """Against the plain rule: each hit pays its view's cost and says its view, each id keeps
-    its best, the top k by order_key."""
+def test_merge_views_is_the_best_paid_copy_of_each_image(rows, costs, k):
+    """Against the plain rule on Hits: each hit pays its view's cost and says its view, each id
+    keeps its best, the top k by order_key."""
     from rayapp.ranking import order_key
     hits = [[Hit(i, d, weighted=w, cost=c) for i, d, w, c in row] for row in rows]
     names = [f"v{v}" for v in range(len(rows))]
@@ -217,7 +225,9 @@ def test_merge_variants_is_the_best_paid_copy_of_each_image(rows, costs, k):
             h = h.but(variant=names[v]) if len(rows) > 1 else h
             if h.id not in best or order_key(h) < order_key(best[h.id]):
                 best[h.id] = h
-    assert merge_variants(hits, k, costs[:len(rows)], names) == sorted(best.values(), key=order_key)[:k]
+    raw = [[h.to_json() for h in row] for row in hits]
+    [merged] = merge_views(raw, [(0, names[v], costs[v]) for v in range(len(rows))], k)
+    assert [Hit.from_json(h) for h in merged] == sorted(best.values(), key=order_key)[:k]
 
 
 def test_with_views_expands_ids_and_drops_the_views_not_given():
