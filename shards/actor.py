@@ -20,15 +20,13 @@ import numpy as np
 
 from shards import shard_dir
 from shards.blobs import BlobLog
-from shards.candidates import Candidates, hits as candidate_hits, merge_views, rank_keys
+from shards.candidates import Candidates, hits as candidate_hits, merge_views, rank_keys, score_rows
 from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limit, check_metas,
                            check_radius, check_vectors, check_views, check_weights)
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.records import RecordLayout
 from shards.store import IdStore, hash_ids
-from shards.vectors import paired_distances
 from shards.verify import inliers
-from shards.weighted import paired_weighted_hamming
 from shards.views import is_view
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, replay_batches
 
@@ -242,7 +240,7 @@ class ShardActor:
         ranked = scored or weights is not None
         names, rows = self._store.rows_of(flat) if ranked else (self._store.ids_of(flat), None)
         of_query = np.repeat(np.arange(len(codes)), ok.sum(axis=1))
-        all_scores = self._scores(of_query, rows, vectors, weights, codes) if ranked else None
+        all_scores = score_rows(self._layout, rows, codes[of_query], vectors, weights, of_query) if ranked else None
         out, start = [], 0
         for q in range(len(codes)):
             stop = start + int(ok[q].sum())
@@ -253,15 +251,6 @@ class ShardActor:
             out.append(self._with_meta(c, found) if with_meta else [hit for _, hit in found])
             start = stop
         return out if views is None else merge_views(out, views, keep)
-
-    def _scores(self, of_query: np.ndarray, rows: np.ndarray, vectors: np.ndarray | None,
-                weights: np.ndarray | None, codes: np.ndarray) -> np.ndarray:
-        """Each candidate's score by its query (``of_query``: the query of each store row in
-        ``rows``), all in one pass: by side vector when ``vectors`` are given (NaN where none is
-        stored), else by weighted Hamming distance."""
-        if vectors is not None:
-            return paired_distances(vectors[of_query], self._layout.vector_array(rows), self.bits)
-        return paired_weighted_hamming(codes[of_query], weights[of_query], rows[:, :self.code_bytes])
 
     def _with_meta(self, c: Candidates, found: list[tuple[int, dict]]) -> list[dict]:
         """The hits, each with its stored meta."""

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shards.vectors import paired_distances
 from shards.views import SEP, split_id
+from shards.weighted import paired_weighted_hamming
 
 
 @dataclass
@@ -27,6 +29,17 @@ class Candidates:
     names: list[str]
     distances: np.ndarray
     hashes: np.ndarray
+
+
+def score_rows(layout, rows: np.ndarray, codes: np.ndarray, vectors: np.ndarray | None,
+               weights: np.ndarray | None, of_query: np.ndarray) -> np.ndarray:
+    """Each candidate's score, all queries' in one pass: ``rows`` are the candidates' stored
+    records (``shards.records.RecordLayout``), ``codes`` their queries' codes row by row, and
+    ``of_query`` says which query each row answers, to pick its side vector (``vectors``: NaN
+    where none is stored) or else its bit confidences (``weights``: weighted Hamming)."""
+    if vectors is not None:
+        return paired_distances(vectors[of_query], layout.vector_array(rows), layout.code_bytes * 8)
+    return paired_weighted_hamming(codes, weights[of_query], rows[:, :layout.code_bytes])
 
 
 def rank_keys(c: Candidates, scores: np.ndarray | None) -> list[float] | None:
