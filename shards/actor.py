@@ -240,7 +240,7 @@ class ShardActor:
         ranked = scored or weights is not None
         names, rows = self._store.rows_of(flat) if ranked else (self._store.ids_of(flat), None)
         of_query = np.repeat(np.arange(len(codes)), ok.sum(axis=1))
-        all_scores = score_rows(self._layout, rows, codes[of_query], vectors, weights, of_query) if ranked else None
+        all_scores = score_rows(self._layout, rows, of_query, codes, vectors, weights) if ranked else None
         out, start = [], 0
         for q in range(len(codes)):
             stop = start + int(ok[q].sum())

@@ -13,6 +13,7 @@ here, where an image and its views live together, sends back only what the route
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,15 +32,15 @@ class Candidates:
     hashes: np.ndarray
 
 
-def score_rows(layout, rows: np.ndarray, codes: np.ndarray, vectors: np.ndarray | None,
-               weights: np.ndarray | None, of_query: np.ndarray) -> np.ndarray:
+def score_rows(layout, rows: np.ndarray, of_query: np.ndarray, codes: np.ndarray,
+               vectors: np.ndarray | None, weights: np.ndarray | None) -> np.ndarray:
     """Each candidate's score, all queries' in one pass: ``rows`` are the candidates' stored
-    records (``shards.records.RecordLayout``), ``codes`` their queries' codes row by row, and
-    ``of_query`` says which query each row answers, to pick its side vector (``vectors``: NaN
-    where none is stored) or else its bit confidences (``weights``: weighted Hamming)."""
+    records (``shards.records.RecordLayout``) and ``of_query`` says which query each answers,
+    scored by that query's side vector (``vectors``: NaN where none is stored) or else by its
+    code and bit confidences (``codes``, ``weights``: weighted Hamming)."""
     if vectors is not None:
         return paired_distances(vectors[of_query], layout.vector_array(rows), layout.code_bytes * 8)
-    return paired_weighted_hamming(codes, weights[of_query], rows[:, :layout.code_bytes])
+    return paired_weighted_hamming(codes[of_query], weights[of_query], rows[:, :layout.code_bytes])
 
 
 def rank_keys(c: Candidates, scores: np.ndarray | None) -> list[float] | None:
@@ -137,8 +138,8 @@ def merge_views(per_code: list[list[dict]], views: list[tuple[int, str, float]],
             seen = best[q].get(hit["id"])
             if seen is None or key < seen[0]:
                 best[q][hit["id"]] = (key, hit, paid, v)
-    several = [sum(1 for vq, _, _ in views if vq == q) > 1 for q in range(len(best))]
-    return [[_paid(hit, paid, views[v][1] if several[q] else None)
+    per_query = Counter(q for q, _, _ in views)
+    return [[_paid(hit, paid, views[v][1] if per_query[q] > 1 else None)
              for _, hit, paid, v in sorted(found.values(), key=lambda e: e[0])[:keep]]
             for q, found in enumerate(best)]
 

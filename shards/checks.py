@@ -75,8 +75,8 @@ def check_views(views: Any, n: int) -> list[tuple[int, str, float]]:
     except (TypeError, ValueError):
         raise ValueError(f"views must be (query, name, cost) triples, got {views!r:.80}") from None
     queries = [q for q, _, _ in out]
-    if len(out) != n or any(not c >= 0 for _, _, c in out) or queries != sorted(queries) \
-            or (queries and (queries[0] != 0 or any(b - a > 1 for a, b in zip(queries, queries[1:])))):
+    numbered = not queries or queries[0] == 0 and all(b - a in (0, 1) for a, b in zip(queries, queries[1:]))
+    if len(out) != n or not numbered or any(not c >= 0 for _, _, c in out):
         raise ValueError(f"views must give one (query, name, cost >= 0) per code, queries 0, 1, ... in "
                          f"order: {n} codes, got {views!r:.80}")
     return out

@@ -33,7 +33,8 @@ def vector_distance(query: np.ndarray, stored: np.ndarray, value_width: int) -> 
     ``(1 - cosine) * VECTOR_SCALE`` of their first ``value_width`` int8 values, less the credit
     of their side hashes when both carry one (``hash_credit``); NaN where a stored vector is all
     zero (none stored)."""
-    return vector_distances(np.asarray(query)[None], stored, value_width)[0]
+    stored = np.asarray(stored)
+    return paired_distances(np.broadcast_to(query, (len(stored), len(query))), stored, value_width)
 
 
 def paired_distances(queries: np.ndarray, stored: np.ndarray, value_width: int) -> np.ndarray:
@@ -74,9 +75,8 @@ def hash_credit(queries: np.ndarray, stored: np.ndarray) -> np.ndarray:
     """Packed side hashes (n, 32) and (m, 32) uint8 -> the score credit of each pair (n, m):
     0 at HASH_FROM or more differing bits, HASH_CREDIT at HASH_FULL or fewer, linear between; 0
     where either hash is all zero (none computed)."""
-    q = np.ascontiguousarray(queries).view(np.uint64)
-    s = np.ascontiguousarray(stored).view(np.uint64)
-    return _credit(_hash_bits(q[:, None, :], s[None, :, :]), q[:, None, :], s[None, :, :])
+    q, s = np.asarray(queries)[:, None, :], np.asarray(stored)[None, :, :]
+    return _credit(_hash_bits(q, s), q, s)
 
 
 def _hash_bits(q: np.ndarray, s: np.ndarray) -> np.ndarray:

@@ -13,8 +13,10 @@ import numpy as np
 def weighted_hamming(query: np.ndarray, weights: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Asymmetric distance from one query (packed (B,), its bit confidences (bits,)) to packed
     codes (m, B) -> float32 (m,): the sum of the confidences of the bits that differ."""
-    x = np.bitwise_xor(np.asarray(codes, dtype=np.uint8).reshape(-1, len(query)), query[None, :])
-    return np.unpackbits(x, axis=-1, bitorder="big").astype(np.float32) @ np.asarray(weights, np.float32)
+    codes = np.asarray(codes, dtype=np.uint8).reshape(-1, len(query))
+    weights = np.asarray(weights, np.float32)
+    return paired_weighted_hamming(np.broadcast_to(query, codes.shape),
+                                   np.broadcast_to(weights, (len(codes), len(weights))), codes)
 
 
 def paired_weighted_hamming(queries: np.ndarray, weights: np.ndarray, codes: np.ndarray) -> np.ndarray:
