@@ -16,6 +16,7 @@ backdrop, which is why a match through the crop pays a prior cost.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -29,6 +30,16 @@ def _small(img: Image.Image) -> tuple[np.ndarray, float]:
     scale = SIZE / max(w, h)
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
     return np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32), scale
+
+
+def channel_max(a: np.ndarray) -> np.ndarray:
+    """The largest of the three channels of an (..., 3) array: ``a.max(axis=-1)``, written as two
+    elementwise maxima because NumPy reduces a trailing axis of three many times slower.
+
+    >>> channel_max(np.array([[1, 5, 2], [7, 0, 3]]))
+    array([5, 7])
+    """
+    return np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2])
 
 
 def _background(a: np.ndarray) -> tuple[np.ndarray, float]:
@@ -50,14 +61,23 @@ def _bar(a: np.ndarray) -> np.ndarray | None:
     than 12% of the height (a band of sky is thicker and is no bar)."""
     colour = np.median(a[0], axis=0)
     rows = 0
-    while rows < len(a) and (np.abs(a[rows] - colour).max(axis=-1) <= TOLERANCE).mean() >= 0.9:
+    while rows < len(a) and (channel_max(np.abs(a[rows] - colour)) <= TOLERANCE).mean() >= 0.9:
         rows += 1
     return colour if 1 <= rows <= 0.12 * len(a) else None
 
 
 def _distance(pixels: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """Per pixel, the max-channel difference to the nearest of ``colours``."""
-    return np.min([np.abs(pixels - c).max(axis=-1) for c in colours], axis=0)
+    return np.min([channel_max(np.abs(pixels - c)) for c in colours], axis=0)
+
+
+def _opened(mask: np.ndarray) -> np.ndarray:
+    """``mask`` opened by a 5x5 square, nothing kept within 2 pixels of the border (as
+    ``scipy.ndimage.binary_opening`` does), through OpenCV's faster morphology."""
+    square = np.ones((5, 5), np.uint8)
+    border = {"borderType": cv2.BORDER_CONSTANT, "borderValue": 0}
+    eroded = cv2.erode(mask.astype(np.uint8), square, **border)
+    return cv2.dilate(eroded, square, **border).astype(bool)
 
 
 def _largest_blob(mask: np.ndarray) -> tuple[tuple[slice, slice], float] | None:
@@ -85,7 +105,7 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     if ring_share < 0.25:
         return None
     content = _distance(a, bg) > TOLERANCE
-    content = ndimage.binary_opening(content, structure=np.ones((5, 5), bool))
+    content = _opened(content)
     blob = _largest_blob(content)
     if blob is None or blob[1] < 0.6:
         return None

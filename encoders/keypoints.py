@@ -10,6 +10,7 @@ from formats.keypoints import KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack
 
 cv2.setNumThreads(1)
 _ORB = None
+SCALE_FACTOR = 1.2  # ORB's pyramid: each level 1.2 times smaller
 MIN_SIDE = 32  # ORB's pyramid and edge margin need this many pixels on the short side
 # A thumbnail is enlarged to this long side before detection: at its own size ORB's pyramid
 # finds too few corners to verify it (chosen on validation sources, independent suite).
@@ -20,7 +21,7 @@ MIN_ENLARGE = 16  # an image thinner than this is not enlarged (1xN strips stay 
 def _orb():
     global _ORB
     if _ORB is None:  # small patches: keypoints survive near the edges of a crop
-        _ORB = cv2.ORB_create(nfeatures=KEYPOINTS, scaleFactor=1.2, nlevels=8, edgeThreshold=15,
+        _ORB = cv2.ORB_create(nfeatures=KEYPOINTS, scaleFactor=SCALE_FACTOR, nlevels=8, edgeThreshold=15,
                               patchSize=15, fastThreshold=10)
     return _ORB
 
@@ -36,22 +37,48 @@ def _detection_scale(grey: Image.Image) -> Image.Image:
     return grey
 
 
-def extract(image: Image.Image) -> np.ndarray:
-    """A decoded image -> its packed ORB keypoints (KEYPOINT_BYTES,) uint8, detected on the
-    grey image scaled to KEYPOINT_SIDE on its longest side, or enlarged to ENLARGE_TO when it is
-    a smaller thumbnail. An image thinner than MIN_SIDE there (1x1, 1xN strips) has none: it is
-    still encoded, just never verified."""
+def _grey(image: Image.Image) -> np.ndarray | None:
+    """The grey image ORB runs on (``_detection_scale``), or None when it is thinner than
+    MIN_SIDE there (1x1, 1xN strips): such an image is still encoded, just never verified."""
     grey = _detection_scale(image.convert("L"))
-    if min(grey.size) < MIN_SIDE:
-        return np.zeros(KEYPOINT_BYTES, np.uint8)
-    kps, des = _orb().detectAndCompute(np.asarray(grey), None)
+    return np.asarray(grey) if min(grey.size) >= MIN_SIDE else None
+
+
+def _packed(kps, des) -> np.ndarray:
     if des is None or not kps:
         return np.zeros(KEYPOINT_BYTES, np.uint8)
     return pack(np.array([k.pt for k in kps], np.float32), des)
 
 
+def _mirrored(kps, width: int) -> list:
+    """ORB keypoints of an image, as the same corners of its left-right mirror: x mirrored in
+    its own pyramid level (a level is round(width / 1.2**octave) wide), orientation reflected
+    about the vertical (theta -> 180 - theta degrees)."""
+    out = []
+    for k in kps:
+        scale = SCALE_FACTOR ** k.octave
+        x = (round(width / scale) - 1 - k.pt[0] / scale) * scale
+        out.append(cv2.KeyPoint(x, k.pt[1], k.size, (180.0 - k.angle) % 360.0, k.response, k.octave, k.class_id))
+    return out
+
+
+def extract(image: Image.Image) -> np.ndarray:
+    """A decoded image -> its packed ORB keypoints (KEYPOINT_BYTES,) uint8, detected on the
+    grey image scaled to KEYPOINT_SIDE on its longest side, or enlarged to ENLARGE_TO when it is
+    a smaller thumbnail; all zeros for an image too thin to detect on (``_grey``)."""
+    grey = _grey(image)
+    return np.zeros(KEYPOINT_BYTES, np.uint8) if grey is None else _packed(*_orb().detectAndCompute(grey, None))
+
+
 def extract_query(image: Image.Image) -> np.ndarray:
     """A query image's packed keypoints as given and mirrored -> (2, KEYPOINT_BYTES) uint8.
     ORB is not mirror-invariant, so a hit that matched through a mirrored view is verified
-    with the mirrored image's keypoints too (``rayapp.router.ShardRouter.verify``)."""
-    return np.stack([extract(image), extract(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])
+    with the mirrored image's keypoints too (``rayapp.router.ShardRouter.verify``). FAST corners
+    are, so the mirror's keypoints are the given ones mirrored, and only their descriptors are
+    computed again, on the mirrored image: a third of a second detection's time."""
+    grey = _grey(image)
+    if grey is None:
+        return np.zeros((2, KEYPOINT_BYTES), np.uint8)
+    kps, des = _orb().detectAndCompute(grey, None)
+    mirror = np.ascontiguousarray(grey[:, ::-1])
+    return np.stack([_packed(kps, des), _packed(*_orb().compute(mirror, _mirrored(kps, grey.shape[1])))])

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from encoders.frame import channel_max
+
 SIZE = 192
 MIN_STEP = 12.0  # levels (of 255) a side's step must reach in some colour channel
 MIN_SUPPORT = 0.45  # share of each inner side's length that must be a ridge
@@ -41,7 +43,7 @@ def _small(img: Image.Image) -> tuple[np.ndarray, float]:
 
 def _ridges(rgb: np.ndarray) -> np.ndarray:
     """(H, W-1) bool: the step between columns x and x+1 is a sharp ridge along the row."""
-    d = np.abs(np.diff(rgb, axis=1)).max(axis=-1)
+    d = channel_max(np.abs(np.diff(rgb, axis=1)))
     pad = np.pad(d, ((0, 0), (2, 2)))
     side = np.maximum(pad[:, :-4], pad[:, 4:])
     return (d >= MIN_STEP) & (d >= 2 * side)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from encoders.augment import screenshot
-from encoders.frame import content_box
+from encoders.frame import _opened, channel_max, content_box
 from encoders.registry import get_encoder
 from encoders.tta import costs, query_variants, view_names
 from tests.helpers_images import SAMPLES, SCENES, as_jpeg, iou
@@ -87,3 +89,15 @@ def test_a_framed_looking_picture_with_a_photo_pasted_in_searches_both_crops():
     hamming = [int(np.unpackbits(enc.encode_batch(x) ^ own).sum()) for x in arrays]
     assert hamming[6] < hamming[0], hamming  # the pasted photo's crop is near its own code
     assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0 and box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1), st.floats(0.1, 0.9))
+def test_fast_opening_and_channel_max_equal_the_plain_numpy_and_scipy(h, w, seed, density):
+    """The finder's OpenCV opening is scipy's binary opening (border included) and channel_max
+    is max over the last axis, so the faster finder finds the same boxes."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((h, w)) < density
+    assert np.array_equal(_opened(mask), ndimage.binary_opening(mask, structure=np.ones((5, 5), bool)))
+    pixels = rng.integers(-300, 300, (h, w, 3)).astype(np.int16)
+    assert np.array_equal(channel_max(pixels), pixels.max(axis=-1))
