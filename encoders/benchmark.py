@@ -58,16 +58,17 @@ class _TakenFrom(list):
 
 def _editor(suite: str, pool: list[Path]):
     """fn(source path, family, rng) -> (edited PIL image, names of the pool photos it shows,
-    the single edits applied), for the named suite."""
+    the single edits applied), for the named suite. Edits start from the original at full size,
+    as a user's copies do."""
     if suite == "own":
-        return lambda src, fam, rng: (apply_family(fam, load_image(src), rng, strength=1.0), [], [fam])
+        return lambda src, fam, rng: (apply_family(fam, load_image(src, work_side=None), rng, strength=1.0), [], [fam])
     if suite != "independent":
         raise ValueError(f"unknown edit suite {suite!r}; choose from {list(SUITES)}")
     others = _TakenFrom([np.asarray(load_image(p)) for p in pool])
 
     def edit(src: Path, fam: str, rng: np.random.Generator) -> tuple[Image.Image, list[str], list[str]]:
         others.taken.clear()
-        out, singles = independent_edits.apply(fam, np.asarray(load_image(src)), rng, others)
+        out, singles = independent_edits.apply(fam, np.asarray(load_image(src, work_side=None)), rng, others)
         return Image.fromarray(out), [pool[i].name for i in others.taken], singles
     return edit
 

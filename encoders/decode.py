@@ -7,6 +7,7 @@ Everything that turns untrusted bytes into pixels (CLI, ingest, Serve) goes thro
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,6 +20,12 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 # Pillow decoders we allow; restricting them keeps exotic parsers (EPS runs Ghostscript) away
 # from untrusted input. The JPEG opener also returns MPO (multi-picture JPEGs from phones).
 _FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Decoded images are kept at a long side of at least this (``working_size``): twice the
+# keypoints' detection side, the largest any later step works at, so that a crop of a tenth of
+# the image still holds more pixels than the encoder's input.
+WORK_SIDE = 640
+# ``load_image`` notes the image's full (width, height), upright, under this key of ``.info``.
+FULL_SIZE = "neardup_full_size"
 
 
 class ImageDecodeError(ValueError):
@@ -37,32 +44,70 @@ class ImageDecodeError(ValueError):
 
 
 def load_image(source: str | os.PathLike | bytes, max_pixels: int = 50_000_000,
-               draft_size: int | None = None) -> Image.Image:
+               work_side: int | None = WORK_SIDE) -> Image.Image:
     """Decode a file path or raw bytes into an RGB image, refusing anything over ``max_pixels``.
 
     The pixel count is read from the header before any pixel is decoded (decompression bombs).
     Pillow's own global cap (``Image.MAX_IMAGE_PIXELS``, untouched here) stays in force as a
     backstop and is reported the same way; between that cap and twice it, Pillow also emits its
-    advisory DecompressionBombWarning before our check refuses the image. ``draft_size`` lets the JPEG decoder shrink by up to 8x while keeping
-    both sides >= draft_size: much faster for bulk work, but codes shift slightly, so use the
-    same value wherever codes are compared. Raises FileNotFoundError for a missing path.
+    advisory DecompressionBombWarning before our check refuses the image.
+
+    An image whose long side is ``2 * work_side`` or more comes back shrunk by an integer
+    factor to a long side in [work_side, 2 * work_side) (``working_size``): a JPEG decodes at
+    that scale directly, where the decoder can. Every later step (the encoder's input, the
+    finders, keypoints) works far below ``WORK_SIDE``, so a phone photo costs what a
+    thumbnail-sized one does. Codes are compared only between images loaded the same way, so
+    every product path loads through here with the same ``work_side``; ``None`` keeps full size
+    (the benchmark's originals, which its edits are made from); ``full_size`` tells the size
+    in the file. Raises FileNotFoundError for a missing path.
     """
     fp, label = _open_source(source)
     try:
         im = _open_checked(fp, max_pixels)
+        header = im.size
         try:
-            if draft_size and im.format in ("JPEG", "MPO"):
-                im.draft("RGB", (draft_size, draft_size))
+            if work_side and im.format in ("JPEG", "MPO"):
+                im.draft(None, _draft_size(im.size, work_side))
             im.load()
         except Exception as exc:
             raise _decode_error(exc) from exc
-        return _to_rgb(_apply_orientation(im))
+        decoded = im.size
+        img = _to_rgb(_apply_orientation(im))
+        out = working_size(img, work_side)
+        out.info[FULL_SIZE] = header if img.size == decoded else header[::-1]  # EXIF turned it
+        return out
     except ImageDecodeError as exc:
         if not label:
             raise
         raise ImageDecodeError(f"{label}: {exc}", exc.kind) from exc.__cause__
     finally:
         fp.close()
+
+
+def _draft_size(size: tuple[int, int], work_side: int) -> tuple[int, int]:
+    """The size to ask the JPEG decoder for: it picks the largest of its 1/2, 1/4 and 1/8
+    scales that keeps both sides at least this, so the long side stays >= ``work_side``."""
+    f = work_side / max(size)
+    return (max(1, math.ceil(size[0] * f)), max(1, math.ceil(size[1] * f)))
+
+
+def full_size(img: Image.Image) -> tuple[int, int]:
+    """The (width, height) of an image as stored in its file, upright, before ``load_image``
+    shrank it to its working size: what a user means by its size (dedup keeps the largest)."""
+    return tuple(img.info.get(FULL_SIZE, img.size))
+
+
+def working_size(img: Image.Image, work_side: int | None = WORK_SIDE) -> Image.Image:
+    """``img`` shrunk by the largest integer factor that keeps its long side >= ``work_side``
+    (box filter, ``Image.reduce``), or as it is when that factor is 1 or ``work_side`` is None.
+
+    >>> working_size(Image.new("RGB", (4000, 3000)), 640).size
+    (1000, 750)
+    >>> working_size(Image.new("RGB", (1000, 750)), 640).size
+    (1000, 750)
+    """
+    factor = max(img.size) // work_side if work_side else 1
+    return img.reduce(factor) if factor >= 2 else img
 
 
 def _open_source(source: str | os.PathLike | bytes) -> tuple[io.BufferedIOBase, str]:

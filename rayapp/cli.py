@@ -249,20 +249,21 @@ def eval_cmd(args) -> None:
 
 
 BENCH_MODULES = {"shard": "shard_bench", "serve": "serve_load", "breakdown": "query_breakdown",
-                 "paste": "paste_finder"}
+                 "paste": "paste_finder", "big-photos": "big_photos"}
 
 
 @cli.command(**PASSTHROUGH)
 @click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify", "dedup", "soak", "serve",
-                                            "breakdown", "paste"]))
+                                            "breakdown", "paste", "big-photos"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
     """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards), `gpu`
     (encoder and faiss-gpu throughput against the CPU), `rerank` (side-vector scoring), `verify`
     (spatial verification), `dedup` (the dedup job's quality and throughput), `soak` (a long mixed
     load against a real server), `serve` (open-loop load on a real server beside Ray Serve's own
-    floor), `breakdown` (where one image query's time goes) or `paste` (how often the query's
-    crops hold a photo pasted into a picture)."""
+    floor), `breakdown` (where one image query's time goes), `paste` (how often the query's
+    crops hold a photo pasted into a picture) or `big-photos` (a big photo's decode, views and
+    keypoints at working size and at full size)."""
     import os
     import subprocess
     module = "bench." + BENCH_MODULES.get(which, which)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.fs as pafs
 
-from encoders.decode import load_image, resize_square
+from encoders.decode import full_size, load_image, resize_square
 from encoders.keypoints import extract as extract_keypoints
 from encoders.tta import ref_view_images
 from shards.vectors import records
@@ -43,7 +43,7 @@ def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = (),
             data = batch["bytes"][i] if "bytes" in batch else _read_bytes(str(batch["path"][i]))
             img = load_image(bytes(data), max_pixels=max_pixels)
             pixels[i] = resize_square(img, size)
-            sizes[i] = img.size
+            sizes[i] = full_size(img)
             if keypoints:
                 kps[i] = extract_keypoints(img)
             for j, crop in enumerate(ref_view_images(img, ref_views)):

@@ -299,3 +299,15 @@ def test_paste_finder_bench_scores_both_rules_on_the_same_trials(tmp_path):
         assert sum(res[rule].values()) == 12
     assert res["both_boxes"]["none"] == res["frame_first"]["none"]  # the same trials, the same finders
     assert res["both_boxes"]["found"] >= res["frame_first"]["found"] > 0
+
+
+def test_big_photos_bench_times_both_sizes():
+    """bench.big_photos times a big photo's query steps at working size and at full size, and
+    the working size leaves codes where full size puts them (within a few bits)."""
+    from bench import big_photos
+    result = big_photos.run(count=2, rounds=1)
+    rows = {r["long_side"]: r for r in result["table"]}
+    assert set(rows) == set(big_photos.SIDES)
+    for row in rows.values():
+        assert row["working size"]["total"] > 0 and row["full size"]["total"] > 0
+        assert row["code_bits_moved"]["max"] <= 8

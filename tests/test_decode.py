@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.decode import IMAGE_EXTENSIONS, ImageDecodeError, iter_image_files, load_image, resize_square
+from encoders.decode import (IMAGE_EXTENSIONS, WORK_SIDE, ImageDecodeError, full_size, iter_image_files,
+                             load_image, resize_square)
 from tests.helpers_images import make_photo
 
 
@@ -207,8 +208,27 @@ def test_resize_square_squashes_without_crop():
     assert resize_square(img.convert("L"), 16).shape == (16, 16, 3)
 
 
-def test_draft_size_decodes_smaller_jpeg():
-    data = _bytes(make_photo(4, (1600, 1200)), "JPEG", quality=90)
-    small = load_image(data, draft_size=256)
-    assert 256 <= min(small.size) and small.size[0] < 1600 and small.mode == "RGB"
-    assert load_image(data).size == (1600, 1200)
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_big_photo_is_loaded_at_working_size(fmt):
+    """JPEGs decode at a reduced scale, other formats are reduced after decoding: either way
+    the long side lands in [WORK_SIDE, 2 * WORK_SIDE), the aspect kept; small images and
+    ``work_side=None`` stay as they are."""
+    data = _bytes(make_photo(4, (2600, 1950)), fmt, quality=90)
+    img = load_image(data)
+    assert WORK_SIDE <= img.size[0] < 2 * WORK_SIDE and img.mode == "RGB"
+    assert abs(img.size[0] / img.size[1] - 4 / 3) < 0.01
+    assert load_image(data, work_side=None).size == (2600, 1950)
+    assert load_image(_bytes(make_photo(4, (1200, 900)), fmt, quality=90)).size == (1200, 900)
+    assert full_size(img) == (2600, 1950)
+
+
+def test_full_size_of_a_big_turned_photo_is_upright(tmp_path: Path):
+    """A phone photo stored sideways with an EXIF turn: loaded upright at working size, and its
+    full size (what dedup's keep rule compares) is the upright size in the file."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    make_photo(5, (3000, 2000)).save(path, quality=90, exif=exif)
+    img = load_image(path)
+    assert img.size[1] > img.size[0] and WORK_SIDE <= img.size[1] < 2 * WORK_SIDE
+    assert full_size(img) == (2000, 3000)
