@@ -167,20 +167,34 @@ class ShardRouter:
         return codes
 
     def _submit_search(self, shards: list[int], codes, depth, radius, with_meta, vectors, weights,
-                       keep, views=None) -> dict[int, Any]:
+                       keep, views=None, verify=None) -> dict[int, Any]:
         """One search call per shard: each ranks its ``depth`` candidates per query, folds its
         stored views into their images and returns its top ``keep`` images, with ``views`` one
-        list for the query's views merged (``ShardActor.search``)."""
+        list for the query's views merged and with ``verify`` its top hits verified
+        (``ShardActor.search``)."""
         radius = None if radius is None else int(radius)
         return {i: self.pool.read(i, "search", codes, int(depth), radius, with_meta, vectors, weights,
-                                  self.ref_view_cost, int(keep), views)
+                                  self.ref_view_cost, int(keep), views, verify)
                 for i in shards}
+
+    @staticmethod
+    def _verify_plan(verify: tuple[int, np.ndarray] | None,
+                     views: list[tuple[int, str, float]] | None) -> tuple | None:
+        """(depth, the query's keypoints) -> what each shard verifies its top hits by: the depth,
+        the packed blocks and each view's block (``_block``)."""
+        if verify is None or not verify[0]:
+            return None
+        if views is None:
+            raise ValueError("verifying within the search needs the query's views")
+        blocks = np.ascontiguousarray(verify[1], dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
+        return int(verify[0]), blocks.tobytes(), {name: _block(name, len(blocks)) for _, name, _ in views}
 
     # ---- search -----------------------------------------------------------------------
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                       with_meta: bool = False, weights: np.ndarray | None = None,
                       vectors: np.ndarray | None = None,
-                      views: list[tuple[int, str, float]] | None = None) -> tuple[list[list[Hit]], list[int]]:
+                      views: list[tuple[int, str, float]] | None = None,
+                      verify: tuple[int, np.ndarray] | None = None) -> tuple[list[list[Hit]], list[int]]:
         """Top-k images per query over all shards -> (hits, ids of shards that did not answer).
 
         With side ``vectors`` (n, d) or bit confidences ``weights`` (n, bits), each shard
@@ -190,14 +204,18 @@ class ShardRouter:
         views into their images and sends back its top k; the router merges them. With
         ``views`` (each code's query, view name and prior cost) the codes are image queries'
         views, each shard merges each query's (``shards.candidates.merge_views``) and the answer
-        is one list per query.
+        is one list per query. With ``verify`` (depth, keypoints as ``averify`` takes them) for
+        one image query, each shard also verifies its own top ``depth`` hits in the same call,
+        which covers the top ``depth`` of the merged list: the hits come back with their
+        ``inliers``, ordered as before verification (order them by ``ranking.order_key``).
         """
         codes = self._query(codes, k, radius)
         views = None if views is None else check_views(views, len(codes))
+        plan = self._verify_plan(verify, views)
         shards, skipped = await self.pool.available()
         depth = self._depth(codes, k, weights, vectors)
         results, errors = await self.pool.gather(self._submit_search(
-            shards, codes, depth, radius, with_meta, vectors, weights, k, views), self.timeout_s)
+            shards, codes, depth, radius, with_meta, vectors, weights, k, views, plan), self.timeout_s)
         queries = len(codes) if views is None else views[-1][0] + 1
         return merge_results(results, queries, int(k), radius), sorted({**skipped, **errors})
 
@@ -224,12 +242,10 @@ class ShardRouter:
     # ---- spatial verification ---------------------------------------------------------
     def _submit_verify(self, hits: list[Hit], keypoints: np.ndarray,
                        depth: int) -> tuple[dict[int, tuple], dict[int, Any]]:
-        """Each owning shard's top hits, with the keypoint block to verify each by: the query as
-        given (block 0), or for a hit that matched through a mirrored view the better of the
-        query as given and mirrored (-1: a symmetric image's mirror can match as well)."""
+        """Each owning shard's top hits, with the keypoint block to verify each by (``_block``)."""
         blocks = np.ascontiguousarray(keypoints, dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
         top = hits[:max(0, depth)]
-        which = [-1 if len(blocks) > 1 and is_mirrored(h.variant or "") else 0 for h in top]
+        which = [_block(h.variant or "original", len(blocks)) for h in top]
         groups = self._group([h.id for h in top], None, which)
         return groups, {s: self.pool.read(s, "verify", ids, blocks.tobytes(), ws)
                         for s, (ids, _, ws) in groups.items()}
@@ -353,3 +369,10 @@ class ShardRouter:
     def stats(self) -> list[dict]:
         """:meth:`astats`, waited for."""
         return run_sync(self.astats())
+
+
+def _block(view: str, blocks: int) -> int:
+    """The keypoint block a hit that matched through ``view`` is verified by: the query as given
+    (0), or for a mirrored view the better of as given and mirrored (-1: a symmetric image's
+    mirror can match as well)."""
+    return -1 if blocks > 1 and is_mirrored(view) else 0

@@ -20,9 +20,9 @@ import numpy as np
 
 from shards import shard_dir
 from shards.blobs import BlobLog
-from shards.candidates import Candidates, hits as candidate_hits, merge_views, rank_keys, score_rows
+from shards.candidates import Candidates, hits as candidate_hits, merge_views, rank_keys, score_rows, verify_top
 from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limit, check_metas,
-                           check_radius, check_vectors, check_views, check_weights)
+                           check_radius, check_vectors, check_verify, check_views, check_weights)
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.records import RecordLayout
 from shards.store import IdStore, hash_ids
@@ -215,7 +215,7 @@ class ShardActor:
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, vectors: np.ndarray | None = None,
                weights: np.ndarray | None = None, fold: float | None = None,
-               keep: int | None = None, views: list | None = None) -> list[list[dict]]:
+               keep: int | None = None, views: list | None = None, verify: tuple | None = None) -> list[list[dict]]:
         """Per query, its k Hamming-nearest entries, optionally within radius, as hit dicts
         (``shards.candidates``), ordered by distance or, when the queries carry them, by
         ``score`` (side ``vectors`` (n, vector_bytes), on a shard that stores its own) or else
@@ -224,10 +224,12 @@ class ShardActor:
         fold into its best and the top ``keep`` images remain. ``with_meta``: each hit carries
         its stored meta. With ``views`` (each code's query, view name and prior cost: the codes
         are image queries' views) the answer is one list per query, its views merged
-        (``shards.candidates.merge_views``)."""
+        (``shards.candidates.merge_views``), and with ``verify`` (``check_verify``) its top hits
+        verified here, in the same call (``shards.candidates.verify_top``)."""
         codes = self._layout.check(codes)
         k, radius = check_k(k), check_radius(radius)
         views = None if views is None else check_views(views, len(codes))
+        verify = check_verify(verify, 0 if views is None else views[-1][0] + 1)
         scored = check_vectors(vectors, len(codes), self.vector_bytes, self.bits)
         vectors = vectors if scored else None
         weights = None if scored or weights is None else check_weights(weights, len(codes), self.bits)
@@ -250,7 +252,8 @@ class ShardActor:
             found = candidate_hits(c, rank_keys(c, scores), fold, keep, "score" if scored else "weighted")
             out.append(self._with_meta(c, found) if with_meta else [hit for _, hit in found])
             start = stop
-        return out if views is None else merge_views(out, views, keep)
+        merged = out if views is None else merge_views(out, views, keep)
+        return merged if verify is None else [verify_top(merged[0], *verify, self.verify)]
 
     def _with_meta(self, c: Candidates, found: list[tuple[int, dict]]) -> list[dict]:
         """The hits, each with its stored meta."""

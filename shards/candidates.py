@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -151,3 +152,18 @@ def _paid(hit: dict, paid: float, variant: str | None) -> dict:
     if variant is not None:
         hit["variant"] = variant
     return hit
+
+
+def verify_top(hits: list[dict], depth: int, keypoints: bytes, blocks: dict[str, int],
+               verify: Callable[[list[str], bytes, list[int]], list[int | None]]) -> list[dict]:
+    """One query's merged hits, its top ``depth`` spatially verified (``verify``:
+    ``ShardActor.verify``; each hit by the keypoint block its view names in ``blocks``): a count
+    sets the hit's ``inliers``. The order stays as it was; the router re-orders by the credit
+    once the shards' lists are merged."""
+    top = hits[:depth]
+    counts = verify([h["id"] for h in top], keypoints,
+                    [blocks.get(h.get("variant") or "original", 0) for h in top])
+    for hit, n in zip(top, counts):
+        if n is not None:
+            hit["inliers"] = n
+    return hits

@@ -120,3 +120,18 @@ def check_keypoint_blocks(keypoints: np.ndarray | bytes, which: list[int] | None
     if len(which) != n or any(not -1 <= w < len(blocks) for w in which):
         raise ValueError(f"which must name one of {len(blocks)} keypoint blocks (or -1) per id")
     return blocks, which
+
+
+def check_verify(verify: Any, queries: int) -> tuple[int, bytes, dict[str, int]] | None:
+    """A search's verification of its top hits: None, or (depth >= 0, the query's packed
+    keypoint blocks, each view name's block: 0 as given, -1 the best of all) for a search of
+    one image query."""
+    if verify is None:
+        return None
+    try:
+        depth, keypoints, blocks = int(verify[0]), bytes(verify[1]), {str(k): int(v) for k, v in verify[2].items()}
+    except (TypeError, ValueError, IndexError, AttributeError):
+        raise ValueError(f"verify must be (depth, keypoints, view blocks), got {verify!r:.80}") from None
+    if depth < 0 or queries != 1:
+        raise ValueError(f"verify needs depth >= 0 and one image query, got depth {depth} for {queries}")
+    return depth, keypoints, blocks

@@ -48,10 +48,10 @@ def test_a_shard_that_fails_makes_the_answer_partial(shards):
     assert answer.hits and all(h.shard == 0 for h in answer.hits)
 
 
-def _photo_index(tmp_path):
+def _photo_index(tmp_path, num_shards: int = 2):
     """Four real photos stored with their keypoints under codes 1, 2, 3 and 4 bits from 0."""
     photos = [Image.open(p).convert("RGB") for p in SCENES[:4]]
-    opened = open_local_shards(str(tmp_path), 2, 8, keypoint_bytes=KEYPOINT_BYTES, kind="flat")
+    opened = open_local_shards(str(tmp_path), num_shards, 8, keypoint_bytes=KEYPOINT_BYTES, kind="flat")
     router = local_router(opened)
     codes = np.array([[0b0001], [0b0011], [0b0111], [0b1111]], dtype=np.uint8)
     router.add([f"p{i}" for i in range(4)], records(codes, None, np.stack([extract(p) for p in photos])))
@@ -63,7 +63,7 @@ def _query(photo) -> QueryViews:
 
 
 def test_a_query_with_no_confirmed_hit_verifies_deeper(tmp_path):
-    photos, router, opened = _photo_index(tmp_path)
+    photos, router, opened = _photo_index(tmp_path, num_shards=1)
     copy_of_last = _query(photos[3])  # its original is the farthest code: past the first round
     shallow = Searcher(router, QueryConfig(verify=2, verify_more=0)).search(copy_of_last, k=4).hits
     deep = Searcher(router, QueryConfig(verify=2, verify_more=2)).search(copy_of_last, k=4).hits
@@ -74,9 +74,25 @@ def test_a_query_with_no_confirmed_hit_verifies_deeper(tmp_path):
 
 
 def test_a_confirmed_best_hit_stops_verification(tmp_path):
-    photos, router, opened = _photo_index(tmp_path)
+    photos, router, opened = _photo_index(tmp_path, num_shards=1)
     hits = Searcher(router, QueryConfig(verify=2, verify_more=2)).search(_query(photos[0]), k=4).hits
     assert hits[0].id == "p0" and confirmed(hits[0].inliers)
     assert [h.inliers for h in hits[2:]] == [None, None]
+    for shard in opened:
+        shard.close()
+
+
+def test_every_shard_verifies_its_own_top_hits_in_the_search(tmp_path):
+    """With two shards each verifies its own top ``verify`` hits within the search call: the
+    merged top ``verify`` are always among them, and a shard's best is verified even where it
+    is not in the merged top."""
+    photos, router, opened = _photo_index(tmp_path)
+    other = [i for i in range(4) if router.shard_for(f"p{i}") != router.shard_for("p0")]
+    assert other, "the four photos all landed on one shard"
+    best_there = other[0]  # the nearest code on the shard that does not hold p0
+    hits = Searcher(router, QueryConfig(verify=1, verify_more=0)).search(_query(photos[best_there]), k=4).hits
+    by_id = {h.id: h for h in hits}
+    assert by_id["p0"].inliers is not None  # the merged top 1
+    assert confirmed(by_id[f"p{best_there}"].inliers) and hits[0].id == f"p{best_there}"
     for shard in opened:
         shard.close()

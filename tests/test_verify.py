@@ -125,6 +125,35 @@ def test_shard_stores_and_verifies_keypoints_across_restart(tmp_path):
         ShardActor(0, str(tmp_path / "s"), bits, vector_bytes=bits)
 
 
+def test_search_verifies_its_top_hits_in_the_same_call(tmp_path):
+    """A search with ``verify`` gives each of its top hits the inliers a separate verify call
+    gives (mirrored views by the better block), leaves deeper hits unverified and keeps the
+    order; without views, or for two queries, it refuses."""
+    bits, n = 128, 6
+    photos = [_photo(i) for i in range(n)]
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    vectors = rng.integers(-127, 128, (n, bits), dtype=np.int8)
+    shard = ShardActor(0, str(tmp_path / "s"), bits, vector_bytes=bits, keypoint_bytes=KEYPOINT_BYTES)
+    shard.add([f"p{i}" for i in range(n)], records(codes, vectors, np.stack([extract(p) for p in photos])))
+    kps = extract_query(_jpeg(_corner_crop(photos[1], 0.45), 40))
+    views = [(0, "original", 0.0), (0, "flip", 1.0)]
+    args = (codes[[1, 3]], 6, None, False, vectors[[1, 3]], None, None, 6, views)
+    (plain,) = shard.search(*args)
+    (verified,) = shard.search(*args, (3, kps.tobytes(), {"original": 0, "flip": -1}))
+    assert [h["id"] for h in verified] == [h["id"] for h in plain]
+    which = [-1 if h.get("variant") == "flip" else 0 for h in plain[:3]]
+    assert [h["inliers"] for h in verified[:3]] == shard.verify([h["id"] for h in plain[:3]], kps, which)
+    assert all("inliers" not in h for h in verified[3:])
+    assert max(h["inliers"] for h in verified[:3] if h["id"] == "p1") >= 40
+    with pytest.raises(ValueError, match="verify"):
+        shard.search(codes[:1], 6, vectors=vectors[:1], verify=(3, kps.tobytes(), {}))
+    with pytest.raises(ValueError, match="verify"):
+        shard.search(codes[:2], 6, None, False, vectors[:2], None, None, 6, [(0, "original", 0.0), (1, "original", 0.0)],
+                     (3, kps.tobytes(), {}))
+    shard.close()
+
+
 def test_shard_without_keypoints_drops_them(tmp_path):
     kps = extract(_photo(0))[None]
     codes = np.zeros((1, 16), np.uint8)
