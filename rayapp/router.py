@@ -205,19 +205,28 @@ class ShardRouter:
         ``views`` (each code's query, view name and prior cost) the codes are image queries'
         views, each shard merges each query's (``shards.candidates.merge_views``) and the answer
         is one list per query. With ``verify`` (depth, keypoints as ``averify`` takes them) for
-        one image query, each shard also verifies its own top ``depth`` hits in the same call,
-        which covers the top ``depth`` of the merged list: the hits come back with their
-        ``inliers``, ordered as before verification (order them by ``ranking.order_key``).
+        one image query, the merged top ``depth`` hits come back spatially verified (their
+        ``inliers``; order them by ``ranking.order_key``).
+
+        A single shard verifies its top hits within the search call, saving a round trip. Over
+        several, the merged top is verified by a second call to the shards that hold it: each
+        shard verifying its own top ``depth`` in the search call would cover it too, but at as
+        many times the verification as there are shards.
         """
         codes = self._query(codes, k, radius)
         views = None if views is None else check_views(views, len(codes))
         plan = self._verify_plan(verify, views)
+        inline = plan is not None and self.num_shards == 1
         shards, skipped = await self.pool.available()
         depth = self._depth(codes, k, weights, vectors)
         results, errors = await self.pool.gather(self._submit_search(
-            shards, codes, depth, radius, with_meta, vectors, weights, k, views, plan), self.timeout_s)
+            shards, codes, depth, radius, with_meta, vectors, weights, k, views, plan if inline else None),
+            self.timeout_s)
         queries = len(codes) if views is None else views[-1][0] + 1
-        return merge_results(results, queries, int(k), radius), sorted({**skipped, **errors})
+        merged = merge_results(results, queries, int(k), radius)
+        if plan is not None and not inline:
+            merged = [await self.averify(merged[0], verify[1], plan[0])]
+        return merged, sorted({**skipped, **errors})
 
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, weights: np.ndarray | None = None,

@@ -7,9 +7,9 @@ Serve's ``/v1/search``, ``neardup search`` and the dedup job all search through
    scores, stored views folded into their image);
 2. each shard merges a query's views into one list, each view paying its prior cost
    (``shards.candidates.merge_views``), and the router merges the shards' lists;
-3. the top hits are spatially verified by their shards when the query has keypoints: an
-   image query's in the search call itself (each shard verifies its own top hits, a superset
-   of the merged top), then deeper where none is confirmed (``ShardRouter.verify``);
+3. the top hits are spatially verified by their shards when the query has keypoints (by a
+   single shard within the search call), then deeper where none is confirmed
+   (``ShardRouter.verify``);
 4. each hit gets its final ``rank`` and, from the model's calibration curve, its
    ``confidence`` (``with_confidence``).
 
@@ -117,7 +117,7 @@ class Searcher:
                                                   q.vectors, self._views([q]),
                                                   (depth, q.keypoints) if depth else None)
         hits = rows[0]
-        if depth:  # the shards verified their top ``depth``, which hold the merged top ``depth``
+        if depth:  # the router had the merged top ``depth`` verified
             hits = await self._verify_more(q, sorted(hits, key=order_key), depth)
         return Answer(self._finish(q, hits, k, min_confidence), missing)
 
