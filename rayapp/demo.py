@@ -5,6 +5,8 @@ with the same transform suite that training and evaluation use.
 """
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -75,7 +77,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
                          enc.default_radius)
         click.secho("[4/4] deduplicating samples + edited copies (a Ray job) into an HTML report", bold=True)
         _add_over_http(f"http://{cfg.serve.host}:{port}", sorted((out / "queries").iterdir()))
-        dedup = run_dedup(cfg, DedupOptions(out_dir=str(out / "dedup"), views="stored", progress=False))
+        dedup = run_dedup(cfg, DedupOptions(out_dir=str(out / "dedup"), progress=False))
         for n, g in enumerate(dedup.groups, 1):
             click.echo(f"      group {n}: " + ", ".join(g.ids))
         click.echo(f"      {len(dedup.groups)} duplicate groups (calibrated precision >= 0.99); "
@@ -91,13 +93,14 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
 
 
 def _add_over_http(base: str, paths: list[Path]) -> None:
-    """Store the edited copies in the served index too (POST /v1/items), so the dedup job
-    groups them with their originals."""
+    """Store the edited copies in the served index too (POST /v1/items), with their file's
+    path, so the dedup job reads them again and searches all their views (a mirrored or turned
+    copy is found through its mirrored or turned view) and groups them with their originals."""
     with httpx.Client(base_url=base, timeout=60) as http:
         for path in paths:
             with open(path, "rb") as fh:
                 http.post("/v1/items", files={"file": (path.name, fh, "image/jpeg")},
-                          data={"id": path.name}).raise_for_status()
+                          data={"id": path.name, "meta": json.dumps({"path": str(path)})}).raise_for_status()
 
 
 MATCH_CONFIDENCE = 0.5  # the demo calls a hit a match from this calibrated precision on

@@ -133,6 +133,13 @@ def test_demo_shows_real_matches(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "found" in r.stdout and "API listening at" in r.stdout
     assert (tmp_path / "demo" / "dedup" / "report.html").is_file() and "group 1: " in r.stdout
+    groups = [line.split(": ", 1)[1].split(", ") for line in r.stdout.splitlines()
+              if line.strip().startswith("group ")]
+    # no false group: each holds one bundled sample and copies made from it (named after it)
+    assert all(len({name.split(".")[0] for name in names}) == 1 for names in groups), groups
+    # the dedup job reads the copies again, so a mirrored or turned copy is found too
+    grouped = {name for names in groups for name in names}
+    assert any(".hflip." in n for n in grouped) and any(".rot90." in n for n in grouped), groups
 
 
 def test_config_prints_what_differs_from_the_defaults(tmp_path):
