@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image
 
 from bench.common import REPO_ROOT, RESULTS_DIR, machine_info, today, utc_now, write_json
+from encoders.decode import WORK_SIDE
 
 SIDES = (640, 1280, 2000, 4000)
-MODES = {"working size": "default", "full size": None}
+MODES = {"working size": WORK_SIDE, "full size": None}
 
 
 def _jpegs(side: int, count: int) -> list[bytes]:
@@ -39,14 +40,13 @@ def _jpegs(side: int, count: int) -> list[bytes]:
     return out
 
 
-def _query_steps(data: bytes, enc, work_side) -> tuple[dict[str, float], np.ndarray]:
+def _query_steps(data: bytes, enc, work_side: int | None) -> tuple[dict[str, float], np.ndarray]:
     """One query's decode, views and keypoints -> ms per step, and its code as given."""
     from encoders.decode import load_image
     from encoders.keypoints import extract_query
     from encoders.tta import query_variants
-    kwargs = {} if work_side == "default" else {"work_side": work_side}
     t0 = time.perf_counter()
-    img = load_image(data, **kwargs)
+    img = load_image(data, work_side=work_side)
     t1 = time.perf_counter()
     arrays, _ = query_variants(img, enc.preprocess, "flip_turns", True)
     t2 = time.perf_counter()

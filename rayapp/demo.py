@@ -6,7 +6,6 @@ with the same transform suite that training and evaluation use.
 from __future__ import annotations
 
 import json
-
 import shutil
 from pathlib import Path
 
