@@ -9,9 +9,13 @@ P50/P95/P99 per side and their ratio to the baseline, and each round's first and
 after ready (the warm-up queries, not in the percentiles; the tenth sends the first's image
 again, so the two differ only in what the server had warmed). With ``--unrelated DIR``, photos of
 that folder (not indexed: queries with no copy stored, which verify deepest) are searched too,
-interleaved with the copies and reported apart.
+interleaved with the copies and reported apart. ``--baseline-env KEY=VALUE`` sets the baseline
+side's environment, so one checkout can be compared with itself under another setting. With
+``--rates``, each server then takes open-loop load (``bench.open_loop``) by image at those rates
+per second, the copies in turn, and reports what it answered and at what latency.
 
     python -m bench.query_latency --photos rayapp/samples --baseline ../neardup-prev --queries 200
+    python -m bench.query_latency --baseline . --baseline-env NEARDUP_SERVE_INGRESS=proxy
 """
 from __future__ import annotations
 
@@ -46,12 +50,13 @@ def _interleave(copies: list[Path], unrelated: list[Path]) -> tuple[list[Path], 
     return [p for p, _ in out], [u for _, u in out]
 
 
-def _env(repo: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(repo), "RAY_ADDRESS": ""}
+def _env(repo: Path, extra: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONPATH": str(repo), "RAY_ADDRESS": "", **(extra or {})}
 
 
-def _cli(repo: Path, *args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rayapp.cli", *args], cwd=repo, env=_env(repo), **kwargs)
+def _cli(repo: Path, *args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rayapp.cli", *args], cwd=repo, env=_env(repo, env),
+                            **kwargs)
 
 
 def _make_queries(photos: list[Path], out: Path, n: int) -> list[Path]:
@@ -94,10 +99,12 @@ def _warm_up_list(queries: list[Path], warmup: int) -> list[Path]:
 
 
 def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], warmup: int,
-                    memory: list) -> tuple[list[float], list[float]]:
+                    memory: list, env: dict | None = None, load: tuple = (),
+                    loaded: list | None = None) -> tuple[list[float], list[float]]:
     """Serve ``index`` from ``repo``; once ``/readyz`` says ready, note the server's memory in
-    ``memory``, time ``warmup`` queries, then every query -> (the warm-up's ms, the timed ms)."""
-    proc = _cli(repo, "serve", "--index-dir", str(index), "--port", str(port),
+    ``memory``, time ``warmup`` queries, then every query -> (the warm-up's ms, the timed ms).
+    ``load`` = (rates, seconds, bodies): then open-loop steps, their figures appended to ``loaded``."""
+    proc = _cli(repo, "serve", "--index-dir", str(index), "--port", str(port), env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -119,6 +126,10 @@ def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], war
                 r = client.post(f"{url}/v1/search", files={"file": q.read_bytes()}, data={"k": "10"})
                 r.raise_for_status()
                 times.append((time.perf_counter() - t0) * 1000)
+        if load:
+            from bench.open_loop import run_step
+            rates, seconds, bodies = load
+            loaded.append([run_step(url, "/v1/search", bodies, rate, seconds) for rate in rates])
         return times[:warmup], times[warmup:]
     finally:
         proc.terminate()
@@ -129,15 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.query_latency", description=__doc__.splitlines()[0])
     ap.add_argument("--photos", default=str(REPO_ROOT / "rayapp" / "samples"))
     ap.add_argument("--baseline", required=True, help="checkout of the baseline revision")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the baseline side's processes (repeatable)")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--port", type=int, default=28123)
     ap.add_argument("--unrelated", default=None, help="folder of photos not indexed, searched too")
+    ap.add_argument("--rates", default="", help="open-loop image queries/s after the timing, e.g. 30,40,50")
+    ap.add_argument("--rate-seconds", type=float, default=10.0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     sides = {"current": REPO_ROOT, "baseline": Path(args.baseline).resolve()}
+    envs = {"current": {}, "baseline": dict(kv.split("=", 1) for kv in args.baseline_env)}
     work = Path(tempfile.mkdtemp(prefix="neardup-latency-"))
     copies = _make_queries(photos, work / "queries", args.queries)
     unrelated = _unrelated(args.unrelated, args.queries)
@@ -148,10 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     times_unrelated: dict[str, list[float]] = {name: [] for name in sides}
     first: dict[str, list[dict]] = {name: [] for name in sides}  # each round's first and tenth query
     memory: dict[str, list[dict]] = {name: [] for name in sides}  # each round's server, once ready
+    loaded: dict[str, list[list[dict]]] = {name: [] for name in sides}  # each round's open-loop steps
+    rates = [float(r) for r in args.rates.split(",") if r]
+    bodies = [{"files": {"file": q.read_bytes()}, "data": {"k": "10"}} for q in copies]
+    load = (rates, args.rate_seconds, bodies) if rates else ()
     for r in range(args.rounds):
         for name, repo in sides.items():
             warm, timed = _serve_and_time(repo, work / name, args.port + r, queries, args.warmup,
-                                          memory[name])
+                                          memory[name], envs[name], load, loaded[name])
             times[name] += [t for t, u in zip(timed, is_unrelated) if not u]
             times_unrelated[name] += [t for t, u in zip(timed, is_unrelated) if u]
             first[name].append({"first_ms": round(warm[0], 1), "tenth_ms": round((warm + timed)[9], 1)})
@@ -160,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     ratio = {k: round(stats["current"][k] / stats["baseline"][k], 3) for k in stats["current"]}
     result = {"date": utc_now(), "machine": machine_info(), "queries": args.queries, "rounds": args.rounds,
               "photos": len(photos), "sides": {k: str(v) for k, v in sides.items()},
+              "environment": {k: v for k, v in envs.items() if v},
               "latency_ms": stats, "ratio_current_to_baseline": ratio,
               "first_and_tenth_query_after_ready": first, "server_memory_when_ready": memory}
+    if rates:
+        result["open_loop_by_image"] = loaded
     if unrelated:
         result["unrelated_queries"] = len(unrelated)
         result["unrelated_latency_ms"] = {n: latency_percentiles(t) for n, t in times_unrelated.items()}

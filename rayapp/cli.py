@@ -200,15 +200,17 @@ def serve(config_path, index_dir, host, port, num_shards, token, read_token, enc
           dashboard, metrics_port) -> None:
     """Run the HTTP API (Ray Serve) over an index until SIGINT or SIGTERM."""
     from rayapp.cluster import init_ray, shutdown
+    from rayapp.ingress import prepare as prepare_ingress
     from rayapp.lifecycle import run_server, stop_on_signals, wait_for_signal
     cfg = load_config(config_path, overrides={
         "encoder": {"name": encoder}, "query": {"tta": tta},
         "storage": {"index_dir": index_dir, "num_shards": num_shards},
         "serve": {"host": host, "port": port, "token": token, "read_token": read_token}})
+    direct = prepare_ingress(cfg, address)
     urls = init_ray(address, dashboard=dashboard, metrics_port=metrics_port or None)
     stop = stop_on_signals()
     try:
-        run_server(cfg)
+        run_server(cfg, direct=direct)
         click.echo(f"neardup API on http://{cfg.serve.host}:{cfg.serve.port} "
                    f"(index {cfg.storage.index_dir}); Ctrl-C to stop")
         for name, url in urls.items():

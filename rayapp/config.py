@@ -123,6 +123,7 @@ class ServeConfig:
     """The HTTP service: address, bearer tokens and request limits."""
     host: str = "127.0.0.1"
     port: int = _value(8000, _within(0, 65535))
+    ingress: str = _value("auto", _one_of("auto", "proxy", "direct"))  # who parses HTTP: rayapp.ingress
     token: str | None = None         # bearer token for writes; None = writes open (demo only)
     read_token: str | None = None    # bearer token for reads (search, hash, status, get); None = open
     body_timeout_s: float = _value(10.0, _rule(lambda v: v > 0, "> 0"))  # then a 408

@@ -44,11 +44,11 @@ def make_queries(files: list[Path], out: Path, seed: int = 0) -> list[tuple[Path
 
 def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = True) -> None:
     from encoders.registry import get_encoder
-    from rayapp.cluster import shutdown
-    from rayapp.cluster import init_ray
+    from rayapp.cluster import init_ray, shutdown
     from rayapp.config import load_config
     from rayapp.dedup import DedupOptions, run_dedup
     from rayapp.ingest import IngestOptions, run_ingest
+    from rayapp.ingress import prepare as prepare_ingress
     from rayapp.lifecycle import run_server, stop_on_signals, wait_for_signal
 
     out = Path(out_dir).resolve()
@@ -62,6 +62,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
                                  "serve": {"port": port}})
     enc = get_encoder(cfg.encoder.name)
     click.secho(f"[1/4] starting an embedded Ray; encoder {enc.name} ({enc.bits} bits)", bold=True)
+    direct = prepare_ingress(cfg)
     urls = init_ray(dashboard=True, metrics_port=8080)
     for name, url in urls.items():
         click.echo(f"      {name}: {url}")
@@ -71,7 +72,7 @@ def run_demo(out_dir: str = "demo-out", port: int = 8000, keep_serving: bool = T
         rep = run_ingest(cfg, [str(staged)], IngestOptions(progress=True))
         click.echo(f"      indexed {rep.indexed} ({rep.errors} errors) in {rep.seconds:.1f}s")
         click.secho(f"[3/4] serving HTTP on http://{cfg.serve.host}:{port}", bold=True)
-        run_server(cfg)
+        run_server(cfg, direct=direct)
         _query_over_http(f"http://{cfg.serve.host}:{port}", make_queries(files, out / "queries"),
                          enc.default_radius)
         click.secho("[4/4] deduplicating samples + edited copies (a Ray job) into an HTML report", bold=True)

@@ -9,18 +9,22 @@ import time
 from ray import serve
 
 from rayapp.config import Config
+from rayapp.ingress import proxy_port
 from rayapp.serve import APP_NAME, build_app
 
 
-def run_server(cfg: Config, blocking: bool = False, address: str | None = None) -> str:
+def run_server(cfg: Config, blocking: bool = False, address: str | None = None,
+               direct: bool = False) -> str:
     """Serve ``cfg`` on host:port (starting an embedded Ray if none is running) -> base URL.
 
     Returns as soon as /readyz answers (the encoder and every shard have served a warm-up query). With ``blocking=True`` it then waits for SIGINT or
     SIGTERM and shuts Serve down before returning (the caller owns ``ray.shutdown()``).
+    ``direct``: the Ingress replica itself listens on the port (``rayapp.ingress.prepare`` set
+    that up before Ray started); Serve's proxy then takes another.
     """
     from rayapp.cluster import init_ray
     init_ray(address)
-    serve.start(http_options={"host": cfg.serve.host, "port": int(cfg.serve.port)})
+    serve.start(http_options={"host": cfg.serve.host, "port": proxy_port(cfg, direct)})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
     url = f"http://{_connect_host(cfg.serve.host)}:{int(cfg.serve.port)}"
     _wait_healthy(url)

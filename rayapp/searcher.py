@@ -128,11 +128,14 @@ class Searcher:
 
     async def _verify_more(self, q: QueryViews, hits: list[Hit], depth: int) -> list[Hit]:
         """When no verified hit is confirmed (a hard edit, or no copy stored), the next
-        ``verify_more`` unverified hits are verified too: deeper only where it can matter."""
+        ``verify_more`` unverified hits are verified too: deeper only where it can matter, so
+        only those the full credit could lift above the current best hit."""
         more = max(0, int(self.cfg.verify_more))
         if not more or not hits or confirmed(hits[0].inliers):
             return hits
-        todo = [h for h in hits[:depth + more] if h.inliers is None]
+        best = order_key(hits[0])[0]
+        todo = [h for h in hits[:depth + more]
+                if h.inliers is None and order_key(h)[0] - VERIFY_BONUS < best]
         checked = await self.router.averify(todo, q.keypoints, len(todo)) if todo else []
         return with_inliers(hits, {h.id: h.inliers for h in checked if h.inliers is not None})
 

@@ -34,6 +34,7 @@ from rayapp.encoder_deployment import (WARM_UP_IMAGE, EncoderDeployment, ImageEn
 from rayapp.http import (HASH_BODY, ITEMS_BODY, SEARCH_BODY, ApiError, Item, RateLimiter, bool_param,
                          check_bearer, check_id, error_response, float_param, int_param,
                          parse_request)
+from rayapp.ingress import mode as ingress_mode
 from rayapp.router import ShardRouter, ShardUnavailable
 from rayapp.searcher import NeedsCalibration, QueryViews, Searcher
 from shards.vectors import records
@@ -211,7 +212,7 @@ class Ingress:
     @api.get("/v1/status")
     async def status(self, request: Request) -> dict:
         """Shards (id, node, pid, count of images, stored reference views, memory, keypoint blob
-        bytes on disk, index kind, state), encoder and version."""
+        bytes on disk, index kind, state), encoder, version, and how HTTP enters (``ingress``)."""
         from rayapp.cluster import status_row
         self._admit(request)
         # shards publish their own count/memory gauges (cluster.py)
@@ -221,7 +222,7 @@ class Ingress:
             encoder = await self.encoder_info()
         except ApiError as exc:
             encoder = {"state": "unavailable", "error": exc.message}
-        return {"version": version(), "encoder": encoder, "shards": shards,
+        return {"version": version(), "ingress": ingress_mode(), "encoder": encoder, "shards": shards,
                 "total_count": sum(int(r["count"] or 0) for r in shards),
                 "partial": bool(missing) or "error" in encoder, "missing_shards": missing}
 

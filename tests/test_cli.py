@@ -203,7 +203,9 @@ def test_serve_runs_until_sigterm_and_leaves_no_ray_behind(tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "serve did not come up"
             time.sleep(0.2)
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=30).json()["shards"][0]["count"] == 0
+        status = httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=30).json()
+        assert status["shards"][0]["count"] == 0
+        assert status["ingress"] == "direct"  # an embedded Ray: the Ingress replica holds the port
         _scrape_neardup_metrics(port, metrics_port)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
