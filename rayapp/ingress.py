@@ -47,22 +47,37 @@ def ingress_replicas(cfg: Config) -> int:
     return n if in_ingress(cfg) else 1
 
 
+def _embedded(address: str | None) -> bool:
+    """Whether this process is about to start Ray itself (so Ray's processes get its environment)."""
+    return not (address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
+
+
 def wants_direct(cfg: Config, address: str | None = None) -> bool:
     """Whether ``cfg`` is served by direct ingress when Ray is (or is not yet) running here."""
     mode = cfg.serve.ingress
     if mode != "auto":
         return mode == "direct"
-    embedded = not (address or os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
-    return embedded and int(cfg.serve.port) > 0 and ingress_replicas(cfg) == 1
+    return _embedded(address) and int(cfg.serve.port) > 0 and ingress_replicas(cfg) == 1
 
 
 def prepare(cfg: Config, address: str | None = None) -> bool:
     """Before ``ray.init``: set Serve's direct-ingress environment when :func:`wants_direct`
     (the replica's port range starts at ``serve.port``) -> whether it did. A port already in
-    use is refused here, with its number, instead of by a replica that cannot bind it."""
+    use is refused here, with its number, instead of by a replica that cannot bind it.
+
+    Ray started elsewhere never sees this environment: ``direct`` on such a cluster needs its
+    nodes started with it (``ray start`` under the same three variables), and is refused with
+    that advice when this process was not given them either."""
     if not wants_direct(cfg, address):
         return False
     port = int(cfg.serve.port)
+    if not _embedded(address):
+        if os.environ.get(ENABLE) != "1" or os.environ.get(MIN_PORT) != str(port):
+            raise RuntimeError(
+                f"serve.ingress=direct on a running Ray cluster needs every node started with "
+                f"{ENABLE}=1 {MIN_PORT}={port} {MAX_PORT}={port + ingress_replicas(cfg)} (and this "
+                "process given the same); or use serve.ingress=proxy")
+        return True
     _check_free(cfg.serve.host, port)
     os.environ.update({ENABLE: "1", MIN_PORT: str(port),
                        MAX_PORT: str(port + ingress_replicas(cfg)), DRAIN: DRAIN_S})

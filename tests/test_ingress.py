@@ -62,6 +62,15 @@ def test_a_port_in_use_is_refused_by_number(clean_env):
     assert ingress.ENABLE not in os.environ
 
 
+def test_direct_on_a_cluster_started_elsewhere_needs_its_environment(clean_env, monkeypatch):
+    port = free_port()
+    with pytest.raises(RuntimeError, match=f"{ingress.MIN_PORT}={port}"):
+        ingress.prepare(_cfg(port, ingress="direct"), address="auto")
+    monkeypatch.setenv(ingress.ENABLE, "1")
+    monkeypatch.setenv(ingress.MIN_PORT, str(port))
+    assert ingress.prepare(_cfg(port, ingress="direct"), address="auto") is True
+
+
 def test_the_config_rejects_an_unknown_ingress():
     with pytest.raises(ValueError, match="ingress"):
         _cfg(8000, ingress="haproxy").validate()
