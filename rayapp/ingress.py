@@ -12,7 +12,9 @@ node only, on a port of its own.
 - ``proxy``: Serve's proxy on ``serve.port`` (a cluster behind a load balancer);
 - ``direct``: the Ingress replica listens on ``serve.port`` itself;
 - ``auto`` (default): direct where this process starts the embedded Ray and one Ingress
-  replica answers, since each replica would get a port of its own; otherwise the proxy.
+  replica answers, since each replica would get a port of its own; on a Ray started
+  elsewhere, direct only where this process's environment already enables it (as the
+  cluster's nodes must); otherwise the proxy.
 
 Serve reads these settings from the environment of the processes Ray starts, so
 :func:`prepare` must run before ``ray.init``; it returns the decision for
@@ -57,7 +59,9 @@ def wants_direct(cfg: Config, address: str | None = None) -> bool:
     mode = cfg.serve.ingress
     if mode != "auto":
         return mode == "direct"
-    return _embedded(address) and int(cfg.serve.port) > 0 and ingress_replicas(cfg) == 1
+    if not _embedded(address):  # a cluster's own setting, where its environment reached us too
+        return os.environ.get(ENABLE) == "1"
+    return int(cfg.serve.port) > 0 and ingress_replicas(cfg) == 1
 
 
 def prepare(cfg: Config, address: str | None = None) -> bool:

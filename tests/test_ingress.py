@@ -69,6 +69,7 @@ def test_direct_on_a_cluster_started_elsewhere_needs_its_environment(clean_env, 
     monkeypatch.setenv(ingress.ENABLE, "1")
     monkeypatch.setenv(ingress.MIN_PORT, str(port))
     assert ingress.prepare(_cfg(port, ingress="direct"), address="auto") is True
+    assert ingress.prepare(_cfg(port), address="auto") is True  # auto follows the cluster's setting
 
 
 def test_the_config_rejects_an_unknown_ingress():
