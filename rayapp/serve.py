@@ -3,10 +3,10 @@
     serve run rayapp.serve:app          # config from $NEARDUP_CONFIG (YAML) and NEARDUP_* env
     neardup serve --index-dir DIR       # the CLI calls rayapp.lifecycle.run_server()
 
-``Ingress`` validates requests, gets codes from the encoder (``rayapp.encoder_deployment``:
-in its own process, or a deployment of its own when that holds a GPU) and answers queries
-through one :class:`rayapp.searcher.Searcher` over the shard router. Every error is a JSON ``{"error": ...}`` with a 4xx/5xx status, never a traceback
-(``rayapp.api``).
+``Ingress`` validates requests, gets codes from the encoder (``rayapp.encoder_deployment``: in
+its own process, or a deployment of its own when that holds a GPU) and answers queries through
+one :class:`rayapp.searcher.Searcher` over the shard router. Every error is a JSON
+``{"error": ...}`` with a 4xx/5xx status, never a traceback (``rayapp.api``).
 """
 
 import asyncio
@@ -48,10 +48,6 @@ WARM_UP_TIMEOUT_S = 60.0  # the constructor's warm-up; /readyz tries again after
 #: (2 s) makes every stop (SIGTERM, serve.shutdown, a redeploy) wait that long, however idle the
 #: replica; requests still in flight are waited for all the same.
 DRAIN_CHECK_S = 0.2
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def _lookup_shard(namespace: str, i: int):
@@ -106,7 +102,7 @@ class Ingress:
     def _admit(self, request: Request, write: bool = False) -> None:
         """Rate limit every API call; writes need the bearer token when one is set, and reads
         the read token (or the write token) when one is set."""
-        wait = self.limiter.acquire(_client(request))
+        wait = self.limiter.acquire(request.client.host if request.client else "unknown")
         if wait > 0:
             raise ApiError(429, "rate limit exceeded; retry later", "rate_limited",
                            headers={"Retry-After": str(max(1, int(wait + 0.999)))})
