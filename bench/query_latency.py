@@ -7,7 +7,9 @@ indexes the same photos with ``neardup index``, serves them with ``neardup serve
 Sides alternate over ``--rounds`` so that drifting machine load hits both alike. The result is
 P50/P95/P99 per side and their ratio to the baseline, and each round's first and tenth query
 after ready (the warm-up queries, not in the percentiles; the tenth sends the first's image
-again, so the two differ only in what the server had warmed). With ``--unrelated DIR``, photos of
+again, so the two differ only in what the server had warmed), by the client's clock and by the
+answer's ``took_ms``. The client opens its connection and encodes one body before the first
+query, so its own start is not counted as the server's. With ``--unrelated DIR``, photos of
 that folder (not indexed: queries with no copy stored, which verify deepest) are searched too,
 interleaved with the copies and reported apart. ``--baseline-env KEY=VALUE`` sets the baseline
 side's environment, so one checkout can be compared with itself under another setting. With
@@ -98,12 +100,23 @@ def _warm_up_list(queries: list[Path], warmup: int) -> list[Path]:
     return warm
 
 
+def _warm_client(client: httpx.Client, url: str, query: Path) -> None:
+    """The client's own first use, outside the timed queries: its connection to the server is
+    opened (``/healthz``) and a multipart body is encoded once (httpx's lazy set-up), so the
+    first query after ready times the server, not the client's start."""
+    client.get(f"{url}/healthz").raise_for_status()
+    client.build_request("POST", f"{url}/v1/search", files={"file": query.read_bytes()}).read()
+
+
 def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], warmup: int,
                     memory: list, env: dict | None = None, load: tuple = (),
-                    loaded: list | None = None) -> tuple[list[float], list[float]]:
+                    loaded: list | None = None, took: list | None = None
+                    ) -> tuple[list[float], list[float]]:
     """Serve ``index`` from ``repo``; once ``/readyz`` says ready, note the server's memory in
-    ``memory``, time ``warmup`` queries, then every query -> (the warm-up's ms, the timed ms).
+    ``memory``, time ``warmup`` queries, then every query -> (the warm-up's ms, the timed ms);
+    each answer's own ``took_ms`` is appended to ``took``.
     ``load`` = (rates, seconds, bodies): then open-loop steps, their figures appended to ``loaded``."""
+    took = [] if took is None else took
     proc = _cli(repo, "serve", "--index-dir", str(index), "--port", str(port), env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -121,11 +134,13 @@ def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], war
         times = []
         with httpx.Client(timeout=30) as client:
             memory.append(_server_memory(proc.pid))
+            _warm_client(client, url, queries[0])
             for q in _warm_up_list(queries, warmup) + queries:
                 t0 = time.perf_counter()
                 r = client.post(f"{url}/v1/search", files={"file": q.read_bytes()}, data={"k": "10"})
                 r.raise_for_status()
                 times.append((time.perf_counter() - t0) * 1000)
+                took.append(r.json()["took_ms"])
         if load:
             from bench.open_loop import run_step
             rates, seconds, bodies = load
@@ -170,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     load = (rates, args.rate_seconds, bodies) if rates else ()
     for r in range(args.rounds):
         for name, repo in sides.items():
+            took: list[float] = []
             warm, timed = _serve_and_time(repo, work / name, args.port + r, queries, args.warmup,
-                                          memory[name], envs[name], load, loaded[name])
+                                          memory[name], envs[name], load, loaded[name], took)
             times[name] += [t for t, u in zip(timed, is_unrelated) if not u]
             times_unrelated[name] += [t for t, u in zip(timed, is_unrelated) if u]
-            first[name].append({"first_ms": round(warm[0], 1), "tenth_ms": round((warm + timed)[9], 1)})
+            first[name].append({"first_ms": round(warm[0], 1), "tenth_ms": round((warm + timed)[9], 1),
+                                "first_took_ms": round(took[0], 1), "tenth_took_ms": round(took[9], 1)})
             print(name, latency_percentiles(times[name]), first[name][-1], flush=True)
     stats = {name: latency_percentiles(t) for name, t in times.items()}
     ratio = {k: round(stats["current"][k] / stats["baseline"][k], 3) for k in stats["current"]}
