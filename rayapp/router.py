@@ -20,6 +20,7 @@ Each operation is written once, as a coroutine for Serve's event loop (``asearch
 """
 from __future__ import annotations
 
+import pickle
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -173,9 +174,9 @@ class ShardRouter:
         list for the query's views merged and with ``verify`` its top hits verified
         (``ShardActor.search``)."""
         radius = None if radius is None else int(radius)
-        return {i: self.pool.read(i, "search", codes, int(depth), radius, with_meta, vectors, weights,
-                                  self.ref_view_cost, int(keep), views, verify)
-                for i in shards}
+        payload = pickle.dumps((codes, int(depth), radius, with_meta, vectors, weights,
+                                self.ref_view_cost, int(keep), views, verify), pickle.HIGHEST_PROTOCOL)
+        return {i: self.pool.read(i, "search_pickled", payload) for i in shards}
 
     @staticmethod
     def _verify_plan(verify: tuple[int, np.ndarray] | None,

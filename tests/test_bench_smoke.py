@@ -311,3 +311,22 @@ def test_big_photos_bench_times_both_sizes():
     for row in rows.values():
         assert row["working size"]["total"] > 0 and row["full size"]["total"] > 0
         assert row["code_bits_moved"]["max"] <= 8
+
+
+@pytest.mark.ray  # its subprocess starts a Ray of its own
+def test_fanout_bench_times_the_router_beside_the_floor(tmp_path):
+    """bench.fanout times the no-op floor, the old call by argument and the router over real
+    shard actors in one run, and writes the JSON with each path's ratio to the floor."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "bench.fanout", "--shards", "2", "--queries", "5", "--rounds", "1",
+           "--out-dir", str(tmp_path), "--tag", "smoke"]
+    run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [path] = list(tmp_path.glob("fanout_*_smoke.json"))
+    doc = json.loads(path.read_text())
+    assert doc["shards"] == 2 and doc["machine"]["git"]["commit"]
+    assert set(doc["ratio_to_floor"]) == {"floor", "by_argument", "router"}
+    assert doc["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in doc["ms_per_query"].values())

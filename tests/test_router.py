@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 
 import numpy as np
@@ -50,6 +51,9 @@ class SlowShard:
                fold=None, keep=None, views=None, verify=None):
         time.sleep(30)
         return [[] for _ in codes]
+
+    def search_pickled(self, payload):
+        return self.search(*pickle.loads(payload))
 
     def add(self, ids, codes, metas=None, drop=None):
         time.sleep(30)
