@@ -14,7 +14,8 @@ that folder (not indexed: queries with no copy stored, which verify deepest) are
 interleaved with the copies and reported apart. ``--baseline-env KEY=VALUE`` sets the baseline
 side's environment, so one checkout can be compared with itself under another setting. With
 ``--rates``, each server then takes open-loop load (``bench.open_loop``) by image at those rates
-per second, the copies in turn, and reports what it answered and at what latency.
+per second, the copies in turn, and reports what it answered and at what latency. With
+``--by-code`` every query (and the load) is a search by hex code instead of an upload.
 
     python -m bench.query_latency --photos rayapp/samples --baseline ../neardup-prev --queries 200
     python -m bench.query_latency --baseline . --baseline-env NEARDUP_SERVE_INGRESS=proxy
@@ -22,6 +23,7 @@ per second, the copies in turn, and reports what it answered and at what latency
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -100,20 +102,31 @@ def _warm_up_list(queries: list[Path], warmup: int) -> list[Path]:
     return warm
 
 
-def _warm_client(client: httpx.Client, url: str, query: Path) -> None:
+def _request(query: Path, by_code: bool) -> dict:
+    """The search request for one query, as ``httpx.Client.post`` keywords: the photo as a
+    multipart upload, or (``by_code``) a JSON body with a 128-bit hex code derived from its
+    bytes (a search by code costs the same whatever the code)."""
+    data = query.read_bytes()
+    if by_code:
+        return {"json": {"code": hashlib.blake2b(data, digest_size=16).hexdigest(), "k": 10}}
+    return {"files": {"file": data}, "data": {"k": "10"}}
+
+
+def _warm_client(client: httpx.Client, url: str, request: dict) -> None:
     """The client's own first use, outside the timed queries: its connection to the server is
-    opened (``/healthz``) and a multipart body is encoded once (httpx's lazy set-up), so the
+    opened (``/healthz``) and a request body is encoded once (httpx's lazy set-up), so the
     first query after ready times the server, not the client's start."""
     client.get(f"{url}/healthz").raise_for_status()
-    client.build_request("POST", f"{url}/v1/search", files={"file": query.read_bytes()}).read()
+    client.build_request("POST", f"{url}/v1/search", **request).read()
 
 
-def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], warmup: int,
+def _serve_and_time(repo: Path, index: Path, port: int, queries: list[dict], warmup: int,
                     memory: list, env: dict | None = None, load: tuple = (),
                     loaded: list | None = None, took: list | None = None
                     ) -> tuple[list[float], list[float]]:
     """Serve ``index`` from ``repo``; once ``/readyz`` says ready, note the server's memory in
-    ``memory``, time ``warmup`` queries, then every query -> (the warm-up's ms, the timed ms);
+    ``memory``, time ``warmup`` queries (``_request``), then every query -> (the warm-up's ms,
+    the timed ms);
     each answer's own ``took_ms`` is appended to ``took``.
     ``load`` = (rates, seconds, bodies): then open-loop steps, their figures appended to ``loaded``."""
     took = [] if took is None else took
@@ -137,7 +150,7 @@ def _serve_and_time(repo: Path, index: Path, port: int, queries: list[Path], war
             _warm_client(client, url, queries[0])
             for q in _warm_up_list(queries, warmup) + queries:
                 t0 = time.perf_counter()
-                r = client.post(f"{url}/v1/search", files={"file": q.read_bytes()}, data={"k": "10"})
+                r = client.post(f"{url}/v1/search", **q)
                 r.raise_for_status()
                 times.append((time.perf_counter() - t0) * 1000)
                 took.append(r.json()["took_ms"])
@@ -162,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--port", type=int, default=28123)
     ap.add_argument("--unrelated", default=None, help="folder of photos not indexed, searched too")
-    ap.add_argument("--rates", default="", help="open-loop image queries/s after the timing, e.g. 30,40,50")
+    ap.add_argument("--rates", default="", help="open-loop queries/s after the timing, e.g. 30,40,50")
     ap.add_argument("--rate-seconds", type=float, default=10.0)
+    ap.add_argument("--by-code", action="store_true",
+                    help="search by hex code (JSON) instead of uploading each photo")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".png"))
@@ -181,12 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     memory: dict[str, list[dict]] = {name: [] for name in sides}  # each round's server, once ready
     loaded: dict[str, list[list[dict]]] = {name: [] for name in sides}  # each round's open-loop steps
     rates = [float(r) for r in args.rates.split(",") if r]
-    bodies = [{"files": {"file": q.read_bytes()}, "data": {"k": "10"}} for q in copies]
+    bodies = [_request(q, args.by_code) for q in copies]
+    requests = [_request(q, args.by_code) for q in queries]
     load = (rates, args.rate_seconds, bodies) if rates else ()
     for r in range(args.rounds):
         for name, repo in sides.items():
             took: list[float] = []
-            warm, timed = _serve_and_time(repo, work / name, args.port + r, queries, args.warmup,
+            warm, timed = _serve_and_time(repo, work / name, args.port + r, requests, args.warmup,
                                           memory[name], envs[name], load, loaded[name], took)
             times[name] += [t for t, u in zip(timed, is_unrelated) if not u]
             times_unrelated[name] += [t for t, u in zip(timed, is_unrelated) if u]
@@ -196,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     stats = {name: latency_percentiles(t) for name, t in times.items()}
     ratio = {k: round(stats["current"][k] / stats["baseline"][k], 3) for k in stats["current"]}
     result = {"date": utc_now(), "machine": machine_info(), "queries": args.queries, "rounds": args.rounds,
+              "by": "code" if args.by_code else "image",
               "photos": len(photos), "sides": {k: str(v) for k, v in sides.items()},
               "environment": {k: v for k, v in envs.items() if v},
               "latency_ms": stats, "ratio_current_to_baseline": ratio,
               "first_and_tenth_query_after_ready": first, "server_memory_when_ready": memory}
     if rates:
-        result["open_loop_by_image"] = loaded
+        result[f"open_loop_by_{result['by']}"] = loaded
     if unrelated:
         result["unrelated_queries"] = len(unrelated)
         result["unrelated_latency_ms"] = {n: latency_percentiles(t) for n, t in times_unrelated.items()}

@@ -83,3 +83,29 @@ def test_hex_codes_parse_or_a_value_error(text):
 def test_bearer_check_never_accepts_a_wrong_token(header):
     ok, _ = _refused_or(check_bearer, header, ["s3cret"])
     assert not ok or header.partition(" ")[2].strip() == "s3cret"
+
+
+def test_an_unexpected_bug_is_a_json_500_and_other_answers_pass_through():
+    """The ingress's ASGI guard (rayapp.api): a handler that raises gives {"error": ...} with
+    500, never a traceback; answers and HTTP errors pass unchanged, status and body."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from rayapp.api import _Guard
+
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom() -> dict:
+        raise RuntimeError("a bug")
+
+    @app.get("/fine")
+    async def fine() -> dict:
+        return {"ok": True}
+
+    app.add_middleware(_Guard)
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.get("/boom")
+    assert r.status_code == 500 and r.json() == {"error": "internal server error"}
+    assert client.get("/fine").json() == {"ok": True}
+    assert client.get("/missing").status_code == 404
