@@ -58,10 +58,21 @@ class IngestReport:
     errors: int
     seconds: float
     manifest_dir: str
+    #: when the first batch came back: the pipeline's start (encoder actors loading the model)
+    first_batch_s: float | None = None
+    first_batch: int = 0  # images in it
 
     @property
     def images_per_s(self) -> float:
         return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """The rate from the first batch on: what a longer run tends to, start-up left out."""
+        after = self.seconds - (self.first_batch_s or 0.0)
+        if self.first_batch_s is None or after <= 0 or self.indexed <= self.first_batch:
+            return None
+        return (self.indexed - self.first_batch) / after
 
 
 # ---------------------------------------------------------------- listing
@@ -221,7 +232,8 @@ def run_ingest(cfg: Config, sources: list[str], opts: IngestOptions | None = Non
     done = load_done_ids(manifest_dir) if opts.resume else set()
     t0 = time.perf_counter()
     ds, listed, skipped = build_dataset(cfg, sources, opts, done, enc.input_size)
-    indexed = errors = 0
+    indexed = errors = first_batch = 0
+    first_batch_s = None
     if ds is not None:
         writer = ManifestWriter(manifest_dir, enc.code_bytes, flush_rows=opts.flush_rows)
         with without_known_noise(), \
@@ -234,9 +246,12 @@ def run_ingest(cfg: Config, sources: list[str], opts: IngestOptions | None = Non
                 metrics.count_ingested(len(batch["id"]) - n_err, n_err)
                 metrics.set_ingest_rate(indexed / max(1e-9, time.perf_counter() - t0))
                 bar.update(len(batch["id"]))
+                if first_batch_s is None:
+                    first_batch_s, first_batch = time.perf_counter() - t0, len(batch["id"]) - n_err
         writer.close()
         metrics.set_ingest_rate(0.0)  # the gauge is the current rate: the job is done
-    return IngestReport(listed, skipped, indexed, errors, time.perf_counter() - t0, manifest_dir)
+    return IngestReport(listed, skipped, indexed, errors, time.perf_counter() - t0, manifest_dir,
+                        first_batch_s, first_batch)
 
 
 class ManifestWriter:
@@ -318,9 +333,11 @@ def main(sources, index_dir, encoder, weights, num_shards, address, config_path,
                          resume=not no_resume, progress=not quiet, image_column=image_column,
                          flush_rows=flush_rows)
     report = run_ingest(cfg, list(sources), opts)
+    steady = report.steady_images_per_s
+    after = "" if steady is None else f", {steady:.1f} img/s after the first batch at {report.first_batch_s:.1f}s"
     click.echo(f"listed {report.listed}, skipped {report.skipped} already indexed, indexed "
                f"{report.indexed}, errors {report.errors} in {report.seconds:.1f}s "
-               f"({report.images_per_s:.1f} img/s); manifest: {report.manifest_dir}")
+               f"({report.images_per_s:.1f} img/s{after}); manifest: {report.manifest_dir}")
 
 
 if __name__ == "__main__":

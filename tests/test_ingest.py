@@ -43,6 +43,8 @@ def test_folder_ingest_is_searchable_and_resumable(ray_local, tmp_path, source):
     opts = IngestOptions(batch_size=4, progress=False)
     rep = run_ingest(cfg, [str(source)], opts)
     assert (rep.listed, rep.indexed, rep.errors) == (11, 10, 1)
+    assert 0 < rep.first_batch_s <= rep.seconds and 0 <= rep.first_batch <= rep.indexed
+    assert rep.steady_images_per_s is None or rep.steady_images_per_s > 0
 
     manifest = read_manifest(rep.manifest_dir)
     assert manifest.schema.field("code").type == pa.binary(32)
