@@ -56,8 +56,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 class _Guard:
     """ASGI middleware: latency/count metrics for every request; an unexpected bug is a JSON
     500, no traceback. Written against ASGI directly: Starlette's ``BaseHTTPMiddleware`` (what
-    ``@app.middleware("http")`` makes) wraps each response in a stream and a task group, which
-    cost more CPU per request than the rest of a search by code in this process."""
+    ``@app.middleware("http")`` makes) wraps each response in a stream and a task group, a
+    measurable share of a search by code's CPU (README, performance)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
