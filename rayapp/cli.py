@@ -256,7 +256,7 @@ BENCH_MODULES = {"shard": "shard_bench", "serve": "serve_load", "breakdown": "qu
 
 @cli.command(**PASSTHROUGH)
 @click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify", "dedup", "soak", "serve",
-                                            "breakdown", "paste", "big-photos"]))
+                                            "breakdown", "paste", "big-photos", "fanout"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
     """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards), `gpu`
@@ -264,8 +264,9 @@ def bench(which, args) -> None:
     (spatial verification), `dedup` (the dedup job's quality and throughput), `soak` (a long mixed
     load against a real server), `serve` (open-loop load on a real server beside Ray Serve's own
     floor), `breakdown` (where one image query's time goes), `paste` (how often the query's
-    crops hold a photo pasted into a picture) or `big-photos` (a big photo's decode, views and
-    keypoints at working size and at full size)."""
+    crops hold a photo pasted into a picture), `big-photos` (a big photo's decode, views and
+    keypoints at working size and at full size) or `fanout` (the router's search fan-out to
+    shard actors beside no-op actors, in process)."""
     import os
     import subprocess
     module = "bench." + BENCH_MODULES.get(which, which)
