@@ -9,7 +9,9 @@ alike. Each target stops climbing once it saturates; if it never did at the list
 top rate is doubled (up to ``--extra-steps`` times) to find its saturation throughput.
 
 Reported per node count and query kind: P50, P95, P99, achieved throughput and errors at each
-offered rate, the throughput at saturation, and every figure as a ratio to the floor.
+offered rate, the throughput at saturation, and every figure as a ratio to the floor. With
+``--ingress direct`` the cluster runs Serve's direct ingress: the product's Ingress replica and
+the floor's each serve HTTP on a port of their own, neither behind the proxy.
 
     python -m bench.serve_load --photos /path/to/photos --index-count 200 --wait-quiet 1.0
     neardup bench serve --nodes 1 --code-rates 2 --image-rates 1 --seconds 2   # a smoke run
@@ -22,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import httpx
 
 from bench.common import write_json
 from bench.cpu_share import CpuShare, tree_percent, wait_drained
@@ -50,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each step's schedule")
     ap.add_argument("--grace", type=float, default=5.0, help="seconds to wait for answers after a step")
     ap.add_argument("--extra-steps", type=int, default=2, help="doublings of the top rate to reach saturation")
+    ap.add_argument("--ingress", choices=["proxy", "direct"], default="proxy",
+                    help="HTTP through Serve's proxy, or Serve's direct ingress for product and floor alike")
     add_run_args(ap)
     ap.add_argument("--render", metavar="JSON", help="only recompute the summaries and the plot of a result")
     args = ap.parse_args(argv)
@@ -65,8 +71,10 @@ def _bodies(images: list[bytes], codes: list[str]) -> dict[str, list[dict]]:
             "image": [{"files": {"file": ("q.jpg", b, "image/jpeg")}, "data": {"k": "10"}} for b in images]}
 
 
-def _paths(prefix: str) -> dict[str, str]:
-    return {"product": "/v1/search", "floor": f"{prefix}/v1/search"}
+def _paths(prefix: str, floor_url: str = "") -> dict[str, str]:
+    """Each target's path from the product's URL (the floor's an absolute URL when it answers
+    on a port of its own)."""
+    return {"product": "/v1/search", "floor": f"{floor_url}{prefix}/v1/search"}
 
 
 def _warm_up(url: str, paths: dict[str, str], bodies: list[dict]) -> None:
@@ -156,11 +164,11 @@ def measure_nodes(n: int, photos: list[Path], queries: list[bytes], args) -> dic
     """One cluster with ``n`` shard nodes: bring it up, fill it, load product and floor by code
     and by image, take it down."""
     print(f"{n} shard node(s): starting", flush=True)
-    with ServeStack(n) as stack:
+    with ServeStack(n, direct=args.ingress == "direct") as stack:
         indexed = stack.index(photos)
         codes = stack.codes_of(queries)
         prefix = deploy_floor(stack.shard_node_ids())
-        paths = _paths(prefix)
+        paths = _paths(prefix, stack.floor_url if stack.direct else "")
         modes = {}
         try:
             for mode, bodies in _bodies(queries, codes).items():
@@ -170,7 +178,9 @@ def measure_nodes(n: int, photos: list[Path], queries: list[bytes], args) -> dic
                 modes[mode] = {"steps": rows, "saturation": saturation(rows), "light_load": light_load(rows)}
         finally:
             delete_floor()
-        return {"nodes": n, "indexed_images": indexed, "timings_s": stack.timings_s, "modes": modes}
+        ingress = httpx.get(f"{stack.url}/v1/status", timeout=30).json().get("ingress")
+        return {"nodes": n, "ingress": ingress, "indexed_images": indexed, "timings_s": stack.timings_s,
+                "modes": modes}
 
 
 def run(args: argparse.Namespace) -> dict:

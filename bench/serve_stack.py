@@ -138,6 +138,9 @@ class ServeStack:
     nodes: int
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nd-serve-", dir="/tmp")))
     port: int = field(default_factory=free_port)
+    #: Serve's direct ingress on every node: the product's Ingress replica listens on ``port``
+    #: and the next ingress deployed (the floor's) on ``port + 1``, neither behind the proxy
+    direct: bool = False
     cluster: object = None
     proc: subprocess.Popen | None = None
     timings_s: dict = field(default_factory=dict)
@@ -146,12 +149,23 @@ class ServeStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def floor_url(self) -> str:
+        """Where the floor deployed beside the product answers: behind the same proxy, or with
+        direct ingress on the port after the product's."""
+        return f"http://127.0.0.1:{self.port + 1}" if self.direct else self.url
+
     def start(self) -> "ServeStack":
         """Start the cluster (this process joins it as a driver), then the server; wait for /readyz."""
         from rayapp.cluster import start_local_cluster
         t0 = time.perf_counter()
         # Ray workers (the floor's replica among them) import bench.* from this checkout
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        if self.direct:  # every node's processes must see it: set before the cluster starts
+            os.environ.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+                               "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.port),
+                               "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.port + 2),
+                               "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"})
         self.cluster = start_local_cluster(shard_nodes=self.nodes, head_cpus=os.cpu_count() or 2)
         self.timings_s["cluster_start"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()

@@ -241,23 +241,25 @@ def test_pyspy_stacks_are_sorted_into_query_stages():
 
 
 @pytest.mark.ray  # its subprocess starts a Ray of its own
-def test_serve_load_smoke_against_a_real_server(tmp_path):
-    """`neardup bench serve` end to end at toy rates on one shard node: the product and the floor
-    both answer every request by code and by image, and JSON and plot are written."""
+@pytest.mark.parametrize("ingress", ["proxy", "direct"])
+def test_serve_load_smoke_against_a_real_server(tmp_path, ingress):
+    """`neardup bench serve` end to end at toy rates on one shard node, through Serve's proxy and
+    with direct ingress: the product and the floor both answer every request by code and by
+    image, and JSON and plot are written."""
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "rayapp.cli", "bench", "serve", "--nodes", "1", "--index-count", "4",
            "--queries", "2", "--code-rates", "2", "--image-rates", "1", "--seconds", "1", "--grace", "60",
-           "--extra-steps", "0", "--out-dir", str(tmp_path), "--tag", "smoke"]
+           "--extra-steps", "0", "--out-dir", str(tmp_path), "--tag", "smoke", "--ingress", ingress]
     run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     [path] = list(tmp_path.glob("serve_load_*_smoke.json"))
     doc = json.loads(path.read_text())
     assert doc["machine"]["git"]["commit"] and doc["date"] and doc["params"]["nodes"] == [1]
     [cfg] = doc["configs"]
-    assert cfg["nodes"] == 1 and cfg["indexed_images"] == 4
+    assert cfg["nodes"] == 1 and cfg["indexed_images"] == 4 and cfg["ingress"] == ingress
     for mode, sent in (("code", 2), ("image", 1)):  # rate x seconds
         [step] = cfg["modes"][mode]["steps"]
         for target in ("product", "floor"):
