@@ -93,7 +93,7 @@ def _server_memory(pid: int) -> dict:
     return {"processes": len(tree_rss(pid)), "rss_bytes": sum(by_title.values()), "by_title": by_title}
 
 
-def _warm_up_list(queries: list[Path], warmup: int) -> list[Path]:
+def _warm_up_list(queries: list, warmup: int) -> list:
     """The warm-up queries: the first ``warmup``, except that the tenth repeats the first (the
     same image, so first and tenth compare the server's warmth, not two queries' costs)."""
     warm = list(queries[:warmup])
@@ -126,8 +126,7 @@ def _serve_and_time(repo: Path, index: Path, port: int, queries: list[dict], war
                     ) -> tuple[list[float], list[float]]:
     """Serve ``index`` from ``repo``; once ``/readyz`` says ready, note the server's memory in
     ``memory``, time ``warmup`` queries (``_request``), then every query -> (the warm-up's ms,
-    the timed ms);
-    each answer's own ``took_ms`` is appended to ``took``.
+    the timed ms); each answer's own ``took_ms`` is appended to ``took``.
     ``load`` = (rates, seconds, bodies): then open-loop steps, their figures appended to ``loaded``."""
     took = [] if took is None else took
     proc = _cli(repo, "serve", "--index-dir", str(index), "--port", str(port), env=env,
@@ -196,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     memory: dict[str, list[dict]] = {name: [] for name in sides}  # each round's server, once ready
     loaded: dict[str, list[list[dict]]] = {name: [] for name in sides}  # each round's open-loop steps
     rates = [float(r) for r in args.rates.split(",") if r]
-    bodies = [_request(q, args.by_code) for q in copies]
-    requests = [_request(q, args.by_code) for q in queries]
+    request_of = {q: _request(q, args.by_code) for q in queries}  # the copies are among them
+    bodies = [request_of[q] for q in copies]
+    requests = [request_of[q] for q in queries]
     load = (rates, args.rate_seconds, bodies) if rates else ()
     for r in range(args.rounds):
         for name, repo in sides.items():

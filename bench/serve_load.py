@@ -71,9 +71,9 @@ def _bodies(images: list[bytes], codes: list[str]) -> dict[str, list[dict]]:
             "image": [{"files": {"file": ("q.jpg", b, "image/jpeg")}, "data": {"k": "10"}} for b in images]}
 
 
-def _paths(prefix: str, floor_url: str = "") -> dict[str, str]:
-    """Each target's path from the product's URL (the floor's an absolute URL when it answers
-    on a port of its own)."""
+def _paths(prefix: str, floor_url: str) -> dict[str, str]:
+    """Each target's path from the product's URL; the floor's is an absolute URL (it answers on
+    a port of its own with direct ingress)."""
     return {"product": "/v1/search", "floor": f"{floor_url}{prefix}/v1/search"}
 
 
@@ -168,7 +168,7 @@ def measure_nodes(n: int, photos: list[Path], queries: list[bytes], args) -> dic
         indexed = stack.index(photos)
         codes = stack.codes_of(queries)
         prefix = deploy_floor(stack.shard_node_ids())
-        paths = _paths(prefix, stack.floor_url if stack.direct else "")
+        paths = _paths(prefix, stack.floor_url)
         modes = {}
         try:
             for mode, bodies in _bodies(queries, codes).items():

@@ -162,10 +162,9 @@ class ServeStack:
         # Ray workers (the floor's replica among them) import bench.* from this checkout
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
         if self.direct:  # every node's processes must see it: set before the cluster starts
-            os.environ.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-                               "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.port),
-                               "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.port + 2),
-                               "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"})
+            from rayapp import ingress
+            os.environ.update({ingress.ENABLE: "1", ingress.MIN_PORT: str(self.port),
+                               ingress.MAX_PORT: str(self.port + 2), ingress.DRAIN: ingress.DRAIN_S})
         self.cluster = start_local_cluster(shard_nodes=self.nodes, head_cpus=os.cpu_count() or 2)
         self.timings_s["cluster_start"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
