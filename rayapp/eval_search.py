@@ -7,7 +7,8 @@ in local shards, and every query is searched through the one :class:`rayapp.sear
    (``rayapp.local_shards``) in a temporary folder, made as the service makes its shards;
 3. ``rank_matrix``: each query's views (``encode_queries``) searched with the spec's view
    costs and verification depth; its top ``k`` hits' rank values fill a (queries x refs)
-   matrix, ``inf`` where a ref was not returned, for the metrics (``rayapp.evaluate``).
+   matrix, ``inf`` where a ref was not returned, for the metrics (``rayapp.evaluate``), and
+   their verified keypoints a second, for the confidence curves (``encoders.calibration``).
 
 Eval therefore measures what a search for ``k`` hits is served, not every (query, ref) pair:
 each shard returns only the candidates its index finds (the service's default kind, ``mihc``,
@@ -77,10 +78,12 @@ def local_index(enc, encoded: dict, cfg: Config) -> Iterator[ShardRouter]:
 
 
 def rank_matrix(searcher: Searcher, enc, paths: Sequence[Path], ref_index: dict[str, int],
-                k: int, batch: int = 128) -> tuple[np.ndarray, str]:
+                k: int, batch: int = 128) -> tuple[np.ndarray, str, np.ndarray]:
     """Each query file's top ``k`` hits through ``searcher`` -> ((queries x refs) float32 rank
-    values, ``inf`` where not returned; what ranked them: vector, weighted or hamming)."""
+    values, ``inf`` where not returned; what ranked them: vector, weighted or hamming; the same
+    matrix of each hit's verified keypoints, 0 where none or not verified)."""
     dist = np.full((len(paths), len(ref_index)), np.inf, np.float32)
+    inliers = np.zeros(dist.shape, np.int16)
     ranked = "hamming"
     for i in range(0, len(paths), batch):
         queries = encode_queries(enc, [load_image(p) for p in paths[i:i + batch]], searcher.cfg)
@@ -91,11 +94,12 @@ def rank_matrix(searcher: Searcher, enc, paths: Sequence[Path], ref_index: dict[
                 raise RuntimeError(f"local shard(s) {answer.missing} did not answer")
             for hit in answer.hits:
                 dist[qi, ref_index[hit.id]] = hit.rank
-    return dist, ranked
+                inliers[qi, ref_index[hit.id]] = hit.inliers or 0
+    return dist, ranked, inliers
 
 
 def search_benchmark(enc, cfg: Config, ref_paths: Sequence[Path], q_paths: Sequence[Path],
-                     ref_index: dict[str, int], k: int) -> tuple[np.ndarray, str]:
+                     ref_index: dict[str, int], k: int) -> tuple[np.ndarray, str, np.ndarray]:
     """Store the refs in local shards as ``cfg.storage`` says and search every query there as
     ``cfg.query`` says (``rank_matrix``)."""
     encoded = encode_refs(enc, ref_paths, cfg.storage.ref_views, keypoints=int(cfg.query.verify) > 0)

@@ -157,16 +157,17 @@ def load_benchmark(refs_dir: str | Path, queries_dir: str | Path, ground_truth: 
             "families": [f for _, _, f in rows]}
 
 
-def score_spec(spec: str, bench: dict, k_micro: int = 10) -> tuple[dict, np.ndarray]:
+def score_spec(spec: str, bench: dict, k_micro: int = 10) -> tuple[dict, np.ndarray, np.ndarray]:
     """One encoder spec on a benchmark (``load_benchmark``), searched as the service searches
-    -> (its report row, the (queries x refs) rank values of each query's hits)."""
+    -> (its report row, the (queries x refs) rank values of each query's hits, and their
+    verified keypoints)."""
     from encoders.registry import get_encoder
     cfg, kwargs = spec_config(spec)
     enc = get_encoder(cfg.encoder.name, **kwargs)
     query = cfg.query
     query.tta = getattr(enc, "tta", "none")
     speed = encode_speed(enc, bench["ref_paths"])
-    dist, ranked = search_benchmark(enc, cfg, bench["ref_paths"], bench["q_paths"],
+    dist, ranked, inliers = search_benchmark(enc, cfg, bench["ref_paths"], bench["q_paths"],
                                     bench["ref_index"], max(SEARCH_K, k_micro))
     names = view_names(query.tta, query.content)
     row = {"bits": enc.bits, "encode_img_per_s": round(speed, 1), **enc.info(), "rank": ranked,
@@ -177,7 +178,7 @@ def score_spec(spec: str, bench: dict, k_micro: int = 10) -> tuple[dict, np.ndar
            **score_codes(dist, enc.bits, bench["gt_ref"], bench["families"], k_micro)}
     print(f"{spec:40s} mAP@100={row['mAP@100']:.3f} muAP={row['muAP']:.3f} "
           f"R@1={row['recall@1']:.3f} worst={row['worst_family']} {speed:.0f} img/s", flush=True)
-    return row, dist
+    return row, dist, inliers
 
 
 def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
@@ -185,14 +186,14 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
              extra: dict | None = None, write: bool = True, pairs: dict | None = None) -> dict:
     """Score each encoder spec on one benchmark; with ``write``, the JSON goes to ``out``
     (default bench/results/eval_<date>.json). With ``pairs``, each spec's labelled top hits
-    (``top_hits``: rank values and whether each is the true copy) are put there too."""
+    (``top_hits``: rank values, whether each is the true copy, verified keypoints) are put there too."""
     bench = load_benchmark(refs_dir, queries_dir, ground_truth)
     gt_ref = bench["gt_ref"]
     results = {}
     for spec in encoders:
-        results[spec], dist = score_spec(spec, bench, k_micro)
+        results[spec], dist, inliers = score_spec(spec, bench, k_micro)
         if pairs is not None:
-            pairs[spec] = top_hits(dist, gt_ref, k_micro)
+            pairs[spec] = top_hits(dist, gt_ref, k_micro, inliers)
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "git_rev": git_rev(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "benchmark": {"refs": len(bench["ref_paths"]), "queries": len(gt_ref),
@@ -206,14 +207,17 @@ def evaluate(encoders: list[str], refs_dir: str | Path, queries_dir: str | Path,
     return report
 
 
-def top_hits(dist: np.ndarray, gt_ref: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Every query's ``k`` best hits as (rank values, is the true copy), flattened: what a
-    confidence is calibrated on (negative queries give only wrong hits)."""
+def top_hits(dist: np.ndarray, gt_ref: np.ndarray, k: int = 10, inliers: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every query's ``k`` best hits as (rank values, is the true copy, verified keypoints: 0
+    where none or no ``inliers`` matrix), flattened: what a confidence is calibrated on
+    (negative queries give only wrong hits)."""
     k = min(k, dist.shape[1])
     idx = np.argsort(dist, axis=1, kind="stable")[:, :k]
     ranks = np.take_along_axis(dist, idx, axis=1)
     found = np.isfinite(ranks)
-    return ranks[found], (idx == gt_ref[:, None])[found]
+    kp = np.zeros(idx.shape, np.int16) if inliers is None else np.take_along_axis(inliers, idx, axis=1)
+    return ranks[found], (idx == gt_ref[:, None])[found], kp[found]
 
 
 def _ref_views(value: str) -> tuple[str, ...]:

@@ -68,8 +68,11 @@ def test_metrics_count_a_ref_not_returned_as_missed():
     res = score_codes(dist, 8, np.array([0, 1, 0]), ["a", "b", "c"], k_micro=3)
     assert res["mAP@100"] == round((1 + 0.5 + 0) / 3, 4) and res["recall@1"] == round(1 / 3, 4)
     assert res["median_positive_distance"] == 2.0  # the one not returned counts as the farthest
-    ranks, correct = top_hits(dist, np.array([0, 1, -1]), k=3)
+    ranks, correct, inliers = top_hits(dist, np.array([0, 1, -1]), k=3)
     assert ranks.tolist() == [1.0, 3.0, 2.0, 2.0, 0.5] and correct.tolist() == [True, False, True, False, False]
+    assert inliers.tolist() == [0] * 5
+    kp = np.array([[40, 0, 3], [0, 12, 7], [0, 0, 5]], dtype=np.int16)
+    assert top_hits(dist, np.array([0, 1, -1]), 3, kp)[2].tolist() == [40, 3, 12, 7, 5]
 
 
 def test_a_spec_sets_how_its_queries_are_searched():

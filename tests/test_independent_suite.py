@@ -72,8 +72,12 @@ def test_eval_scores_both_suites_side_by_side(tmp_path):
     fams = len(SUITES["independent"])
     rc = main(["--originals", str(SAMPLES), "--workdir", str(tmp_path / "bench"), "--n-refs", "10",
                "--n-queries", str(fams), "--n-negatives", "4", "--n-distractors", "6", "--seed", "2",
-               "--encoders", "deephash:tta=flip_turns,verify=0", "pdq:verify=0", "--out", str(out)])
+               "--encoders", "deephash:tta=flip_turns,verify=0", "pdq:verify=0", "--out", str(out),
+               "--pairs-out", str(tmp_path / "pairs.npz")])
     assert rc == 0
+    pairs = np.load(tmp_path / "pairs.npz")
+    assert {k.rsplit("|", 1)[1] for k in pairs.files} == {"rank", "correct", "inliers"}
+    assert "independent|pdq:verify=0|correct" in pairs.files
     report = json.loads(out.read_text())
     assert set(report["suites"]) == {"own", "independent"}
     ind = report["suites"]["independent"]
