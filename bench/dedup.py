@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collection", type=Path, help="a benchmark folder (refs/, queries/, ground_truth.csv)")
     ap.add_argument("--min-confidence", type=float, nargs="+", default=[0.99])
     ap.add_argument("--views", nargs="+", default=["full", "stored"], choices=["full", "stored"])
+    ap.add_argument("--calibration", nargs="+", default=[None], metavar="PATH",
+                    help="confidence curves files to score side by side (default: the bundled ones)")
     ap.add_argument("--synthetic", type=int, default=0, help="also time the job over N random codes")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--work", type=Path, default=None, help="keep the staged collection and its index here (re-used)")
@@ -230,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             from rayapp.cluster import kill_shards
             cfg, truth, seconds = index_collection(args.collection, work)
             result["collection"] = {"path": str(args.collection), "images": len(truth), "index_s": round(seconds, 1)}
-            for i, (mc, views) in enumerate((mc, v) for mc in args.min_confidence for v in args.views):
-                result["quality"].append(quality(cfg, truth, mc, views, work / f"job{i}"))
+            settings = [(mc, v, c) for c in args.calibration for mc in args.min_confidence for v in args.views]
+            for i, (mc, views, curves) in enumerate(settings):
+                with_curves = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, calibration=curves))
+                result["quality"].append({"calibration": curves or "bundled",
+                                          **quality(with_curves, truth, mc, views, work / f"job{i}")})
                 print(json.dumps(result["quality"][-1], indent=1), flush=True)
             kill_shards(cfg)
         if args.synthetic:

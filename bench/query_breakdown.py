@@ -102,9 +102,8 @@ class TimedPath:
 
     def __init__(self, index_dir: str, threads: int):
         import torch
-        from encoders import calibration
         from encoders.registry import get_encoder
-        from rayapp.cluster import get_shards, model_id
+        from rayapp.cluster import confidence_curves, get_shards
         from rayapp.config import load_config
         from rayapp.router import ShardRouter
         torch.set_num_threads(threads)
@@ -115,7 +114,7 @@ class TimedPath:
         self.router = ShardRouter(self.shards, timeout_s=self.cfg.serve.shard_timeout_s,
                                   ref_views=len(self.cfg.storage.ref_views),
                                   ref_view_cost=self.cfg.query.ref_view_cost)
-        self.curve = calibration.load(model_id(self.cfg)).get("image")
+        self.curve = confidence_curves(self.cfg).get("image")
 
     def query(self, data: bytes) -> dict[str, float]:
         """One image query through every step -> wall ms per step."""

@@ -6,6 +6,13 @@ query's top hits are labelled true copy or not, and an isotonic fit (precision c
 the rank value grows) maps rank value to the share of true copies at that value. A confidence
 of 0.99 then means: of hits that scored like this one on validation, 99 in 100 were copies.
 
+The ranking's verification credit stops growing at a few keypoints (enough to order hits), but
+a copy verified by 80 keypoints is surer than one verified by 10. The curve therefore reads a
+score a little richer than the rank value: the rank value less ``inlier_credit`` per doubling
+of the verified keypoints beyond ``inlier_base``. The credit is chosen on the validation hits
+by cross-validated Brier score (:func:`choose_credit`): 0 when the keypoints say nothing the
+rank value does not already say.
+
 Curves are stored per pipeline (``image``: an image query with the service's views, side vectors
 and verification; ``code``: a hex code ranked by Hamming distance) beside the weights, keyed by
 the model id, because another model's rank values mean something else.
@@ -29,31 +36,88 @@ class Curve:
     ranks: list[float]
     precision: list[float]
     fitted_on: int = 0  # labelled hits behind the fit
+    inlier_credit: float = 0.0  # rank units per doubling of verified keypoints over inlier_base
+    inlier_base: int = 10
 
-    def __call__(self, rank: float | np.ndarray) -> np.ndarray:
-        return np.interp(rank, self.ranks, self.precision, left=self.precision[0], right=self.precision[-1])
+    def __call__(self, rank: float | np.ndarray, inliers: int | np.ndarray | None = 0) -> np.ndarray:
+        """Estimated precision of hits at ``rank`` verified by ``inliers`` keypoints (0 or None:
+        not verified)."""
+        s = score(rank, inliers, self.inlier_credit, self.inlier_base)
+        return np.interp(s, self.ranks, self.precision, left=self.precision[0], right=self.precision[-1])
 
 
-def fit(ranks: np.ndarray, correct: np.ndarray, points: int = 48) -> Curve:
-    """Isotonic (non-increasing) fit of ``correct`` against ``ranks``, kept as at most ``points``
-    knots at the quantiles of the fitted blocks' centres."""
+def score(rank, inliers, credit: float, base: int) -> np.ndarray:
+    """What a curve reads: the rank value less ``credit`` per doubling of keypoints over ``base``."""
+    n = np.maximum(np.nan_to_num(np.asarray(inliers if inliers is not None else 0, np.float64)), base)
+    return np.asarray(rank, np.float64) - credit * np.log2(n / base)
+
+
+CREDITS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def choose_credit(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray, base: int,
+                  credits=CREDITS, folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The keypoint credit whose curve predicts held-out hits best: ``folds``-fold
+    cross-validated Brier score for each of ``credits`` -> (the chosen credit, every credit's
+    score). The one-standard-error rule picks the smallest credit within one standard error of
+    the best score, so keypoints earn a credit only where they clearly tell copies apart."""
+    correct = np.asarray(correct, np.float64)
+    fold = np.random.default_rng(seed).integers(0, folds, len(ranks))
+    errors = {}
+    for c in credits:
+        s = score(ranks, inliers, c, base)
+        err = np.empty(len(s))
+        for f in range(folds):
+            test = fold == f
+            err[test] = (fit(s[~test], correct[~test])(s[test]) - correct[test]) ** 2
+        errors[c] = err
+    best = min(credits, key=lambda c: errors[c].mean())
+    bound = errors[best].mean() + errors[best].std() / np.sqrt(len(ranks))
+    chosen = min(c for c in credits if errors[c].mean() <= bound)
+    return chosen, {c: round(float(e.mean()), 6) for c, e in errors.items()}
+
+
+def fit(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray | None = None,
+        credit: float = 0.0, base: int = 10) -> Curve:
+    """Isotonic (non-increasing) fit of ``correct`` against ``ranks`` (less ``credit`` per doubling
+    of ``inliers`` over ``base``): equal values pooled first, each fitted block's precision
+    shrunk by one pseudo-copy and one pseudo-miss (a block of 1,000 copies says 0.999, not 1),
+    and the block's first and last value kept as knots, so a hit inside a block gets its
+    precision and one between blocks a straight line between them (as scikit-learn's
+    ``IsotonicRegression`` interpolates)."""
+    if inliers is not None:
+        ranks = score(ranks, inliers, credit, base)
     ranks, correct = np.asarray(ranks, np.float64), np.asarray(correct, np.float64)
     keep = np.isfinite(ranks)
     ranks, correct = ranks[keep], correct[keep]
     if len(ranks) < 2:
         raise ValueError("calibration needs at least two labelled hits")
-    order = np.argsort(ranks, kind="stable")
-    r, y = ranks[order], isotonic_regression(correct[order], increasing=False).x
-    blocks = np.flatnonzero(np.r_[True, np.diff(y) != 0, True])
-    knots_r = np.array([(r[a] + r[b - 1]) / 2 for a, b in zip(blocks[:-1], blocks[1:])])
-    knots_p = np.array([y[a] for a in blocks[:-1]])
-    if len(knots_r) > points:
-        pick = np.unique(np.linspace(0, len(knots_r) - 1, points).round().astype(int))
-        knots_r, knots_p = knots_r[pick], knots_p[pick]
-    return Curve([round(float(v), 4) for v in knots_r], [round(float(v), 4) for v in knots_p], len(r))
+    r, where, n = np.unique(ranks, return_inverse=True, return_counts=True)
+    copies = np.bincount(where, weights=correct, minlength=len(r))
+    knots_r, knots_p = _block_knots(r, n, copies)
+    return Curve([round(float(v), 4) for v in knots_r], [round(float(v), 6) for v in knots_p], len(ranks),
+                 float(credit) if inliers is not None else 0.0, base)
 
 
-def calibration_error(curve: Curve, ranks: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict:
+def _block_knots(r: np.ndarray, n: np.ndarray, copies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knots of the isotonic fit over distinct rank values ``r`` (``n`` hits, ``copies`` of them
+    true): each block's first and last value at its shrunk precision; a knot between two of
+    equal precision says nothing and is dropped."""
+    y = isotonic_regression(copies / n, weights=n.astype(np.float64), increasing=False).x
+    edges = np.flatnonzero(np.r_[True, np.diff(y) != 0, True])
+    first, stop = edges[:-1], edges[1:]
+    size = np.add.reduceat(n, first).astype(np.float64)
+    shrunk = (np.add.reduceat(copies, first) + 1.0) / (size + 2.0)
+    shrunk = isotonic_regression(shrunk, weights=size, increasing=False).x
+    ends = [[a] if b - 1 == a else [a, b - 1] for a, b in zip(first, stop)]
+    at = np.array([i for e in ends for i in e])
+    p = np.repeat(shrunk, [len(e) for e in ends])
+    inner = np.r_[False, (p[1:-1] == p[:-2]) & (p[1:-1] == p[2:]), False] if len(p) > 2 else np.zeros(len(p), bool)
+    return r[at][~inner], p[~inner]
+
+
+def calibration_error(curve: Curve, ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray | None = None,
+                      bins: int = 10) -> dict:
     """Predicted against observed precision on a labelled set, over equal-width bins of
     predicted confidence (a reliability diagram): the mean and max |predicted - observed| over
     the bins that hold hits, the same weighted by hits (expected calibration error), and each
@@ -61,7 +125,8 @@ def calibration_error(curve: Curve, ranks: np.ndarray, correct: np.ndarray, bins
     the ones a user acts on, from being averaged away by the many hits near zero."""
     ranks, correct = np.asarray(ranks, np.float64), np.asarray(correct, bool)
     keep = np.isfinite(ranks)
-    pred, correct = curve(ranks[keep]), correct[keep]
+    kp = np.zeros(len(ranks)) if inliers is None else np.asarray(inliers)
+    pred, correct = curve(ranks[keep], kp[keep]), correct[keep]
     which = np.minimum((pred * bins).astype(int), bins - 1)
     rows = []
     for b in range(bins):
@@ -72,6 +137,7 @@ def calibration_error(curve: Curve, ranks: np.ndarray, correct: np.ndarray, bins
     gaps = [abs(r["predicted"] - r["observed"]) for r in rows]
     weighted = sum(g * r["hits"] for g, r in zip(gaps, rows)) / max(1, sum(r["hits"] for r in rows))
     return {"mean_abs_error": round(float(np.mean(gaps)), 4), "max_abs_error": round(float(np.max(gaps)), 4),
+            "brier": round(float(((pred - correct) ** 2).mean()), 6),
             "expected_calibration_error": round(float(weighted), 4), "bins": rows}
 
 

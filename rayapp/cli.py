@@ -107,9 +107,8 @@ def _index_config(index_dir: str, encoder: str | None, address: str | None,
               help="Only matches at least this likely to be copies (calibrated precision).")
 def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank, min_confidence) -> None:
     """Find the stored images nearest to each query image."""
-    from encoders import calibration
     from encoders.decode import load_image
-    from rayapp.cluster import ensure_shards, init_ray, model_id
+    from rayapp.cluster import confidence_curves, ensure_shards, init_ray
     from rayapp.router import ShardRouter
     from rayapp.searcher import NeedsCalibration, Searcher, encode_query
     cfg = _index_config(index_dir, None, address)
@@ -117,7 +116,7 @@ def search(images, index_dir, k, radius, as_json, address, timeout, tta, rank, m
     init_ray(address)
     router = ShardRouter(ensure_shards(cfg, bits=enc.bits), timeout_s=timeout,
                          ref_views=len(cfg.storage.ref_views), ref_view_cost=cfg.query.ref_view_cost)
-    searcher = Searcher(router, cfg.query, calibration.load(model_id(cfg)))
+    searcher = Searcher(router, cfg.query, confidence_curves(cfg))
     failed = 0
     for path in images:
         try:
@@ -146,7 +145,7 @@ def _print_hits(path: str, answer, as_json: bool) -> None:
     click.echo(f"{path}:" + (f" (partial: shards {answer.missing} did not answer)" if answer.partial else ""))
     for h in answer.hits:
         how = h.matched_as()
-        conf = f"  {h.confidence:.2f}" if h.confidence is not None else ""
+        conf = f"  {h.confidence:.4f}" if h.confidence is not None else ""
         click.echo(f"  {h.distance:4d}{conf}  {h.id}" + ("" if how == "original" else f"  (as {how})"))
     if not answer.hits:
         click.echo("  no matches")

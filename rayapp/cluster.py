@@ -179,6 +179,14 @@ def model_id(cfg: Config) -> str:
     return deephash_id(cfg.encoder.weights)
 
 
+def confidence_curves(cfg: Config) -> dict:
+    """The confidence curves fitted for this encoder's model (``encoder.calibration``, else the
+    bundled file); empty for a model none were fitted for, whose hits then carry no confidence."""
+    from encoders import calibration
+    path = cfg.encoder.calibration
+    return calibration.load(model_id(cfg), *([Path(path)] if path else []))
+
+
 def _check_model(have: dict, cfg: Config, where: Path) -> None:
     """Refuse to mix codes of two models: an index built before ``model`` was recorded holds the
     previous bundled deephash's codes."""

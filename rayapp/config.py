@@ -67,6 +67,7 @@ class EncoderConfig:
     """What the encoder is and how it runs: the same for ingest, Serve, search and dedup."""
     name: str = _value(DEFAULT_ENCODER, _rule(bool, "an encoder name"))  # deephash, pdq, phash, ...
     weights: str | None = None       # local weights file; None = bundled default
+    calibration: str | None = None   # confidence curves file (neardup eval --calibrate); None = bundled
     batch_size: int = _value(64, _at_least(1))  # images per forward pass (ingest, and serve: all views)
     device: str = _value("auto", _rule(lambda v: v in ("auto", "cpu") or v.startswith("cuda"),
                                        "auto, cpu or cuda[:N]"))

@@ -90,16 +90,15 @@ def write_groups(out: Path, groups: list[Group], images: dict[str, dict], calibr
 def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
     """Deduplicate the index of ``cfg`` (Ray must be initialised and its shards up). Resumable:
     a re-run with the same ``out_dir`` finishes the pages a killed run left."""
-    from encoders import calibration
     from encoders.registry import get_encoder
-    from rayapp.cluster import get_shards, model_id
+    from rayapp.cluster import confidence_curves, get_shards
     opts = opts or DedupOptions()
     t0 = time.perf_counter()
     shards = get_shards(cfg)
     if not shards:
         raise click.ClickException(f"no shards are up for {cfg.storage.index_dir}")
     enc = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights, device="cpu")
-    calibrated = "image" in calibration.load(model_id(cfg))
+    calibrated = "image" in confidence_curves(cfg)
     if not calibrated and opts.radius is None:
         opts.radius = enc.default_radius
     out = Path(opts.out_dir)

@@ -83,8 +83,7 @@ class DedupWorker:
     imports, shard lookups and the calibration curve are paid once, not per page."""
 
     def __init__(self, cfg_dict: dict, opts_dict: dict):
-        from encoders import calibration
-        from rayapp.cluster import get_shards, model_id
+        from rayapp.cluster import confidence_curves, get_shards
         from rayapp.router import ShardRouter
         from rayapp.searcher import Searcher
         self.cfg, self.opts = Config.from_dict(cfg_dict), DedupOptions(**opts_dict)
@@ -92,7 +91,7 @@ class DedupWorker:
         router = ShardRouter(self.shards, timeout_s=self.opts.timeout_s,
                              ref_views=len(self.cfg.storage.ref_views),
                              ref_view_cost=self.cfg.query.ref_view_cost)
-        self.searcher = Searcher(router, self.cfg.query, calibration.load(model_id(self.cfg)))
+        self.searcher = Searcher(router, self.cfg.query, confidence_curves(self.cfg))
         self.calibrated = "image" in self.searcher.curves
         self.widths = ray.get(self.shards[0].widths.remote(), timeout=self.opts.timeout_s)
         self.encoder = None

@@ -112,7 +112,7 @@ def _query_over_http(base: str, queries: list, radius: int) -> None:
     counts as no match; a partial answer says so rather than calling it a miss."""
     from rayapp.hits import Hit
     click.echo(f"      {'query edit':<14} {'expected':<34} {'top match':<34} {'dist':>4} "
-               f"{'conf':>5}  {'matched as':<28} verdict")
+               f"{'conf':>6}  {'matched as':<28} verdict")
     with httpx.Client(base_url=base, timeout=60) as http:
         for path, edit, expected in queries:
             with open(path, "rb") as fh:
@@ -128,7 +128,7 @@ def _query_over_http(base: str, queries: list, radius: int) -> None:
             else:
                 verdict = click.style("found" if expected else "no match (correct)", fg="green") if ok \
                     else click.style("missed" if expected else "false match", fg="red")
-            conf = "" if top is None or top.confidence is None else f"{top.confidence:.2f}"
+            conf = "" if top is None or top.confidence is None else f"{top.confidence:.4f}"
             view = top.matched_as() if top else ""
             click.echo(f"      {edit:<14} {expected or '-':<34} {top.id if top else '-':<34} "
-                       f"{top.distance if top else '':>4} {conf:>5}  {view:<28} {verdict}")
+                       f"{top.distance if top else '':>4} {conf:>6}  {view:<28} {verdict}")

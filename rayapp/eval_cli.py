@@ -17,7 +17,7 @@ import numpy as np
 
 from encoders.benchmark import SUITES, build_benchmark
 from rayapp.evaluate import RESULTS_DIR, git_rev, evaluate, parse_spec
-from shards.verify import VERIFY_DEPTH, VERIFY_MORE
+from shards.verify import BONUS_FULL, VERIFY_DEPTH, VERIFY_MORE
 
 
 def ranked_by(row: dict) -> str:
@@ -51,15 +51,47 @@ DEFAULT_SPECS = ["deephash:tta=flip_turns", "deephash:tta=flip_turns,verify=0",
 CODE_SPEC = "deephash:tta=none,content=off,rank=hamming,verify=0"
 
 
-def _pooled(pairs: dict, spec: str) -> tuple[np.ndarray, np.ndarray]:
+def _pooled(pairs: dict, spec: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A spec's labelled top hits (rank values, is the true copy, verified keypoints) over every suite."""
     got = [p[spec] for p in pairs.values() if spec in p]
     if not got:
         raise SystemExit(f"neardup: error: --encoders has no spec {spec!r} to calibrate")
-    return np.concatenate([r for r, _ in got]), np.concatenate([c for _, c in got])
+    return tuple(np.concatenate(column) for column in zip(*got))
+
+
+def save_pairs(pairs: dict, path: Path) -> Path:
+    """Every suite's and spec's labelled top hits in one ``.npz`` (keys ``suite|spec|field``), so
+    confidence curves can be refitted without searching again."""
+    arrays = {f"{suite}|{spec}|{field}": column for suite, by_spec in pairs.items()
+              for spec, hits in by_spec.items() for field, column in zip(("rank", "correct", "inliers"), hits)}
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_pairs(paths: list[str]) -> dict:
+    """The ``save_pairs`` files merged back into {suite: {spec: (rank, correct, inliers)}}."""
+    pairs: dict = {}
+    for path in paths:
+        with np.load(path) as data:
+            for key in data.files:
+                suite, spec, field = key.rsplit("|", 2)
+                pairs.setdefault(suite, {}).setdefault(spec, {})[field] = data[key]
+    return {suite: {spec: (f["rank"], f["correct"].astype(bool), f["inliers"]) for spec, f in by_spec.items()}
+            for suite, by_spec in pairs.items()}
 
 
 def _pipelines(args) -> dict[str, str]:
     return {"image": args.encoders[0], **({"code": args.code_spec} if args.code_spec in args.encoders else {})}
+
+
+def fit_curve(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray) -> tuple:
+    """One pipeline's curve, its keypoint credit chosen by cross-validation when its hits were
+    verified -> (the curve, each credit's cross-validated Brier score)."""
+    from encoders import calibration
+    if not inliers.any():
+        return calibration.fit(ranks, correct), {}
+    credit, scores = calibration.choose_credit(ranks, correct, inliers, BONUS_FULL)
+    return calibration.fit(ranks, correct, inliers=inliers, credit=credit, base=BONUS_FULL), scores
 
 
 def _calibrate(args, pairs: dict) -> dict:
@@ -67,10 +99,12 @@ def _calibrate(args, pairs: dict) -> dict:
     from encoders import calibration
     from encoders.deephash import model_id
     spec_weights = parse_spec(args.encoders[0])[1].get("weights")
-    curves = {name: calibration.fit(*_pooled(pairs, spec)) for name, spec in _pipelines(args).items()}
+    fitted = {name: fit_curve(*_pooled(pairs, spec)) for name, spec in _pipelines(args).items()}
+    curves = {name: curve for name, (curve, _) in fitted.items()}
     calibration.save(curves, model_id(spec_weights), Path(args.calibrate),
                      {"specs": _pipelines(args), "suites": list(pairs), "date": dt.date.today().isoformat()})
-    return {name: {"spec": spec, **calibration.calibration_error(curves[name], *_pooled(pairs, spec))}
+    return {name: {"spec": spec, "credit_cv_brier": {str(c): v for c, v in fitted[name][1].items()},
+                   **calibration.calibration_error(curves[name], *_pooled(pairs, spec))}
             for name, spec in _pipelines(args).items()}
 
 
@@ -153,16 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code-spec", default=CODE_SPEC, help="the spec that ranks as a hex-code query does")
     ap.add_argument("--confidence", metavar="PATH",
                     help="score these benchmarks' hits against the curves in PATH (calibration error)")
+    ap.add_argument("--pairs-out", metavar="PATH",
+                    help="also write every spec's labelled top hits (rank value, copy or not, keypoints) "
+                         "to PATH (.npz), to refit confidence curves later")
+    ap.add_argument("--from-pairs", nargs="+", metavar="NPZ",
+                    help="skip the search: fit (--calibrate) or check (--confidence) the curves on hits "
+                         "saved by --pairs-out (specs from --encoders and --code-spec)")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    if args.originals:
+    if args.from_pairs:
+        if not (args.calibrate or args.confidence):
+            ap.error("--from-pairs needs --calibrate PATH or --confidence PATH")
+        benches = {}
+    elif args.originals:
         benches = {s: _suite_benchmark(args, s) for s in args.suite}
     elif args.refs and args.queries and args.ground_truth:
         benches = {"given": (Path(args.refs), Path(args.queries), Path(args.ground_truth), {})}
     else:
         ap.error("give --originals DIR, or all of --refs, --queries and --ground-truth")
-    reports, pairs = {}, {}
+    reports, pairs = {}, load_pairs(args.from_pairs) if args.from_pairs else {}
     for suite, (refs, queries, gt, info) in benches.items():
         print(f"== suite {suite}", flush=True)
         pairs[suite] = {}
@@ -171,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     combined = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "git_rev": git_rev(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
                 "suites": reports}
+    if args.pairs_out:
+        save_pairs(pairs, Path(args.pairs_out))
     if args.calibrate:
         combined["calibration"] = _calibrate(args, pairs)
     if args.confidence:
@@ -178,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else RESULTS_DIR / f"eval_{dt.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(combined, indent=2))
-    print(format_suites(combined))
+    if reports:
+        print(format_suites(combined))
     return 0
 
 

@@ -54,14 +54,15 @@ def order_key(hit: Hit) -> tuple[float, int, str]:
 def with_confidence(hits: list[Hit], curve=None, min_confidence: float = 0.0) -> list[Hit]:
     """Each hit with its final rank value (``rank``: lower is better, what hits are ordered
     by) and, given a calibration curve (``encoders.calibration``), its ``confidence``: the
-    estimated precision of a hit at that rank value. Hits under ``min_confidence`` drop out."""
+    estimated precision of a hit at that rank value and keypoint count. Hits under
+    ``min_confidence`` drop out."""
     out = []
     for h in hits:
         rank = round(float(order_key(h)[0]), 4)
         if curve is None:
             out.append(h.but(rank=rank))
             continue
-        conf = round(float(curve(rank)), 4)
+        conf = round(float(curve(rank, h.inliers)), 4)
         if conf >= min_confidence:
             out.append(h.but(rank=rank, confidence=conf))
     return out

@@ -50,7 +50,7 @@ def _group_html(n: int, group: Group, path_of: Callable[[str], str | None],
              _figure(group.keep, path_of(group.keep), "<span class=c>keep</span>", True)]
     for m in group.ids[1:]:
         conf = group.members[m]
-        caption = f"<span class=c>{conf:.3f}</span> confidence"
+        caption = f"<span class=c>{conf:.4f}</span> confidence"
         detail = how(group.keep, m)
         caption += f"<br><span class=muted>{html.escape(detail)}</span>" if detail else ""
         parts.append(_figure(m, path_of(m), caption, False))

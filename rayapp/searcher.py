@@ -13,7 +13,7 @@ Serve's ``/v1/search``, ``neardup search`` and the dedup job all search through
 4. each hit gets its final ``rank`` and, from the model's calibration curve, its
    ``confidence`` (``with_confidence``).
 
->>> searcher = Searcher(router, cfg.query, calibration.load(model_id(cfg)))
+>>> searcher = Searcher(router, cfg.query, confidence_curves(cfg))
 >>> answer = searcher.search(QueryViews.of_code(code), k=10)
 >>> answer.hits[0].id, answer.partial
 """
@@ -29,7 +29,7 @@ from rayapp.config import QueryConfig
 from rayapp.hits import Hit
 from rayapp.ranking import order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
-from shards.verify import VERIFY_BONUS, confirmed
+from shards.verify import KEYPOINTS, VERIFY_BONUS, confirmed
 
 
 class NeedsCalibration(ValueError):
@@ -170,9 +170,9 @@ class Searcher:
     def _verify_needed(self, queries: Sequence[QueryViews], merged: list[list[Hit]], curve,
                        min_confidence: float) -> list[list[Hit]]:
         """Verify, in one call per shard, each query's hits whose confidence is under the floor
-        but within VERIFY_BONUS of it."""
+        but that the full credit of every keypoint verifying it would lift over."""
         pairs = [(qi, h.id) for qi, hits in enumerate(merged) for h in hits[:self._depth(queries[qi])]
-                 if curve(order_key(h)[0]) < min_confidence <= curve(order_key(h)[0] - VERIFY_BONUS)]
+                 if curve(order_key(h)[0]) < min_confidence <= curve(order_key(h)[0] - VERIFY_BONUS, KEYPOINTS)]
         if not pairs:
             return merged
         counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs])

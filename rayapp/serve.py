@@ -83,8 +83,7 @@ class Ingress:
             log.warning("warm-up deferred to /readyz: %s", problem)
 
     def _setup(self, cfg: Config, encoder: DeploymentHandle | None) -> None:
-        from encoders import calibration
-        from rayapp.cluster import ensure_shards, known_bits, model_id
+        from rayapp.cluster import confidence_curves, ensure_shards, known_bits
         self.cfg, self.encoder = cfg, encoder
         self.local_encoder = ImageEncoder(cfg) if encoder is None else None
         self.router = ShardRouter(ensure_shards(cfg, bits=known_bits(cfg)),
@@ -96,7 +95,7 @@ class Ingress:
         self._info: dict | None = None
         self._ready = False
         # no curve for a model without a fitted one: hits then carry no confidence
-        self.searcher = Searcher(self.router, cfg.query, calibration.load(model_id(cfg)))
+        self.searcher = Searcher(self.router, cfg.query, confidence_curves(cfg))
 
     # ---- helpers ----------------------------------------------------------------------
     def _admit(self, request: Request, write: bool = False) -> None:

@@ -391,28 +391,3 @@ def test_hung_shard_times_out_without_hanging(router, data):
     assert time.monotonic() - t0 < 8
     assert r.stats()[1]["state"] == "unavailable"
     ray.kill(slow)
-
-
-def test_with_confidence_adds_the_rank_value_and_its_calibrated_precision():
-    from encoders.calibration import Curve
-    from rayapp.ranking import with_confidence
-    hits = [Hit("a", 3, score=1.0, cost=0.5, inliers=40), Hit("b", 9, score=6.0)]
-    from shards.verify import verify_bonus
-    plain = with_confidence(hits)
-    assert [h.rank for h in plain] == [1.5 - verify_bonus(40), 6.0] and plain[0].confidence is None
-    curve = Curve(ranks=[1.5 - verify_bonus(40), 6.0], precision=[1.0, 0.2])
-    rated = with_confidence(hits, curve)
-    assert [h.confidence for h in rated] == [1.0, 0.2]
-    assert [h.id for h in with_confidence(hits, curve, min_confidence=0.5)] == ["a"]
-
-
-def test_calibration_fit_is_monotone_and_reports_its_error():
-    from encoders.calibration import calibration_error, fit
-    rng = np.random.default_rng(0)
-    ranks = rng.uniform(0, 10, 4000)
-    correct = rng.random(4000) < 1 / (1 + np.exp(ranks - 5))  # true precision falls with rank
-    curve = fit(ranks, correct)
-    p = curve(np.linspace(0, 10, 50))
-    assert np.all(np.diff(p) <= 1e-9) and p[0] > 0.9 and p[-1] < 0.1
-    err = calibration_error(curve, ranks, correct)
-    assert err["mean_abs_error"] < 0.05 and len(err["bins"]) == 10
