@@ -4,6 +4,9 @@
 - ``independent``: ``encoders.independent_edits``, written apart from training (albumentations
   and OpenCV), at the strengths users apply; the suite every constant is chosen on.
 
+A third suite, ``lookalike`` (``encoders.lookalikes``), holds no copies: each query is the other
+half of a stored half photo, a hard negative for the confidence curves.
+
 A benchmark is a folder: ``refs/`` (queried originals plus distractors), ``queries/`` (edited
 copies, and edited non-indexed photos as negatives) and ``ground_truth.csv`` (query,ref,family;
 ref empty for a negative). ``subset="K/N"`` keeps every N-th source file from the K-th, so one
@@ -19,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from encoders import independent_edits
+from encoders import independent_edits, lookalikes
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.decode import iter_image_files, load_image
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
-SUITES = {"own": ALL_FAMILIES, "independent": independent_edits.FAMILIES}
+SUITES = {"own": ALL_FAMILIES, "independent": independent_edits.FAMILIES, lookalikes.FAMILY: (lookalikes.FAMILY,)}
+EDIT_SUITES = ("own", "independent")  # the suites with copies, scored by default
 #: Which non-indexed photo each composite query shows (pasted around or over its copy): two
 #: copies that show the same one share content without sharing a source.
 PASTED_CSV = "pasted.csv"
@@ -87,6 +91,12 @@ def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_ref
     """
     families = tuple(families or SUITES.get(suite, ()))
     files = source_files(originals_dir, subset)
+    if suite == lookalikes.FAMILY:
+        info = lookalikes.build_lookalikes(files, out_dir, n_refs, n_distractors, seed, _write_csv)
+        dirs = originals_dir if isinstance(originals_dir, (list, tuple)) else [originals_dir]
+        info = {"originals": [str(d) for d in dirs], "subset": subset, **info}
+        (Path(out_dir) / "benchmark.json").write_text(json.dumps(info, indent=2))
+        return info
     need = n_refs + n_distractors + n_negatives
     if len(files) < need:
         raise ValueError(f"{originals_dir}: {len(files)} images, need {need} (refs+distractors+negatives)")

@@ -6,12 +6,15 @@ query's top hits are labelled true copy or not, and an isotonic fit (precision c
 the rank value grows) maps rank value to the share of true copies at that value. A confidence
 of 0.99 then means: of hits that scored like this one on validation, 99 in 100 were copies.
 
-The ranking's verification credit stops growing at a few keypoints (enough to order hits), but
-a copy verified by 80 keypoints is surer than one verified by 10. The curve therefore reads a
-score a little richer than the rank value: the rank value less ``inlier_credit`` per doubling
-of the verified keypoints beyond ``inlier_base``. The credit is chosen on the validation hits
-by cross-validated Brier score (:func:`choose_credit`): 0 when the keypoints say nothing the
-rank value does not already say.
+The rank value is a ranking's sum: it orders one query's hits well, but the verification credit
+in it was set to order hits, not to say how sure a match is. A look-alike (the same floor or
+shelf in two shots) can earn the credit with a few keypoints on repeated texture, while a copy
+verified by 80 keypoints earns no more than one verified by 10. The curve therefore reads a
+rescored value: the rank value with only ``credit_weight`` of the ranking's credit
+(``credit_rule``: from, full, bonus) kept, less ``inlier_credit`` per doubling of the keypoints
+beyond ``inlier_base``. Both are chosen on the validation hits, look-alike hard negatives
+included, by cross-validated Brier score (:func:`choose_reading`); (1, 0) reads the rank value
+as it is.
 
 Curves are stored per pipeline (``image``: an image query with the service's views, side vectors
 and verification; ``code``: a hex code ranked by Hamming distance) beside the weights, keyed by
@@ -38,55 +41,84 @@ class Curve:
     fitted_on: int = 0  # labelled hits behind the fit
     inlier_credit: float = 0.0  # rank units per doubling of verified keypoints over inlier_base
     inlier_base: int = 10
+    credit_weight: float = 1.0  # share of the ranking's verification credit the curve keeps
+    credit_rule: list[float] | None = None  # that credit: [from, full, bonus] (shards.verify)
 
     def __call__(self, rank: float | np.ndarray, inliers: int | np.ndarray | None = 0) -> np.ndarray:
         """Estimated precision of hits at ``rank`` verified by ``inliers`` keypoints (0 or None:
         not verified)."""
-        s = score(rank, inliers, self.inlier_credit, self.inlier_base)
+        s = score(rank, inliers, self.reading())
         return np.interp(s, self.ranks, self.precision, left=self.precision[0], right=self.precision[-1])
 
-
-def score(rank, inliers, credit: float, base: int) -> np.ndarray:
-    """What a curve reads: the rank value less ``credit`` per doubling of keypoints over ``base``."""
-    n = np.maximum(np.nan_to_num(np.asarray(inliers if inliers is not None else 0, np.float64)), base)
-    return np.asarray(rank, np.float64) - credit * np.log2(n / base)
+    def reading(self) -> "Reading":
+        return Reading(self.inlier_credit, self.credit_weight, self.inlier_base, self.credit_rule)
 
 
-CREDITS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+@dataclass(frozen=True)
+class Reading:
+    """How a curve rescores a hit (module docstring): keypoint credit per doubling over ``base``,
+    and the share ``weight`` kept of the ranking's credit ``rule`` (from, full, bonus)."""
+
+    per_doubling: float = 0.0
+    weight: float = 1.0
+    base: int = 10
+    rule: list[float] | None = None
 
 
-def choose_credit(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray, base: int,
-                  credits=CREDITS, folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The keypoint credit whose curve predicts held-out hits best: ``folds``-fold
-    cross-validated Brier score for each of ``credits`` -> (the chosen credit, every credit's
-    score). The one-standard-error rule picks the smallest credit within one standard error of
-    the best score, so keypoints earn a credit only where they clearly tell copies apart."""
+def score(rank, inliers, reading: Reading = Reading()) -> np.ndarray:
+    """What a curve reads: the rank value with ``reading.weight`` of the ranking's credit kept,
+    less ``reading.per_doubling`` per doubling of keypoints over ``reading.base``."""
+    n = np.nan_to_num(np.asarray(inliers if inliers is not None else 0, np.float64))
+    out = np.asarray(rank, np.float64) - reading.per_doubling * np.log2(np.maximum(n, reading.base) / reading.base)
+    if reading.rule is not None and reading.weight != 1.0:
+        first, full, bonus = reading.rule
+        out = out + (1.0 - reading.weight) * bonus * np.clip((n - first) / (full - first), 0.0, 1.0)
+    return out
+
+
+CREDITS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+WEIGHTS = (1.0, 0.75, 0.5, 0.25)
+
+
+def choose_reading(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray, base: int,
+                   rule: list[float] | None = None, credits=CREDITS, weights=WEIGHTS, folds: int = 5,
+                   seed: int = 0) -> tuple[Reading, dict[str, float]]:
+    """The reading (keypoint credit, share of the ranking's credit kept) whose curve predicts
+    held-out hits best: ``folds``-fold cross-validated Brier score of each pair -> (the chosen
+    reading, every pair's score). The one-standard-error rule picks, among the pairs within one
+    standard error of the best (of the per-hit differences, on the same folds), the one that
+    keeps most of the ranking's credit, then the smallest keypoint credit: rescoring only where
+    it beats noise."""
     correct = np.asarray(correct, np.float64)
     fold = np.random.default_rng(seed).integers(0, folds, len(ranks))
     errors = {}
-    for c in credits:
-        s = score(ranks, inliers, c, base)
-        err = np.empty(len(s))
-        for f in range(folds):
-            test = fold == f
-            err[test] = (fit(s[~test], correct[~test])(s[test]) - correct[test]) ** 2
-        errors[c] = err
-    best = min(credits, key=lambda c: errors[c].mean())
-    bound = errors[best].mean() + errors[best].std() / np.sqrt(len(ranks))
-    chosen = min(c for c in credits if errors[c].mean() <= bound)
-    return chosen, {c: round(float(e.mean()), 6) for c, e in errors.items()}
+    for w in (weights if rule is not None else (1.0,)):
+        for c in credits:
+            reading = Reading(c, w, base, rule)
+            s = score(ranks, inliers, reading)
+            err = np.empty(len(s))
+            for f in range(folds):
+                test = fold == f
+                err[test] = (fit(s[~test], correct[~test])(s[test]) - correct[test]) ** 2
+            errors[reading.weight, reading.per_doubling] = err
+    best = min(errors, key=lambda k: errors[k].mean())
+    gap = {k: e - errors[best] for k, e in errors.items()}
+    near = [k for k in errors if gap[k].mean() <= gap[k].std() / np.sqrt(len(ranks))]
+    w, c = min(near, key=lambda k: (1.0 - k[0], k[1]))
+    return Reading(c, w, base, rule), {f"weight={k[0]},credit={k[1]}": round(float(e.mean()), 6)
+                                       for k, e in errors.items()}
 
 
 def fit(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray | None = None,
-        credit: float = 0.0, base: int = 10) -> Curve:
-    """Isotonic (non-increasing) fit of ``correct`` against ``ranks`` (less ``credit`` per doubling
-    of ``inliers`` over ``base``): equal values pooled first, each fitted block's precision
+        reading: Reading = Reading()) -> Curve:
+    """Isotonic (non-increasing) fit of ``correct`` against ``ranks`` (as ``reading`` rescores
+    them with ``inliers``): equal values pooled first, each fitted block's precision
     shrunk by one pseudo-copy and one pseudo-miss (a block of 1,000 copies says 0.999, not 1),
     and the block's first and last value kept as knots, so a hit inside a block gets its
     precision and one between blocks a straight line between them (as scikit-learn's
     ``IsotonicRegression`` interpolates)."""
     if inliers is not None:
-        ranks = score(ranks, inliers, credit, base)
+        ranks = score(ranks, inliers, reading)
     ranks, correct = np.asarray(ranks, np.float64), np.asarray(correct, np.float64)
     keep = np.isfinite(ranks)
     ranks, correct = ranks[keep], correct[keep]
@@ -95,8 +127,11 @@ def fit(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray | None = Non
     r, where, n = np.unique(ranks, return_inverse=True, return_counts=True)
     copies = np.bincount(where, weights=correct, minlength=len(r))
     knots_r, knots_p = _block_knots(r, n, copies)
+    if inliers is None:
+        reading = Reading()
     return Curve([round(float(v), 4) for v in knots_r], [round(float(v), 6) for v in knots_p], len(ranks),
-                 float(credit) if inliers is not None else 0.0, base)
+                 float(reading.per_doubling), reading.base, float(reading.weight),
+                 None if reading.rule is None else [float(v) for v in reading.rule])
 
 
 def _block_knots(r: np.ndarray, n: np.ndarray, copies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.benchmark import SUITES, build_benchmark
-from rayapp.evaluate import RESULTS_DIR, git_rev, evaluate, parse_spec
-from shards.verify import BONUS_FULL, VERIFY_DEPTH, VERIFY_MORE
+from encoders.benchmark import EDIT_SUITES, SUITES, build_benchmark
+from rayapp.evaluate import RESULTS_DIR, evaluate, fmt, git_rev, parse_spec
+from shards.verify import BONUS_FROM, BONUS_FULL, VERIFY_BONUS, VERIFY_DEPTH, VERIFY_MORE
 
 
 def ranked_by(row: dict) -> str:
@@ -85,13 +85,14 @@ def _pipelines(args) -> dict[str, str]:
 
 
 def fit_curve(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray) -> tuple:
-    """One pipeline's curve, its keypoint credit chosen by cross-validation when its hits were
-    verified -> (the curve, each credit's cross-validated Brier score)."""
+    """One pipeline's curve, how it reads keypoints chosen by cross-validation when its hits
+    were verified -> (the curve, each reading's cross-validated Brier score)."""
     from encoders import calibration
     if not inliers.any():
         return calibration.fit(ranks, correct), {}
-    credit, scores = calibration.choose_credit(ranks, correct, inliers, BONUS_FULL)
-    return calibration.fit(ranks, correct, inliers=inliers, credit=credit, base=BONUS_FULL), scores
+    rule = [BONUS_FROM, BONUS_FULL, VERIFY_BONUS]
+    reading, scores = calibration.choose_reading(ranks, correct, inliers, BONUS_FULL, rule)
+    return calibration.fit(ranks, correct, inliers, reading), scores
 
 
 def _calibrate(args, pairs: dict) -> dict:
@@ -103,7 +104,7 @@ def _calibrate(args, pairs: dict) -> dict:
     curves = {name: curve for name, (curve, _) in fitted.items()}
     calibration.save(curves, model_id(spec_weights), Path(args.calibrate),
                      {"specs": _pipelines(args), "suites": list(pairs), "date": dt.date.today().isoformat()})
-    return {name: {"spec": spec, "credit_cv_brier": {str(c): v for c, v in fitted[name][1].items()},
+    return {name: {"spec": spec, "reading_cv_brier": fitted[name][1],
                    **calibration.calibration_error(curves[name], *_pooled(pairs, spec))}
             for name, spec in _pipelines(args).items()}
 
@@ -135,8 +136,8 @@ def format_suites(combined: dict) -> str:
                 cells.append("— | — | — | —")
                 continue
             w = x["worst_family"]
-            cells.append(f"{x['mAP@100']:.3f} | {x['muAP']:.3f} | {x['recall@1']:.3f} | "
-                         f"{w} ({x['per_family_recall@1'].get(w, 0):.2f})")
+            worst = f"{w} ({x['per_family_recall@1'].get(w, 0):.2f})" if w else "—"
+            cells.append(f"{fmt(x['mAP@100'])} | {fmt(x['muAP'])} | {fmt(x['recall@1'])} | {worst}")
         lines.append(f"| {spec} | {ranked} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -158,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     --refs/--queries/--ground-truth; writes one JSON with every suite's report."""
     ap = argparse.ArgumentParser(prog="neardup eval", description=__doc__.splitlines()[0])
     ap.add_argument("--originals", nargs="+", help="folder(s) of originals to build a benchmark from")
-    ap.add_argument("--suite", nargs="+", default=list(SUITES), choices=list(SUITES),
-                    help="edit suites to build and score, side by side (default: both)")
+    ap.add_argument("--suite", nargs="+", default=list(EDIT_SUITES), choices=list(SUITES),
+                    help="suites to build and score, side by side (default: both edit suites; "
+                         "lookalike: halves of photos, hard negatives for --calibrate)")
     ap.add_argument("--subset", help="K/N: every N-th source file from the K-th (validation/test halves)")
     ap.add_argument("--workdir", default="runs/eval-bench", help="where the built benchmarks go (one folder per suite)")
     ap.add_argument("--refs")

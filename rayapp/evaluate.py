@@ -83,15 +83,21 @@ def score_codes(dist: np.ndarray, bits: int, gt_ref: np.ndarray, families: list[
     per_family = {f: round(float(top1[fam[pos] == f].mean()), 4) for f in sorted(set(fam[pos]))}
     d_pos = dist[pos][np.arange(pos.sum()), gt_ref[pos]]
     nearest_neg = dist[~pos].min(axis=1) if (~pos).any() else np.array([])
+    some = bool(pos.any())  # a suite of negatives only (look-alikes) has no copy to find
     return {
-        "mAP@100": round(float(ap.mean()), 4),
-        "muAP": round(micro_ap(scores[found], correct[found], int(pos.sum())), 4),
-        "recall@1": round(float(top1.mean()), 4),
+        "mAP@100": round(float(ap.mean()), 4) if some else None,
+        "muAP": round(micro_ap(scores[found], correct[found], int(pos.sum())), 4) if some else None,
+        "recall@1": round(float(top1.mean()), 4) if some else None,
         "per_family_recall@1": per_family,
         "worst_family": min(per_family, key=per_family.get) if per_family else None,
         "median_positive_distance": _median(d_pos),
         "median_negative_nearest_distance": _median(nearest_neg),
     }
+
+
+def fmt(value: float | None) -> str:
+    """A metric to three decimals, or a dash where the suite has none (no copies to find)."""
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _median(values: np.ndarray) -> float | None:
@@ -176,8 +182,8 @@ def score_spec(spec: str, bench: dict, k_micro: int = 10) -> tuple[dict, np.ndar
            "ref_views": {n: query.ref_view_cost for n in cfg.storage.ref_views}, "verify": query.verify,
            "verify_more": query.verify_more if query.verify else 0,
            **score_codes(dist, enc.bits, bench["gt_ref"], bench["families"], k_micro)}
-    print(f"{spec:40s} mAP@100={row['mAP@100']:.3f} muAP={row['muAP']:.3f} "
-          f"R@1={row['recall@1']:.3f} worst={row['worst_family']} {speed:.0f} img/s", flush=True)
+    print(f"{spec:40s} mAP@100={fmt(row['mAP@100'])} muAP={fmt(row['muAP'])} "
+          f"R@1={fmt(row['recall@1'])} worst={row['worst_family']} {speed:.0f} img/s", flush=True)
     return row, dist, inliers
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from encoders.calibration import Curve, calibration_error, choose_credit, fit
+from encoders.calibration import Curve, Reading, calibration_error, choose_reading, fit, score
 from rayapp.hits import Hit
 from rayapp.ranking import with_confidence
 from shards.verify import verify_bonus
@@ -51,10 +51,11 @@ def _keypoints_carry_signal(n: int = 6000, seed: int = 0):
 
 def test_the_keypoint_credit_is_chosen_where_keypoints_tell_copies_apart():
     ranks, correct, inliers = _keypoints_carry_signal()
-    credit, scores = choose_credit(ranks, correct, inliers, base=10)
-    assert credit > 0 and scores[credit] < scores[0.0]
-    with_kp = fit(ranks, correct, inliers=inliers, credit=credit, base=10)
-    assert with_kp.inlier_credit == credit
+    reading, scores = choose_reading(ranks, correct, inliers, base=10)
+    assert reading.per_doubling > 0 and reading.weight == 1.0
+    assert scores[f"weight=1.0,credit={reading.per_doubling}"] < scores["weight=1.0,credit=0.0"]
+    with_kp = fit(ranks, correct, inliers, reading)
+    assert with_kp.inlier_credit == reading.per_doubling
     assert calibration_error(with_kp, ranks, correct, inliers)["brier"] < calibration_error(
         fit(ranks, correct), ranks, correct)["brier"]
 
@@ -64,7 +65,29 @@ def test_no_credit_is_chosen_where_keypoints_add_nothing():
     ranks = rng.uniform(0, 10, 4000)
     correct = rng.random(4000) < 1 / (1 + np.exp(ranks - 5))
     inliers = rng.integers(0, 100, 4000)  # unrelated to being a copy
-    assert choose_credit(ranks, correct, inliers, base=10)[0] == 0.0
+    assert choose_reading(ranks, correct, inliers, base=10)[0] == Reading(0.0, 1.0, 10, None)
+
+
+RULE = [6, 10, 16.0]  # the ranking's credit: none at 6 keypoints, all 16 from 10
+
+
+def test_a_curve_can_keep_part_of_the_rankings_credit():
+    curve = Curve(ranks=[-10.0, 0.0], precision=[1.0, 0.0], credit_weight=0.5, credit_rule=RULE)
+    assert score(-12.0, 10, curve.reading()) == -4.0 and score(-12.0, 0, curve.reading()) == -12.0
+    assert curve(-12.0, 10) == pytest.approx(0.4) and curve(-12.0, None) == 1.0
+
+
+def test_look_alikes_lifted_by_the_credit_teach_the_curve_to_keep_less_of_it():
+    """Look-alikes: poor side-vector scores, a few keypoints on repeated texture, so the full
+    credit lifts them among copies, which score well unverified or verify with many keypoints."""
+    rng = np.random.default_rng(2)
+    n = 4000
+    copy = rng.random(n) < 0.5
+    base_rank = np.where(copy, rng.normal(-6, 1, n), rng.normal(4, 1, n))
+    inliers = np.where(copy, np.where(rng.random(n) < 0.5, 0, rng.integers(40, 200, n)), rng.integers(10, 13, n))
+    credit = 16.0 * np.clip((inliers - 6) / 4, 0, 1)
+    reading, _ = choose_reading(base_rank - credit, copy, inliers, 10, RULE)
+    assert reading.weight < 1.0 and reading.rule == RULE
 
 
 def test_a_block_of_copies_keeps_its_precision_to_its_last_hit_shrunk_short_of_one():

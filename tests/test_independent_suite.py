@@ -105,3 +105,21 @@ def test_build_benchmark_refuses_an_unknown_suite(tmp_path):
     with pytest.raises(ValueError, match="unknown edit suite"):
         build_benchmark(SAMPLES, tmp_path, n_refs=4, n_queries=4, n_negatives=2, n_distractors=2,
                         suite="nope")
+
+
+def test_the_lookalike_suite_stores_one_half_of_each_photo_and_queries_the_other(tmp_path):
+    from PIL import Image
+    from rayapp.evaluate import score_codes
+    info = build_benchmark(SAMPLES, tmp_path, n_refs=6, n_queries=0, n_negatives=0, n_distractors=4,
+                           suite="lookalike", seed=3)
+    assert (info["suite"], info["negative_queries"], info["refs"]) == ("lookalike", 6, 10)
+    rows = list(csv.DictReader(open(tmp_path / "ground_truth.csv")))
+    assert len(rows) == 6 and all(r["ref"] == "" and r["family"] == "lookalike" for r in rows)
+    assert json.loads((tmp_path / "benchmark.json").read_text())["stored_halves"] == 6
+    for i in range(6):  # the two halves of one photo: same short side, no pixel in common
+        stored, query = (Image.open(tmp_path / d / f"{p}{i:05d}.jpg").size for d, p in (("refs", "h"), ("queries", "q")))
+        assert stored[0] == query[0] or stored[1] == query[1]
+    dist = np.array([[1.0, 2.0], [0.5, 3.0]])
+    res = score_codes(dist, 8, np.array([-1, -1]), ["lookalike"] * 2, k_micro=2)
+    assert res["mAP@100"] is None and res["muAP"] is None and res["worst_family"] is None
+    assert res["median_negative_nearest_distance"] == 0.75
