@@ -91,22 +91,23 @@ def choose_reading(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray, 
     it beats noise."""
     correct = np.asarray(correct, np.float64)
     fold = np.random.default_rng(seed).integers(0, folds, len(ranks))
-    errors = {}
-    for w in (weights if rule is not None else (1.0,)):
-        for c in credits:
-            reading = Reading(c, w, base, rule)
-            s = score(ranks, inliers, reading)
-            err = np.empty(len(s))
-            for f in range(folds):
-                test = fold == f
-                err[test] = (fit(s[~test], correct[~test])(s[test]) - correct[test]) ** 2
-            errors[reading.weight, reading.per_doubling] = err
+    errors = {(w, c): _held_out_errors(score(ranks, inliers, Reading(c, w, base, rule)), correct, fold)
+              for w in (weights if rule is not None else (1.0,)) for c in credits}
     best = min(errors, key=lambda k: errors[k].mean())
     gap = {k: e - errors[best] for k, e in errors.items()}
     near = [k for k in errors if gap[k].mean() <= gap[k].std() / np.sqrt(len(ranks))]
     w, c = min(near, key=lambda k: (1.0 - k[0], k[1]))
     return Reading(c, w, base, rule), {f"weight={k[0]},credit={k[1]}": round(float(e.mean()), 6)
                                        for k, e in errors.items()}
+
+
+def _held_out_errors(values: np.ndarray, correct: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each hit's squared error under the curve fitted on the other folds."""
+    err = np.empty(len(values))
+    for f in np.unique(fold):
+        test = fold == f
+        err[test] = (fit(values[~test], correct[~test])(values[test]) - correct[test]) ** 2
+    return err
 
 
 def fit(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray | None = None,
