@@ -92,11 +92,8 @@ def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_ref
     families = tuple(families or SUITES.get(suite, ()))
     files = source_files(originals_dir, subset)
     if suite == lookalikes.FAMILY:
-        info = lookalikes.build_lookalikes(files, out_dir, n_refs, n_distractors, seed, _write_csv)
-        dirs = originals_dir if isinstance(originals_dir, (list, tuple)) else [originals_dir]
-        info = {"originals": [str(d) for d in dirs], "subset": subset, **info}
-        (Path(out_dir) / "benchmark.json").write_text(json.dumps(info, indent=2))
-        return info
+        rows, edits, info = lookalikes.build_lookalikes(files, out_dir, n_refs, n_distractors, seed)
+        return _write_benchmark(Path(out_dir), originals_dir, subset, rows, edits, [], info)
     need = n_refs + n_distractors + n_negatives
     if len(files) < need:
         raise ValueError(f"{originals_dir}: {len(files)} images, need {need} (refs+distractors+negatives)")
@@ -125,14 +122,21 @@ def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_ref
         rows.append((qname, ref_names.get(src, ""), fam))
         shown += [(qname, name) for name in others]
         edits.append((qname, "+".join(singles)))
+    info = {"suite": suite, "refs": len(refs) + len(distractors), "queried_refs": len(refs),
+            "distractors": len(distractors), "positive_queries": n_queries,
+            "negative_queries": len(negatives), "families": list(families), "seed": seed}
+    return _write_benchmark(out, originals_dir, subset, rows, edits, shown, info)
+
+
+def _write_benchmark(out: Path, originals_dir, subset: str | None, rows: list[tuple], edits: list[tuple],
+                     shown: list[tuple], info: dict) -> dict:
+    """A built suite's tables (ground truth, ``EDITS_CSV``, ``PASTED_CSV``) and ``benchmark.json``
+    (``info``, the counts, after where the photos came from) -> that JSON's content."""
     _write_csv(out / "ground_truth.csv", ["query", "ref", "family"], rows)
     _write_csv(out / EDITS_CSV, ["query", "edits"], edits)
     _write_csv(out / PASTED_CSV, ["query", "other_photo"], shown)
     dirs = originals_dir if isinstance(originals_dir, (list, tuple)) else [originals_dir]
-    info = {"originals": [str(d) for d in dirs], "subset": subset, "suite": suite,
-            "refs": len(refs) + len(distractors), "queried_refs": len(refs),
-            "distractors": len(distractors), "positive_queries": n_queries,
-            "negative_queries": len(negatives), "families": list(families), "seed": seed}
+    info = {"originals": [str(d) for d in dirs], "subset": subset, **info}
     (out / "benchmark.json").write_text(json.dumps(info, indent=2))
     return info
 

@@ -31,9 +31,10 @@ def halves(image: Image.Image, vertical_cut: bool) -> tuple[Image.Image, Image.I
 
 
 def build_lookalikes(files: list[Path], out_dir: str | Path, n_pairs: int, n_distractors: int,
-                     seed: int, write_csv) -> dict:
-    """Write refs/ (stored halves ``h*``, whole distractors ``r*``), queries/ (the other halves)
-    and ground_truth.csv under ``out_dir`` from ``files`` -> the counts."""
+                     seed: int) -> tuple[list[tuple], list[tuple], dict]:
+    """Write refs/ (stored halves ``h*``, whole distractors ``r*``) and queries/ (the other
+    halves) under ``out_dir`` from ``files`` -> (ground-truth rows, each query's edit, the
+    counts), which ``encoders.benchmark`` writes as any suite's tables."""
     from encoders.decode import load_image
     if len(files) < n_pairs + n_distractors:
         raise ValueError(f"{len(files)} images, need {n_pairs + n_distractors} (pairs+distractors)")
@@ -54,9 +55,7 @@ def build_lookalikes(files: list[Path], out_dir: str | Path, n_pairs: int, n_dis
         query.save(out / "queries" / f"q{i:05d}.jpg", quality=95)
         rows.append((f"q{i:05d}.jpg", "", FAMILY))
         edits.append((f"q{i:05d}.jpg", "halve_" + ("side" if cut else "top")))
-    write_csv(out / "ground_truth.csv", ["query", "ref", "family"], rows)
-    write_csv(out / "edits.csv", ["query", "edits"], edits)
-    write_csv(out / "pasted.csv", ["query", "other_photo"], [])
-    return {"suite": FAMILY, "refs": n_pairs + n_distractors, "stored_halves": n_pairs,
+    info = {"suite": FAMILY, "refs": n_pairs + n_distractors, "stored_halves": n_pairs,
             "distractors": n_distractors, "positive_queries": 0, "negative_queries": n_pairs,
             "families": [FAMILY], "seed": seed}
+    return rows, edits, info
