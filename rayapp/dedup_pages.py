@@ -84,13 +84,13 @@ class DedupWorker:
 
     def __init__(self, cfg_dict: dict, opts_dict: dict):
         from rayapp.cluster import confidence_curves, get_shards
-        from rayapp.router import ShardRouter
         from rayapp.searcher import Searcher
+        from rayapp.worker_verify import WorkerVerifyingRouter
         self.cfg, self.opts = Config.from_dict(cfg_dict), DedupOptions(**opts_dict)
         self.shards = get_shards(self.cfg)
-        router = ShardRouter(self.shards, timeout_s=self.opts.timeout_s,
-                             ref_views=len(self.cfg.storage.ref_views),
-                             ref_view_cost=self.cfg.query.ref_view_cost)
+        router = WorkerVerifyingRouter(self.shards, timeout_s=self.opts.timeout_s,
+                                       ref_views=len(self.cfg.storage.ref_views),
+                                       ref_view_cost=self.cfg.query.ref_view_cost)
         self.searcher = Searcher(router, self.cfg.query, confidence_curves(self.cfg))
         self.calibrated = "image" in self.searcher.curves
         self.widths = ray.get(self.shards[0].widths.remote(), timeout=self.opts.timeout_s)

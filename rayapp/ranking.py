@@ -12,6 +12,8 @@ import heapq
 from itertools import islice
 from operator import itemgetter
 
+import numpy as np
+
 from rayapp.hits import Hit
 from shards.candidates import reply_key
 from shards.verify import verify_bonus
@@ -55,17 +57,18 @@ def with_confidence(hits: list[Hit], curve=None, min_confidence: float = 0.0) ->
     """Each hit with its final rank value (``rank``: lower is better, what hits are ordered
     by) and, given a calibration curve (``encoders.calibration``), its ``confidence``: the
     estimated precision of a hit at that rank value and keypoint count. Hits under
-    ``min_confidence`` drop out."""
-    out = []
-    for h in hits:
-        rank = round(float(order_key(h)[0]), 4)
-        if curve is None:
-            out.append(h.but(rank=rank))
-            continue
-        conf = round(float(curve(rank, h.inliers)), 4)
-        if conf >= min_confidence:
-            out.append(h.but(rank=rank, confidence=conf))
-    return out
+    ``min_confidence`` drop out. The curve is read once for all the hits (a batch job reads
+    it for tens of thousands)."""
+    ranks = [round(float(order_key(h)[0]), 4) for h in hits]
+    if curve is None:
+        return [h.but(rank=r) for h, r in zip(hits, ranks)]
+    confs = [round(float(c), 4) for c in curve(np.array(ranks, np.float64), inlier_counts(hits))]
+    return [h.but(rank=r, confidence=c) for h, r, c in zip(hits, ranks, confs) if c >= min_confidence]
+
+
+def inlier_counts(hits: list[Hit]) -> np.ndarray:
+    """The hits' verified keypoints as an array, 0 where a hit was not verified."""
+    return np.array([h.inliers or 0 for h in hits], np.float64)
 
 
 def with_inliers(hits: list[Hit], counts: dict[str, int | None]) -> list[Hit]:

@@ -274,14 +274,14 @@ class ShardRouter:
         """:meth:`averify`, waited for."""
         return run_sync(self.averify(hits, keypoints, depth))
 
-    def _submit_pairs(self, pairs: list[tuple[int, str]],
-                      keypoints: list[np.ndarray]) -> tuple[dict[int, list[int]], dict[int, Any]]:
-        """Pair rows by owning shard, and one verify call per shard that carries only the query
-        blocks (each query's first: as given) its pairs use."""
+    def _pair_blocks(self, pairs: list[tuple[int, str]],
+                     keypoints: list[np.ndarray]) -> dict[int, tuple[list[int], list[str], np.ndarray, list[int]]]:
+        """Pairs by owning shard -> {shard: (their rows, stored ids, the query blocks they use
+        (each query's first: as given), each pair's block)}."""
         rows: dict[int, list[int]] = defaultdict(list)
         for row, (_, item_id) in enumerate(pairs):
             rows[self.shard_for(str(item_id))].append(row)
-        refs = {}
+        plan = {}
         for s, rs in rows.items():
             where: dict[int, int] = {}
             blocks = []
@@ -290,22 +290,19 @@ class ShardRouter:
                 if qi not in where:
                     where[qi] = len(blocks)
                     blocks.append(np.ascontiguousarray(keypoints[r], np.uint8).reshape(-1, KEYPOINT_BYTES)[0])
-            refs[s] = self.pool.read(s, "verify", [str(pairs[r][1]) for r in rs],
-                                     np.stack(blocks).tobytes(), [where[pairs[r][0]] for r in rs])
-        return rows, refs
+            plan[s] = (rs, [str(pairs[r][1]) for r in rs], np.stack(blocks), [where[pairs[r][0]] for r in rs])
+        return plan
 
     async def averify_pairs(self, pairs: list[tuple[int, str]],
                             keypoints: list[np.ndarray]) -> list[int | None]:
         """Batch verification for jobs: each (query, stored id) pair against its query's
         keypoints (``keypoints[i]`` for pair i), in one call per owning shard -> each pair's
         inlier count (None: not verified; a shard that fails leaves its pairs None)."""
-        rows, refs = self._submit_pairs(pairs, keypoints)
+        plan = self._pair_blocks(pairs, keypoints)
+        refs = {s: self.pool.read(s, "verify", ids, blocks.tobytes(), which)
+                for s, (_, ids, blocks, which) in plan.items()}
         results, _ = await self.pool.gather(refs, self.timeout_s)
-        out: list[int | None] = [None] * len(pairs)
-        for s, got in results.items():
-            for r, n in zip(rows[s], got):
-                out[r] = n
-        return out
+        return pair_counts(len(pairs), plan, results)
 
     def verify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray]) -> list[int | None]:
         """:meth:`averify_pairs`, waited for."""
@@ -386,3 +383,12 @@ def _block(view: str, blocks: int) -> int:
     (0), or for a mirrored view the better of as given and mirrored (-1: a symmetric image's
     mirror can match as well)."""
     return -1 if blocks > 1 and is_mirrored(view) else 0
+
+
+def pair_counts(n: int, plan: dict, results: dict[int, list[int | None]]) -> list[int | None]:
+    """Each of ``n`` pairs' inlier count from the shards' answers to a ``_pair_blocks`` plan."""
+    out: list[int | None] = [None] * n
+    for s, got in results.items():
+        for r, count in zip(plan[s][0], got):
+            out[r] = count
+    return out

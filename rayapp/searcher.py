@@ -27,7 +27,7 @@ import numpy as np
 from rayapp.blocking import run_sync
 from rayapp.config import QueryConfig
 from rayapp.hits import Hit
-from rayapp.ranking import order_key, with_confidence, with_inliers
+from rayapp.ranking import inlier_counts, order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
 from shards.verify import KEYPOINTS, VERIFY_BONUS, confirmed
 
@@ -171,8 +171,13 @@ class Searcher:
                        min_confidence: float) -> list[list[Hit]]:
         """Verify, in one call per shard, each query's hits whose confidence is under the floor
         but that the full credit of every keypoint verifying it would lift over."""
-        pairs = [(qi, h.id) for qi, hits in enumerate(merged) for h in hits[:self._depth(queries[qi])]
-                 if curve(order_key(h)[0]) < min_confidence <= curve(order_key(h)[0] - VERIFY_BONUS, KEYPOINTS)]
+        cands = [(qi, h) for qi, hits in enumerate(merged) for h in hits[:self._depth(queries[qi])]]
+        if not cands:
+            return merged
+        ranks = np.array([order_key(h)[0] for _, h in cands], np.float64)
+        lift = (curve(ranks, inlier_counts([h for _, h in cands])) < min_confidence) \
+            & (curve(ranks - VERIFY_BONUS, np.full(len(cands), KEYPOINTS)) >= min_confidence)
+        pairs = [(qi, h.id) for (qi, h), up in zip(cands, lift) if up]
         if not pairs:
             return merged
         counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs])

@@ -27,11 +27,12 @@ from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limi
 from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.records import RecordLayout
 from shards.store import IdStore, hash_ids
-from shards.verify import inliers
+from shards.verify import KEYPOINT_BYTES, verify_blocks
 from shards.views import is_view
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, replay_batches
 
 _REPLAY_BATCH = 10_000
+_NO_KEYPOINTS = np.zeros(KEYPOINT_BYTES, np.uint8)
 
 
 class ShardActor:
@@ -274,15 +275,14 @@ class ShardActor:
         (``shards.verify``; one block, or (m, KEYPOINT_BYTES) blocks with ``which`` naming each
         id's block, or -1 for the best of all) -> each id's inlier count; None for an unknown id
         or one stored without keypoints (or on a shard that keeps none)."""
-        ids = check_ids(ids)
-        blocks, which = check_keypoint_blocks(keypoints, which, len(ids))
-        out: list[int | None] = []
-        items = self._store.get_ids(ids) if self.keypoint_bytes else [None] * len(ids)
-        for item, w in zip(items, which):
-            stored = None if item is None else self._layout.keypoints(item.code, self._blobs)
-            out.append(None if stored is None else
-                       max(inliers(b, stored) for b in (blocks if w < 0 else blocks[w:w + 1])))
-        return out
+        blocks, which = check_keypoint_blocks(keypoints, which, len(ids := check_ids(ids)))
+        return verify_blocks(blocks, which, self._layout.keypoints_of(self._store.get_ids(ids), self._blobs))
+
+    def keypoints(self, ids: list[str]) -> np.ndarray:
+        """The stored images' packed keypoints, (len(ids), KEYPOINT_BYTES) uint8, zeros where an
+        id is unknown or has none: batch jobs verify in their workers, not in this one process."""
+        kps = self._layout.keypoints_of(self._store.get_ids(check_ids(ids)), self._blobs)
+        return np.array([_NO_KEYPOINTS if k is None else k for k in kps], np.uint8).reshape(-1, KEYPOINT_BYTES)
 
     def records(self, after: int | None = None, limit: int = 256) -> dict:
         """A page of stored images (not their views) in key order, for batch jobs that walk

@@ -98,6 +98,10 @@ class RecordLayout:
         slot = self.slot(row)
         return None if slot is None else blobs.read(slot)
 
+    def keypoints_of(self, items: list, blobs: BlobLog | None) -> list[np.ndarray | None]:
+        """Stored items' packed keypoints; None for a missing item or one without keypoints."""
+        return [None if it is None or blobs is None else self.keypoints(it.code, blobs) for it in items]
+
     def to_rows(self, records: np.ndarray, blobs: BlobLog | None) -> np.ndarray:
         """Records -> store rows: keypoints go to the blob log, their slot into the row."""
         if not self.keypoint_bytes:

@@ -17,11 +17,14 @@ The packed layout (``KEYPOINT_BYTES``, ``pack``/``unpack``) is ``formats.keypoin
 """
 from __future__ import annotations
 
+from collections import defaultdict
+
 import cv2
 import faiss
 import numpy as np
 
-from formats.keypoints import KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack, unpack  # noqa: F401
+from formats.keypoints import (DESCRIPTOR_BYTES, KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack,  # noqa: F401
+                               unpack)
 
 RATIO = 0.85             # Lowe's ratio test on Hamming distances
 REPROJ_PX = 4.0          # RANSAC inlier threshold, pixels at KEYPOINT_SIDE
@@ -36,17 +39,68 @@ BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 6, 10, 16.0
 VERIFY_DEPTH = 20
 VERIFY_MORE = 80
 
+_FAR = np.iinfo(np.int32).max  # a distance no descriptor pair has
+
 cv2.setNumThreads(1)  # callers run many in parallel (Ray workers, Serve replicas)
 
 
 def inliers(query: np.ndarray | bytes, stored: np.ndarray | bytes) -> int:
     """How many of the query's keypoints one similarity transform (scale, rotation, offset) maps
     onto the stored image's matching keypoints: 0 for unrelated images, tens for copies."""
-    (q_xy, q_des), (s_xy, s_des) = unpack(query), unpack(stored)
-    if len(q_des) < MIN_MATCHES or len(s_des) < 2:
-        return 0
-    first, second, nearest = two_nearest(q_des, s_des)
-    good = _one_to_one(np.flatnonzero(first < RATIO * second), first, nearest)
+    return inliers_many(query, [stored])[0]
+
+
+def verify_blocks(blocks: np.ndarray, which: list[int], stored: list[np.ndarray | None]) -> list[int | None]:
+    """Each stored image's inliers (None where it has no keypoints) against its query block:
+    ``which[i]`` is a row of ``blocks``, or -1 for the best of all. Each block is matched
+    against all its images in one :func:`inliers_many`."""
+    rows: dict[int, list[int]] = defaultdict(list)  # block -> the images it verifies
+    for i, w in enumerate(which):
+        for b in (range(len(blocks)) if w < 0 else (w,)) if stored[i] is not None else ():
+            rows[b].append(i)
+    out: list[int | None] = [None] * len(stored)
+    for b, rs in rows.items():
+        for i, n in zip(rs, inliers_many(blocks[b], [stored[i] for i in rs])):
+            out[i] = n if out[i] is None else max(out[i], n)
+    return out
+
+
+def inliers_many(query: np.ndarray | bytes, stored: list[np.ndarray | bytes]) -> list[int]:
+    """:func:`inliers` of one query against several stored images. Their descriptors are
+    matched in one Hamming-distance call (FAISS ``hammings``, which runs without the GIL) and
+    their two nearest found in one pass, so a shard verifying many hits per query pays the
+    per-call overhead once, and concurrent calls run in parallel."""
+    q_xy, q_des = unpack(query)
+    sides = [unpack(s) for s in stored]
+    counts = np.array([len(des) for _, des in sides], np.int64)
+    if len(q_des) < MIN_MATCHES or not sides or counts.max() < 2:
+        return [0] * len(sides)
+    first, second, nearest = _two_nearest_each(q_des, [des for _, des in sides], int(counts.max()))
+    ok = first < RATIO * second
+    return [_geometric_inliers(q_xy, s_xy, first[:, j], nearest[:, j], ok[:, j]) if counts[j] >= 2 else 0
+            for j, (s_xy, _) in enumerate(sides)]
+
+
+def _two_nearest_each(q_des: np.ndarray, stored: list[np.ndarray], width: int):
+    """:func:`two_nearest` of the query against each stored set, as (m, len(stored)) arrays:
+    the sets padded to ``width`` rows, whose padding is never nearest."""
+    padded = np.zeros((len(stored), width, DESCRIPTOR_BYTES), np.uint8)
+    for j, des in enumerate(stored):
+        padded[j, :len(des)] = des
+    dist = hamming_matrix(q_des, padded.reshape(-1, DESCRIPTOR_BYTES)).reshape(len(q_des), len(stored), width)
+    dist[:, np.arange(width)[None, :] >= np.array([len(d) for d in stored])[:, None]] = _FAR
+    nearest = dist.argmin(axis=2)
+    first = np.take_along_axis(dist, nearest[..., None], 2)[..., 0]
+    np.put_along_axis(dist, nearest[..., None], _FAR, 2)
+    return first, dist.min(axis=2), nearest
+
+
+def _geometric_inliers(q_xy: np.ndarray, s_xy: np.ndarray, first: np.ndarray, nearest: np.ndarray,
+                       ok: np.ndarray) -> int:
+    """The inliers of one pair from each query keypoint's nearest stored one (distance, index)
+    and whether it passed the ratio test: one-to-one matches, counted under one RANSAC
+    similarity transform."""
+    good = _one_to_one(np.flatnonzero(ok), first, nearest)
     if len(good) < MIN_MATCHES:
         return 0
     # only the count is used: the transform is not refined (refining moves the model, not the mask)
@@ -55,21 +109,28 @@ def inliers(query: np.ndarray | bytes, stored: np.ndarray | bytes) -> int:
     return 0 if mask is None else int(mask.sum())
 
 
-def two_nearest(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each query descriptor's nearest and second-nearest Hamming distance to the stored ones,
-    and the nearest's index (the first of equals: a tie fails the ratio test anyway).
-
-    One full (m, n) distance matrix (FAISS ``hammings``) and two row minima: for a few hundred
-    descriptors a side, faster than FAISS's k-NN heap on one thread, with the same distances.
-    """
+def hamming_matrix(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """(m, n) Hamming distances between two sets of packed binary descriptors (FAISS
+    ``hammings``: for a few hundred descriptors a side, faster than its k-NN heap)."""
     query, stored = np.ascontiguousarray(query, np.uint8), np.ascontiguousarray(stored, np.uint8)
     dist = np.empty((len(query), len(stored)), np.int32)
     faiss.hammings(faiss.swig_ptr(query), faiss.swig_ptr(stored), len(query), len(stored),
                    query.shape[1], faiss.swig_ptr(dist))
-    rows = np.arange(len(query))
+    return dist
+
+
+def two_nearest(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query descriptor's nearest and second-nearest Hamming distance to the stored ones,
+    and the nearest's index (the first of equals: a tie fails the ratio test anyway)."""
+    return two_nearest_of(hamming_matrix(query, stored))
+
+
+def two_nearest_of(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`two_nearest` from a distance matrix, which it overwrites: two row minima."""
+    rows = np.arange(len(dist))
     nearest = dist.argmin(axis=1)
     first = dist[rows, nearest]
-    dist[rows, nearest] = np.iinfo(np.int32).max
+    dist[rows, nearest] = _FAR
     return first, dist.min(axis=1), nearest
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from encoders.keypoints import extract as extract_keypoints
 from encoders.registry import get_encoder
@@ -144,6 +145,14 @@ def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
     verified = router.verify(hits, extract_keypoints(crop), 3)
     assert verified[0].id == files[2].name and verified[0].inliers >= 40, verified
     assert all((h.inliers or 0) < 25 for h in verified[1:])
+    # a batch job's workers verify pairs themselves from the shard's stored keypoints: same counts
+    from rayapp.worker_verify import WorkerVerifyingRouter
+    pairs = [(0, h.id) for h in hits] + [(1, h.id) for h in hits] + [(0, "missing")]
+    queries = [extract_keypoints(crop), extract_keypoints(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
+    blocks = [queries[qi] for qi, _ in pairs]
+    in_shard = router.verify_pairs(pairs, blocks)
+    here = WorkerVerifyingRouter(ensure_shards(cfg), timeout_s=30, ref_views=1).verify_pairs(pairs, blocks)
+    assert here == in_shard and in_shard[0] >= 40 and in_shard[-1] is None
     kill_shards(cfg)
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 from encoders.keypoints import extract, extract_query
 from shards.actor import ShardActor
 from shards.vectors import records
-from shards.verify import (BONUS_FROM, BONUS_FULL, _one_to_one, KEYPOINT_BYTES, VERIFY_BONUS, inliers, pack, unpack,
-                           two_nearest, verify_bonus)
+from shards.verify import (BONUS_FROM, BONUS_FULL, _one_to_one, KEYPOINT_BYTES, VERIFY_BONUS, inliers, inliers_many,
+                           pack, unpack, two_nearest, verify_blocks, verify_bonus)
 from tests.helpers_images import jpeg_bytes
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
@@ -86,6 +86,22 @@ def test_two_nearest_agrees_with_faiss_knn(m, n):
     assert own.tolist() == first.tolist()
 
 
+def test_batched_matching_gives_each_pairs_own_count():
+    """One query against several stored sets at once (padded to one width, one distance call)
+    counts what each pair alone counts: fewer keypoints, too few to match, none at all."""
+    photos = [_photo(i) for i in range(4)]
+    query = extract(_jpeg(_corner_crop(photos[0], 0.45), 40))
+    full = extract(photos[0])
+    xy, des = unpack(full)
+    stored = [full, extract(photos[1]), pack(xy[:60], des[:60]), pack(xy[:1], des[:1]),
+              np.zeros(KEYPOINT_BYTES, np.uint8), extract(photos[0].resize((200, 150)))]
+    alone = [inliers(query, s) for s in stored]
+    assert inliers_many(query, stored) == alone and alone[0] >= 40 and alone[3] == alone[4] == 0
+    blocks = np.stack([query, extract(photos[2])])
+    got = verify_blocks(blocks, [0, 1, -1, 0], [stored[0], stored[0], stored[0], None])
+    assert got == [alone[0], inliers(blocks[1], stored[0]), max(alone[0], got[1]), None]
+
+
 def test_bonus_is_zero_then_linear_then_capped():
     assert verify_bonus(0) == 0 and verify_bonus(BONUS_FROM) == 0
     assert 0 < verify_bonus((BONUS_FROM + BONUS_FULL) // 2) < VERIFY_BONUS
@@ -104,6 +120,8 @@ def test_shard_stores_and_verifies_keypoints_across_restart(tmp_path):
     query = extract(_jpeg(_corner_crop(photos[0], 0.45), 40))
     got = shard.verify(["a", "b", "bare", "missing"], query)
     assert got[0] >= 40 and got[1] < 25 and got[2] is None and got[3] is None
+    stored = shard.keypoints(["b", "bare", "missing"])  # what a batch job's worker matches
+    assert np.array_equal(stored[0], kps[1]) and not stored[1:].any() and shard.keypoints([]).shape == (0, KEYPOINT_BYTES)
     assert shard.stats()["keypoint_bytes"] == KEYPOINT_BYTES
     # the side vector still scores search hits (the keypoints sit after it in the record)
     (hits,) = shard.search(codes[:1], k=3, vectors=vectors[:1])
