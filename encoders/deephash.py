@@ -25,11 +25,10 @@ from encoders.base import RUNTIMES, Encoder, pack_bits
 from encoders.dct_hash import dct_hash
 from encoders.registry import register
 from encoders.tta import check_mode
+from encoders.weights_files import (DEFAULT_BACKBONE, DEFAULT_BITS, LEGACY_MODEL_ID, WEIGHTS_DIR,  # noqa: F401
+                                    bundled_weights, model_id)
 from formats.vectors import SIDE_HASH_BYTES, quantize, with_side_hash
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_BACKBONE = "mobilenet_v3_small"
-DEFAULT_BITS = 128
 DEFAULT_INPUT_SIZE = 128
 FORMAT_VERSION = "1"
 MEAN = (0.485, 0.456, 0.406)
@@ -219,31 +218,6 @@ def load_model(path: str | Path) -> tuple[DeepHashNet, dict]:
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
     return model.eval(), meta
-
-
-# The bundled model before per-image input normalisation: indexes built before ``neardup.json``
-# named their model were built with it.
-LEGACY_MODEL_ID = "deephash:11cb8f3fa6fe0294"
-
-
-def model_id(weights: str | Path | None = None) -> str:
-    """``deephash:<first 16 hex of the weights file's sha256>``: codes are comparable only
-    between encoders with the same id (bundled weights when ``weights`` is None)."""
-    import hashlib
-    path = Path(weights) if weights is not None else bundled_weights()
-    return "deephash:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Path:
-    """Path of the bundled weights for (backbone, bits); FileNotFoundError if not shipped."""
-    path = WEIGHTS_DIR / f"deephash-{backbone or DEFAULT_BACKBONE}-{bits or DEFAULT_BITS}.safetensors"
-    if not path.is_file():
-        shipped = sorted(p.name for p in WEIGHTS_DIR.glob("deephash-*.safetensors"))
-        hint = ", ".join(shipped) if shipped else "none yet"
-        raise FileNotFoundError(
-            f"no bundled deephash weights {path.name} (shipped: {hint}); "
-            "train with `python -m encoders.train` and pass weights=PATH")
-    return path
 
 
 # ---------------------------------------------------------------- encoder

@@ -37,3 +37,17 @@ def unpack(packed: np.ndarray | bytes) -> tuple[np.ndarray, np.ndarray]:
     xy = buf[4:4 + 4 * m].view("<u2").reshape(m, 2).astype(np.float32) / _XY_SCALE
     start = 4 + 4 * KEYPOINTS
     return xy, buf[start:start + DESCRIPTOR_BYTES * m].reshape(m, DESCRIPTOR_BYTES)
+
+
+def unpack_many(packed: np.ndarray | list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Several packed blocks ((n, KEYPOINT_BYTES), or a list of blocks) -> ((n, KEYPOINTS, 2)
+    float32 positions, (n, KEYPOINTS, 32) uint8 descriptors, (n,) counts): each block's first
+    ``count`` rows are its keypoints, the rest zeros. Views of one array, no per-block copies."""
+    blocks = np.asarray(packed if isinstance(packed, np.ndarray) else
+                        [np.frombuffer(bytes(p), np.uint8) if not isinstance(p, np.ndarray) else p for p in packed],
+                        np.uint8).reshape(-1, KEYPOINT_BYTES)
+    counts = np.minimum(blocks[:, :2].copy().view("<u2")[:, 0], KEYPOINTS).astype(np.int64)
+    xy = blocks[:, 4:4 + 4 * KEYPOINTS].copy().view("<u2").reshape(-1, KEYPOINTS, 2).astype(np.float32) / _XY_SCALE
+    start = 4 + 4 * KEYPOINTS
+    return xy, blocks[:, start:start + DESCRIPTOR_BYTES * KEYPOINTS].reshape(-1, KEYPOINTS, DESCRIPTOR_BYTES), counts
+

@@ -175,7 +175,7 @@ def model_id(cfg: Config) -> str:
     """Which model made an index's codes: the encoder name, and for deephash its weights' hash."""
     if cfg.encoder.name != "deephash":
         return cfg.encoder.name
-    from encoders.deephash import model_id as deephash_id
+    from encoders.weights_files import model_id as deephash_id
     return deephash_id(cfg.encoder.weights)
 
 
@@ -191,8 +191,8 @@ def _check_model(have: dict, cfg: Config, where: Path) -> None:
     """Refuse to mix codes of two models: an index built before ``model`` was recorded holds the
     previous bundled deephash's codes."""
     stored = have.get("model") or have.get("encoder")
-    if not have.get("model") and stored == "deephash":  # imported only here: it brings in torch
-        from encoders.deephash import LEGACY_MODEL_ID
+    if not have.get("model") and stored == "deephash":
+        from encoders.weights_files import LEGACY_MODEL_ID
         stored = LEGACY_MODEL_ID
     current = model_id(cfg)
     if stored != current:

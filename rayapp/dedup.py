@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import ray
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -97,23 +98,23 @@ def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
     shards = get_shards(cfg)
     if not shards:
         raise click.ClickException(f"no shards are up for {cfg.storage.index_dir}")
-    enc = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights, device="cpu")
-    calibrated = "image" in confidence_curves(cfg)
+    calibrated = "image" in confidence_curves(cfg)  # the encoder is loaded only when it is not
     if not calibrated and opts.radius is None:
-        opts.radius = enc.default_radius
+        opts.radius = get_encoder(cfg.encoder.name, weights=cfg.encoder.weights, device="cpu").default_radius
+    bits = 8 * ray.get(shards[0].widths.remote(), timeout=opts.timeout_s)["code_bytes"]
     out = Path(opts.out_dir)
     parts = out / "parts"
     run_pages(cfg, load_plan(out, shards, opts), opts, parts)
     edges = _merge_edges(read_parts(parts, "edges", EDGE_SCHEMA))
     pq.write_table(pa.Table.from_pylist(edges, schema=EDGE_SCHEMA), out / "edges.parquet")
     images = {r["id"]: r for r in read_parts(parts, "images", IMAGE_SCHEMA).to_pylist()}
-    groups = star_groups([(e["a"], e["b"], _strength(e, enc.bits)) for e in edges],
+    groups = star_groups([(e["a"], e["b"], _strength(e, bits)) for e in edges],
                          {i: r["pixels"] for i, r in images.items()}, opts.support)
     write_groups(out, groups, images, calibrated)
     report = DedupReport(len(images), len(edges), groups, time.perf_counter() - t0, calibrated, str(out),
-                         sorted(images), enc.bits)
+                         sorted(images), bits)
     if opts.report:
-        _write_html(out, report, edges, images, opts, enc.name)
+        _write_html(out, report, edges, images, opts, cfg.encoder.name)
     return report
 
 

@@ -98,7 +98,7 @@ def fit_curve(ranks: np.ndarray, correct: np.ndarray, inliers: np.ndarray) -> tu
 def _calibrate(args, pairs: dict) -> dict:
     """Fit and save one curve per pipeline; report each curve's error on the data it was fit on."""
     from encoders import calibration
-    from encoders.deephash import model_id
+    from encoders.weights_files import model_id
     spec_weights = parse_spec(args.encoders[0])[1].get("weights")
     fitted = {name: fit_curve(*_pooled(pairs, spec)) for name, spec in _pipelines(args).items()}
     curves = {name: curve for name, (curve, _) in fitted.items()}

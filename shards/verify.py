@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from formats.keypoints import (DESCRIPTOR_BYTES, KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack,  # noqa: F401
-                               unpack)
+                               unpack, unpack_many)
 
 RATIO = 0.85             # Lowe's ratio test on Hamming distances
 REPROJ_PX = 4.0          # RANSAC inlier threshold, pixels at KEYPOINT_SIDE
@@ -65,30 +65,28 @@ def verify_blocks(blocks: np.ndarray, which: list[int], stored: list[np.ndarray 
     return out
 
 
-def inliers_many(query: np.ndarray | bytes, stored: list[np.ndarray | bytes]) -> list[int]:
-    """:func:`inliers` of one query against several stored images. Their descriptors are
-    matched in one Hamming-distance call (FAISS ``hammings``, which runs without the GIL) and
-    their two nearest found in one pass, so a shard verifying many hits per query pays the
-    per-call overhead once, and concurrent calls run in parallel."""
+def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list) -> list[int]:
+    """:func:`inliers` of one query against several stored images ((n, KEYPOINT_BYTES) blocks,
+    or a list of blocks). Their descriptors are matched in one Hamming-distance call (FAISS
+    ``hammings``, which runs without the GIL) and their two nearest found in one pass, so a
+    shard or a job verifying many hits per query pays the per-call overhead once, and
+    concurrent calls run in parallel."""
     q_xy, q_des = unpack(query)
-    sides = [unpack(s) for s in stored]
-    counts = np.array([len(des) for _, des in sides], np.int64)
-    if len(q_des) < MIN_MATCHES or not sides or counts.max() < 2:
-        return [0] * len(sides)
-    first, second, nearest = _two_nearest_each(q_des, [des for _, des in sides], int(counts.max()))
+    s_xy, s_des, counts = unpack_many(stored)
+    if len(q_des) < MIN_MATCHES or not len(counts) or counts.max() < 2:
+        return [0] * len(counts)
+    first, second, nearest = _two_nearest_each(q_des, s_des[:, :counts.max()], counts)
     ok = first < RATIO * second
-    return [_geometric_inliers(q_xy, s_xy, first[:, j], nearest[:, j], ok[:, j]) if counts[j] >= 2 else 0
-            for j, (s_xy, _) in enumerate(sides)]
+    return [_geometric_inliers(q_xy, s_xy[j], first[:, j], nearest[:, j], ok[:, j]) if counts[j] >= 2 else 0
+            for j in range(len(counts))]
 
 
-def _two_nearest_each(q_des: np.ndarray, stored: list[np.ndarray], width: int):
-    """:func:`two_nearest` of the query against each stored set, as (m, len(stored)) arrays:
-    the sets padded to ``width`` rows, whose padding is never nearest."""
-    padded = np.zeros((len(stored), width, DESCRIPTOR_BYTES), np.uint8)
-    for j, des in enumerate(stored):
-        padded[j, :len(des)] = des
-    dist = hamming_matrix(q_des, padded.reshape(-1, DESCRIPTOR_BYTES)).reshape(len(q_des), len(stored), width)
-    dist[:, np.arange(width)[None, :] >= np.array([len(d) for d in stored])[:, None]] = _FAR
+def _two_nearest_each(q_des: np.ndarray, stored: np.ndarray, counts: np.ndarray):
+    """:func:`two_nearest` of the query against each stored set ((n, width, 32), the first
+    ``counts[j]`` rows of set j its descriptors, the rest never nearest), as (m, n) arrays."""
+    n, width = stored.shape[:2]
+    dist = hamming_matrix(q_des, stored.reshape(-1, DESCRIPTOR_BYTES)).reshape(len(q_des), n, width)
+    dist[:, np.arange(width)[None, :] >= counts[:, None]] = _FAR
     nearest = dist.argmin(axis=2)
     first = np.take_along_axis(dist, nearest[..., None], 2)[..., 0]
     np.put_along_axis(dist, nearest[..., None], _FAR, 2)
