@@ -40,6 +40,7 @@ VERIFY_DEPTH = 20
 VERIFY_MORE = 80
 
 _FAR = np.iinfo(np.int32).max  # a distance no descriptor pair has
+MATCH_CHUNK = 24  # stored images matched per Hamming call: 6 MB of distances, a query's top 20 in one
 
 cv2.setNumThreads(1)  # callers run many in parallel (Ray workers, Serve replicas)
 
@@ -75,10 +76,14 @@ def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list) -> list[i
     s_xy, s_des, counts = unpack_many(stored)
     if len(q_des) < MIN_MATCHES or not len(counts) or counts.max() < 2:
         return [0] * len(counts)
-    first, second, nearest = _two_nearest_each(q_des, s_des[:, :counts.max()], counts)
-    ok = first < RATIO * second
-    return [_geometric_inliers(q_xy, s_xy[j], first[:, j], nearest[:, j], ok[:, j]) if counts[j] >= 2 else 0
-            for j in range(len(counts))]
+    out = []
+    for c in range(0, len(counts), MATCH_CHUNK):  # a few MB of distances at a time: in cache
+        part = slice(c, c + MATCH_CHUNK)
+        first, second, nearest = _two_nearest_each(q_des, s_des[part, :counts[part].max()], counts[part])
+        ok = first < RATIO * second
+        out += [_geometric_inliers(q_xy, s_xy[c + j], first[:, j], nearest[:, j], ok[:, j]) if n >= 2 else 0
+                for j, n in enumerate(counts[part])]
+    return out
 
 
 def _two_nearest_each(q_des: np.ndarray, stored: np.ndarray, counts: np.ndarray):
