@@ -6,9 +6,10 @@
 Each trial shrinks one photo to 40-70% of another's side and pastes it there (the independent
 edit suite's ``paste_into``, ``encoders.independent_composites``), both at most 320 px on the long
 side as the eval's benchmarks are. A trial counts as found when a crop the query searches has an
-intersection over union of at least 0.7 with the true box. Two rules run on the same trials: the
-frame's box first (the pasted-photo finder only when the frame finder does not fire; the
-baseline) and both finders' boxes when they differ (``encoders.tta.query_variants``).
+intersection over union of at least 0.7 with the true box. Three rules run on the same trials:
+the frame's box first (the pasted-photo finder only when the frame finder does not fire; the
+baseline), both finders' boxes when they differ, and those plus the pasted-photo finder's
+runners-up (``encoders.tta.PASTE_BOXES``; what ``encoders.tta.query_variants`` searches).
 """
 from __future__ import annotations
 
@@ -40,9 +41,10 @@ def _outcome(boxes: list, truth: tuple) -> str:
 def trial(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> dict[str, str]:
     """One pasted picture -> each rule's outcome: found, wrong (boxes, none right) or none."""
     out, truth = paste_into_box(img, rng, [other])
-    frame, pasted = content_boxes(Image.fromarray(out))
+    frame, pasted, more = content_boxes(Image.fromarray(out))
     both = [b for b in (frame, pasted) if b is not None]
-    return {"frame_first": _outcome(both[:1], truth), "both_boxes": _outcome(both, truth)}
+    return {"frame_first": _outcome(both[:1], truth), "both_boxes": _outcome(both, truth),
+            "with_runners_up": _outcome(both + more, truth)}
 
 
 def run(argv: list[str] | None = None) -> Path:
@@ -55,7 +57,7 @@ def run(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     paths = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     rng = np.random.default_rng(args.seed)
-    counts = {rule: {"found": 0, "wrong": 0, "none": 0} for rule in ("frame_first", "both_boxes")}
+    counts = {rule: {"found": 0, "wrong": 0, "none": 0} for rule in ("frame_first", "both_boxes", "with_runners_up")}
     for _ in range(args.n):
         a, b = rng.choice(len(paths), 2, replace=False)
         for rule, outcome in trial(_load(paths[a]), _load(paths[b]), rng).items():
@@ -63,7 +65,9 @@ def run(argv: list[str] | None = None) -> Path:
     result = {"machine": common.machine_info(), "photos": args.photos, "trials": args.n, "seed": args.seed,
               "found_iou": FOUND_IOU, "same_box_iou": SAME_BOX_IOU, **counts,
               "found_ratio_both_to_frame_first": round(counts["both_boxes"]["found"]
-                                                       / max(1, counts["frame_first"]["found"]), 3)}
+                                                       / max(1, counts["frame_first"]["found"]), 3),
+              "found_ratio_runners_up_to_both": round(counts["with_runners_up"]["found"]
+                                                      / max(1, counts["both_boxes"]["found"]), 3)}
     print({rule: counts[rule] for rule in counts}, flush=True)
     return common.write_json(Path(args.out_dir) / f"paste_finder_{common.today()}.json", result)
 

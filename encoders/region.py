@@ -30,6 +30,7 @@ MIN_MEAN_SUPPORT = 0.7  # mean share over the inner sides
 CANDIDATES = 8  # candidate columns and rows per axis
 MIN_SIDE = 0.22  # each side of the rectangle spans at least this share of the image's side
 MIN_AREA, MAX_AREA = 0.10, 0.85  # the rectangle's share of the image
+DISTINCT_IOU = 0.5  # a rectangle overlapping a better one this much is that one again
 
 
 def _small(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -77,9 +78,10 @@ def _side(runs: np.ndarray, line: np.ndarray, lo: np.ndarray, hi: np.ndarray) ->
     return (runs[line, hi] - runs[line, lo]) / np.maximum(1, hi - lo)
 
 
-def _best_box(vr: np.ndarray, hr: np.ndarray, xs: list[int], ys: list[int]) -> tuple | None:
-    """The best-scored rectangle over every pair of candidate columns and rows (first of equals
-    in row-major order of (column pair, row pair)), as (x0, y0, x1, y1) lines, or None."""
+def _best_boxes(vr: np.ndarray, hr: np.ndarray, xs: list[int], ys: list[int], k: int = 1) -> list[tuple]:
+    """The ``k`` best-scored distinct rectangles over every pair of candidate columns and rows
+    (first of equals in row-major order of (column pair, row pair)), as (x0, y0, x1, y1) lines;
+    a rectangle overlapping a better one by DISTINCT_IOU or more is that one again."""
     h, w = vr.shape[0], hr.shape[0]
     xl, yl = np.array(sorted(set(xs))), np.array(sorted(set(ys)))
     # every pair a < b of each, in ``itertools.combinations`` order
@@ -100,10 +102,22 @@ def _best_box(vr: np.ndarray, hr: np.ndarray, xs: list[int], ys: list[int]) -> t
         low = np.minimum(low, np.where(m, side, np.inf))
     score = total / np.maximum(count, 1)
     ok &= (count >= 3) & (low >= MIN_SUPPORT) & (score >= MIN_MEAN_SUPPORT) & (score > 0)
-    if not ok.any():
-        return None
-    i, j = np.unravel_index(np.argmax(np.where(ok, score, -1.0)), ok.shape)
-    return int(x0[i, 0]) + 1, int(y0[0, j]) + 1, int(x1[i, 0]) + 1, int(y1[0, j]) + 1
+    out: list[tuple] = []
+    ranked = np.argsort(-np.where(ok, score, -1.0).ravel(), kind="stable")
+    for i, j in zip(*np.unravel_index(ranked[:int(ok.sum())], ok.shape)):
+        box = (int(x0[i, 0]) + 1, int(y0[0, j]) + 1, int(x1[i, 0]) + 1, int(y1[0, j]) + 1)
+        if all(_iou(box, b) < DISTINCT_IOU for b in out):
+            out.append(box)
+        if len(out) == k:
+            break
+    return out
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
 
 
 def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
@@ -115,14 +129,19 @@ def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     >>> paste_box(bg)
     (60, 40, 156, 112)
     """
+    boxes = paste_boxes(img, 1)
+    return boxes[0] if boxes else None
+
+
+def paste_boxes(img: Image.Image, k: int) -> list[tuple[int, int, int, int]]:
+    """The ``k`` most likely boxes of a photo pasted into ``img``, best first, each a different
+    rectangle (:func:`paste_box` is the first): where the true sides are broken, the runner-up
+    is often the pasted photo."""
     rgb, scale = _small(img)
     h, w = rgb.shape[:2]
     vr, hr = _ridges(rgb), _ridges(rgb.transpose(1, 0, 2))  # vertical sides, horizontal sides
     xs = _peaks(vr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, w - 1]
     ys = _peaks(hr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, h - 1]
-    best = _best_box(vr, hr, xs, ys)
-    if best is None:
-        return None
     W, H = img.size
-    return (max(0, round(best[0] / scale)), max(0, round(best[1] / scale)),
-            min(W, round(best[2] / scale)), min(H, round(best[3] / scale)))
+    return [(max(0, round(b[0] / scale)), max(0, round(b[1] / scale)),
+             min(W, round(b[2] / scale)), min(H, round(b[3] / scale))) for b in _best_boxes(vr, hr, xs, ys, k)]

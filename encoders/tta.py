@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from encoders.frame import content_box
-from encoders.region import paste_box
+from encoders.region import paste_boxes
 from encoders.rotation import turn_angle, turned_back
 
 TTA_MODES = ("none", "flip", "flip_rot90", "flip_turns", "d4")
@@ -45,6 +45,9 @@ OUTSIDE_MIN_AREA = 0.25  # that part must hold at least this share of the query
 # When the frame and the pasted-photo finders both fire, boxes overlapping at least this much
 # (intersection over union) are one photo found twice; below it both crops are searched.
 SAME_BOX_IOU = 0.8
+# Boxes of the pasted-photo finder searched, best first: the runner-up is the pasted photo where
+# the best box is not (chosen on validation, see the model card).
+PASTE_BOXES = 2
 # Stored crops of an indexed image: name -> (side fraction kept, x and y anchor: 0 = left/top,
 # 0.5 = centred, 1 = right/bottom). On the held-out benchmark the centre crop alone lifted
 # centre-cropped copies from 0.35 to 0.88 recall@1 (mAP@100 0.886 -> 0.909) for one more code
@@ -116,10 +119,11 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
     ``view_names`` order): the framed or pasted photo's views and the upright view come only
     when their detector fires (``content="frame"`` looks for flat frames only, no pasted photo).
     When both finders fire on different boxes (a photo pasted onto a picture with flat areas
-    looks framed too), both crops are searched, each as ``content``."""
+    looks framed too), both crops are searched, each as ``content``, and so is the pasted-photo
+    finder's runner-up box (``PASTE_BOXES``)."""
     arrays, names = variants(preprocess(img)[None], mode), list(variant_names(mode))
-    frame, pasted = content_boxes(img, content)
-    for box in (b for b in (frame, pasted) if b is not None):
+    frame, pasted, more = content_boxes(img, content)
+    for box in [b for b in (frame, pasted) if b is not None] + more:
         inner = preprocess(img.crop(box))[None]
         arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
         names += ["content"] if mode == "none" else ["content", "content+flip"]
@@ -134,22 +138,25 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
     return arrays, names
 
 
-def content_boxes(img: Image.Image, content: bool | str = True) -> tuple[tuple | None, tuple | None]:
-    """(the flat frame's photo box, the pasted photo's box) of a query, each None where its
-    finder does not fire or does not run (``content`` False; "frame": no pasted-photo finder);
-    the pasted box is None too when it is the frame's photo found again (IoU >= SAME_BOX_IOU)."""
+def content_boxes(img: Image.Image, content: bool | str = True) -> tuple[tuple | None, tuple | None, list[tuple]]:
+    """(the flat frame's photo box, the pasted photo's box, the pasted-photo finder's runners-up)
+    of a query: the first two None where their finder does not fire or does not run (``content``
+    False; "frame": no pasted-photo finder). A pasted box that is the frame's photo found again
+    (IoU >= SAME_BOX_IOU) is left out, and when the best one is, the runners-up are too: the
+    two finders agree on the photo."""
     frame = content_box(img) if content else None
-    pasted = paste_box(img) if content and content != "frame" else None
-    if frame is not None and pasted is not None and box_iou(frame, pasted) >= SAME_BOX_IOU:
-        pasted = None  # one photo, found by both
-    return frame, pasted
+    boxes = paste_boxes(img, PASTE_BOXES) if content and content != "frame" else []
+    if frame is not None and boxes and box_iou(frame, boxes[0]) >= SAME_BOX_IOU:
+        return frame, None, []  # one photo, found by both
+    boxes = [b for b in boxes if frame is None or box_iou(frame, b) < SAME_BOX_IOU]
+    return frame, boxes[0] if boxes else None, boxes[1:]
 
 
 def most_views(mode: str, content: bool | str = True) -> int:
-    """The most views ``query_variants`` returns for one image: ``view_names``, plus a second
-    crop (and its mirror) when the frame and pasted-photo finders fire on different boxes."""
-    second = (1 if mode == "none" else 2) if content and content != "frame" else 0
-    return len(view_names(mode, bool(content))) + second
+    """The most views ``query_variants`` returns for one image: ``view_names``, plus a crop
+    (and its mirror) per further box when the finders fire on different boxes."""
+    more = (1 if mode == "none" else 2) * PASTE_BOXES if content and content != "frame" else 0
+    return len(view_names(mode, bool(content))) + more
 
 
 def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
