@@ -79,6 +79,9 @@ def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list) -> list[i
     out = []
     for c in range(0, len(counts), MATCH_CHUNK):  # a few MB of distances at a time: in cache
         part = slice(c, c + MATCH_CHUNK)
+        if counts[part].max() < 2:
+            out += [0] * len(counts[part])
+            continue
         first, second, nearest = _two_nearest_each(q_des, s_des[part, :counts[part].max()], counts[part])
         ok = first < RATIO * second
         out += [_geometric_inliers(q_xy, s_xy[c + j], first[:, j], nearest[:, j], ok[:, j]) if n >= 2 else 0
