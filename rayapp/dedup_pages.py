@@ -80,7 +80,8 @@ def _write_part(path: Path, rows: list[dict], schema: pa.Schema) -> None:
 
 class DedupWorker:
     """A Ray actor that searches pages of stored images: it holds one router and Searcher, so
-    imports, shard lookups and the calibration curve are paid once, not per page."""
+    imports, shard lookups and the calibration curve are paid once, not per page. Its router
+    verifies hits in this worker (``rayapp.worker_verify``), so verification uses every core."""
 
     def __init__(self, cfg_dict: dict, opts_dict: dict):
         from rayapp.cluster import confidence_curves, get_shards
