@@ -127,10 +127,11 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
         inner = preprocess(img.crop(box))[None]
         arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
         names += ["content"] if mode == "none" else ["content", "content+flip"]
-    rest = outside_box(img.size, pasted) if pasted is not None else None
-    if rest is not None:
-        arrays.append(preprocess(img.crop(rest))[None])
-        names.append("outside")
+    for box in ([pasted] + more) if pasted is not None else []:
+        rest = outside_box(img.size, box)
+        if rest is not None:
+            arrays.append(preprocess(img.crop(rest))[None])
+            names.append("outside")
     theta = turn_angle(img) if content else None
     if theta is not None:
         arrays.append(preprocess(turned_back(img, theta))[None])
@@ -154,8 +155,10 @@ def content_boxes(img: Image.Image, content: bool | str = True) -> tuple[tuple |
 
 def most_views(mode: str, content: bool | str = True) -> int:
     """The most views ``query_variants`` returns for one image: ``view_names``, plus a crop
-    (and its mirror) per further box when the finders fire on different boxes."""
-    more = (1 if mode == "none" else 2) * PASTE_BOXES if content and content != "frame" else 0
+    (and its mirror) per further box when the finders fire on different boxes, and the outside
+    strip of each pasted-photo box after the first."""
+    crops = 1 if mode == "none" else 2
+    more = crops * PASTE_BOXES + PASTE_BOXES - 1 if content and content != "frame" else 0
     return len(view_names(mode, bool(content))) + more
 
 
