@@ -106,18 +106,24 @@ def _best_boxes(vr: np.ndarray, hr: np.ndarray, xs: list[int], ys: list[int], k:
     ranked = np.argsort(-np.where(ok, score, -1.0).ravel(), kind="stable")
     for i, j in zip(*np.unravel_index(ranked[:int(ok.sum())], ok.shape)):
         box = (int(x0[i, 0]) + 1, int(y0[0, j]) + 1, int(x1[i, 0]) + 1, int(y1[0, j]) + 1)
-        if all(_iou(box, b) < DISTINCT_IOU for b in out):
+        if all(box_iou(box, b) < DISTINCT_IOU for b in out):
             out.append(box)
         if len(out) == k:
             break
     return out
 
 
-def _iou(a: tuple, b: tuple) -> float:
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes.
+
+    >>> box_iou((0, 0, 10, 10), (5, 0, 15, 10))
+    0.3333333333333333
+    """
     w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:

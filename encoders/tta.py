@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from encoders.frame import content_box
-from encoders.region import paste_boxes
+from encoders.region import box_iou, paste_boxes
 from encoders.rotation import turn_angle, turned_back
 
 TTA_MODES = ("none", "flip", "flip_rot90", "flip_turns", "d4")
@@ -160,19 +160,6 @@ def most_views(mode: str, content: bool | str = True) -> int:
     crops = 1 if mode == "none" else 2
     more = crops * PASTE_BOXES + PASTE_BOXES - 1 if content and content != "frame" else 0
     return len(view_names(mode, bool(content))) + more
-
-
-def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection over union of two (left, top, right, bottom) boxes.
-
-    >>> box_iou((0, 0, 10, 10), (5, 0, 15, 10))
-    0.3333333333333333
-    """
-    w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def outside_box(size: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
