@@ -33,10 +33,8 @@ def unpack(packed: np.ndarray | bytes) -> tuple[np.ndarray, np.ndarray]:
     buf = np.frombuffer(bytes(packed), np.uint8) if not isinstance(packed, np.ndarray) else packed
     if len(buf) != KEYPOINT_BYTES:
         raise ValueError(f"keypoints must be {KEYPOINT_BYTES} bytes, got {len(buf)}")
-    m = min(int(buf[:2].view("<u2")[0]), KEYPOINTS)
-    xy = buf[4:4 + 4 * m].view("<u2").reshape(m, 2).astype(np.float32) / _XY_SCALE
-    start = 4 + 4 * KEYPOINTS
-    return xy, buf[start:start + DESCRIPTOR_BYTES * m].reshape(m, DESCRIPTOR_BYTES)
+    (xy,), (descriptors,), (m,) = unpack_many(buf[None])
+    return xy[:m], descriptors[:m]
 
 
 def unpack_many(packed: np.ndarray | list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -79,10 +79,11 @@ def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list) -> list[i
     out = []
     for c in range(0, len(counts), MATCH_CHUNK):  # a few MB of distances at a time: in cache
         part = slice(c, c + MATCH_CHUNK)
-        if counts[part].max() < 2:
+        width = int(counts[part].max())
+        if width < 2:
             out += [0] * len(counts[part])
             continue
-        first, second, nearest = _two_nearest_each(q_des, s_des[part, :counts[part].max()], counts[part])
+        first, second, nearest = _two_nearest_each(q_des, s_des[part, :width], counts[part])
         ok = first < RATIO * second
         out += [_geometric_inliers(q_xy, s_xy[c + j], first[:, j], nearest[:, j], ok[:, j]) if n >= 2 else 0
                 for j, n in enumerate(counts[part])]
@@ -127,17 +128,10 @@ def hamming_matrix(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
 
 def two_nearest(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each query descriptor's nearest and second-nearest Hamming distance to the stored ones,
-    and the nearest's index (the first of equals: a tie fails the ratio test anyway)."""
-    return two_nearest_of(hamming_matrix(query, stored))
-
-
-def two_nearest_of(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`two_nearest` from a distance matrix, which it overwrites: two row minima."""
-    rows = np.arange(len(dist))
-    nearest = dist.argmin(axis=1)
-    first = dist[rows, nearest]
-    dist[rows, nearest] = _FAR
-    return first, dist.min(axis=1), nearest
+    and the nearest's index (the first of equals: a tie fails the ratio test anyway): what
+    :func:`inliers_many` computes for each stored image, for one."""
+    first, second, nearest = _two_nearest_each(query, np.asarray(stored)[None], np.array([len(stored)]))
+    return first[:, 0], second[:, 0], nearest[:, 0]
 
 
 def _one_to_one(good: np.ndarray, dist: np.ndarray, nearest: np.ndarray) -> np.ndarray:
