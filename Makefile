@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cpu,test,bench]'
+	$(PY) -m pip install -q -e '.[cpu,test,bench,eval]'
 	# compile the mihc query kernel once, into numba's disk cache (else the first query does)
 	$(PY) -c 'from shards.index import make_index; make_index("mihc").warm_up()'
 	touch $(STAMP)

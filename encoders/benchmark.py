@@ -3,6 +3,8 @@
 - ``own``: the training suite's families (``encoders.augment``) at their evaluation strength.
 - ``independent``: ``encoders.independent_edits``, written apart from training (albumentations
   and OpenCV), at the strengths users apply; the suite every constant is chosen on.
+- ``augly``: ``encoders.augly_edits``, the same kinds of edit drawn by AugLy, the library the
+  DISC21 queries were made with: a third implementation, to check that nothing fits one.
 
 A third suite, ``lookalike`` (``encoders.lookalikes``), holds no copies: each query is the other
 half of a stored half photo, a hard negative for the confidence curves.
@@ -22,12 +24,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from encoders import independent_edits, lookalikes
+from encoders import augly_edits, independent_edits, lookalikes
 from encoders.augment import COMBOS, FAMILIES, apply_family
 from encoders.decode import iter_image_files, load_image
 
 ALL_FAMILIES = tuple(FAMILIES) + tuple(COMBOS)
-SUITES = {"own": ALL_FAMILIES, "independent": independent_edits.FAMILIES, lookalikes.FAMILY: (lookalikes.FAMILY,)}
+#: The suites whose edits take an RGB array, a rng and the pool of other photos.
+_ARRAY_SUITES = {"independent": independent_edits, "augly": augly_edits}
+SUITES = {"own": ALL_FAMILIES, **{name: m.FAMILIES for name, m in _ARRAY_SUITES.items()},
+          lookalikes.FAMILY: (lookalikes.FAMILY,)}
 EDIT_SUITES = ("own", "independent")  # the suites with copies, scored by default
 #: Which non-indexed photo each composite query shows (pasted around or over its copy): two
 #: copies that show the same one share content without sharing a source.
@@ -66,13 +71,13 @@ def _editor(suite: str, pool: list[Path]):
     as a user's copies do."""
     if suite == "own":
         return lambda src, fam, rng: (apply_family(fam, load_image(src, work_side=None), rng, strength=1.0), [], [fam])
-    if suite != "independent":
+    if suite not in _ARRAY_SUITES:
         raise ValueError(f"unknown edit suite {suite!r}; choose from {list(SUITES)}")
-    others = _TakenFrom([np.asarray(load_image(p)) for p in pool])
+    others, module = _TakenFrom([np.asarray(load_image(p)) for p in pool]), _ARRAY_SUITES[suite]
 
     def edit(src: Path, fam: str, rng: np.random.Generator) -> tuple[Image.Image, list[str], list[str]]:
         others.taken.clear()
-        out, singles = independent_edits.apply(fam, np.asarray(load_image(src, work_side=None)), rng, others)
+        out, singles = module.apply(fam, np.asarray(load_image(src, work_side=None)), rng, others)
         return Image.fromarray(out), [pool[i].name for i in others.taken], singles
     return edit
 

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 SIZE = 160  # the long side the test works at
 TOLERANCE = 20.0  # max channel difference that still counts as the background colour
+BAR_FLAT = 0.95  # share of a line's pixels near its colour for the line to be part of a bar
 
 
 def _small(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -122,3 +123,42 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     w, h = img.size
     return (max(0, round(xs.start / scale)), max(0, round(ys.start / scale)),
             min(w, round(xs.stop / scale)), min(h, round(ys.stop / scale)))
+
+
+def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """``box`` (a :func:`content_box`) less a letterbox or pillarbox inside it: a photo fitted into a slot of another
+    shape (a screenshot's post, a video player) sits between two flat bars of one colour, one
+    each side, of about the same width. One-sided flat edges (a sky, a studio backdrop) stay.
+
+    >>> slot = Image.new("RGB", (320, 200), "black")
+    >>> slot.paste(Image.effect_noise((100, 200), 60).convert("RGB"), (110, 0))
+    >>> without_bars(slot, (0, 0, 320, 200))
+    (108, 0, 212, 200)
+    """
+    a, scale = _small(img.crop(box))
+    left, top, right, bottom = box
+    for lines, vertical in ((a.transpose(1, 0, 2), True), (a, False)):
+        first, last = _flat_run(lines), _flat_run(lines[::-1])
+        size = len(lines)
+        if min(first[0], last[0]) < 2 or first[0] + last[0] > 0.8 * size or abs(first[0] - last[0]) > 0.25 * size \
+                or np.abs(first[1] - last[1]).max() > TOLERANCE:
+            continue
+        cut_a, cut_b = round(first[0] / scale), round(last[0] / scale)
+        if vertical:
+            left, right = left + cut_a, right - cut_b
+        else:
+            top, bottom = top + cut_a, bottom - cut_b
+    return left, top, right, bottom
+
+
+def _flat_run(lines: np.ndarray, margin: int = 2) -> tuple[int, np.ndarray]:
+    """How many leading lines of ``lines`` ((n, length, 3)) are one flat bar, and its colour. The
+    bar may start after up to ``margin`` lines of another colour (a slot's own thin outline)."""
+    for start in range(min(margin + 1, len(lines))):
+        colour = np.median(lines[start], axis=0)
+        n = start
+        while n < len(lines) and (channel_max(np.abs(lines[n] - colour)) <= TOLERANCE).mean() >= BAR_FLAT:
+            n += 1
+        if n - start >= 2:
+            return n, colour
+    return 0, np.median(lines[0], axis=0)

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from encoders.frame import content_box
+from encoders.frame import content_box, without_bars
 from encoders.region import box_iou, paste_boxes
 from encoders.rotation import turn_angle, turned_back
 
@@ -144,13 +144,15 @@ def content_boxes(img: Image.Image, content: bool | str = True) -> tuple[tuple |
     of a query: the first two None where their finder does not fire or does not run (``content``
     False; "frame": no pasted-photo finder). A pasted box that is the frame's photo found again
     (IoU >= SAME_BOX_IOU) is left out, and when the best one is, the runners-up are too: the
-    two finders agree on the photo."""
+    two finders agree on the photo. The frame's box is compared as found, then searched without
+    the letterbox bars inside it (``encoders.frame.without_bars``)."""
     frame = content_box(img) if content else None
     boxes = paste_boxes(img, PASTE_BOXES) if content and content != "frame" else []
+    trimmed = None if frame is None else without_bars(img, frame)
     if frame is not None and boxes and box_iou(frame, boxes[0]) >= SAME_BOX_IOU:
-        return frame, None, []  # one photo, found by both
+        return trimmed, None, []  # one photo, found by both
     boxes = [b for b in boxes if frame is None or box_iou(frame, b) < SAME_BOX_IOU]
-    return frame, boxes[0] if boxes else None, boxes[1:]
+    return trimmed, boxes[0] if boxes else None, boxes[1:]
 
 
 def most_views(mode: str, content: bool | str = True) -> int:

@@ -101,3 +101,21 @@ def test_fast_opening_and_channel_max_equal_the_plain_numpy_and_scipy(h, w, seed
     assert np.array_equal(_opened(mask), ndimage.binary_opening(mask, structure=np.ones((5, 5), bool)))
     pixels = rng.integers(-300, 300, (h, w, 3)).astype(np.int16)
     assert np.array_equal(channel_max(pixels), pixels.max(axis=-1))
+
+
+def test_a_pillarboxed_photo_in_a_post_is_searched_without_its_bars():
+    """A portrait photo fitted into a landscape slot of a post sits between two black bars: the
+    framed-photo view is the photo alone, and one-sided flat edges (a backdrop) stay."""
+    from encoders.frame import without_bars
+    from encoders.tta import content_boxes
+    photo = Image.open(SCENES[0]).convert("RGB").resize((150, 220))
+    slot = Image.new("RGB", (330, 220), "black")
+    slot.paste(photo, (90, 0))
+    post = Image.new("RGB", (420, 420), (250, 250, 250))
+    ImageDraw.Draw(post).rectangle((0, 0, 420, 40), fill=(59, 89, 152))  # the app's title bar
+    post.paste(slot, (45, 130))
+    frame, pasted, more = content_boxes(as_jpeg(post), "frame")
+    assert iou(frame, (135, 130, 285, 350)) >= 0.9, frame
+    backdrop = Image.new("RGB", (300, 200), (240, 240, 240))
+    backdrop.paste(photo.resize((150, 200)), (150, 0))  # flat on the left only
+    assert without_bars(backdrop, (0, 0, 300, 200)) == (0, 0, 300, 200)
