@@ -90,13 +90,18 @@ def emoji(img, rng, others):
 
 
 def text(img, rng, others):
-    """A line of random characters in one of AugLy's fonts."""
+    """A line of random characters in one of AugLy's fonts (another font where Pillow's text
+    layout refuses one: a few of AugLy's fonts fail under libraqm)."""
     fonts = sorted(p for p in (_assets() / "fonts").glob("*.ttf") if p.with_suffix(".pkl").exists())
-    font = fonts[int(rng.integers(0, len(fonts)))]
     chars = [int(c) for c in rng.integers(0, 100, int(rng.integers(5, 15)))]
-    return _augly().overlay_text(img, text=chars, font_file=str(font), font_size=_u(rng, 0.1, 0.25),
-                                 opacity=_u(rng, 0.6, 1.0), color=_colour(rng),
-                                 x_pos=_u(rng, 0, 0.4), y_pos=_u(rng, 0, 0.8))
+    size, alpha, colour, x, y = _u(rng, 0.1, 0.25), _u(rng, 0.6, 1.0), _colour(rng), _u(rng, 0, 0.4), _u(rng, 0, 0.8)
+    for font in rng.choice(fonts, size=8, replace=False):
+        try:
+            return _augly().overlay_text(img, text=chars, font_file=str(font), font_size=size, opacity=alpha,
+                                         color=colour, x_pos=x, y_pos=y)
+        except (OSError, RuntimeError):
+            continue
+    raise OSError("no AugLy font could lay out the text")
 
 
 def stripes(img, rng, others):
