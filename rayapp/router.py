@@ -293,20 +293,23 @@ class ShardRouter:
             plan[s] = (rs, [str(pairs[r][1]) for r in rs], np.stack(blocks), [where[pairs[r][0]] for r in rs])
         return plan
 
-    async def averify_pairs(self, pairs: list[tuple[int, str]],
-                            keypoints: list[np.ndarray]) -> list[int | None]:
+    async def averify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray],
+                            at_least: list[int] | None = None) -> list[int | None]:
         """Batch verification for jobs: each (query, stored id) pair against its query's
         keypoints (``keypoints[i]`` for pair i), in one call per owning shard -> each pair's
-        inlier count (None: not verified; a shard that fails leaves its pairs None)."""
+        inlier count (None: not verified; a shard that fails leaves its pairs None).
+        ``at_least[i]``: the fewest inliers that matter for pair i, under which a count may be
+        answered 0 (``shards.verify.inliers_many``); the shards count exactly."""
         plan = self._pair_blocks(pairs, keypoints)
         refs = {s: self.pool.read(s, "verify", ids, blocks.tobytes(), which)
                 for s, (_, ids, blocks, which) in plan.items()}
         results, _ = await self.pool.gather(refs, self.timeout_s)
         return pair_counts(len(pairs), plan, results)
 
-    def verify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray]) -> list[int | None]:
+    def verify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray],
+                     at_least: list[int] | None = None) -> list[int | None]:
         """:meth:`averify_pairs`, waited for."""
-        return run_sync(self.averify_pairs(pairs, keypoints))
+        return run_sync(self.averify_pairs(pairs, keypoints, at_least))
 
     # ---- writes -----------------------------------------------------------------------
     async def aadd(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,

@@ -29,7 +29,7 @@ from rayapp.config import QueryConfig
 from rayapp.hits import Hit
 from rayapp.ranking import inlier_counts, order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
-from shards.verify import KEYPOINTS, VERIFY_BONUS, confirmed
+from shards.verify import KEYPOINTS, VERIFY_BONUS, confirmed, verify_bonus
 
 
 class NeedsCalibration(ValueError):
@@ -150,7 +150,9 @@ class Searcher:
 
         Only hits that verification could lift to ``min_confidence`` are verified (under it
         now, within the full credit of it): a hit already above the floor keeps its confidence
-        before verification, a lower bound. Queries must share their view layout and kind.
+        before verification, a lower bound. A pair without enough keypoint matches to reach the
+        floor skips RANSAC (``fewest_inliers``), so a hit left under the floor may show 0
+        inliers. Queries must share their view layout and kind.
         """
         if not queries:
             return []
@@ -180,11 +182,26 @@ class Searcher:
         pairs = [(qi, h.id) for (qi, h), up in zip(cands, lift) if up]
         if not pairs:
             return merged
-        counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs])
+        need = fewest_inliers(curve, ranks[lift], min_confidence)
+        counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs], need.tolist())
         by_query: list[dict[str, int | None]] = [{} for _ in merged]
         for (qi, item_id), n in zip(pairs, counts):
             by_query[qi][item_id] = n
         return [with_inliers(hits, c) if c else hits for hits, c in zip(merged, by_query)]
+
+
+def fewest_inliers(curve, ranks: np.ndarray, min_confidence: float) -> np.ndarray:
+    """For unverified hits at ``ranks``, the fewest verified keypoints that lift each to
+    ``min_confidence`` (credit and confidence grow with the count; ``KEYPOINTS`` is known to): a
+    batch job need not count a pair's inliers exactly below that (``inliers_many``'s ``at_least``)."""
+    def lifted(n: np.ndarray) -> np.ndarray:
+        return curve(ranks - verify_bonus(n), n.astype(np.float64)) >= min_confidence
+    lo, hi = np.full(len(ranks), -1), np.full(len(ranks), KEYPOINTS)  # lo never lifts, hi does
+    while (hi - lo > 1).any():
+        mid = (lo + hi) // 2
+        up, open_ = lifted(mid), hi - lo > 1
+        hi, lo = np.where(open_ & up, mid, hi), np.where(open_ & ~up, mid, lo)
+    return hi
 
 
 def encode_query(encoder, img, query: QueryConfig, rank: str | None = None, tta: str | None = None,

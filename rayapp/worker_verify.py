@@ -21,13 +21,15 @@ from shards.verify import verify_blocks
 class WorkerVerifyingRouter(ShardRouter):
     """A :class:`ShardRouter` whose batch verification (``averify_pairs``) runs in this process."""
 
-    async def averify_pairs(self, pairs: list[tuple[int, str]],
-                            keypoints: list[np.ndarray]) -> list[int | None]:
+    async def averify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray],
+                            at_least: list[int] | None = None) -> list[int | None]:
         """:meth:`ShardRouter.averify_pairs`, matched here: one keypoints call per owning shard
-        (a shard that fails leaves its pairs None)."""
+        (a shard that fails leaves its pairs None); pairs that cannot reach ``at_least[i]``
+        inliers skip RANSAC."""
         plan = self._pair_blocks(pairs, keypoints)
         refs = {s: self.pool.read(s, "keypoints", ids) for s, (_, ids, _, _) in plan.items()}
         stored, _ = await self.pool.gather(refs, self.timeout_s)
-        results = {s: verify_blocks(plan[s][2], plan[s][3], [k if k[:2].any() else None for k in kps])
+        results = {s: verify_blocks(plan[s][2], plan[s][3], [k if k[:2].any() else None for k in kps],
+                                    None if at_least is None else [at_least[r] for r in plan[s][0]])
                    for s, kps in stored.items()}
         return pair_counts(len(pairs), plan, results)

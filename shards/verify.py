@@ -18,6 +18,7 @@ The packed layout (``KEYPOINT_BYTES``, ``pack``/``unpack``) is ``formats.keypoin
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Sequence
 
 import cv2
 import faiss
@@ -40,6 +41,8 @@ VERIFY_DEPTH = 20
 VERIFY_MORE = 80
 
 _FAR = np.iinfo(np.int32).max  # a distance no descriptor pair has
+MISS = 1e-4  # chance that the short RANSAC of a batch job misses a pair that reaches its floor
+MIN_DRAWS = 20  # its fewest draws: a sample of two true matches may still miss a few of the rest
 MATCH_CHUNK = 24  # stored images matched per Hamming call: 6 MB of distances, a query's top 20 in one
 
 cv2.setNumThreads(1)  # callers run many in parallel (Ray workers, Serve replicas)
@@ -51,27 +54,35 @@ def inliers(query: np.ndarray | bytes, stored: np.ndarray | bytes) -> int:
     return inliers_many(query, [stored])[0]
 
 
-def verify_blocks(blocks: np.ndarray, which: list[int], stored: list[np.ndarray | None]) -> list[int | None]:
+def verify_blocks(blocks: np.ndarray, which: list[int], stored: list[np.ndarray | None],
+                  at_least: Sequence[int] | None = None) -> list[int | None]:
     """Each stored image's inliers (None where it has no keypoints) against its query block:
     ``which[i]`` is a row of ``blocks``, or -1 for the best of all. Each block is matched
-    against all its images in one :func:`inliers_many`."""
+    against all its images in one :func:`inliers_many` (``at_least[i]``: see there)."""
     rows: dict[int, list[int]] = defaultdict(list)  # block -> the images it verifies
     for i, w in enumerate(which):
         for b in (range(len(blocks)) if w < 0 else (w,)) if stored[i] is not None else ():
             rows[b].append(i)
     out: list[int | None] = [None] * len(stored)
     for b, rs in rows.items():
-        for i, n in zip(rs, inliers_many(blocks[b], [stored[i] for i in rs])):
+        need = None if at_least is None else [at_least[i] for i in rs]
+        for i, n in zip(rs, inliers_many(blocks[b], [stored[i] for i in rs], need)):
             out[i] = n if out[i] is None else max(out[i], n)
     return out
 
 
-def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list) -> list[int]:
+def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list,
+                 at_least: Sequence[int] | None = None) -> list[int]:
     """:func:`inliers` of one query against several stored images ((n, KEYPOINT_BYTES) blocks,
     or a list of blocks). Their descriptors are matched in one Hamming-distance call (FAISS
     ``hammings``, which runs without the GIL) and their two nearest found in one pass, so a
     shard or a job verifying many hits per query pays the per-call overhead once, and
-    concurrent calls run in parallel."""
+    concurrent calls run in parallel.
+
+    ``at_least[j]``: the fewest inliers that would change what the caller does with image j (a
+    batch job keeps only hits verification lifts over its confidence floor). Where image j has
+    fewer one-to-one matches than that, its inliers cannot reach it either, so RANSAC is skipped
+    and 0 is returned."""
     q_xy, q_des = unpack(query)
     s_xy, s_des, counts = unpack_many(stored)
     if len(q_des) < MIN_MATCHES or not len(counts) or counts.max() < 2:
@@ -85,8 +96,9 @@ def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list) -> list[i
             continue
         first, second, nearest = _two_nearest_each(q_des, s_des[part, :width], counts[part])
         ok = first < RATIO * second
-        out += [_geometric_inliers(q_xy, s_xy[c + j], first[:, j], nearest[:, j], ok[:, j]) if n >= 2 else 0
-                for j, n in enumerate(counts[part])]
+        out += [_geometric_inliers(q_xy, s_xy[c + j], first[:, j], nearest[:, j], ok[:, j],
+                                   MIN_MATCHES if at_least is None else max(MIN_MATCHES, at_least[c + j]))
+                if n >= 2 else 0 for j, n in enumerate(counts[part])]
     return out
 
 
@@ -103,17 +115,33 @@ def _two_nearest_each(q_des: np.ndarray, stored: np.ndarray, counts: np.ndarray)
 
 
 def _geometric_inliers(q_xy: np.ndarray, s_xy: np.ndarray, first: np.ndarray, nearest: np.ndarray,
-                       ok: np.ndarray) -> int:
+                       ok: np.ndarray, at_least: int = MIN_MATCHES) -> int:
     """The inliers of one pair from each query keypoint's nearest stored one (distance, index)
     and whether it passed the ratio test: one-to-one matches, counted under one RANSAC
-    similarity transform."""
+    similarity transform (0 when there are fewer than ``at_least`` matches)."""
     good = _one_to_one(np.flatnonzero(ok), first, nearest)
-    if len(good) < MIN_MATCHES:
+    if len(good) < at_least:
         return 0
-    # only the count is used: the transform is not refined (refining moves the model, not the mask)
-    _, mask = cv2.estimateAffinePartial2D(q_xy[good], s_xy[nearest[good]], method=cv2.RANSAC,
-                                          ransacReprojThreshold=REPROJ_PX, refineIters=0)
+    src, dst = q_xy[good], s_xy[nearest[good]]
+    if at_least > MIN_MATCHES and _ransac(src, dst, _draws_to_find(at_least, len(good))) < at_least:
+        return 0  # a short search found no transform that at_least of the matches agree on
+    return _ransac(src, dst)
+
+
+def _ransac(src: np.ndarray, dst: np.ndarray, max_iters: int = 2000) -> int:
+    """Matches one RANSAC similarity transform explains (only the count is used: the transform
+    is not refined, as refining moves the model, not the mask)."""
+    _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJ_PX,
+                                          maxIters=max_iters, refineIters=0)
     return 0 if mask is None else int(mask.sum())
+
+
+def _draws_to_find(at_least: int, matches: int) -> int:
+    """RANSAC draws (two matches each) that find a transform ``at_least`` of ``matches`` agree on,
+    if there is one, with all but ``MISS`` probability: fewer than its default 2,000 when the
+    share is large, so a batch job rules out most pairs cheaply."""
+    share = min(at_least / matches, 0.99)
+    return int(min(2000, max(MIN_DRAWS, np.ceil(np.log(MISS) / np.log1p(-share * share)))))
 
 
 def hamming_matrix(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
@@ -147,9 +175,12 @@ def confirmed(n_inliers: int | None) -> bool:
     return n_inliers is not None and n_inliers >= BONUS_FULL
 
 
-def verify_bonus(n_inliers: int, first: int = BONUS_FROM, full: int = BONUS_FULL,
-                 bonus: float = VERIFY_BONUS) -> float:
+def verify_bonus(n_inliers: int | np.ndarray, first: int = BONUS_FROM, full: int = BONUS_FULL,
+                 bonus: float = VERIFY_BONUS) -> float | np.ndarray:
     """Distance credit for a verified hit: 0 up to ``first`` inliers, ``bonus`` from ``full``
-    on, linear between (the shipped rule by default; ``bench.tune_views`` sweeps the three)."""
+    on, linear between (the shipped rule by default; ``bench.tune_views`` sweeps the three).
+    An array of counts gives an array of credits."""
     frac = (n_inliers - first) / float(full - first)
+    if isinstance(frac, np.ndarray):
+        return bonus * np.clip(frac, 0.0, 1.0)
     return bonus * min(1.0, max(0.0, frac))

@@ -118,3 +118,18 @@ def test_curves_fitted_for_other_weights_load_from_the_configured_file(tmp_path)
     assert confidence_curves(cfg)["image"] == mine
     calibration.save({"image": mine}, "deephash:another-model", path)
     assert confidence_curves(cfg) == {}  # curves fitted for another model say nothing of this one
+
+
+def test_the_fewest_inliers_that_lift_a_hit_match_a_count_by_count_search():
+    """What a batch job tells verification it needs: for the shipped image curve, the first
+    keypoint count at which each unverified hit reaches the floor."""
+    from rayapp.cluster import confidence_curves
+    from rayapp.config import load_config
+    from rayapp.searcher import fewest_inliers
+    from shards.verify import KEYPOINTS
+    curve = confidence_curves(load_config(None))["image"]
+    ranks = np.linspace(-10.0, 60.0, 57)
+    for floor in (0.5, 0.9, 0.99):
+        lifted = [[curve(r - verify_bonus(n), n) >= floor for n in range(KEYPOINTS + 1)] for r in ranks]
+        want = [next((n for n, up in enumerate(row) if up), KEYPOINTS) for row in lifted]
+        assert fewest_inliers(curve, ranks, floor).tolist() == want

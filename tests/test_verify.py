@@ -104,10 +104,25 @@ def test_batched_matching_gives_each_pairs_own_count():
     assert got == [alone[0], inliers(blocks[1], stored[0]), max(alone[0], got[1]), None]
 
 
+def test_pairs_that_cannot_reach_what_matters_skip_ransac_and_count_zero():
+    """A batch job says the fewest inliers that matter per pair: a pair with fewer one-to-one
+    matches than that answers 0, the others their exact count."""
+    photos = [_photo(i) for i in range(3)]
+    query = extract(_jpeg(_corner_crop(photos[0], 0.45), 40))
+    stored = [extract(photos[0]), extract(photos[1]), extract(photos[2])]
+    exact = inliers_many(query, stored)
+    assert inliers_many(query, stored, [0, 0, 0]) == exact
+    assert inliers_many(query, stored, [exact[0], 1000, 1000]) == [exact[0], 0, 0]
+    assert inliers_many(query, stored, [exact[0] + 200, 1, 1])[0] == 0
+    assert verify_blocks(query[None], [0, 0], stored[:2], [1000, 0]) == [0, exact[1]]
+
+
 def test_bonus_is_zero_then_linear_then_capped():
     assert verify_bonus(0) == 0 and verify_bonus(BONUS_FROM) == 0
     assert 0 < verify_bonus((BONUS_FROM + BONUS_FULL) // 2) < VERIFY_BONUS
     assert verify_bonus(1000) == VERIFY_BONUS
+    counts = np.array([0, BONUS_FROM, (BONUS_FROM + BONUS_FULL) // 2, 1000])
+    assert verify_bonus(counts).tolist() == [verify_bonus(int(n)) for n in counts]
 
 
 def test_shard_stores_and_verifies_keypoints_across_restart(tmp_path):
