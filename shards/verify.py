@@ -17,6 +17,7 @@ The packed layout (``KEYPOINT_BYTES``, ``pack``/``unpack``) is ``formats.keypoin
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Sequence
 
@@ -107,7 +108,8 @@ def _two_nearest_each(q_des: np.ndarray, stored: np.ndarray, counts: np.ndarray)
     ``counts[j]`` rows of set j its descriptors, the rest never nearest), as (m, n) arrays."""
     n, width = stored.shape[:2]
     dist = hamming_matrix(q_des, stored.reshape(-1, DESCRIPTOR_BYTES)).reshape(len(q_des), n, width)
-    dist[:, np.arange(width)[None, :] >= counts[:, None]] = _FAR
+    for j in np.flatnonzero(counts < width):  # a few sets hold fewer keypoints: pad never nearest
+        dist[:, j, counts[j]:] = _FAR
     nearest = dist.argmin(axis=2)
     first = np.take_along_axis(dist, nearest[..., None], 2)[..., 0]
     np.put_along_axis(dist, nearest[..., None], _FAR, 2)
@@ -141,7 +143,7 @@ def _draws_to_find(at_least: int, matches: int) -> int:
     if there is one, with all but ``MISS`` probability: fewer than its default 2,000 when the
     share is large, so a batch job rules out most pairs cheaply."""
     share = min(at_least / matches, 0.99)
-    return int(min(2000, max(MIN_DRAWS, np.ceil(np.log(MISS) / np.log1p(-share * share)))))
+    return int(min(2000, max(MIN_DRAWS, math.ceil(math.log(MISS) / math.log1p(-share * share)))))
 
 
 def hamming_matrix(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
