@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders import independent_edits
+from encoders import augly_edits, independent_edits
 from encoders.benchmark import SUITES, build_benchmark, source_files
 from encoders.decode import load_image
 
@@ -24,14 +24,16 @@ def photos() -> list[np.ndarray]:
     return [np.asarray(load_image(p)) for p in sorted(SAMPLES.glob("*.jpg"))[:4]]
 
 
-@pytest.mark.parametrize("family", independent_edits.FAMILIES)
-def test_every_family_gives_an_rgb_image_reproducibly(family, photos):
-    a, names = independent_edits.apply(family, photos[0], np.random.default_rng(7), photos[1:])
-    b, _ = independent_edits.apply(family, photos[0], np.random.default_rng(7), photos[1:])
+@pytest.mark.parametrize("suite,family", [(m, f) for m in (independent_edits, augly_edits) for f in m.FAMILIES],
+                         ids=lambda x: x if isinstance(x, str) else x.__name__.split(".")[-1])
+def test_every_family_gives_an_rgb_image_reproducibly(suite, family, photos):
+    """Both suites written apart from training (albumentations and OpenCV; AugLy)."""
+    a, names = suite.apply(family, photos[0], np.random.default_rng(7), photos[1:])
+    b, _ = suite.apply(family, photos[0], np.random.default_rng(7), photos[1:])
     assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 and min(a.shape[:2]) >= 8
     assert np.array_equal(a, b), "same seed, same edit"
-    assert set(names) <= set(independent_edits.SINGLES)
-    if family == independent_edits.CHAIN:
+    assert set(names) <= set(suite.SINGLES)
+    if family == suite.CHAIN:
         assert 2 <= len(names) <= 4
 
 
