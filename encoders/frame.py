@@ -24,6 +24,7 @@ from scipy import ndimage
 SIZE = 160  # the long side the test works at
 TOLERANCE = 20.0  # max channel difference that still counts as the background colour
 BAR_FLAT = 0.95  # share of a line's pixels near its colour for the line to be part of a bar
+BAR_MIN = 0.08  # each bar's least share of the box's side: a letterbox, not a backdrop's flat margin
 
 
 def _small(img: Image.Image) -> tuple[np.ndarray, float]:
@@ -128,7 +129,8 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
 def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """``box`` (a :func:`content_box`) less a letterbox or pillarbox inside it: a photo fitted into a slot of another
     shape (a screenshot's post, a video player) sits between two flat bars of one colour, one
-    each side, of about the same width. One-sided flat edges (a sky, a studio backdrop) stay.
+    each side, of about the same width and each at least ``BAR_MIN`` of the side. One-sided flat
+    edges (a sky, a studio backdrop) and thin flat margins stay.
 
     >>> slot = Image.new("RGB", (320, 200), "black")
     >>> slot.paste(Image.effect_noise((100, 200), 60).convert("RGB"), (110, 0))
@@ -140,7 +142,7 @@ def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int,
     for lines, vertical in ((a.transpose(1, 0, 2), True), (a, False)):
         first, last = _flat_run(lines), _flat_run(lines[::-1])
         size = len(lines)
-        if min(first[0], last[0]) < 2 or first[0] + last[0] > 0.8 * size or abs(first[0] - last[0]) > 0.25 * size \
+        if min(first[0], last[0]) < max(2, BAR_MIN * size) or first[0] + last[0] > 0.8 * size or abs(first[0] - last[0]) > 0.25 * size \
                 or np.abs(first[1] - last[1]).max() > TOLERANCE:
             continue
         cut_a, cut_b = round(first[0] / scale), round(last[0] / scale)

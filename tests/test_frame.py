@@ -105,7 +105,8 @@ def test_fast_opening_and_channel_max_equal_the_plain_numpy_and_scipy(h, w, seed
 
 def test_a_pillarboxed_photo_in_a_post_is_searched_without_its_bars():
     """A portrait photo fitted into a landscape slot of a post sits between two black bars: the
-    framed-photo view is the photo alone, and one-sided flat edges (a backdrop) stay."""
+    framed-photo view is the photo alone, and one-sided flat edges or thin flat margins (a
+    backdrop) stay."""
     from encoders.frame import without_bars
     from encoders.tta import content_boxes
     photo = Image.open(SCENES[0]).convert("RGB").resize((150, 220))
@@ -119,3 +120,6 @@ def test_a_pillarboxed_photo_in_a_post_is_searched_without_its_bars():
     backdrop = Image.new("RGB", (300, 200), (240, 240, 240))
     backdrop.paste(photo.resize((150, 200)), (150, 0))  # flat on the left only
     assert without_bars(backdrop, (0, 0, 300, 200)) == (0, 0, 300, 200)
+    margins = Image.new("RGB", (300, 200), (240, 240, 240))
+    margins.paste(photo.resize((282, 200)), (9, 0))  # a backdrop's thin flat margins are no letterbox
+    assert without_bars(margins, (0, 0, 300, 200)) == (0, 0, 300, 200)
