@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="neardup eval", description=__doc__.splitlines()[0])
     ap.add_argument("--originals", nargs="+", help="folder(s) of originals to build a benchmark from")
     ap.add_argument("--suite", nargs="+", default=list(EDIT_SUITES), choices=list(SUITES),
-                    help="suites to build and score, side by side (default: both edit suites; "
+                    help="suites to build and score, side by side (default: own and independent; "
+                         "augly: the DISC21 kinds of edit drawn by AugLy, needs the eval extra; "
                          "lookalike: halves of photos, hard negatives for --calibrate)")
     ap.add_argument("--subset", help="K/N: every N-th source file from the K-th (validation/test halves)")
     ap.add_argument("--workdir", default="runs/eval-bench", help="where the built benchmarks go (one folder per suite)")
