@@ -21,13 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.base import RUNTIMES, Encoder, pack_bits
-from encoders.dct_hash import dct_hash
-from encoders.registry import register
+from encoders.base import RUNTIMES, pack_bits
+from encoders.deephash_outputs import DeepHashOutputs
 from encoders.tta import check_mode
 from encoders.weights_files import (DEFAULT_BACKBONE, DEFAULT_BITS, LEGACY_MODEL_ID, WEIGHTS_DIR,  # noqa: F401
                                     bundled_weights, model_id)
-from formats.vectors import SIDE_HASH_BYTES, quantize, with_side_hash
 
 DEFAULT_INPUT_SIZE = 128
 FORMAT_VERSION = "1"
@@ -240,13 +238,8 @@ def _device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class DeepHashEncoder(Encoder):
+class DeepHashEncoder(DeepHashOutputs):
     """Encoder wrapper: uint8 batches -> normalised tensors -> model -> sign -> packed codes."""
-
-    name = "deephash"
-    # Held-out eval (bench/results/eval_*.json): median distance of a true copy 10, of the
-    # nearest unrelated image 17 (of 128 bits); 14 keeps most copies and few false matches.
-    match_radius = 14
 
     def __init__(self, model: DeepHashNet, input_size: int = DEFAULT_INPUT_SIZE, device: str = "auto",
                  tta: str = "none", batch_size: int = 64, weights_path: str | None = None,
@@ -271,19 +264,11 @@ class DeepHashEncoder(Encoder):
         x = self.model.prepare(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x.contiguous()
 
-    def _check(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch)
-        s = self.input_size
-        if batch.ndim != 4 or batch.shape[1:] != (s, s, 3):
-            raise ValueError(f"expected uint8 batch (n, {s}, {s}, 3), got shape {batch.shape}")
-        return batch.astype(np.uint8, copy=False)
-
     @torch.inference_mode()
     def _logits(self, batch: np.ndarray) -> np.ndarray:
         if self.runtime == "onnx":
             if self._onnx is None:
-                from encoders.onnx_cpu import OnnxLogits
-                self._onnx = OnnxLogits(self.model, self.input_size)
+                self._onnx = self._export_onnx()
             return self._onnx(batch) if len(batch) else np.zeros((0, self.bits), np.float32)
         out = []
         for i in range(0, len(batch), self.batch_size):
@@ -296,35 +281,20 @@ class DeepHashEncoder(Encoder):
             out.append(h.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
-    def encode_batch(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 (n,S,S,3) -> packed codes (n, bits // 8) of the image as given (no TTA)."""
-        return pack_bits(self._logits(self._check(batch)) > 0)
-
-    def encode_weighted(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Codes plus bit confidences min(|h|, 1): the head's batch norm puts |h| on a unit scale,
-        and capping it keeps one very sure bit from outweighing several (measured: as good as |h|)."""
-        h = self._logits(self._check(batch))
-        return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32)
-
-    def encode_vectors(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Codes, bit confidences, and side vectors (``formats.vectors``): the head's outputs h
-        as int8, one value per bit (their cosine ranks candidates better than any Hamming
-        distance), then with ``side_hash`` each input's 256-bit DCT hash (``encoders.dct_hash``)."""
-        batch = self._check(batch)
-        h = self._logits(batch)
-        vectors = with_side_hash(quantize(h), dct_hash(batch)) if self.side_hash else quantize(h)
-        return pack_bits(h > 0), np.minimum(np.abs(h), 1.0).astype(np.float32), vectors
-
-    @property
-    def vector_bytes(self) -> int:
-        return self.bits + (SIDE_HASH_BYTES if self.side_hash else 0)
+    def _export_onnx(self):
+        """The ONNX program of this model, cached on disk for later processes when it came from a
+        weights file (``encoders.deephash_onnx`` runs it without torch)."""
+        from encoders.onnx_cpu import OnnxLogits, save_program
+        run = OnnxLogits(self.model, self.input_size)
+        if self.weights_path is not None:
+            save_program(run.program, model_id(self.weights_path), self.input_size)
+        return run
 
     def info(self) -> dict:
         return {**super().info(), "backbone": self.model.backbone_name, "tta": self.tta,
                 "device": str(self.device), "runtime": self.runtime, "weights": self.weights_path}
 
 
-@register("deephash")
 def build_deephash(weights: str | Path | None = None, backbone: str | None = None, bits: int | None = None,
                    device: str = "auto", tta: str = "none", runtime: str = "auto",
                    **kwargs) -> DeepHashEncoder:

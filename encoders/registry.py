@@ -16,8 +16,9 @@ DEFAULT_ENCODER = "deephash"
 
 _FACTORIES: dict[str, Callable[..., Encoder]] = {}
 #: The module that registers each built-in encoder. Only the one asked for is imported: deephash
-#: brings in torch, which a PDQ or pHash process (a CLI run, a Ray worker) would load for nothing.
-_BUILTIN = {"pdq": "encoders.classic", "phash": "encoders.classic", "deephash": "encoders.deephash"}
+#: brings in torch (unless its ONNX program is cached: ``encoders.deephash_onnx``), which a PDQ
+#: or pHash process (a CLI run, a Ray worker) would load for nothing.
+_BUILTIN = {"pdq": "encoders.classic", "phash": "encoders.classic", "deephash": "encoders.deephash_onnx"}
 _loaded = False
 
 

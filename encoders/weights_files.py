@@ -32,3 +32,17 @@ def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Pat
             f"no bundled deephash weights {path.name} (shipped: {hint}); "
             "train with `python -m encoders.train` and pass weights=PATH")
     return path
+
+
+def header_metadata(path: str | Path) -> dict:
+    """The metadata in a safetensors file's JSON header (its first 8 bytes give the header's
+    length), read without torch; ValueError if the file is not safetensors."""
+    import json
+    import struct
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    return header.get("__metadata__") or {}

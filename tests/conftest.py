@@ -61,7 +61,11 @@ _SHARED = _SharedRay()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Registered here, not in pyproject.toml: editing that file makes `make test` reinstall."""
+    """Registered here, not in pyproject.toml: editing that file makes `make test` reinstall.
+    The encoders' on-disk cache (``encoders.onnx_cpu.cache_path``) goes to a folder of this run,
+    not the user's home; CLI subprocesses and Ray workers inherit it."""
+    import tempfile
+    os.environ.setdefault("NEARDUP_CACHE_DIR", tempfile.mkdtemp(prefix="neardup-test-cache-"))
     config.addinivalue_line("markers", "ray: starts Ray, the shared ray_local fixture or a Ray of its "
                                        "own (tests/conftest.py); -m 'not ray' runs the pure tests")
 
