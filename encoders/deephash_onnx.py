@@ -62,8 +62,13 @@ def _cached(path: Path, backbone: str | None, bits: int | None, device: str, run
     if not program.is_file():
         return None
     side_hash = str(kwargs.get("side_hash", True)).lower() not in ("0", "false", "off", "no")
-    return OnnxDeepHashEncoder(program.read_bytes(), meta, str(path), tta=tta, side_hash=side_hash,
-                               batch_size=int(kwargs.get("batch_size", 64)))
+    enc = OnnxDeepHashEncoder(program.read_bytes(), meta, str(path), tta=tta, side_hash=side_hash,
+                              batch_size=int(kwargs.get("batch_size", 64)))
+    try:
+        enc._onnx._session()  # a program this ONNX Runtime cannot load is rebuilt, not served
+    except Exception:  # noqa: BLE001 - ONNX Runtime raises its own error types
+        return None
+    return enc
 
 
 @register("deephash")

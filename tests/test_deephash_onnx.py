@@ -66,3 +66,13 @@ def test_wrong_arguments_still_get_the_full_builds_errors(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="runtime must be one of"):
         get_encoder("deephash", device="cpu", runtime="tensorrt")
     assert build_deephash(device="cpu").runtime == "onnx"
+
+
+def test_a_cached_program_that_does_not_load_is_rebuilt(tmp_path, monkeypatch):
+    from encoders.registry import get_encoder
+    monkeypatch.setenv("NEARDUP_CACHE_DIR", str(tmp_path))
+    onnx_cpu.save_program(b"a truncated program", model_id(), 128)
+    enc = get_encoder("deephash", device="cpu")
+    assert type(enc).__name__ == "DeepHashEncoder"
+    enc.encode_batch(np.zeros((1, 128, 128, 3), np.uint8))  # exports, and caches a good one
+    assert type(get_encoder("deephash", device="cpu")).__name__ == "OnnxDeepHashEncoder"
