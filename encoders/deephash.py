@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.base import RUNTIMES, pack_bits
-from encoders.deephash_outputs import DeepHashOutputs
+from encoders.deephash_outputs import DeepHashOutputs, build_options
 from encoders.tta import check_mode
-from encoders.weights_files import (DEFAULT_BACKBONE, DEFAULT_BITS, LEGACY_MODEL_ID, WEIGHTS_DIR,  # noqa: F401
-                                    bundled_weights, model_id)
+from encoders.weights_files import (DEFAULT_BACKBONE, DEFAULT_BITS, FORMAT, LEGACY_MODEL_ID,  # noqa: F401
+                                    WEIGHTS_DIR, bundled_weights, deephash_metadata, model_id)
 
 DEFAULT_INPUT_SIZE = 128
 FORMAT_VERSION = "1"
@@ -184,7 +184,7 @@ def save_weights(model: DeepHashNet, path: str | Path, input_size: int = DEFAULT
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
     meta = {**{k: str(v) for k, v in model.config.items()}, "input_size": str(input_size),
-            "format": "neardup-deephash", "version": FORMAT_VERSION}
+            "format": FORMAT, "version": FORMAT_VERSION}
     if extra:
         meta["extra"] = json.dumps(extra, sort_keys=True)
     save_file(state, str(path), metadata=meta)
@@ -199,9 +199,7 @@ def read_metadata(path: str | Path) -> dict:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-    if meta.get("format") != "neardup-deephash":
-        raise ValueError(f"{path}: not a neardup deephash weights file (missing metadata)")
-    return meta
+    return deephash_metadata(meta, path)
 
 
 def load_model(path: str | Path) -> tuple[DeepHashNet, dict]:
@@ -307,7 +305,5 @@ def build_deephash(weights: str | Path | None = None, backbone: str | None = Non
         raise ValueError(f"{path} holds backbone {meta['backbone']}, not {backbone}")
     if bits is not None and int(bits) != int(meta["bits"]):
         raise ValueError(f"{path} holds {meta['bits']}-bit codes, not {bits}")
-    side_hash = str(kwargs.get("side_hash", True)).lower() not in ("0", "false", "off", "no")
-    return DeepHashEncoder(model, int(meta["input_size"]), device=device, tta=tta,
-                           batch_size=int(kwargs.get("batch_size", 64)), weights_path=str(path),
-                           side_hash=side_hash, runtime=runtime)
+    return DeepHashEncoder(model, int(meta["input_size"]), device=device, tta=tta, weights_path=str(path),
+                           runtime=runtime, **build_options(kwargs))

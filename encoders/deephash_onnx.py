@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.base import RUNTIMES
-from encoders.deephash_outputs import DeepHashOutputs
+from encoders.deephash_outputs import DeepHashOutputs, build_options
 from encoders.registry import register
 from encoders.tta import check_mode
 from encoders.weights_files import bundled_weights, header_metadata, model_id
@@ -55,15 +54,12 @@ def _cached(path: Path, backbone: str | None, bits: int | None, device: str, run
     if device == "auto" and Path("/dev/nvidiactl").exists():  # a GPU machine: torch decides
         return None
     meta = header_metadata(path)
-    if meta.get("format") != "neardup-deephash" or (backbone and backbone != meta.get("backbone")) \
-            or (bits is not None and int(bits) != int(meta.get("bits", -1))):
+    if (backbone and backbone != meta.get("backbone")) or (bits is not None and int(bits) != int(meta.get("bits", -1))):
         return None  # the full build explains what is wrong
     program = onnx_cpu.cache_path(model_id(path), int(meta["input_size"]))
     if not program.is_file():
         return None
-    side_hash = str(kwargs.get("side_hash", True)).lower() not in ("0", "false", "off", "no")
-    enc = OnnxDeepHashEncoder(program.read_bytes(), meta, str(path), tta=tta, side_hash=side_hash,
-                              batch_size=int(kwargs.get("batch_size", 64)))
+    enc = OnnxDeepHashEncoder(program.read_bytes(), meta, str(path), tta=tta, **build_options(kwargs))
     try:
         enc._onnx._session()  # a program this ONNX Runtime cannot load is rebuilt, not served
     except Exception:  # noqa: BLE001 - ONNX Runtime raises its own error types
@@ -75,9 +71,7 @@ def _cached(path: Path, backbone: str | None, bits: int | None, device: str, run
 def build(weights: str | Path | None = None, backbone: str | None = None, bits: int | None = None,
           device: str = "auto", tta: str = "none", runtime: str = "auto", **kwargs) -> DeepHashOutputs:
     """The ``deephash`` encoder: from the cached ONNX program where it applies, else
-    ``encoders.deephash.build_deephash`` (same arguments)."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    ``encoders.deephash.build_deephash`` (same arguments), which also explains bad ones."""
     try:
         path = Path(weights) if weights is not None else bundled_weights(backbone, bits)
         enc = _cached(path, backbone, bits, device, runtime, tta, kwargs)

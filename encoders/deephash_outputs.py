@@ -10,6 +10,13 @@ from encoders.dct_hash import dct_hash
 from formats.vectors import SIDE_HASH_BYTES, quantize, with_side_hash
 
 
+def build_options(kwargs: dict) -> dict:
+    """The factory's free-form options as the encoders take them: ``side_hash`` (0, false, off
+    or no leave the DCT hash out of the side vectors) and ``batch_size``."""
+    return {"side_hash": str(kwargs.get("side_hash", True)).lower() not in ("0", "false", "off", "no"),
+            "batch_size": int(kwargs.get("batch_size", 64))}
+
+
 class DeepHashOutputs(Encoder):
     """Codes, bit confidences and side vectors from ``_logits`` (uint8 (n, S, S, 3) -> float32
     (n, bits)); subclasses set ``bits``, ``input_size`` and ``side_hash``."""

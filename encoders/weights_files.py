@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FORMAT = "neardup-deephash"  # a deephash weights file's ``format`` metadata
 DEFAULT_BACKBONE = "mobilenet_v3_small"
 DEFAULT_BITS = 128
 # The bundled model before per-image input normalisation: indexes built before ``neardup.json``
@@ -34,9 +35,17 @@ def bundled_weights(backbone: str | None = None, bits: int | None = None) -> Pat
     return path
 
 
+def deephash_metadata(meta: dict, path: str | Path) -> dict:
+    """``meta``, a safetensors file's metadata, if it is a deephash weights file's; else a
+    ValueError naming ``path``."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a neardup deephash weights file (missing metadata)")
+    return meta
+
+
 def header_metadata(path: str | Path) -> dict:
-    """The metadata in a safetensors file's JSON header (its first 8 bytes give the header's
-    length), read without torch; ValueError if the file is not safetensors."""
+    """The deephash metadata in a safetensors file's JSON header (its first 8 bytes give the
+    header's length), read without torch; ValueError if the file is not a deephash one."""
     import json
     import struct
     try:
@@ -45,4 +54,4 @@ def header_metadata(path: str | Path) -> dict:
             header = json.loads(fh.read(n))
     except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
-    return header.get("__metadata__") or {}
+    return deephash_metadata(header.get("__metadata__") or {}, path)
