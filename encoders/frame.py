@@ -127,8 +127,8 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
 
 
 def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """``box`` (a :func:`content_box`) less a letterbox or pillarbox inside it: a photo fitted into a slot of another
-    shape (a screenshot's post, a video player) sits between two flat bars of one colour, one
+    """``box`` (a :func:`content_box`) less a letterbox or pillarbox inside it: a photo fitted
+    into a slot of another shape (a screenshot's post, a video player) sits between two flat bars of one colour, one
     each side, of about the same width and each at least ``BAR_MIN`` of the side. One-sided flat
     edges (a sky, a studio backdrop) and thin flat margins stay.
 
@@ -140,12 +140,12 @@ def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int,
     a, scale = _small(img.crop(box))
     left, top, right, bottom = box
     for lines, vertical in ((a.transpose(1, 0, 2), True), (a, False)):
-        first, last = _flat_run(lines), _flat_run(lines[::-1])
+        (head, head_colour), (tail, tail_colour) = _flat_run(lines), _flat_run(lines[::-1])
         size = len(lines)
-        if min(first[0], last[0]) < max(2, BAR_MIN * size) or first[0] + last[0] > 0.8 * size or abs(first[0] - last[0]) > 0.25 * size \
-                or np.abs(first[1] - last[1]).max() > TOLERANCE:
+        if min(head, tail) < max(2, BAR_MIN * size) or head + tail > 0.8 * size \
+                or abs(head - tail) > 0.25 * size or np.abs(head_colour - tail_colour).max() > TOLERANCE:
             continue
-        cut_a, cut_b = round(first[0] / scale), round(last[0] / scale)
+        cut_a, cut_b = round(head / scale), round(tail / scale)
         if vertical:
             left, right = left + cut_a, right - cut_b
         else:

@@ -42,6 +42,7 @@ VERIFY_DEPTH = 20
 VERIFY_MORE = 80
 
 _FAR = np.iinfo(np.int32).max  # a distance no descriptor pair has
+RANSAC_DRAWS = 2000  # OpenCV's default maxIters: the full RANSAC that counts a pair's inliers
 MISS = 1e-4  # chance that the short RANSAC of a batch job misses a pair that reaches its floor
 MIN_DRAWS = 20  # its fewest draws: a sample of two true matches may still miss a few of the rest
 MATCH_CHUNK = 24  # stored images matched per Hamming call: 6 MB of distances, a query's top 20 in one
@@ -130,7 +131,7 @@ def _geometric_inliers(q_xy: np.ndarray, s_xy: np.ndarray, first: np.ndarray, ne
     return _ransac(src, dst)
 
 
-def _ransac(src: np.ndarray, dst: np.ndarray, max_iters: int = 2000) -> int:
+def _ransac(src: np.ndarray, dst: np.ndarray, max_iters: int = RANSAC_DRAWS) -> int:
     """Matches one RANSAC similarity transform explains (only the count is used: the transform
     is not refined, as refining moves the model, not the mask)."""
     _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJ_PX,
@@ -140,10 +141,10 @@ def _ransac(src: np.ndarray, dst: np.ndarray, max_iters: int = 2000) -> int:
 
 def _draws_to_find(at_least: int, matches: int) -> int:
     """RANSAC draws (two matches each) that find a transform ``at_least`` of ``matches`` agree on,
-    if there is one, with all but ``MISS`` probability: fewer than its default 2,000 when the
+    if there is one, with all but ``MISS`` probability: fewer than ``RANSAC_DRAWS`` when the
     share is large, so a batch job rules out most pairs cheaply."""
     share = min(at_least / matches, 0.99)
-    return int(min(2000, max(MIN_DRAWS, math.ceil(math.log(MISS) / math.log1p(-share * share)))))
+    return int(min(RANSAC_DRAWS, max(MIN_DRAWS, math.ceil(math.log(MISS) / math.log1p(-share * share)))))
 
 
 def hamming_matrix(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
