@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,test,bench,eval]'
-	# compile the mihc query kernel once, into numba's disk cache (else the first query does)
-	$(PY) -c 'from shards.index import make_index; make_index("mihc").warm_up()'
+	# compile the mihc query and keypoint matching kernels once, into numba's disk cache (else the first query does)
+	$(PY) -c 'from shards.index import make_index; from shards import match_kernel; make_index("mihc").warm_up(); match_kernel.warm_up()'
 	touch $(STAMP)
 
 demo: install

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from shards import shard_dir
+from shards import match_kernel, shard_dir
 from shards.blobs import BlobLog
 from shards.candidates import Candidates, hits as candidate_hits, merge_views, rank_keys, score_rows, verify_top
 from shards.checks import (check_ids, check_k, check_keypoint_blocks, check_limit, check_metas,
@@ -101,6 +101,7 @@ class ShardActor:
         self._wal.count = replayed
         shard_dir.remove_stale(self.data_dir, keep=self._generation)
         self._index.warm_up()
+        match_kernel.warm_up()  # the verification kernel, before the first query that verifies
         self.recovery_s = time.perf_counter() - t0
         self.replayed = replayed
 
@@ -302,8 +303,7 @@ class ShardActor:
 
     def widths(self) -> dict:
         """The record layout: code, side vector and keypoint bytes."""
-        return {"code_bytes": self.code_bytes, "vector_bytes": self.vector_bytes,
-                "keypoint_bytes": self.keypoint_bytes}
+        return {"code_bytes": self.code_bytes, "vector_bytes": self.vector_bytes, "keypoint_bytes": self.keypoint_bytes}
 
     def get(self, id: str) -> dict | None:
         """``{"id", "code": hex, "meta": dict}`` or None."""

@@ -4,8 +4,8 @@ A crop of 35-55% of an image holds too little of it for a global descriptor, but
 blobs are still the stored image's, at one scale, rotation and offset. Each stored image keeps
 up to ``KEYPOINTS`` ORB keypoints (``encoders.keypoints``) in its record, after the code and the
 side vector; the router asks the shards to verify only a query's top ``verify`` hits.
-:func:`inliers` matches ORB descriptors (each query keypoint's two nearest stored ones from
-FAISS's full Hamming matrix, ratio test, each stored keypoint used by one match at most) and
+:func:`inliers` matches ORB descriptors (each query keypoint's two nearest stored ones, found by
+``shards.match_kernel`` in one pass, ratio test, each stored keypoint used by one match at most) and
 counts the matches one similarity transform explains (OpenCV RANSAC); :func:`verify_bonus`
 turns the count into a distance credit.
 
@@ -22,11 +22,11 @@ from collections import defaultdict
 from typing import Sequence
 
 import cv2
-import faiss
 import numpy as np
 
 from formats.keypoints import (DESCRIPTOR_BYTES, KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack,  # noqa: F401
                                unpack, unpack_many)
+from shards.match_kernel import two_nearest_sets
 
 RATIO = 0.85             # Lowe's ratio test on Hamming distances
 REPROJ_PX = 4.0          # RANSAC inlier threshold, pixels at KEYPOINT_SIDE
@@ -41,11 +41,9 @@ BONUS_FROM, BONUS_FULL, VERIFY_BONUS = 6, 10, 16.0
 VERIFY_DEPTH = 20
 VERIFY_MORE = 80
 
-_FAR = np.iinfo(np.int32).max  # a distance no descriptor pair has
 RANSAC_DRAWS = 2000  # OpenCV's default maxIters: the full RANSAC that counts a pair's inliers
 MISS = 1e-4  # chance that the short RANSAC of a batch job misses a pair that reaches its floor
 MIN_DRAWS = 20  # its fewest draws: a sample of two true matches may still miss a few of the rest
-MATCH_CHUNK = 24  # stored images matched per Hamming call: 6 MB of distances, a query's top 20 in one
 
 cv2.setNumThreads(1)  # callers run many in parallel (Ray workers, Serve replicas)
 
@@ -76,10 +74,9 @@ def verify_blocks(blocks: np.ndarray, which: list[int], stored: list[np.ndarray 
 def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list,
                  at_least: Sequence[int] | None = None) -> list[int]:
     """:func:`inliers` of one query against several stored images ((n, KEYPOINT_BYTES) blocks,
-    or a list of blocks). Their descriptors are matched in one Hamming-distance call (FAISS
-    ``hammings``, which runs without the GIL) and their two nearest found in one pass, so a
-    shard or a job verifying many hits per query pays the per-call overhead once, and
-    concurrent calls run in parallel.
+    or a list of blocks). Their descriptors are matched in one kernel call, which runs without
+    the GIL, so a shard or a job verifying many hits per query pays the per-call overhead
+    once, and concurrent calls run in parallel.
 
     ``at_least[j]``: the fewest inliers that would change what the caller does with image j (a
     batch job keeps only hits verification lifts over its confidence floor). Where image j has
@@ -89,32 +86,17 @@ def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list,
     s_xy, s_des, counts = unpack_many(stored)
     if len(q_des) < MIN_MATCHES or not len(counts) or counts.max() < 2:
         return [0] * len(counts)
-    out = []
-    for c in range(0, len(counts), MATCH_CHUNK):  # a few MB of distances at a time: in cache
-        part = slice(c, c + MATCH_CHUNK)
-        width = int(counts[part].max())
-        if width < 2:
-            out += [0] * len(counts[part])
-            continue
-        first, second, nearest = _two_nearest_each(q_des, s_des[part, :width], counts[part])
-        ok = first < RATIO * second
-        out += [_geometric_inliers(q_xy, s_xy[c + j], first[:, j], nearest[:, j], ok[:, j],
-                                   MIN_MATCHES if at_least is None else max(MIN_MATCHES, at_least[c + j]))
-                if n >= 2 else 0 for j, n in enumerate(counts[part])]
-    return out
+    first, second, nearest = _two_nearest_each(q_des, s_des[:, :int(counts.max())], counts)
+    ok = first < RATIO * second
+    return [_geometric_inliers(q_xy, s_xy[j], first[:, j], nearest[:, j], ok[:, j],
+                               MIN_MATCHES if at_least is None else max(MIN_MATCHES, at_least[j]))
+            if n >= 2 else 0 for j, n in enumerate(counts)]
 
 
 def _two_nearest_each(q_des: np.ndarray, stored: np.ndarray, counts: np.ndarray):
     """:func:`two_nearest` of the query against each stored set ((n, width, 32), the first
-    ``counts[j]`` rows of set j its descriptors, the rest never nearest), as (m, n) arrays."""
-    n, width = stored.shape[:2]
-    dist = hamming_matrix(q_des, stored.reshape(-1, DESCRIPTOR_BYTES)).reshape(len(q_des), n, width)
-    for j in np.flatnonzero(counts < width):  # a few sets hold fewer keypoints: pad never nearest
-        dist[:, j, counts[j]:] = _FAR
-    nearest = dist.argmin(axis=2)
-    first = np.take_along_axis(dist, nearest[..., None], 2)[..., 0]
-    np.put_along_axis(dist, nearest[..., None], _FAR, 2)
-    return first, dist.min(axis=2), nearest
+    ``counts[j]`` rows of set j its descriptors, the rest never read), as (m, n) arrays."""
+    return two_nearest_sets(q_des, stored, counts)
 
 
 def _geometric_inliers(q_xy: np.ndarray, s_xy: np.ndarray, first: np.ndarray, nearest: np.ndarray,
@@ -145,16 +127,6 @@ def _draws_to_find(at_least: int, matches: int) -> int:
     share is large, so a batch job rules out most pairs cheaply."""
     share = min(at_least / matches, 0.99)
     return int(min(RANSAC_DRAWS, max(MIN_DRAWS, math.ceil(math.log(MISS) / math.log1p(-share * share)))))
-
-
-def hamming_matrix(query: np.ndarray, stored: np.ndarray) -> np.ndarray:
-    """(m, n) Hamming distances between two sets of packed binary descriptors (FAISS
-    ``hammings``: for a few hundred descriptors a side, faster than its k-NN heap)."""
-    query, stored = np.ascontiguousarray(query, np.uint8), np.ascontiguousarray(stored, np.uint8)
-    dist = np.empty((len(query), len(stored)), np.int32)
-    faiss.hammings(faiss.swig_ptr(query), faiss.swig_ptr(stored), len(query), len(stored),
-                   query.shape[1], faiss.swig_ptr(dist))
-    return dist
 
 
 def two_nearest(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from PIL import Image
 from encoders.keypoints import extract, extract_query
 from shards.actor import ShardActor
 from shards.vectors import records
-from shards.verify import (BONUS_FROM, BONUS_FULL, _one_to_one, KEYPOINT_BYTES, MATCH_CHUNK, VERIFY_BONUS, inliers,
+from shards.verify import (BONUS_FROM, BONUS_FULL, _one_to_one, KEYPOINT_BYTES, VERIFY_BONUS, inliers,
                            inliers_many, pack, unpack, two_nearest, verify_blocks, verify_bonus)
 from tests.helpers_images import jpeg_bytes
 
@@ -97,8 +97,8 @@ def test_batched_matching_gives_each_pairs_own_count():
               np.zeros(KEYPOINT_BYTES, np.uint8), extract(photos[0].resize((200, 150)))]
     alone = [inliers(query, s) for s in stored]
     assert inliers_many(query, stored) == alone and alone[0] >= 40 and alone[3] == alone[4] == 0
-    many = [stored[0]] * MATCH_CHUNK + [stored[4], stored[3]]  # a last chunk with nothing to match
-    assert inliers_many(query, many) == [alone[0]] * MATCH_CHUNK + [0, 0]
+    many = [stored[0]] * 24 + [stored[4], stored[3]]  # many sets, the last ones with nothing to match
+    assert inliers_many(query, many) == [alone[0]] * 24 + [0, 0]
     blocks = np.stack([query, extract(photos[2])])
     got = verify_blocks(blocks, [0, 1, -1, 0], [stored[0], stored[0], stored[0], None])
     assert got == [alone[0], inliers(blocks[1], stored[0]), max(alone[0], got[1]), None]
