@@ -172,7 +172,9 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
         return None, listed, skipped
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.encoder.device != "cpu"
-    ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, num_cpus=1,
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    ds = ds.map_batches(decode_batch, batch_size=opts.batch_size,
+                        num_cpus=decode_cpus(cpus, 0 if gpu else max(1, opts.encoders)),
                         fn_kwargs={"size": input_size, "max_pixels": cfg.encoder.max_pixels,
                                    "ref_views": tuple(cfg.storage.ref_views),
                                    "keypoints": bool(cfg.storage.keypoints)})
@@ -185,6 +187,14 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
                         fn_constructor_args=(cfg.to_dict(), max(30.0, cfg.serve.shard_timeout_s)),
                         compute=ray.data.ActorPoolStrategy(size=1))
     return ds, listed, skipped
+
+
+def decode_cpus(cpus: float, encoder_cpus: float) -> float:
+    """Logical CPUs per decode task, so that as many decode tasks as there are CPUs run beside
+    the encoder actors. On CPU, decoding (with keypoints) is the slower stage: an encoder actor
+    holding a whole CPU waits for batches part of the time, and a decode task of one CPU each
+    left the other stages one decode at a time on a 2-core node."""
+    return max(1.0, cpus - encoder_cpus) / max(1.0, cpus)
 
 
 def _parquet_rows(src: str, opts: IngestOptions) -> "ray.data.Dataset":

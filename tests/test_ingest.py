@@ -11,7 +11,7 @@ from encoders.keypoints import extract as extract_keypoints
 from encoders.registry import get_encoder
 from rayapp.cluster import ensure_shards, kill_shards
 from rayapp.config import load_config
-from rayapp.ingest import IngestOptions, load_done_ids, read_manifest, run_ingest
+from rayapp.ingest import IngestOptions, decode_cpus, load_done_ids, read_manifest, run_ingest
 from rayapp.router import ShardRouter
 from shards.verify import KEYPOINT_BYTES
 
@@ -175,3 +175,12 @@ def test_an_index_without_side_vectors_ranks_by_weighted_hamming(ray_local, tmp_
     (hits,), _ = router.search(codes, k=2, weights=weights, vectors=vectors)
     assert hits[0].id == files[1].name and hits[0].score is None and hits[0].weighted < 1
     kill_shards(cfg)
+
+
+def test_decode_tasks_fill_the_cpus_beside_the_encoders():
+    """As many decode tasks as CPUs run beside the encoder actors; a GPU encoder holds no CPU,
+    so each decode task then takes a whole one, as before."""
+    assert decode_cpus(2, 1) == 0.5
+    assert decode_cpus(16, 1) == 15 / 16
+    assert decode_cpus(16, 0) == 1.0
+    assert decode_cpus(1, 1) == 1.0  # a one-CPU node keeps one decode task of one CPU
