@@ -58,7 +58,7 @@ def _suite_section(name: str, report: dict) -> list[str]:
 
 
 def write_model_card(weights: str | Path, combined: dict | None, path: str | Path, notes: str = "") -> Path:
-    """Model card (markdown): data, hyperparameters, seed, training time, date, and both suites'
+    """Model card (markdown): data, hyperparameters, seed, training time, date, and every suite's
     tables (headline side by side, then per-family recall@1 per suite)."""
     lines = _header(weights)
     if combined:
@@ -67,7 +67,9 @@ def write_model_card(weights: str | Path, combined: dict | None, path: str | Pat
                   "stored with their centre crop unless `ref_views=none`), ranked as the row says, "
                   "ties pessimistic. `own` is the training suite's edits (encoders/augment.py); "
                   "`independent` is encoders/independent_edits.py, written apart from training on "
-                  "albumentations and OpenCV.", "", format_suites(combined), "",
+                  "albumentations and OpenCV; `augly` is encoders/augly_edits.py, the DISC21 kinds of "
+                  "edit drawn with AugLy, which neither training nor the independent suite uses.", "",
+                  format_suites(combined), "",
                   "### Per-family recall@1", ""]
         for name, report in combined["suites"].items():
             lines += _suite_section(name, report)
