@@ -115,8 +115,9 @@ class DedupWorker:
             except (OSError, ValueError):
                 out.append(q)
                 continue
-            full = encode_query(self.encoder, img, self.cfg.query, keypoints=False)
-            full.weights, full.keypoints = None, q.keypoints  # as the stored records: one layout
+            # keypoints as given and mirrored (a mirrored copy verifies), where the index keeps any
+            full = encode_query(self.encoder, img, self.cfg.query, keypoints=q.keypoints is not None)
+            full.weights = None  # as the stored records: no bit confidences
             full.vectors = None if q.vectors is None else full.vectors
             out.append(full)
         return out

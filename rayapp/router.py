@@ -28,9 +28,10 @@ import numpy as np
 import xxhash
 from ray.actor import ActorHandle
 
-from encoders.tta import REF_VIEW_COST, REF_VIEWS, is_mirrored
+from encoders.tta import REF_VIEW_COST, REF_VIEWS
 from rayapp.blocking import run_sync
 from rayapp.hits import Hit
+from rayapp.pair_plan import keypoint_block, pair_counts, pair_plan
 from rayapp.ranking import merge_results, rerank_depth, with_inliers
 from rayapp.shard_pool import ShardPool, client_error, reason
 from shards.checks import check_views, check_weights
@@ -182,13 +183,13 @@ class ShardRouter:
     def _verify_plan(verify: tuple[int, np.ndarray] | None,
                      views: list[tuple[int, str, float]] | None) -> tuple | None:
         """(depth, the query's keypoints) -> what each shard verifies its top hits by: the depth,
-        the packed blocks and each view's block (``_block``)."""
+        the packed blocks and each view's block (``keypoint_block``)."""
         if verify is None or not verify[0]:
             return None
         if views is None:
             raise ValueError("verifying within the search needs the query's views")
         blocks = np.ascontiguousarray(verify[1], dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
-        return int(verify[0]), blocks.tobytes(), {name: _block(name, len(blocks)) for _, name, _ in views}
+        return int(verify[0]), blocks.tobytes(), {name: keypoint_block(name, len(blocks)) for _, name, _ in views}
 
     # ---- search -----------------------------------------------------------------------
     async def asearch(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
@@ -252,10 +253,10 @@ class ShardRouter:
     # ---- spatial verification ---------------------------------------------------------
     def _submit_verify(self, hits: list[Hit], keypoints: np.ndarray,
                        depth: int) -> tuple[dict[int, tuple], dict[int, Any]]:
-        """Each owning shard's top hits, with the keypoint block to verify each by (``_block``)."""
+        """Each owning shard's top hits, with the keypoint block to verify each by (``keypoint_block``)."""
         blocks = np.ascontiguousarray(keypoints, dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
         top = hits[:max(0, depth)]
-        which = [_block(h.variant or "original", len(blocks)) for h in top]
+        which = [keypoint_block(h.variant or "original", len(blocks)) for h in top]
         groups = self._group([h.id for h in top], None, which)
         return groups, {s: self.pool.read(s, "verify", ids, blocks.tobytes(), ws)
                         for s, (ids, _, ws) in groups.items()}
@@ -274,42 +275,24 @@ class ShardRouter:
         """:meth:`averify`, waited for."""
         return run_sync(self.averify(hits, keypoints, depth))
 
-    def _pair_blocks(self, pairs: list[tuple[int, str]],
-                     keypoints: list[np.ndarray]) -> dict[int, tuple[list[int], list[str], np.ndarray, list[int]]]:
-        """Pairs by owning shard -> {shard: (their rows, stored ids, the query blocks they use
-        (each query's first: as given), each pair's block)}."""
-        rows: dict[int, list[int]] = defaultdict(list)
-        for row, (_, item_id) in enumerate(pairs):
-            rows[self.shard_for(str(item_id))].append(row)
-        plan = {}
-        for s, rs in rows.items():
-            where: dict[int, int] = {}
-            blocks = []
-            for r in rs:
-                qi = pairs[r][0]
-                if qi not in where:
-                    where[qi] = len(blocks)
-                    blocks.append(np.ascontiguousarray(keypoints[r], np.uint8).reshape(-1, KEYPOINT_BYTES)[0])
-            plan[s] = (rs, [str(pairs[r][1]) for r in rs], np.stack(blocks), [where[pairs[r][0]] for r in rs])
-        return plan
-
     async def averify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray],
-                            at_least: list[int] | None = None) -> list[int | None]:
+                            at_least: list[int] | None = None, views: list[str] | None = None) -> list[int | None]:
         """Batch verification for jobs: each (query, stored id) pair against its query's
-        keypoints (``keypoints[i]`` for pair i), in one call per owning shard -> each pair's
-        inlier count (None: not verified; a shard that fails leaves its pairs None).
+        keypoints (``keypoints[i]`` for pair i; both blocks where ``views[i]``, the query view
+        it matched through, is mirrored), in one call per owning shard -> each pair's inlier
+        count (None: not verified; a shard that fails leaves its pairs None).
         ``at_least[i]``: the fewest inliers that matter for pair i, under which a count may be
         answered 0 (``shards.verify.inliers_many``); the shards count exactly."""
-        plan = self._pair_blocks(pairs, keypoints)
+        plan = pair_plan(self.shard_for, pairs, keypoints, views)
         refs = {s: self.pool.read(s, "verify", ids, blocks.tobytes(), which)
                 for s, (_, ids, blocks, which) in plan.items()}
         results, _ = await self.pool.gather(refs, self.timeout_s)
         return pair_counts(len(pairs), plan, results)
 
     def verify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray],
-                     at_least: list[int] | None = None) -> list[int | None]:
+                     at_least: list[int] | None = None, views: list[str] | None = None) -> list[int | None]:
         """:meth:`averify_pairs`, waited for."""
-        return run_sync(self.averify_pairs(pairs, keypoints, at_least))
+        return run_sync(self.averify_pairs(pairs, keypoints, at_least, views))
 
     # ---- writes -----------------------------------------------------------------------
     async def aadd(self, ids: list[str], codes: np.ndarray, metas: list[dict] | None = None,
@@ -381,17 +364,3 @@ class ShardRouter:
         return run_sync(self.astats())
 
 
-def _block(view: str, blocks: int) -> int:
-    """The keypoint block a hit that matched through ``view`` is verified by: the query as given
-    (0), or for a mirrored view the better of as given and mirrored (-1: a symmetric image's
-    mirror can match as well)."""
-    return -1 if blocks > 1 and is_mirrored(view) else 0
-
-
-def pair_counts(n: int, plan: dict, results: dict[int, list[int | None]]) -> list[int | None]:
-    """Each of ``n`` pairs' inlier count from the shards' answers to a ``_pair_blocks`` plan."""
-    out: list[int | None] = [None] * n
-    for s, got in results.items():
-        for r, count in zip(plan[s][0], got):
-            out[r] = count
-    return out

@@ -183,7 +183,8 @@ class Searcher:
         if not pairs:
             return merged
         need = fewest_inliers(curve, ranks[lift], min_confidence)
-        counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs], need.tolist())
+        views = [h.variant or "original" for (_, h), up in zip(cands, lift) if up]
+        counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs], need.tolist(), views)
         by_query: list[dict[str, int | None]] = [{} for _ in merged]
         for (qi, item_id), n in zip(pairs, counts):
             by_query[qi][item_id] = n

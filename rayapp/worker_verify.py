@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rayapp.router import ShardRouter, pair_counts
+from rayapp.pair_plan import pair_counts, pair_plan
+from rayapp.router import ShardRouter
 from shards.verify import verify_blocks
 
 
@@ -22,11 +23,11 @@ class WorkerVerifyingRouter(ShardRouter):
     """A :class:`ShardRouter` whose batch verification (``averify_pairs``) runs in this process."""
 
     async def averify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray],
-                            at_least: list[int] | None = None) -> list[int | None]:
+                            at_least: list[int] | None = None, views: list[str] | None = None) -> list[int | None]:
         """:meth:`ShardRouter.averify_pairs`, matched here: one keypoints call per owning shard
         (a shard that fails leaves its pairs None); pairs that cannot reach ``at_least[i]``
         inliers skip RANSAC."""
-        plan = self._pair_blocks(pairs, keypoints)
+        plan = pair_plan(self.shard_for, pairs, keypoints, views)
         refs = {s: self.pool.read(s, "keypoints", ids) for s, (_, ids, _, _) in plan.items()}
         stored, _ = await self.pool.gather(refs, self.timeout_s)
         results = {s: verify_blocks(plan[s][2], plan[s][3], [k if k[:2].any() else None for k in kps],

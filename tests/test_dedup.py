@@ -53,8 +53,9 @@ def test_star_groups_do_not_chain_look_alikes():
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
-    """Eight sample photos and edited copies of the first two (names say whose copy each is)."""
-    from PIL import Image
+    """Eight sample photos, edited copies of the first two and a mirror of the first (names say
+    whose copy each is)."""
+    from PIL import Image, ImageOps
     root = tmp_path_factory.mktemp("dedup") / "photos"
     root.mkdir()
     for f in SAMPLES[:8]:
@@ -63,6 +64,8 @@ def collection(tmp_path_factory) -> Path:
         with Image.open(f) as im:
             for kind in EDITS[:3]:
                 edited_copy(im, kind).save(root / f"{f.stem}__{kind}.jpg", quality=90)
+    with Image.open(SAMPLES[0]) as im:
+        ImageOps.mirror(im.convert("RGB")).save(root / f"{SAMPLES[0].stem}__mirror.jpg", quality=90)
     return root
 
 
@@ -81,6 +84,12 @@ def test_find_duplicates_and_the_report(ray_local, collection, tmp_path):
     edges = pq.read_table(out / "edges.parquet").to_pylist()
     pairs = [(e["a"], e["b"]) for e in edges]
     assert len(pairs) == len(set(pairs)) and all(a < b for a, b in pairs)
+    mirror = f"{SAMPLES[0].stem}__mirror.jpg"
+    assert mirror in {name for name, _ in dupes[SAMPLES[0].name]}
+    # the mirror matched through a mirrored view and was verified by the mirrored keypoints:
+    # most of its keypoints (the keypoints as given reach tens on this near-symmetric shirt)
+    flipped = [e["variant"] for e in edges if mirror in (e["a"], e["b"]) and "flip" in e["variant"]]
+    assert flipped and int(flipped[0].split(", ")[-1].split()[0]) >= 100, flipped
     groups = pq.read_table(out / "groups.parquet").to_pylist()
     keeps = {r["id"] for r in groups if r["keep"]}
     assert keeps == {f.name for f in SAMPLES[:2]}  # the originals are the largest copies

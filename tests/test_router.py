@@ -391,3 +391,18 @@ def test_hung_shard_times_out_without_hanging(router, data):
     assert time.monotonic() - t0 < 8
     assert r.stats()[1]["state"] == "unavailable"
     ray.kill(slow)
+
+
+def test_a_pair_through_a_mirrored_view_is_verified_by_both_blocks():
+    """A batch job's pair that matched through a mirrored view is two entries (as given and
+    mirrored) and keeps the better count; other pairs, and queries with one block, are one."""
+    from rayapp.pair_plan import pair_counts, pair_plan
+    from shards.verify import KEYPOINT_BYTES
+    two = np.stack([np.full(KEYPOINT_BYTES, 1, np.uint8), np.full(KEYPOINT_BYTES, 2, np.uint8)])
+    one = np.full(KEYPOINT_BYTES, 3, np.uint8)
+    pairs = [(0, "a"), (0, "b"), (1, "c")]
+    plan = pair_plan(lambda _: 0, pairs, [two, two, one], ["flip", "original", "flip"])
+    rows, ids, blocks, which = plan[0]
+    assert rows == [0, 0, 1, 2] and ids == ["a", "a", "b", "c"]
+    assert [blocks[w][0] for w in which] == [1, 2, 1, 3]  # each query's blocks stacked once
+    assert pair_counts(3, plan, {0: [7, 40, None, 5]}) == [40, None, 5]
