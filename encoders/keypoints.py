@@ -2,6 +2,8 @@
 (layout: ``formats.keypoints``; matching and scoring: ``shards.verify``)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -82,3 +84,11 @@ def extract_query(image: Image.Image) -> np.ndarray:
     kps, des = _orb().detectAndCompute(grey, None)
     mirror = np.ascontiguousarray(grey[:, ::-1])
     return np.stack([_packed(kps, des), _packed(*_orb().compute(mirror, _mirrored(kps, grey.shape[1])))])
+
+
+def extract_query_views(image: Image.Image, boxes: Sequence[tuple]) -> np.ndarray:
+    """A query's keypoint blocks: ``extract_query`` of the whole image (as given, mirrored),
+    then of each box's crop (``encoders.tta.searched_boxes``) -> (2 + 2 * len(boxes),
+    KEYPOINT_BYTES). A framed or pasted photo's own keypoints, detected at the crop's scale,
+    verify a hit that matched through its crop: most of the whole query's lie outside it."""
+    return np.concatenate([extract_query(image)] + [extract_query(image.crop(b)) for b in boxes])

@@ -114,16 +114,17 @@ def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
 
 
 def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndarray], mode: str,
-                   content: bool | str = True) -> tuple[list[np.ndarray], list[str]]:
+                   content: bool | str = True, found: tuple | None = None) -> tuple[list[np.ndarray], list[str]]:
     """The views of one query image to search, as (1, S, S, 3) arrays, and their names (in
     ``view_names`` order): the framed or pasted photo's views and the upright view come only
     when their detector fires (``content="frame"`` looks for flat frames only, no pasted photo).
     When both finders fire on different boxes (a photo pasted onto a picture with flat areas
     looks framed too), both crops are searched, each as ``content``, and so is the pasted-photo
-    finder's runner-up box (``PASTE_BOXES``)."""
+    finder's runner-up box (``PASTE_BOXES``). ``found``: ``content_boxes(img, content)`` when the
+    caller has it (the crops' keypoints need the same boxes)."""
     arrays, names = variants(preprocess(img)[None], mode), list(variant_names(mode))
-    frame, pasted, more = content_boxes(img, content)
-    for box in [b for b in (frame, pasted) if b is not None] + more:
+    frame, pasted, more = found if found is not None else content_boxes(img, content)
+    for box in searched_boxes((frame, pasted, more)):
         inner = preprocess(img.crop(box))[None]
         arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
         names += ["content"] if mode == "none" else ["content", "content+flip"]
@@ -153,6 +154,13 @@ def content_boxes(img: Image.Image, content: bool | str = True) -> tuple[tuple |
         return trimmed, None, []  # one photo, found by both
     boxes = [b for b in boxes if frame is None or box_iou(frame, b) < SAME_BOX_IOU]
     return trimmed, boxes[0] if boxes else None, boxes[1:]
+
+
+def searched_boxes(found: tuple) -> list[tuple]:
+    """The boxes whose crops a query searches as ``content`` views, in order, from
+    ``content_boxes``' answer: the frame's photo, the pasted photo, the runners-up."""
+    frame, pasted, more = found
+    return [b for b in (frame, pasted) if b is not None] + list(more)
 
 
 def most_views(mode: str, content: bool | str = True) -> int:

@@ -20,8 +20,8 @@ from PIL import Image
 from ray import serve
 
 from encoders.decode import ImageDecodeError, load_image
-from encoders.keypoints import extract as extract_keypoints, extract_query
-from encoders.tta import most_views, query_variants, ref_view_images
+from encoders.keypoints import extract as extract_keypoints, extract_query_views
+from encoders.tta import content_boxes, most_views, query_variants, ref_view_images, searched_boxes
 from rayapp.config import Config
 from rayapp.http import decode_status
 
@@ -91,12 +91,12 @@ class ImageEncoder:
         All of a request's arrays go through the dynamic batcher as one item.
         """
         try:
-            img, arrays, names = await asyncio.to_thread(self._views, data, query, store)
+            img, arrays, names, boxes = await asyncio.to_thread(self._views, data, query, store)
         except ImageDecodeError as exc:
             return {"error": str(exc), "status": decode_status(exc)}
         # keypoints (OpenCV) are found in another thread while the views are encoded (torch):
         # both release the GIL, so on two cores the query waits for the longer, not the sum
-        found = asyncio.ensure_future(asyncio.to_thread(self._keypoints, img, query, store))
+        found = asyncio.ensure_future(asyncio.to_thread(self._keypoints, img, query, store, boxes))
         parts = await self.encode_stacks(np.concatenate(arrays))
         keypoints = await found
         if not query:
@@ -113,23 +113,27 @@ class ImageEncoder:
             answer["vectors"] = [v for _, _, v in parts]
         return answer
 
-    def _views(self, data: bytes, query: bool, store: bool) -> tuple[Image.Image, list[np.ndarray], list[str]]:
+    def _views(self, data: bytes, query: bool, store: bool) -> tuple[Image.Image, list[np.ndarray], list[str], list]:
         """Decode once, then the arrays to encode and their names: the image as given, plus a
-        query's views or, to store it, its reference views."""
+        query's views or, to store it, its reference views; and the boxes a query's crops
+        searched (``encoders.tta.searched_boxes``)."""
         img = load_image(data, max_pixels=self.max_pixels)
         if query:
-            return (img, *query_variants(img, self.encoder.preprocess, self.tta, self.content))
+            found = content_boxes(img, self.content)
+            return (img, *query_variants(img, self.encoder.preprocess, self.tta, self.content, found),
+                    searched_boxes(found))
         extra = ref_view_images(img, self.ref_views) if store else []
         arrays = [self.encoder.preprocess(v)[None] for v in [img, *extra]]
-        return img, arrays, ["original", *(self.ref_views if store else ())]
+        return img, arrays, ["original", *(self.ref_views if store else ())], []
 
-    def _keypoints(self, img: Image.Image, query: bool, store: bool) -> np.ndarray | None:
-        """The image's packed keypoints when wanted: a query's (as given and mirrored) to verify
-        its hits, a stored image's to keep; else None."""
+    def _keypoints(self, img: Image.Image, query: bool, store: bool, boxes: list) -> np.ndarray | None:
+        """The image's packed keypoints when wanted: a query's (as given and mirrored, then its
+        searched crops', ``extract_query_views``) to verify its hits, a stored image's to keep;
+        else None."""
         want = self.verify > 0 if query else store and self.keypoints
         if not want:
             return None
-        return extract_query(img) if query else extract_keypoints(img)
+        return extract_query_views(img, boxes) if query else extract_keypoints(img)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
     async def encode_stacks(self, stacks: list[np.ndarray]) -> list[list[tuple]]:

@@ -1,9 +1,11 @@
 """Which keypoint block verifies a hit, and the plan of a batch job's pair verification.
 
-An image query carries its keypoints as given and, when it is verified, as its mirror sees them
-(``encoders.keypoints.extract_query``: ORB is not mirror-invariant). A hit that matched through
-a mirrored view is verified by both blocks and keeps the better count, so a mirrored copy earns
-its keypoint credit; a hit through any other view is verified as given.
+An image query carries its keypoints as given and as its mirror sees them (ORB is not
+mirror-invariant), then each searched crop's two (``encoders.keypoints.extract_query_views``). A
+hit that matched through a mirrored view is verified by the first two blocks and keeps the better
+count, so a mirrored copy earns its keypoint credit; one that matched through a crop by every
+block, so a photo framed by a screenshot or pasted into a picture is verified by its own
+keypoints; a hit through any other view is verified as given.
 
 A batch job (dedup) verifies many (query, stored image) pairs at once: :func:`pair_plan` groups
 them by owning shard, with each shard's distinct query blocks stacked once, and
@@ -17,16 +19,22 @@ from typing import Callable
 import numpy as np
 
 from encoders.tta import is_mirrored
-from shards.verify import KEYPOINT_BYTES
+from shards.verify import KEYPOINT_BYTES, block_rows
 
 Plan = dict[int, tuple[list[int], list[str], np.ndarray, list[int]]]
 
 
-def keypoint_block(view: str, blocks: int) -> int:
-    """The keypoint block a hit that matched through ``view`` is verified by: the query as given
-    (0), or for a mirrored view the better of as given and mirrored (-1: a symmetric image's
-    mirror can match as well)."""
-    return -1 if blocks > 1 and is_mirrored(view) else 0
+def keypoint_block(view: str, blocks: int) -> int | list[int]:
+    """The keypoint blocks a hit that matched through ``view`` is verified by, of a query's
+    ``blocks`` (``encoders.keypoints.extract_query_views``: as given, mirrored, then each
+    searched crop's two): the query as given (0); for a mirrored view the better of as given
+    and mirrored (a symmetric image's mirror can match as well); for the crop of a framed or
+    pasted photo, or its mirror, the best of all (-1), its crop's own included."""
+    if view.startswith("content") and blocks > 2:
+        return -1
+    if blocks > 1 and is_mirrored(view):
+        return -1 if blocks == 2 else [0, 1]
+    return 0
 
 
 def pair_plan(shard_for: Callable[[str], int], pairs: list[tuple[int, str]], keypoints: list[np.ndarray],
@@ -38,7 +46,7 @@ def pair_plan(shard_for: Callable[[str], int], pairs: list[tuple[int, str]], key
     entries: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for row, (_, item_id) in enumerate(pairs):
         n = len(np.asarray(keypoints[row]).reshape(-1, KEYPOINT_BYTES))
-        use = range(n) if keypoint_block(views[row] if views else "original", n) < 0 else (0,)
+        use = block_rows(keypoint_block(views[row] if views else "original", n), n)
         entries[shard_for(str(item_id))] += [(row, b) for b in use]
     plan = {}
     for s, es in entries.items():

@@ -209,7 +209,8 @@ def encode_query(encoder, img, query: QueryConfig, rank: str | None = None, tta:
                  keypoints: bool = True) -> QueryViews:
     """A decoded image -> its QueryViews, encoded in this process: the configured views
     (``encoders.tta.query_variants``), bit confidences for weighted ranking, side vectors for
-    vector ranking, and keypoints as given and mirrored when hits are verified."""
+    vector ranking, and keypoints (as given, mirrored, and each searched crop's) when hits are
+    verified."""
     return encode_queries(encoder, [img], query, rank, tta, keypoints)[0]
 
 
@@ -217,20 +218,21 @@ def encode_queries(encoder, imgs: Sequence, query: QueryConfig, rank: str | None
                    tta: str | None = None, keypoints: bool = True) -> list[QueryViews]:
     """Decoded images -> each one's QueryViews (``encode_query``), every view of every image
     encoded in one batch: how eval encodes its queries, at batch speed."""
-    from encoders.keypoints import extract_query
-    from encoders.tta import query_variants
+    from encoders.keypoints import extract_query_views
+    from encoders.tta import content_boxes, query_variants, searched_boxes
     rank = rank or query.rank
-    views = [query_variants(img, encoder.preprocess, tta or query.tta, query.content)
-             for img in imgs]
+    found = [content_boxes(img, query.content) for img in imgs]
+    views = [query_variants(img, encoder.preprocess, tta or query.tta, query.content, f)
+             for img, f in zip(imgs, found)]
     codes, weights, vectors = encoder.encode_vectors(np.concatenate([a for arrays, _ in views for a in arrays]))
     weights = weights if rank != "hamming" else None
     vectors = vectors if rank == "vector" else None
     verify = keypoints and int(query.verify) > 0
     out, start = [], 0
-    for img, (_, names) in zip(imgs, views):
+    for img, (_, names), f in zip(imgs, views, found):
         rows = slice(start, start + len(names))
         start = rows.stop
         out.append(QueryViews(codes[rows], list(names), None if weights is None else weights[rows],
                               None if vectors is None else vectors[rows],
-                              extract_query(img) if verify else None))
+                              extract_query_views(img, searched_boxes(f)) if verify else None))
     return out

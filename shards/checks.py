@@ -110,26 +110,38 @@ def check_limit(limit: Any) -> int:
 
 def check_keypoint_blocks(keypoints: np.ndarray | bytes, which: list[int] | None,
                           n: int) -> tuple[np.ndarray, list[int]]:
-    """A query's packed keypoints -> ((m, KEYPOINT_BYTES) blocks, the block of each of ``n``
-    ids: 0 for each when ``which`` is None, -1 meaning the best of all)."""
+    """A query's packed keypoints -> ((m, KEYPOINT_BYTES) blocks, the blocks of each of ``n``
+    ids: 0 for each when ``which`` is None, -1 meaning the best of all, a list the best of
+    those)."""
     blocks = np.frombuffer(bytes(keypoints), np.uint8)
     if len(blocks) == 0 or len(blocks) % KEYPOINT_BYTES:
         raise ValueError(f"keypoints must be blocks of {KEYPOINT_BYTES} bytes, got {len(blocks)}")
     blocks = blocks.reshape(-1, KEYPOINT_BYTES)
-    which = [0] * n if which is None else [int(w) for w in which]
-    if len(which) != n or any(not -1 <= w < len(blocks) for w in which):
-        raise ValueError(f"which must name one of {len(blocks)} keypoint blocks (or -1) per id")
+    try:
+        which = [0] * n if which is None else [_block_entry(w) for w in which]
+    except (TypeError, ValueError):
+        which = None
+    if which is None or len(which) != n or not all(_names_blocks(w, len(blocks)) for w in which):
+        raise ValueError(f"which must name one of {len(blocks)} keypoint blocks, -1 or a list of blocks per id")
     return blocks, which
+
+
+def _block_entry(w: Any) -> int | list[int]:
+    return [int(b) for b in w] if isinstance(w, (list, tuple)) else int(w)
+
+
+def _names_blocks(w: int | list[int], m: int) -> bool:
+    return -1 <= w < m if isinstance(w, int) else bool(w) and all(0 <= b < m for b in w)
 
 
 def check_verify(verify: Any, queries: int) -> tuple[int, bytes, dict[str, int]] | None:
     """A search's verification of its top hits: None, or (depth >= 0, the query's packed
-    keypoint blocks, each view name's block: 0 as given, -1 the best of all) for a search of
-    one image query."""
+    keypoint blocks, each view name's blocks: 0 as given, -1 the best of all, or a list) for a
+    search of one image query."""
     if verify is None:
         return None
     try:
-        depth, keypoints, blocks = int(verify[0]), bytes(verify[1]), {str(k): int(v) for k, v in verify[2].items()}
+        depth, keypoints, blocks = int(verify[0]), bytes(verify[1]), {str(k): _block_entry(v) for k, v in verify[2].items()}
     except (TypeError, ValueError, IndexError, AttributeError):
         raise ValueError(f"verify must be (depth, keypoints, view blocks), got {verify!r:.80}") from None
     if depth < 0 or queries != 1:

@@ -54,14 +54,22 @@ def inliers(query: np.ndarray | bytes, stored: np.ndarray | bytes) -> int:
     return inliers_many(query, [stored])[0]
 
 
-def verify_blocks(blocks: np.ndarray, which: list[int], stored: list[np.ndarray | None],
+def block_rows(w: int | Sequence[int], n: int) -> Sequence[int]:
+    """The query blocks one ``which`` entry names: a row, -1 for all ``n``, or a list of rows."""
+    if isinstance(w, (int, np.integer)):
+        return range(n) if w < 0 else (int(w),)
+    return tuple(int(b) for b in w)
+
+
+def verify_blocks(blocks: np.ndarray, which: list, stored: list[np.ndarray | None],
                   at_least: Sequence[int] | None = None) -> list[int | None]:
-    """Each stored image's inliers (None where it has no keypoints) against its query block:
-    ``which[i]`` is a row of ``blocks``, or -1 for the best of all. Each block is matched
-    against all its images in one :func:`inliers_many` (``at_least[i]``: see there)."""
+    """Each stored image's inliers (None where it has no keypoints) against its query blocks:
+    ``which[i]`` is a row of ``blocks``, -1 for the best of all, or a list of rows (the best of
+    those). Each block is matched against all its images in one :func:`inliers_many`
+    (``at_least[i]``: see there)."""
     rows: dict[int, list[int]] = defaultdict(list)  # block -> the images it verifies
     for i, w in enumerate(which):
-        for b in (range(len(blocks)) if w < 0 else (w,)) if stored[i] is not None else ():
+        for b in block_rows(w, len(blocks)) if stored[i] is not None else ():
             rows[b].append(i)
     out: list[int | None] = [None] * len(stored)
     for b, rs in rows.items():

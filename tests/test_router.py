@@ -406,3 +406,19 @@ def test_a_pair_through_a_mirrored_view_is_verified_by_both_blocks():
     assert rows == [0, 0, 1, 2] and ids == ["a", "a", "b", "c"]
     assert [blocks[w][0] for w in which] == [1, 2, 1, 3]  # each query's blocks stacked once
     assert pair_counts(3, plan, {0: [7, 40, None, 5]}) == [40, None, 5]
+
+
+def test_each_view_is_verified_by_its_keypoint_blocks():
+    """As given by block 0; a mirrored view by the first two (as given, mirrored); a framed or
+    pasted photo's crop, or its mirror, by every block once the query has crops' blocks."""
+    from rayapp.pair_plan import keypoint_block
+    from shards.checks import check_keypoint_blocks
+    from shards.verify import KEYPOINT_BYTES
+    assert [keypoint_block(v, 2) for v in ("original", "flip", "content", "content+flip")] == [0, -1, 0, -1]
+    assert [keypoint_block(v, 6) for v in ("rot90", "flip+rot90", "content", "content+flip")] == [0, [0, 1], -1, -1]
+    assert keypoint_block("flip", 1) == 0
+    blocks = bytes(KEYPOINT_BYTES * 3)
+    assert check_keypoint_blocks(blocks, [0, -1, [0, 2]], 3)[1] == [0, -1, [0, 2]]
+    for bad in ([3], [[0, 3]], [[]], ["x"]):
+        with pytest.raises(ValueError):
+            check_keypoint_blocks(blocks, bad, 1)

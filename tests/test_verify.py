@@ -256,3 +256,23 @@ def test_tiny_and_strip_images_have_no_keypoints_but_encode():
         views, names = query_variants(img, enc.preprocess, "flip_turns")
         codes, _, vectors = enc.encode_vectors(np.concatenate(views))
         assert len(codes) == len(names) == 6 and vectors.shape == (6, enc.vector_bytes)
+
+
+def test_a_photo_pasted_into_a_picture_verifies_by_its_crops_keypoints():
+    """A small photo pasted into another picture: the whole query's keypoints mostly lie outside
+    it, so its own crop's keypoints (``extract_query_views``, what a content view's hit is
+    verified by) verify it with many more inliers; the blocks come as given, mirrored, then
+    each crop's two."""
+    from encoders.keypoints import extract_query_views
+    from encoders.tta import content_boxes, searched_boxes
+    photo, scene = _photo(3), _photo(12).resize((640, 480))
+    box = (330, 220, 330 + photo.width // 2, 220 + photo.height // 2)
+    pasted = scene.copy()
+    pasted.paste(photo.resize((box[2] - box[0], box[3] - box[1])), box[:2])
+    boxes = searched_boxes(content_boxes(pasted))
+    blocks = extract_query_views(pasted, boxes)
+    assert len(blocks) == 2 + 2 * len(boxes) and boxes
+    stored = extract(photo)
+    whole, best = verify_blocks(blocks, [0, -1], [stored, stored])
+    assert best >= BONUS_FULL and best >= 2 * whole
+    assert verify_blocks(blocks, [[0, 1]], [stored]) == [max(inliers(b, stored) for b in blocks[:2])]
