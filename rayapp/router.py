@@ -263,8 +263,8 @@ class ShardRouter:
 
     async def averify(self, hits: list[Hit], keypoints: np.ndarray, depth: int) -> list[Hit]:
         """One image query's merged hits with its top ``depth`` spatially verified by their
-        shards (``ShardActor.verify``; ``keypoints``: the query's blocks as given and, optionally,
-        mirrored, ``encoders.keypoints.extract_query``) and re-ordered. A shard that fails
+        shards (``ShardActor.verify``; ``keypoints``: the query's blocks, as given, mirrored and
+        each searched crop's, ``encoders.keypoints.extract_query_views``) and re-ordered. A shard that fails
         leaves its hits as they were (the answer is still right, only less sure)."""
         groups, refs = self._submit_verify(hits, keypoints, depth)
         results, _ = await self.pool.gather(refs, self.timeout_s)

@@ -141,7 +141,8 @@ def check_verify(verify: Any, queries: int) -> tuple[int, bytes, dict[str, int]]
     if verify is None:
         return None
     try:
-        depth, keypoints, blocks = int(verify[0]), bytes(verify[1]), {str(k): _block_entry(v) for k, v in verify[2].items()}
+        depth, keypoints = int(verify[0]), bytes(verify[1])
+        blocks = {str(k): _block_entry(v) for k, v in verify[2].items()}
     except (TypeError, ValueError, IndexError, AttributeError):
         raise ValueError(f"verify must be (depth, keypoints, view blocks), got {verify!r:.80}") from None
     if depth < 0 or queries != 1:
