@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from bench import common
-from encoders.keypoints import extract, extract_query
-from encoders.tta import content_boxes
+from encoders.keypoints import extract, extract_query_views
+from encoders.tta import content_boxes, searched_boxes
 from shards.verify import BONUS_FULL, inliers
 
 CONFIRMED = BONUS_FULL
@@ -32,11 +32,9 @@ FAMILIES = ("social_screenshot", "paste_into", "overlay", "combo_crop_text_jpeg"
 def one(query: Image.Image, ref: Image.Image) -> dict:
     """The inliers of the whole query and of its best crop against the original's keypoints."""
     stored = extract(ref)
-    whole = max(inliers(b, stored) for b in extract_query(query))
-    frame, pasted, more = content_boxes(query)
-    crops = [b for b in (frame, pasted) if b is not None] + more
-    crop = max([0] + [inliers(b, stored) for box in crops for b in extract_query(query.crop(box))])
-    return {"whole": whole, "crop": crop, "crops": len(crops)}
+    crops = searched_boxes(content_boxes(query))
+    counts = [inliers(b, stored) for b in extract_query_views(query, crops)]
+    return {"whole": max(counts[:2]), "crop": max([0] + counts[2:]), "crops": len(crops)}
 
 
 def run(argv: list[str] | None = None) -> Path:

@@ -171,10 +171,10 @@ def build_dataset(cfg: Config, sources: list[str], opts: IngestOptions, done: se
     if not parts:
         return None, listed, skipped
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.encoder.device != "cpu"
-    cpus = ray.cluster_resources().get("CPU", 1.0)
+    resources = ray.cluster_resources()
+    gpu = resources.get("GPU", 0) > 0 and cfg.encoder.device != "cpu"
     ds = ds.map_batches(decode_batch, batch_size=opts.batch_size,
-                        num_cpus=decode_cpus(cpus, 0 if gpu else max(1, opts.encoders)),
+                        num_cpus=decode_cpus(resources.get("CPU", 1.0), 0 if gpu else max(1, opts.encoders)),
                         fn_kwargs={"size": input_size, "max_pixels": cfg.encoder.max_pixels,
                                    "ref_views": tuple(cfg.storage.ref_views),
                                    "keypoints": bool(cfg.storage.keypoints)})

@@ -278,9 +278,9 @@ class ShardRouter:
     async def averify_pairs(self, pairs: list[tuple[int, str]], keypoints: list[np.ndarray],
                             at_least: list[int] | None = None, views: list[str] | None = None) -> list[int | None]:
         """Batch verification for jobs: each (query, stored id) pair against its query's
-        keypoints (``keypoints[i]`` for pair i; both blocks where ``views[i]``, the query view
-        it matched through, is mirrored), in one call per owning shard -> each pair's inlier
-        count (None: not verified; a shard that fails leaves its pairs None).
+        keypoints (``keypoints[i]`` for pair i, by the blocks ``keypoint_block`` names for
+        ``views[i]``, the query view it matched through), in one call per owning shard -> each
+        pair's inlier count (None: not verified; a shard that fails leaves its pairs None).
         ``at_least[i]``: the fewest inliers that matter for pair i, under which a count may be
         answered 0 (``shards.verify.inliers_many``); the shards count exactly."""
         plan = pair_plan(self.shard_for, pairs, keypoints, views)

@@ -17,9 +17,12 @@ import numpy as np
 from numba import njit, types
 from numba.core.extending import intrinsic
 
+from formats.keypoints import DESCRIPTOR_BYTES
+
 FAR = np.iinfo(np.int32).max  # the second distance of a set with a single keypoint
 _NONE = np.int64(1) << np.int64(40)  # above every (distance, index) key
 _INDEX_BITS = np.int64(16)  # a key is distance << 16 | index: sets hold at most 65,536 rows
+_INDEX_MASK = (np.int64(1) << _INDEX_BITS) - np.int64(1)
 
 
 @intrinsic
@@ -41,7 +44,7 @@ def _two_nearest_words(q, s, counts):
     m, n = q.shape[0], s.shape[0]
     first = np.empty((m, n), dtype=np.int32)
     second = np.empty((m, n), dtype=np.int32)
-    nearest = np.zeros((m, n), dtype=np.int64)
+    nearest = np.empty((m, n), dtype=np.int64)
     keys = np.empty(s.shape[2], dtype=np.int64)
     for j in range(n):
         c = counts[j]
@@ -56,19 +59,20 @@ def _two_nearest_words(q, s, counts):
             lo2 = _NONE
             for k in range(c):
                 lo2 = min(lo2, keys[k] if keys[k] != lo else _NONE)
-            first[i, j], nearest[i, j] = lo >> _INDEX_BITS, lo & 0xFFFF
+            first[i, j], nearest[i, j] = lo >> _INDEX_BITS, lo & _INDEX_MASK
             second[i, j] = lo2 >> _INDEX_BITS if lo2 < _NONE else FAR
     return first, second, nearest
 
 
 def two_nearest_sets(query: np.ndarray, stored: np.ndarray, counts: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Packed 32-byte descriptors: ``query`` (m, 32) uint8 and ``stored`` (n, width, 32) uint8,
+    """Packed ORB descriptors (``DESCRIPTOR_BYTES``, 32: four words): ``query`` (m, 32) uint8 and
+    ``stored`` (n, width, 32) uint8,
     set j's first ``counts[j]`` rows its own (the rest never read). Returns (first, second,
     nearest), each (m, n): what the full Hamming matrix's argmin and two smallest values would
     give."""
-    if query.shape[1] != 32 or stored.shape[2] != 32:
-        raise ValueError(f"descriptors of {query.shape[1]} and {stored.shape[2]} bytes: 32 expected")
+    if query.shape[1] != DESCRIPTOR_BYTES or stored.shape[2] != DESCRIPTOR_BYTES:
+        raise ValueError(f"descriptors of {query.shape[1]} and {stored.shape[2]} bytes: {DESCRIPTOR_BYTES} expected")
     if stored.shape[1] > 1 << int(_INDEX_BITS):
         raise ValueError(f"sets of {stored.shape[1]} descriptors: at most {1 << int(_INDEX_BITS)}")
     q = np.ascontiguousarray(query, np.uint8).view(np.uint64)
@@ -78,4 +82,5 @@ def two_nearest_sets(query: np.ndarray, stored: np.ndarray, counts: np.ndarray
 
 def warm_up() -> None:
     """Compile (or load from the disk cache) the kernel before the first verification."""
-    two_nearest_sets(np.zeros((1, 32), np.uint8), np.zeros((1, 2, 32), np.uint8), np.array([2]))
+    one = np.zeros((1, DESCRIPTOR_BYTES), np.uint8)
+    two_nearest_sets(one, np.stack([one, one], axis=1), np.array([2]))

@@ -94,17 +94,11 @@ def inliers_many(query: np.ndarray | bytes, stored: np.ndarray | list,
     s_xy, s_des, counts = unpack_many(stored)
     if len(q_des) < MIN_MATCHES or not len(counts) or counts.max() < 2:
         return [0] * len(counts)
-    first, second, nearest = _two_nearest_each(q_des, s_des[:, :int(counts.max())], counts)
+    first, second, nearest = two_nearest_sets(q_des, s_des[:, :int(counts.max())], counts)
     ok = first < RATIO * second
     return [_geometric_inliers(q_xy, s_xy[j], first[:, j], nearest[:, j], ok[:, j],
                                MIN_MATCHES if at_least is None else max(MIN_MATCHES, at_least[j]))
             if n >= 2 else 0 for j, n in enumerate(counts)]
-
-
-def _two_nearest_each(q_des: np.ndarray, stored: np.ndarray, counts: np.ndarray):
-    """:func:`two_nearest` of the query against each stored set ((n, width, 32), the first
-    ``counts[j]`` rows of set j its descriptors, the rest never read), as (m, n) arrays."""
-    return two_nearest_sets(q_des, stored, counts)
 
 
 def _geometric_inliers(q_xy: np.ndarray, s_xy: np.ndarray, first: np.ndarray, nearest: np.ndarray,
@@ -141,7 +135,7 @@ def two_nearest(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.n
     """Each query descriptor's nearest and second-nearest Hamming distance to the stored ones,
     and the nearest's index (the first of equals: a tie fails the ratio test anyway): what
     :func:`inliers_many` computes for each stored image, for one."""
-    first, second, nearest = _two_nearest_each(query, np.asarray(stored)[None], np.array([len(stored)]))
+    first, second, nearest = two_nearest_sets(query, np.asarray(stored)[None], np.array([len(stored)]))
     return first[:, 0], second[:, 0], nearest[:, 0]
 
 
