@@ -41,10 +41,10 @@ def _outcome(boxes: list, truth: tuple) -> str:
 def trial(img: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> dict[str, str]:
     """One pasted picture -> each rule's outcome: found, wrong (boxes, none right) or none."""
     out, truth = paste_into_box(img, rng, [other])
-    frame, pasted, more = content_boxes(Image.fromarray(out))
-    both = [b for b in (frame, pasted) if b is not None]
+    found = content_boxes(Image.fromarray(out))
+    both = [b for b in (found.frame, found.pasted) if b is not None]
     return {"frame_first": _outcome(both[:1], truth), "both_boxes": _outcome(both, truth),
-            "with_runners_up": _outcome(both + more, truth)}
+            "with_runners_up": _outcome(both + found.more, truth)}
 
 
 def run(argv: list[str] | None = None) -> Path:

@@ -5,8 +5,9 @@ keeping, per stored id, its best distance. Modes: ``none``, ``flip`` (+ mirror),
 (+ mirror, 90 and 270 degrees), ``flip_turns`` (+ mirror, every turn and the vertical mirror),
 ``d4`` (all 8 symmetries). With ``content`` on, a query that is a photo inside a flat frame
 (padding, meme bands, a screenshot; ``encoders.frame``) or a photo pasted into another picture
-(``encoders.region``) also searches that photo's crop and its mirror, and a photo turned by a few
-degrees inside a flat fill (``encoders.rotation``) is also searched turned back upright.
+(``encoders.region``) also searches that photo's crop and its mirror, a collage (``encoders.panels``)
+searches each panel's, and a photo turned by a few degrees inside a flat fill
+(``encoders.rotation``) is also searched turned back upright.
 
 The index side has views too (``ref_view_images``): an image may also be stored under the
 codes of some of its crops (``REF_VIEWS``; ``shards.views``), because a 128-bit code of a
@@ -20,12 +21,13 @@ on a validation benchmark built from training sources (see the model card), not 
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
 
 from encoders.frame import content_box, without_bars
+from encoders.panels import MAX_PANELS, panel_boxes
 from encoders.region import box_iou, paste_boxes
 from encoders.rotation import turn_angle, turned_back
 
@@ -114,21 +116,22 @@ def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
 
 
 def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndarray], mode: str,
-                   content: bool | str = True, found: tuple | None = None) -> tuple[list[np.ndarray], list[str]]:
+                   content: bool | str = True, found: Found | None = None) -> tuple[list[np.ndarray], list[str]]:
     """The views of one query image to search, as (1, S, S, 3) arrays, and their names (in
     ``view_names`` order): the framed or pasted photo's views and the upright view come only
     when their detector fires (``content="frame"`` looks for flat frames only, no pasted photo).
     When both finders fire on different boxes (a photo pasted onto a picture with flat areas
     looks framed too), both crops are searched, each as ``content``, and so is the pasted-photo
-    finder's runner-up box (``PASTE_BOXES``). ``found``: ``content_boxes(img, content)`` when the
-    caller has it (the crops' keypoints need the same boxes)."""
+    finder's runner-up box (``PASTE_BOXES``), and each panel of a collage. ``found``:
+    ``content_boxes(img, content)`` when the caller has it (the crops' keypoints need the same
+    boxes)."""
     arrays, names = variants(preprocess(img)[None], mode), list(variant_names(mode))
-    frame, pasted, more = found if found is not None else content_boxes(img, content)
-    for box in searched_boxes((frame, pasted, more)):
+    found = found if found is not None else content_boxes(img, content)
+    for box in searched_boxes(found):
         inner = preprocess(img.crop(box))[None]
         arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
         names += ["content"] if mode == "none" else ["content", "content+flip"]
-    for box in ([pasted] + more) if pasted is not None else []:
+    for box in ([found.pasted] + list(found.more)) if found.pasted is not None else []:
         rest = outside_box(img.size, box)
         if rest is not None:
             arrays.append(preprocess(img.crop(rest))[None])
@@ -140,27 +143,42 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
     return arrays, names
 
 
-def content_boxes(img: Image.Image, content: bool | str = True) -> tuple[tuple | None, tuple | None, list[tuple]]:
-    """(the flat frame's photo box, the pasted photo's box, the pasted-photo finder's runners-up)
-    of a query: the first two None where their finder does not fire or does not run (``content``
-    False; "frame": no pasted-photo finder). A pasted box that is the frame's photo found again
-    (IoU >= SAME_BOX_IOU) is left out, and when the best one is, the runners-up are too: the
-    two finders agree on the photo. The frame's box is compared as found, then searched without
-    the letterbox bars inside it (``encoders.frame.without_bars``)."""
+class Found(NamedTuple):
+    """The boxes a query's crops are searched at (``content_boxes``)."""
+    frame: tuple | None       # the flat frame's photo, without the letterbox bars inside it
+    pasted: tuple | None      # the pasted-photo finder's best box
+    more: list[tuple]         # its runners-up
+    panels: tuple = ()        # a collage's panels (``encoders.panels``)
+
+
+def content_boxes(img: Image.Image, content: bool | str = True) -> Found:
+    """The boxes of a query's framed, pasted or collaged photos, each None or empty where its
+    finder does not fire or does not run (``content`` False; "frame": the flat frame only). A
+    pasted box that is the frame's photo found again (IoU >= SAME_BOX_IOU) is left out, and when
+    the best one is, the runners-up are too: the two finders agree on the photo. A panel that
+    is the frame's photo is left out, and a pasted box that is a panel; the panels and pasted
+    boxes are at most MAX_PANELS together, panels first. The frame's box is compared as found,
+    then searched without the letterbox bars inside it (``encoders.frame.without_bars``)."""
     frame = content_box(img) if content else None
-    boxes = paste_boxes(img, PASTE_BOXES) if content and content != "frame" else []
     trimmed = None if frame is None else without_bars(img, frame)
+    finders = bool(content) and content != "frame"
+    boxes = paste_boxes(img, PASTE_BOXES) if finders else []
+    panels = [b for b in (panel_boxes(img) if finders else []) if not _same(b, [frame])]
     if frame is not None and boxes and box_iou(frame, boxes[0]) >= SAME_BOX_IOU:
-        return trimmed, None, []  # one photo, found by both
-    boxes = [b for b in boxes if frame is None or box_iou(frame, b) < SAME_BOX_IOU]
-    return trimmed, boxes[0] if boxes else None, boxes[1:]
+        boxes = []  # one photo, found by both
+    boxes = [b for b in boxes if not _same(b, [frame] + panels)][:max(0, MAX_PANELS - len(panels))]
+    return Found(trimmed, boxes[0] if boxes else None, boxes[1:], tuple(panels))
 
 
-def searched_boxes(found: tuple) -> list[tuple]:
+def _same(box: tuple, others: list) -> bool:
+    """Whether ``box`` is one of ``others`` (None entries skipped) found again."""
+    return any(o is not None and box_iou(o, box) >= SAME_BOX_IOU for o in others)
+
+
+def searched_boxes(found: Found) -> list[tuple]:
     """The boxes whose crops a query searches as ``content`` views, in order, from
-    ``content_boxes``' answer: the frame's photo, the pasted photo, the runners-up."""
-    frame, pasted, more = found
-    return [b for b in (frame, pasted) if b is not None] + list(more)
+    ``content_boxes``' answer: the frame's photo, the pasted photo, the runners-up, the panels."""
+    return [b for b in (found.frame, found.pasted) if b is not None] + list(found.more) + list(found.panels)
 
 
 def most_views(mode: str, content: bool | str = True) -> int:
@@ -168,7 +186,7 @@ def most_views(mode: str, content: bool | str = True) -> int:
     (and its mirror) per further box when the finders fire on different boxes, and the outside
     strip of each pasted-photo box after the first."""
     crops = 1 if mode == "none" else 2
-    more = crops * PASTE_BOXES + PASTE_BOXES - 1 if content and content != "frame" else 0
+    more = crops * MAX_PANELS + PASTE_BOXES - 1 if content and content != "frame" else 0
     return len(view_names(mode, bool(content))) + more
 
 

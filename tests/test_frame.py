@@ -115,7 +115,7 @@ def test_a_pillarboxed_photo_in_a_post_is_searched_without_its_bars():
     post = Image.new("RGB", (420, 420), (250, 250, 250))
     ImageDraw.Draw(post).rectangle((0, 0, 420, 40), fill=(59, 89, 152))  # the app's title bar
     post.paste(slot, (45, 130))
-    frame, pasted, more = content_boxes(as_jpeg(post), "frame")
+    frame = content_boxes(as_jpeg(post), "frame").frame
     assert iou(frame, (135, 130, 285, 350)) >= 0.9, frame
     backdrop = Image.new("RGB", (300, 200), (240, 240, 240))
     backdrop.paste(photo.resize((150, 200)), (150, 0))  # flat on the left only

@@ -42,10 +42,12 @@ def test_leaves_most_ordinary_photos_alone():
 def test_query_views_search_the_pasted_photo():
     clothes = [p for p in SAMPLES if p.name.startswith("clothing")]
     img, box = _pasted(clothes[1], SCENES[1], 0.5, (0.5, 0.2))
-    frame, pasted, _ = content_boxes(img)
+    frame, pasted, _, _ = content_boxes(img)
     assert frame is None and pasted is not None and iou(pasted, box) > 0.8
     arrays, names = query_variants(img, lambda im: np.asarray(im.resize((32, 32))), "flip")
-    assert names == ["original", "flip", "content", "content+flip", "outside"] and len(arrays) == 5
+    # a photo pasted nearly full height also cuts the picture into panels, searched after it
+    assert names[:4] == ["original", "flip", "content", "content+flip"] and names[-1] == "outside"
+    assert len(arrays) == len(names)
     # the outside view is the widest strip beside the pasted photo: a clean part of the picture
     assert outside_box(img.size, pasted) is not None
 
