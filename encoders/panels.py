@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from encoders.frame import channel_max
-from encoders.region import _ridges, _small
+from encoders.region import RidgeMaps, ridge_maps
 
 SEAM_SUPPORT = 0.85  # share of a part's rows (columns) along which a seam must be a ridge
 GUTTER = 4           # seams closer than this (pixels at the finder's size) are one gutter
@@ -106,18 +106,18 @@ def _split(vr: np.ndarray, hr: np.ndarray, rgb: np.ndarray, box: Box, depth: int
     return [leaf for p in parts for leaf in _split(vr, hr, rgb, p, depth - 1)]
 
 
-def panel_boxes(img: Image.Image) -> list[Box]:
+def panel_boxes(img: Image.Image, maps: RidgeMaps | None = None) -> list[Box]:
     """The panels of a collage ``img`` as (left, top, right, bottom) boxes in its pixels,
-    largest first; [] when it is not cut into 2-``MAX_PANELS`` panels.
+    largest first; [] when it is not cut into 2-``MAX_PANELS`` panels. ``maps``:
+    ``encoders.region.ridge_maps(img)`` when the caller has them.
 
     >>> a = np.full((120, 100, 3), 30, np.uint8); a[:, :, 0] = np.arange(100)[None] * 2
     >>> b = np.full((120, 92, 3), 200, np.uint8); b[:, :, 1] = np.arange(120)[:, None]
     >>> panel_boxes(Image.fromarray(np.concatenate([a, b], axis=1)))
     [(0, 0, 100, 120), (100, 0, 192, 120)]
     """
-    rgb, scale = _small(img)
+    rgb, scale, vr, hr = maps if maps is not None else ridge_maps(img)
     h, w = rgb.shape[:2]
-    vr, hr = _ridges(rgb), _ridges(rgb.transpose(1, 0, 2))
     leaves = _split(vr, hr, rgb, (0, 0, w, h), DEPTH)
     panels = [b for b in leaves if b[2] - b[0] >= MIN_SIDE * w and b[3] - b[1] >= MIN_SIDE * h]
     if not 2 <= len(panels) <= MAX_PANELS:

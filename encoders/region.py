@@ -18,6 +18,8 @@ the others hold.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image
 
@@ -139,13 +141,27 @@ def paste_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     return boxes[0] if boxes else None
 
 
-def paste_boxes(img: Image.Image, k: int) -> list[tuple[int, int, int, int]]:
+class RidgeMaps(NamedTuple):
+    """An image at the finders' size and its sharp steps (``ridge_maps``)."""
+    rgb: np.ndarray     # (H, W, 3) int16 at SIZE on the long side
+    scale: float        # from the image's pixels to these
+    vr: np.ndarray      # (H, W-1): ridges between columns, along rows (vertical sides)
+    hr: np.ndarray      # (W, H-1): ridges between rows, along columns (horizontal sides)
+
+
+def ridge_maps(img: Image.Image) -> RidgeMaps:
+    """``img`` at SIZE with its ridge maps, computed once for the pasted-photo finder and the
+    collage splitter (``encoders.panels``)."""
+    rgb, scale = _small(img)
+    return RidgeMaps(rgb, scale, _ridges(rgb), _ridges(rgb.transpose(1, 0, 2)))
+
+
+def paste_boxes(img: Image.Image, k: int, maps: RidgeMaps | None = None) -> list[tuple[int, int, int, int]]:
     """The ``k`` most likely boxes of a photo pasted into ``img``, best first, each a different
     rectangle (:func:`paste_box` is the first): where the true sides are broken, the runner-up
-    is often the pasted photo."""
-    rgb, scale = _small(img)
+    is often the pasted photo. ``maps``: ``ridge_maps(img)`` when the caller has them."""
+    rgb, scale, vr, hr = maps if maps is not None else ridge_maps(img)
     h, w = rgb.shape[:2]
-    vr, hr = _ridges(rgb), _ridges(rgb.transpose(1, 0, 2))  # vertical sides, horizontal sides
     xs = _peaks(vr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, w - 1]
     ys = _peaks(hr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, h - 1]
     W, H = img.size

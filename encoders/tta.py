@@ -28,7 +28,7 @@ from PIL import Image
 
 from encoders.frame import content_box, without_bars
 from encoders.panels import MAX_PANELS, panel_boxes
-from encoders.region import box_iou, paste_boxes
+from encoders.region import box_iou, paste_boxes, ridge_maps
 from encoders.rotation import turn_angle, turned_back
 
 TTA_MODES = ("none", "flip", "flip_rot90", "flip_turns", "d4")
@@ -156,17 +156,17 @@ def content_boxes(img: Image.Image, content: bool | str = True) -> Found:
     finder does not fire or does not run (``content`` False; "frame": the flat frame only). A
     pasted box that is the frame's photo found again (IoU >= SAME_BOX_IOU) is left out, and when
     the best one is, the runners-up are too: the two finders agree on the photo. A panel that
-    is the frame's photo is left out, and a pasted box that is a panel; the panels and pasted
-    boxes are at most MAX_PANELS together, panels first. The frame's box is compared as found,
+    is the frame's photo or a pasted box is left out. The frame's box is compared as found,
     then searched without the letterbox bars inside it (``encoders.frame.without_bars``)."""
     frame = content_box(img) if content else None
     trimmed = None if frame is None else without_bars(img, frame)
     finders = bool(content) and content != "frame"
-    boxes = paste_boxes(img, PASTE_BOXES) if finders else []
-    panels = [b for b in (panel_boxes(img) if finders else []) if not _same(b, [frame])]
+    maps = ridge_maps(img) if finders else None  # both finders look for the same sharp steps
+    boxes = paste_boxes(img, PASTE_BOXES, maps) if finders else []
     if frame is not None and boxes and box_iou(frame, boxes[0]) >= SAME_BOX_IOU:
         boxes = []  # one photo, found by both
-    boxes = [b for b in boxes if not _same(b, [frame] + panels)][:max(0, MAX_PANELS - len(panels))]
+    boxes = [b for b in boxes if not _same(b, [frame])]
+    panels = [b for b in (panel_boxes(img, maps) if finders else []) if not _same(b, [frame] + boxes)]
     return Found(trimmed, boxes[0] if boxes else None, boxes[1:], tuple(panels))
 
 
@@ -186,7 +186,7 @@ def most_views(mode: str, content: bool | str = True) -> int:
     (and its mirror) per further box when the finders fire on different boxes, and the outside
     strip of each pasted-photo box after the first."""
     crops = 1 if mode == "none" else 2
-    more = crops * MAX_PANELS + PASTE_BOXES - 1 if content and content != "frame" else 0
+    more = crops * (PASTE_BOXES + MAX_PANELS) + PASTE_BOXES - 1 if content and content != "frame" else 0
     return len(view_names(mode, bool(content))) + more
 
 
