@@ -153,7 +153,8 @@ def _truth(collection: Path) -> dict[str, str]:
     return truth
 
 
-def quality(cfg, truth: dict[str, str], min_confidence: float, views: str, work: Path) -> dict:
+def quality(cfg, truth: dict[str, str], min_confidence: float, views: str, work: Path,
+            overlap_check: bool | None = None) -> dict:
     """The job at one setting over the indexed collection, scored against the truth."""
     from rayapp.dedup import DedupOptions, _strength, run_dedup
     from rayapp.groups import pair_scores, star_groups
@@ -161,14 +162,19 @@ def quality(cfg, truth: dict[str, str], min_confidence: float, views: str, work:
     shutil.rmtree(work, ignore_errors=True)  # a fresh job, not a resumed one
     with PeakTreeMemory() as memory:
         report = run_dedup(cfg, DedupOptions(out_dir=str(work), min_confidence=min_confidence, views=views,
-                                             progress=False))
+                                             progress=False, overlap_check=overlap_check))
     edges = pq.read_table(work / "edges.parquet").to_pylist()
     weighted = [(e["a"], e["b"], _strength(e, report.bits)) for e in edges]
     single = components(weighted)
     pixels = {r["id"]: r["pixels"] for f in (work / "parts").glob("*.images.parquet")
               for r in pq.read_table(f).to_pylist()}
     rules = {f"star_support_{sup:g}": star_groups(weighted, pixels, sup) for sup in SUPPORTS}
+    look_alikes = pq.read_table(work / "look_alikes.parquet").to_pylist()
     return {"images": report.images, "min_confidence": min_confidence, "views": views,
+            "overlap_check": DedupOptions(views=views, overlap_check=overlap_check).checks_overlap,
+            "look_alikes_dropped": {"pairs": len(look_alikes),
+                                    "true_copies": sum(truth.get(e["a"], e["a"]) == truth.get(e["b"], e["b"])
+                                                       for e in look_alikes)},
             "matching_pairs": report.edges, "dedup_s": round(report.seconds, 1),
             "dedup_images_per_s": round(report.images_per_s, 1), "peak_rss_all_processes_bytes": memory.peak,
             "star_groups": {**pair_scores(report.groups, truth), "oversize": _oversize(report.groups, truth)},
@@ -217,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collection", type=Path, help="a benchmark folder (refs/, queries/, ground_truth.csv)")
     ap.add_argument("--min-confidence", type=float, nargs="+", default=[0.99])
     ap.add_argument("--views", nargs="+", default=["full", "stored"], choices=["full", "stored"])
+    ap.add_argument("--overlap-check", nargs="+", default=["default"], choices=["default", "on", "off"],
+                    help="the job's look-alike check (rayapp.dedup_overlap); several: side by side")
     ap.add_argument("--calibration", nargs="+", default=[None], metavar="PATH",
                     help="confidence curves files to score side by side (default: the bundled ones)")
     ap.add_argument("--synthetic", type=int, default=0, help="also time the job over N random codes")
@@ -233,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
             from rayapp.cluster import kill_shards
             cfg, truth, seconds = index_collection(args.collection, work)
             result["collection"] = {"path": str(args.collection), "images": len(truth), "index_s": round(seconds, 1)}
-            settings = [(mc, v, c) for c in args.calibration for mc in args.min_confidence for v in args.views]
-            for i, (mc, views, curves) in enumerate(settings):
+            checks = {"default": None, "on": True, "off": False}
+            settings = [(mc, v, c, checks[o]) for c in args.calibration for mc in args.min_confidence
+                        for v in args.views for o in args.overlap_check]
+            for i, (mc, views, curves, check) in enumerate(settings):
                 with_curves = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, calibration=curves))
                 result["quality"].append({"calibration": curves or "bundled",
-                                          **quality(with_curves, truth, mc, views, work / f"job{i}")})
+                                          **quality(with_curves, truth, mc, views, work / f"job{i}", check)})
                 print(json.dumps(result["quality"][-1], indent=1), flush=True)
             kill_shards(cfg)
         if args.synthetic:

@@ -157,8 +157,8 @@ def _print_hits(path: str, answer, as_json: bool) -> None:
 @job_options
 @click.option("--encoder", default=None, help="With PATHS: the encoder (default: deephash).")
 @click.option("--weights", default=None, help="With PATHS: a local weights file.")
-def dedup(paths, index_dir, out_dir, min_confidence, views, radius, k, batch, encoder, weights, address,
-          quiet) -> None:
+def dedup(paths, index_dir, out_dir, min_confidence, views, overlap_check, radius, k, batch, encoder, weights,
+          address, quiet) -> None:
     """Group the near-duplicates of an index, or of PATHS, into star groups with a copy to keep;
     writes Parquet, CSV and an HTML report. Resumable with --index-dir."""
     from rayapp import dedup as job
@@ -166,7 +166,7 @@ def dedup(paths, index_dir, out_dir, min_confidence, views, radius, k, batch, en
     if bool(paths) == bool(index_dir):
         raise click.UsageError("give either PATHS or --index-dir")
     opts = job.DedupOptions(out_dir=out_dir, min_confidence=min_confidence, views=views, radius=radius,
-                            k=k, batch=batch, progress=not quiet)
+                            k=k, batch=batch, progress=not quiet, overlap_check=overlap_check)
     if index_dir:
         cfg = _index_config(index_dir, encoder, address)
         init_ray(address)

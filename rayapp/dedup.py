@@ -9,7 +9,9 @@ vector, keypoints, so nothing is decoded again), searches them all in one fan-ou
 same :class:`rayapp.searcher.Searcher` as ``/v1/search`` and keeps the matches at or above
 ``min_confidence`` (calibrated precision). Tasks are spread over the cluster; each writes one
 Parquet part, renamed into place, so a killed job re-runs only the pages it had not finished.
-The parts merge into ``edges.parquet`` (a, b, confidence, distance, variant: each pair once),
+The parts merge into ``edges.parquet`` (a, b, confidence, distance, variant, overlap: each pair
+once); with full views each pair's files are read again and look-alikes whose aligned overlap
+disagrees go to ``look_alikes.parquet`` instead (``rayapp.dedup_overlap``);
 star groups (``rayapp.groups``: no chaining) with a ``keep`` suggestion go to
 ``groups.parquet`` and ``groups.csv``, and the pages of ``report.html`` show them.
 
@@ -37,6 +39,7 @@ import pyarrow.parquet as pq
 
 from rayapp.config import Config, load_config
 from rayapp.dedup_options import job_options
+from rayapp.dedup_overlap import CHECKED_SCHEMA, check_overlaps, split_look_alikes
 from rayapp.dedup_pages import EDGE_SCHEMA, IMAGE_SCHEMA, DedupOptions, load_plan, read_parts, run_pages
 from rayapp.groups import Group, star_groups
 from rayapp.report import write_report
@@ -88,6 +91,19 @@ def write_groups(out: Path, groups: list[Group], images: dict[str, dict], calibr
     pacsv.write_csv(table, out / "groups.csv")
 
 
+def _without_look_alikes(edges: list[dict], images: dict[str, dict], out: Path, opts: DedupOptions,
+                         max_pixels: int) -> list[dict]:
+    """The edges whose aligned overlap agrees (``rayapp.dedup_overlap``; all of them, with no
+    ``overlap``, when the check is off); the others go to look_alikes.parquet."""
+    checks = {}
+    if opts.checks_overlap and edges:
+        checks = check_overlaps(edges, {i: r["path"] for i, r in images.items()}, out / "parts", max_pixels,
+                                opts.progress)
+    kept, dropped = split_look_alikes(edges, checks)
+    pq.write_table(pa.Table.from_pylist(dropped, schema=CHECKED_SCHEMA), out / "look_alikes.parquet")
+    return kept
+
+
 def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
     """Deduplicate the index of ``cfg`` (Ray must be initialised and its shards up). Resumable:
     a re-run with the same ``out_dir`` finishes the pages a killed run left."""
@@ -106,8 +122,9 @@ def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
     parts = out / "parts"
     run_pages(cfg, load_plan(out, shards, opts), opts, parts)
     edges = _merge_edges(read_parts(parts, "edges", EDGE_SCHEMA))
-    pq.write_table(pa.Table.from_pylist(edges, schema=EDGE_SCHEMA), out / "edges.parquet")
     images = {r["id"]: r for r in read_parts(parts, "images", IMAGE_SCHEMA).to_pylist()}
+    edges = _without_look_alikes(edges, images, out, opts, cfg.encoder.max_pixels)
+    pq.write_table(pa.Table.from_pylist(edges, schema=CHECKED_SCHEMA), out / "edges.parquet")
     groups = star_groups([(e["a"], e["b"], _strength(e, bits)) for e in edges],
                          {i: r["pixels"] for i, r in images.items()}, opts.support)
     write_groups(out, groups, images, calibrated)
@@ -200,7 +217,7 @@ def plot_duplicates(duplicates: dict[str, list[tuple[str, float]]], image_dir: s
 @click.command(name="dedup")
 @click.option("--index-dir", required=True, help="Index built by `neardup index`.")
 @job_options
-def main(index_dir, out_dir, min_confidence, radius, views, k, batch, address, quiet) -> None:
+def main(index_dir, out_dir, min_confidence, radius, views, overlap_check, k, batch, address, quiet) -> None:
     """Deduplicate a whole index as a Ray job (resumable; see rayapp.dedup)."""
     from rayapp.cluster import ensure_shards, init_ray, read_index_meta
     meta = read_index_meta(index_dir)
@@ -210,7 +227,8 @@ def main(index_dir, out_dir, min_confidence, radius, views, k, batch, address, q
     init_ray(address)
     ensure_shards(cfg)
     report = run_dedup(cfg, DedupOptions(out_dir=out_dir, min_confidence=min_confidence, views=views,
-                                         radius=radius, k=k, batch=batch, progress=not quiet))
+                                         radius=radius, k=k, batch=batch, progress=not quiet,
+                                         overlap_check=overlap_check))
     print_groups(report)
 
 

@@ -17,6 +17,9 @@ _OPTIONS = (
                  help="Encoders without a confidence curve: matches within this many bits (default: the encoder's)."),
     click.option("--views", default="full", show_default=True, type=click.Choice(["full", "stored"]),
                  help="full: read each image again and search all its query views; stored: its stored record only."),
+    click.option("--overlap-check/--no-overlap-check", default=None,
+                 help="Read each matched pair again and drop look-alikes whose aligned overlap disagrees "
+                      "(default: with --views full)."),
     click.option("--k", default=20, show_default=True, type=click.IntRange(1, 1000),
                  help="Matches looked at per image."),
     click.option("--batch", default=256, show_default=True, type=click.IntRange(1, 10_000),
@@ -28,7 +31,7 @@ _OPTIONS = (
 
 def job_options(command: Callable) -> Callable:
     """Decorate a click command with the dedup job's options (out_dir, min_confidence, radius,
-    views, k, batch, address, quiet)."""
+    views, overlap_check, k, batch, address, quiet)."""
     for option in reversed(_OPTIONS):
         command = option(command)
     return command

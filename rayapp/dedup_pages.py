@@ -48,7 +48,14 @@ class DedupOptions:
     timeout_s: float = 60.0     # per shard call
     report: bool = True
     per_page: int = 50          # groups per report page
+    # re-read each matched pair and drop look-alikes whose aligned overlap disagrees
+    # (rayapp.dedup_overlap); None: with full views only, where the files are read anyway
+    overlap_check: bool | None = None
     progress: bool = True
+
+    @property
+    def checks_overlap(self) -> bool:
+        return self.views == "full" if self.overlap_check is None else self.overlap_check
 
 
 # ---------------------------------------------------------------- one task: a page of a shard

@@ -71,6 +71,18 @@ def edited_copy(img: Image.Image, kind: str, *, quality: int = 30, scale: float 
     raise ValueError(f"unknown edit kind {kind!r}; choose from {', '.join(EDIT_KINDS)}")
 
 
+def look_alike(img: Image.Image, other: Image.Image, middle: float = 0.6) -> Image.Image:
+    """``img`` with its middle (``middle`` of each side) replaced by ``other``'s: the same
+    background around a different subject, like two products shot on one sheet."""
+    img = img.convert("RGB")
+    w, h = img.size
+    bw, bh = round(w * middle), round(h * middle)
+    x, y = (w - bw) // 2, (h - bh) // 2
+    out = img.copy()
+    out.paste(other.convert("RGB").resize(img.size).crop((x, y, x + bw, y + bh)), (x, y))
+    return out
+
+
 def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     """``img`` encoded as a JPEG file."""
     buf = io.BytesIO()

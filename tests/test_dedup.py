@@ -9,13 +9,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from rayapp.dedup_overlap import MIN_SHARE
 from rayapp.groups import pair_scores, star_groups
 from shards.store import IdStore, hash_ids
-from tests.helpers_images import edited_copy
+from tests.helpers_images import edited_copy, look_alike
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "rayapp" / "samples").glob("*.jpg"))
 EDITS = ("jpeg", "resize", "crop", "text")
+LOOK_ALIKE = "look-alike.jpg"
 
 
 def _store(n: int) -> IdStore:
@@ -53,8 +55,8 @@ def test_star_groups_do_not_chain_look_alikes():
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
-    """Eight sample photos, edited copies of the first two and a mirror of the first (names say
-    whose copy each is)."""
+    """Eight sample photos, edited copies of the first two, a mirror of the first (names say
+    whose copy each is) and a look-alike of the first: its background around another subject."""
     from PIL import Image, ImageOps
     root = tmp_path_factory.mktemp("dedup") / "photos"
     root.mkdir()
@@ -66,6 +68,8 @@ def collection(tmp_path_factory) -> Path:
                 edited_copy(im, kind).save(root / f"{f.stem}__{kind}.jpg", quality=90)
     with Image.open(SAMPLES[0]) as im:
         ImageOps.mirror(im.convert("RGB")).save(root / f"{SAMPLES[0].stem}__mirror.jpg", quality=90)
+        with Image.open(SAMPLES[15]) as other:
+            look_alike(im, other).save(root / LOOK_ALIKE, quality=90)
     return root
 
 
@@ -80,10 +84,14 @@ def test_find_duplicates_and_the_report(ray_local, collection, tmp_path):
         assert all(0.99 <= conf <= 1.0 for _, conf in dupes[f.name])
     for f in SAMPLES[2:8]:
         assert dupes[f.name] == [], dupes[f.name]  # unrelated photos: no false match
+    assert dupes[LOOK_ALIKE] == [], dupes[LOOK_ALIKE]  # its background matched; its overlap did not
 
     edges = pq.read_table(out / "edges.parquet").to_pylist()
     pairs = [(e["a"], e["b"]) for e in edges]
     assert len(pairs) == len(set(pairs)) and all(a < b for a, b in pairs)
+    assert all(e["overlap"] is None or e["overlap"] >= MIN_SHARE for e in edges)
+    dropped = pq.read_table(out / "look_alikes.parquet").to_pylist()
+    assert all(LOOK_ALIKE in (e["a"], e["b"]) and e["overlap"] < MIN_SHARE for e in dropped), dropped
     mirror = f"{SAMPLES[0].stem}__mirror.jpg"
     assert mirror in {name for name, _ in dupes[SAMPLES[0].name]}
     # the mirror matched through a mirrored view and was verified by the mirrored keypoints:
@@ -110,3 +118,21 @@ def test_support_lets_a_copy_join_through_its_siblings_but_not_a_chain():
     assert [g.keep for g in plain] == ["k"] and "c4" not in plain[0].members
     (g,) = star_groups(edges, support=0.5)
     assert g.members["c4"] == 0.992 and "z" not in g.members
+
+
+def test_the_overlap_check_runs_as_ray_tasks_and_resumes(ray_local, collection, tmp_path):
+    from rayapp.dedup_overlap import check_overlaps, split_look_alikes
+    original, copy = SAMPLES[0].name, f"{SAMPLES[0].stem}__crop.jpg"
+    edges = [{"a": original, "b": copy}, {"a": original, "b": LOOK_ALIKE}]
+    paths = {name: str(collection / name) for name in (original, copy, LOOK_ALIKE)}
+    checks = check_overlaps(edges, paths, tmp_path, max_pixels=50_000_000, progress=False)
+    kept, dropped = split_look_alikes(edges, checks)
+    assert [e["b"] for e in kept] == [copy] and kept[0]["overlap"] >= MIN_SHARE
+    assert [e["b"] for e in dropped] == [LOOK_ALIKE] and dropped[0]["overlap"] < MIN_SHARE
+    (part,) = tmp_path.glob("overlap-*.parquet")
+    written = part.stat().st_mtime_ns
+    assert check_overlaps(edges, paths, tmp_path, max_pixels=50_000_000, progress=False) == checks
+    assert part.stat().st_mtime_ns == written  # a re-run reads the finished batch back
+    missing = check_overlaps([{"a": original, "b": "gone.jpg"}], {original: paths[original]}, tmp_path,
+                             max_pixels=50_000_000, progress=False)
+    assert not split_look_alikes([{"a": original, "b": "gone.jpg"}], missing)[1]  # unreadable: kept

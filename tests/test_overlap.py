@@ -1,0 +1,70 @@
+"""The look-alike check of the dedup job (``encoders.overlap``, ``rayapp.dedup_overlap``) on
+real sample photos: copies agree once aligned, a different subject on the same background does
+not, and a pair that cannot be aligned is given no verdict."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+from encoders.overlap import agreement, tile_share
+from rayapp.dedup_overlap import MIN_ALIGNED, MIN_SHARE, look_alike, split_look_alikes
+from tests.helpers_images import edited_copy, look_alike as make_look_alike
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    with Image.open(SAMPLES[0]) as im:
+        return im.convert("RGB")
+
+
+def _check(a: Image.Image, b: Image.Image) -> dict | None:
+    found = agreement(a, b)
+    return None if found is None else {"overlap": found.share, "aligned": found.inliers}
+
+
+@pytest.mark.parametrize("edit", ["resize", "jpeg", "text", "crop", "mirror", "colour"])
+def test_a_copy_agrees_once_aligned(photo, edit):
+    if edit == "mirror":
+        copy = ImageOps.mirror(photo)
+    elif edit == "colour":
+        copy = ImageEnhance.Contrast(ImageEnhance.Brightness(photo).enhance(1.5)).enhance(0.6)
+    else:
+        copy = edited_copy(photo, edit)
+    check = _check(copy, photo)
+    assert check is not None and check["aligned"] >= MIN_ALIGNED, check
+    assert check["overlap"] >= MIN_SHARE and not look_alike(check), check
+
+
+@pytest.mark.parametrize("other", [3, 4, 5])
+def test_a_different_subject_on_the_same_background_is_a_look_alike(photo, other):
+    with Image.open(SAMPLES[other]) as im:
+        fake = make_look_alike(photo, im)
+    check = _check(fake, photo)
+    assert check is not None and check["aligned"] >= MIN_ALIGNED, check  # the background aligns
+    assert look_alike(check), check
+
+
+def test_an_unaligned_pair_keeps_its_edge(photo):
+    flat = Image.new("RGB", photo.size, (120, 130, 140))
+    assert agreement(flat, photo) is None  # no keypoints: no evidence either way
+    assert not look_alike(None) and not look_alike({"overlap": None, "aligned": 0})
+    edges = [{"a": "x", "b": "y"}, {"a": "x", "b": "z"}]
+    kept, dropped = split_look_alikes(edges, {("x", "z"): {"a": "x", "b": "z", "overlap": 0.1, "aligned": 30}})
+    assert [e["b"] for e in kept] == ["y"] and kept[0]["overlap"] is None
+    assert [(e["b"], e["overlap"]) for e in dropped] == [("z", 0.1)]
+
+
+def test_tile_share_counts_textured_tiles_only():
+    rng = np.random.default_rng(0)
+    texture = rng.normal(128, 30, (64, 64)).astype(np.float32)
+    cover = np.ones_like(texture)
+    assert tile_share(texture, cover, texture) == (1.0, 16)
+    assert tile_share(texture, cover, 255 - texture)[0] == 0.0  # anti-correlated
+    flat = np.full((64, 64), 100, np.float32)
+    assert tile_share(flat, cover, flat) == (0.0, 0)  # nothing to compare
+    assert tile_share(texture, np.zeros_like(cover), texture) == (0.0, 0)  # outside the warp
