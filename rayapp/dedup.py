@@ -54,6 +54,7 @@ class DedupReport:
     out_dir: str = ""
     image_ids: list[str] = field(repr=False, default_factory=list)
     bits: int = 0
+    look_alikes: int = 0  # matched pairs set aside by the overlap check (look_alikes.parquet)
 
     @property
     def images_per_s(self) -> float:
@@ -92,16 +93,16 @@ def write_groups(out: Path, groups: list[Group], images: dict[str, dict], calibr
 
 
 def _without_look_alikes(edges: list[dict], images: dict[str, dict], out: Path, opts: DedupOptions,
-                         max_pixels: int) -> list[dict]:
+                         max_pixels: int) -> tuple[list[dict], int]:
     """The edges whose aligned overlap agrees (``rayapp.dedup_overlap``; all of them, with no
-    ``overlap``, when the check is off); the others go to look_alikes.parquet."""
+    ``overlap``, when the check is off), and how many others went to look_alikes.parquet."""
     checks = {}
     if opts.checks_overlap and edges:
         checks = check_overlaps(edges, {i: r["path"] for i, r in images.items()}, out / "parts", max_pixels,
                                 opts.progress)
     kept, dropped = split_look_alikes(edges, checks)
     pq.write_table(pa.Table.from_pylist(dropped, schema=CHECKED_SCHEMA), out / "look_alikes.parquet")
-    return kept
+    return kept, len(dropped)
 
 
 def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
@@ -123,13 +124,13 @@ def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
     run_pages(cfg, load_plan(out, shards, opts), opts, parts)
     edges = _merge_edges(read_parts(parts, "edges", EDGE_SCHEMA))
     images = {r["id"]: r for r in read_parts(parts, "images", IMAGE_SCHEMA).to_pylist()}
-    edges = _without_look_alikes(edges, images, out, opts, cfg.encoder.max_pixels)
+    edges, look_alikes = _without_look_alikes(edges, images, out, opts, cfg.encoder.max_pixels)
     pq.write_table(pa.Table.from_pylist(edges, schema=CHECKED_SCHEMA), out / "edges.parquet")
     groups = star_groups([(e["a"], e["b"], _strength(e, bits)) for e in edges],
                          {i: r["pixels"] for i, r in images.items()}, opts.support)
     write_groups(out, groups, images, calibrated)
     report = DedupReport(len(images), len(edges), groups, time.perf_counter() - t0, calibrated, str(out),
-                         sorted(images), bits)
+                         sorted(images), bits, look_alikes)
     if opts.report:
         _write_html(out, report, edges, images, opts, cfg.encoder.name)
     return report
@@ -148,7 +149,9 @@ def _write_html(out: Path, report: DedupReport, edges: list[dict], images: dict,
     rule = (f"calibrated precision >= {opts.min_confidence}" if report.calibrated
             else f"within {opts.radius} bits (this encoder has no confidence curve)")
     summary = (f"{len(report.groups)} groups among {report.images} images ({encoder}; matches at {rule}; "
-               f"each member matches the kept image directly).")
+               f"each member matches the kept image directly)." +
+               (f" {report.look_alikes} look-alike pairs whose aligned images disagree were set aside "
+                "(look_alikes.parquet)." if report.look_alikes else ""))
     return write_report(out, report.groups, lambda i: images.get(i, {}).get("path"), describe,
                         summary=summary, per_page=opts.per_page)
 
@@ -235,7 +238,8 @@ def main(index_dir, out_dir, min_confidence, radius, views, overlap_check, k, ba
 def print_groups(report: DedupReport) -> None:
     for n, g in enumerate(report.groups, 1):
         click.echo(f"group {n}: " + ", ".join(Path(i).name for i in g.ids))
-    click.echo(f"{len(report.groups)} groups among {report.images} images, {report.edges} matching pairs, "
+    set_aside = f" ({report.look_alikes} look-alike pairs set aside)" if report.look_alikes else ""
+    click.echo(f"{len(report.groups)} groups among {report.images} images, {report.edges} matching pairs{set_aside}, "
                f"in {report.seconds:.1f}s ({report.images_per_s:.0f} images/s); "
                f"report: {Path(report.out_dir) / 'report.html'}")
 
