@@ -136,6 +136,8 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
         if rest is not None:
             arrays.append(preprocess(img.crop(rest))[None])
             names.append("outside")
+        arrays.append(preprocess(blanked(img, box))[None])
+        names.append("outside")
     theta = turn_angle(img) if content else None
     if theta is not None:
         arrays.append(preprocess(turned_back(img, theta))[None])
@@ -184,10 +186,22 @@ def searched_boxes(found: Found) -> list[tuple]:
 def most_views(mode: str, content: bool | str = True) -> int:
     """The most views ``query_variants`` returns for one image: ``view_names``, plus a crop
     (and its mirror) per further box when the finders fire on different boxes, and the outside
-    strip of each pasted-photo box after the first."""
+    strip and the blanked frame of each pasted-photo box after the first."""
     crops = 1 if mode == "none" else 2
-    more = crops * (PASTE_BOXES + MAX_PANELS) + PASTE_BOXES - 1 if content and content != "frame" else 0
+    more = crops * (PASTE_BOXES + MAX_PANELS) + 2 * PASTE_BOXES - 1 if content and content != "frame" else 0
     return len(view_names(mode, bool(content))) + more
+
+
+def blanked(img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """``img`` with ``box`` filled with the mean colour of the rest: when the pasted photo covers
+    the copy, the copy's whole frame without it (its layout kept, unlike a strip of it)."""
+    arr = np.asarray(img.convert("RGB"))
+    keep = np.ones(arr.shape[:2], bool)
+    keep[box[1]:box[3], box[0]:box[2]] = False
+    out = img.convert("RGB").copy()
+    if keep.any():
+        out.paste(tuple(int(v) for v in arr[keep].mean(0)), box)
+    return out
 
 
 def outside_box(size: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:

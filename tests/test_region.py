@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from encoders.region import paste_box
-from encoders.tta import content_boxes, outside_box, query_variants
+from encoders.tta import blanked, content_boxes, outside_box, query_variants
 from tests.helpers_images import SAMPLES, SCENES, as_jpeg, iou
 
 
@@ -48,8 +48,18 @@ def test_query_views_search_the_pasted_photo():
     # a photo pasted nearly full height also cuts the picture into panels, searched after it
     assert names[:4] == ["original", "flip", "content", "content+flip"] and names[-1] == "outside"
     assert len(arrays) == len(names)
-    # the outside view is the widest strip beside the pasted photo: a clean part of the picture
-    assert outside_box(img.size, pasted) is not None
+    # the outside views: the widest strip beside the pasted photo (a clean part of the picture)
+    # and the whole picture with the pasted photo blanked out
+    assert outside_box(img.size, pasted) is not None and names.count("outside") >= 2
+
+
+def test_blanked_fills_the_box_with_the_mean_colour_of_the_rest():
+    img = Image.new("RGB", (40, 30), (10, 20, 30))
+    img.paste((90, 100, 110), (20, 0, 40, 30))
+    img.paste((250, 250, 250), (15, 10, 25, 20))  # the box: half over each colour
+    out = np.asarray(blanked(img, (15, 10, 25, 20)))  # the rest: 550 pixels of each colour
+    assert out[15, 20].tolist() == [50, 60, 70] and out[0, 0].tolist() == [10, 20, 30]
+    assert np.asarray(img)[15, 20].tolist() == [250, 250, 250]  # the query itself is untouched
 
 
 def test_a_side_between_like_brightness_and_unlike_colour_is_found():
