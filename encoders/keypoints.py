@@ -64,12 +64,19 @@ def _mirrored(kps, width: int) -> list:
     return out
 
 
-def extract(image: Image.Image) -> np.ndarray:
-    """A decoded image -> its packed ORB keypoints (KEYPOINT_BYTES,) uint8, detected on the
-    grey image scaled to KEYPOINT_SIDE on its longest side, or enlarged to ENLARGE_TO when it is
-    a smaller thumbnail; all zeros for an image too thin to detect on (``_grey``)."""
+def detect(image: Image.Image) -> tuple[np.ndarray, list, np.ndarray | None] | None:
+    """ORB on a decoded image -> (the grey image it ran on, its keypoints, their descriptors),
+    detected on the grey image scaled to KEYPOINT_SIDE on its longest side, or enlarged to
+    ENLARGE_TO when it is a smaller thumbnail; None for an image too thin to detect on (``_grey``)."""
     grey = _grey(image)
-    return np.zeros(KEYPOINT_BYTES, np.uint8) if grey is None else _packed(*_orb().detectAndCompute(grey, None))
+    return None if grey is None else (grey, *_orb().detectAndCompute(grey, None))
+
+
+def extract(image: Image.Image) -> np.ndarray:
+    """A decoded image -> its packed ORB keypoints (KEYPOINT_BYTES,) uint8 (:func:`detect`); all
+    zeros for an image too thin to detect on."""
+    found = detect(image)
+    return np.zeros(KEYPOINT_BYTES, np.uint8) if found is None else _packed(*found[1:])
 
 
 def extract_query(image: Image.Image) -> np.ndarray:
@@ -78,10 +85,10 @@ def extract_query(image: Image.Image) -> np.ndarray:
     with the mirrored image's keypoints too (``rayapp.router.ShardRouter.verify``). FAST corners
     are, so the mirror's keypoints are the given ones mirrored, and only their descriptors are
     computed again, on the mirrored image: a third of a second detection's time."""
-    grey = _grey(image)
-    if grey is None:
+    found = detect(image)
+    if found is None:
         return np.zeros((2, KEYPOINT_BYTES), np.uint8)
-    kps, des = _orb().detectAndCompute(grey, None)
+    grey, kps, des = found
     mirror = np.ascontiguousarray(grey[:, ::-1])
     return np.stack([_packed(kps, des), _packed(*_orb().compute(mirror, _mirrored(kps, grey.shape[1])))])
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from encoders.keypoints import _grey, _orb
+from encoders.keypoints import detect
 
 RATIO = 0.85        # Lowe's ratio test, as in shards.verify
 REPROJ_PX = 4.0     # RANSAC inlier threshold, pixels at the keypoint scale
@@ -55,10 +55,10 @@ class Features(NamedTuple):
 
 def features(image: Image.Image) -> Features | None:
     """What :func:`aligned_agreement` needs of one image (None: too few keypoints to align)."""
-    grey = _grey(image)
-    if grey is None:
+    found = detect(image)
+    if found is None:
         return None
-    kps, des = _orb().detectAndCompute(grey, None)
+    grey, kps, des = found
     if des is None or len(kps) < MIN_MATCHES:
         return None
     return Features(grey, np.array([k.pt for k in kps], np.float32), des)
