@@ -71,7 +71,8 @@ def _merge_edges(edges: pa.Table) -> list[dict]:
         seen = best.get((a, b))
         if seen is None or score > seen["_score"]:
             best[(a, b)] = {**e, "a": a, "b": b, "_score": score}
-    return [{k: v for k, v in e.items() if k != "_score"} for e in sorted(best.values(), key=lambda e: (e["a"], e["b"]))]
+    ordered = sorted(best.values(), key=lambda e: (e["a"], e["b"]))
+    return [{k: v for k, v in e.items() if k != "_score"} for e in ordered]
 
 
 def _strength(edge: dict, bits: int) -> float:
