@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from PIL import Image, ImageEnhance, ImageOps
 
 from encoders.overlap import agreement, tile_share
@@ -68,3 +69,13 @@ def test_tile_share_counts_textured_tiles_only():
     flat = np.full((64, 64), 100, np.float32)
     assert tile_share(flat, cover, flat) == (0.0, 0)  # nothing to compare
     assert tile_share(texture, np.zeros_like(cover), texture) == (0.0, 0)  # outside the warp
+
+
+@settings(max_examples=40, deadline=None)
+@given(gain=st.floats(0.3, 3.0), offset=st.floats(-60, 60), seed=st.integers(0, 2**16))
+def test_tile_share_ignores_brightness_and_contrast(gain, offset, seed):
+    """A copy brighter, darker or flatter than its source agrees tile for tile: each tile's
+    correlation is unchanged by any positive gain and offset of its intensities."""
+    texture = np.random.default_rng(seed).normal(128, 30, (48, 64)).astype(np.float32)
+    cover = np.ones_like(texture)
+    assert tile_share(gain * texture + offset, cover, texture) == tile_share(texture, cover, texture)
