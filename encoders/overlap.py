@@ -120,12 +120,11 @@ def tile_share(warped: np.ndarray, cover: np.ndarray, target: np.ndarray) -> tup
     return (float((ncc[counted] > AGREE_NCC).sum()) / textured if textured else 0.0), textured
 
 
-def agreement(a: Image.Image, b: Image.Image, mirrored: bool | None = None) -> Agreement | None:
-    """How well ``a`` (mirrored, when ``mirrored``; whichever aligns better when None), aligned
-    onto ``b``, agrees with it tile by tile; None when the two have too few keypoint matches to
-    align (no evidence either way)."""
-    sides = (a, ImageOps.mirror(a)) if mirrored is None else (ImageOps.mirror(a) if mirrored else a,)
-    return aligned_agreement([features(side) for side in sides], features(b))
+def agreement(a: Image.Image, b: Image.Image) -> Agreement | None:
+    """How well ``a`` (as given or mirrored, whichever aligns better), aligned onto ``b``, agrees
+    with it tile by tile; None when the two have too few keypoint matches to align (no evidence
+    either way)."""
+    return aligned_agreement([features(a), features(ImageOps.mirror(a))], features(b))
 
 
 def aligned_agreement(candidates: Sequence[Features | None], fb: Features | None) -> Agreement | None:

@@ -195,10 +195,10 @@ def most_views(mode: str, content: bool | str = True) -> int:
 def blanked(img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     """``img`` with ``box`` filled with the mean colour of the rest: when the pasted photo covers
     the copy, the copy's whole frame without it (its layout kept, unlike a strip of it)."""
-    arr = np.asarray(img.convert("RGB"))
+    out = img.convert("RGB")  # a new image, even when img is RGB already
+    arr = np.asarray(out)
     keep = np.ones(arr.shape[:2], bool)
     keep[box[1]:box[3], box[0]:box[2]] = False
-    out = img.convert("RGB").copy()
     if keep.any():
         out.paste(tuple(int(v) for v in arr[keep].mean(0)), box)
     return out

@@ -15,7 +15,6 @@ by its pairs, so a killed job re-checks only the batches it had not finished.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from rayapp.dedup_pages import EDGE_SCHEMA
+from rayapp.dedup_pages import EDGE_SCHEMA, write_part
 
 MIN_ALIGNED = 8    # fewer alignment inliers: too weak an alignment to judge the overlap by
 MIN_SHARE = 0.35   # agreeing share of the textured overlap under which a pair is a look-alike
@@ -40,21 +39,27 @@ def look_alike(check: dict | None) -> bool:
 
 
 class _FeatureCache:
-    """Each file's ``encoders.overlap.features`` as given or mirrored, read once per task (a kept
-    image is in many of its group's pairs, and the edges come sorted by their first image)."""
+    """Each file's ``encoders.overlap.features`` as given or mirrored, computed once per task (a
+    kept image is in many of its group's pairs, and the edges come sorted by their first image).
+    The last decoded file is kept, so its two orientations cost one decode."""
 
     def __init__(self, max_pixels: int):
-        self.max_pixels, self.seen = max_pixels, {}
+        self.max_pixels, self.seen, self.last = max_pixels, {}, (None, None)
+
+    def _image(self, path: str | None):
+        from encoders.decode import load_image
+        if self.last[0] != path or self.last[1] is None:
+            try:
+                self.last = (path, load_image(path or "", max_pixels=self.max_pixels))
+            except (OSError, ValueError):
+                self.last = (path, None)
+        return self.last[1]
 
     def get(self, path: str | None, mirrored: bool):
         from PIL import ImageOps
-        from encoders.decode import load_image
         from encoders.overlap import features
         if (path, mirrored) not in self.seen:
-            try:
-                image = load_image(path or "", max_pixels=self.max_pixels)
-            except (OSError, ValueError):
-                image = None
+            image = self._image(path)
             self.seen[(path, mirrored)] = None if image is None else features(
                 ImageOps.mirror(image) if mirrored else image)
         return self.seen[(path, mirrored)]
@@ -69,9 +74,7 @@ def check_batch(rows: list[tuple], max_pixels: int, part: str) -> int:
         found = aligned_agreement([cache.get(path_a, False), cache.get(path_a, True)], cache.get(path_b, False))
         out.append({"a": a, "b": b, "overlap": None if found is None else round(found.share, 4),
                     "aligned": 0 if found is None else found.inliers})
-    tmp = Path(part).with_name(f".{Path(part).name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(pa.Table.from_pylist(out, schema=CHECK_SCHEMA), tmp)
-    tmp.rename(part)
+    write_part(Path(part), out, CHECK_SCHEMA)
     return len(out)
 
 

@@ -79,7 +79,8 @@ def _edges(ids: list[str], answers: list) -> list[dict]:
             for a, answer in zip(ids, answers) for h in answer.hits if h.id != a]
 
 
-def _write_part(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+def write_part(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    """``rows`` as a Parquet file at ``path``, renamed into place: a part exists whole or not at all."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     tmp.rename(path)
@@ -142,8 +143,8 @@ class DedupWorker:
             raise RuntimeError(f"shards {answers[0].missing} did not answer; the page will be retried")
         images = [{"id": i, "path": m.get("path"), "pixels": int(m.get("width", 0)) * int(m.get("height", 0))}
                   for i, m in zip(page["ids"], page["metas"])]
-        _write_part(Path(part + ".images.parquet"), images, IMAGE_SCHEMA)
-        _write_part(Path(part + ".edges.parquet"), _edges(page["ids"], answers), EDGE_SCHEMA)
+        write_part(Path(part + ".images.parquet"), images, IMAGE_SCHEMA)
+        write_part(Path(part + ".edges.parquet"), _edges(page["ids"], answers), EDGE_SCHEMA)
         return len(images)  # the edges part is written last: its presence marks the page done
 
 
