@@ -10,6 +10,11 @@ normalised cross-correlation is high. Correlation of blurred grey tiles ignores 
 contrast and colour edits and small misalignments; flat tiles (sky, a plain wall) say nothing
 and are not counted.
 
+Grey shapes can agree where colours do not: one cut of shirt in two colours on one hanger. So
+it also returns the share of tiles that agree in colour as well, up to one linear colour map
+fitted over the whole overlap (a fade, a tint, a saturation change or grayscale is such a map,
+applied to every tile alike; two shirts of different colours on one white wall are not).
+
 It needs both images' pixels, so the batch dedup job runs it where it reads the files again
 (``rayapp.dedup_overlap``); a query against stored records cannot.
 
@@ -37,20 +42,26 @@ BLUR = 1.0          # Gaussian sigma before correlating: JPEG blocks and pixelat
 FLAT_STD = 6.0      # a tile flatter than this in both images is not counted
 AGREE_NCC = 0.5     # a tile agrees when its correlation exceeds this
 MIN_COVER = 0.95    # a tile counts only when this share of it lies inside the warped image
+COLOUR_TOL = 30.0   # RGB distance (0-255) from the fitted colour map under which a tile's mean colour agrees
+MIN_COLOUR_TILES = 8  # fewer covered tiles: no colour map is fitted and colour is not judged
 
 
 class Agreement(NamedTuple):
-    """``share`` of the ``textured`` overlap tiles that agree, and the alignment's ``inliers``."""
+    """``share`` of the ``textured`` overlap tiles that agree, the alignment's ``inliers``, and
+    the share of the textured tiles that agree in their colour too (``colour_share``)."""
     share: float
     textured: int
     inliers: int
+    colour_share: float
 
 
 class Features(NamedTuple):
-    """An image's grey pixels at the keypoint scale, its ORB keypoints' positions and descriptors."""
+    """An image's grey and RGB pixels at the keypoint scale, its ORB keypoints' positions and
+    descriptors."""
     grey: np.ndarray
     xy: np.ndarray
     descriptors: np.ndarray
+    colour: np.ndarray
 
 
 def features(image: Image.Image) -> Features | None:
@@ -61,7 +72,8 @@ def features(image: Image.Image) -> Features | None:
     grey, kps, des = found
     if des is None or len(kps) < MIN_MATCHES:
         return None
-    return Features(grey, np.array([k.pt for k in kps], np.float32), des)
+    colour = np.asarray(image.convert("RGB").resize(grey.shape[::-1], Image.BILINEAR), np.float32)
+    return Features(grey, np.array([k.pt for k in kps], np.float32), des, colour)
 
 
 class _Similarity(NamedTuple):
@@ -106,18 +118,53 @@ def _tiles(x: np.ndarray) -> np.ndarray:
     return x.reshape(h // TILE, TILE, w // TILE, TILE).swapaxes(1, 2).reshape(-1, TILE * TILE)
 
 
-def tile_share(warped: np.ndarray, cover: np.ndarray, target: np.ndarray) -> tuple[float, int]:
+def _fitted_residuals(p: np.ndarray, q: np.ndarray, covered: np.ndarray) -> np.ndarray | None:
+    """Tile mean colours (n, 3) -> each tile's RGB distance from the linear colour map p -> q (3x3
+    plus offset) that fits the covered tiles best, refitted twice without the tiles far off it
+    (an overlay or a different object is not part of a global colour edit); None when too few
+    tiles are covered to fit one."""
+    x = np.hstack([p, np.ones((len(p), 1), np.float32)])
+    keep, residuals = covered, None
+    for _ in range(3):
+        if keep.sum() < MIN_COLOUR_TILES:
+            return None
+        colour_map = np.linalg.lstsq(x[keep], q[keep], rcond=None)[0]
+        residuals = np.linalg.norm(q - x @ colour_map, axis=1)
+        keep = covered & (residuals <= max(2.5 * float(np.median(residuals[covered])), 1e-3))
+    return residuals
+
+
+def _colour_residuals(p: np.ndarray, q: np.ndarray, covered: np.ndarray) -> np.ndarray | None:
+    """:func:`_fitted_residuals` in the direction that fits better: a grayscale copy maps from
+    its colour source, not to it."""
+    found = [r for r in (_fitted_residuals(p, q, covered), _fitted_residuals(q, p, covered)) if r is not None]
+    return min(found, key=lambda r: float(np.median(r[covered]))) if found else None
+
+
+def tile_share(warped: np.ndarray, cover: np.ndarray, target: np.ndarray,
+               colours: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, int, float]:
     """Share of the textured, covered TILE x TILE tiles where ``warped`` and ``target`` (float
-    grey, same shape) correlate above AGREE_NCC, and how many tiles were textured."""
+    grey, same shape) correlate above AGREE_NCC, how many tiles were textured, and the share
+    that also agree in colour (``colours``: the two images' (h, w, 3) RGB, aligned like the
+    grey ones; without them, or with too few tiles to fit a colour map, the grey share)."""
     h, w = (s - s % TILE for s in target.shape)
     p, q, c = (_tiles(x[:h, :w]) for x in (warped, target, cover))
+    covered = c.mean(1) >= MIN_COVER
     p = p - p.mean(1, keepdims=True)
     q = q - q.mean(1, keepdims=True)
     sp, sq = p.std(1), q.std(1)
-    counted = (c.mean(1) >= MIN_COVER) & ((sp >= FLAT_STD) | (sq >= FLAT_STD))
-    ncc = (p * q).mean(1) / np.maximum(sp * sq, 1e-6)
+    counted = covered & ((sp >= FLAT_STD) | (sq >= FLAT_STD))
+    agree = (p * q).mean(1) / np.maximum(sp * sq, 1e-6) > AGREE_NCC
     textured = int(counted.sum())
-    return (float((ncc[counted] > AGREE_NCC).sum()) / textured if textured else 0.0), textured
+    if not textured:
+        return 0.0, 0, 0.0
+    share = float(agree[counted].sum()) / textured
+    means = None if colours is None else [np.stack([_tiles(x[:h, :w, k]).mean(1) for k in range(3)], 1)
+                                          for x in colours]
+    residuals = None if means is None else _colour_residuals(*means, covered)
+    if residuals is None:
+        return share, textured, share
+    return share, textured, float((agree & (residuals < COLOUR_TOL))[counted].sum()) / textured
 
 
 def agreement(a: Image.Image, b: Image.Image) -> Agreement | None:
@@ -139,9 +186,10 @@ def aligned_agreement(candidates: Sequence[Features | None], fb: Features | None
     # compare at the coarser of the two resolutions: an image enlarged onto the other is blurred
     # by its enlargement, so the other is blurred as much (and the other way round)
     scale = float(np.sqrt(abs(np.linalg.det(transform[:2, :2]))))
-    blur = lambda g, s: cv2.GaussianBlur(g.astype(np.float32), (0, 0), BLUR * s)  # noqa: E731
-    warped = cv2.warpPerspective(blur(grey_a, max(1.0, 1.0 / max(scale, 1e-3))), transform, size,
-                                 flags=cv2.INTER_LINEAR)
-    cover = cv2.warpPerspective(np.ones(grey_a.shape, np.float32), transform, size, flags=cv2.INTER_NEAREST)
-    share, textured = tile_share(warped, cover, blur(fb.grey, max(1.0, scale)))
-    return Agreement(share, textured, best.inliers)
+    sigma_a, sigma_b = BLUR * max(1.0, 1.0 / max(scale, 1e-3)), BLUR * max(1.0, scale)
+    warp = lambda x, flags=cv2.INTER_LINEAR: cv2.warpPerspective(x, transform, size, flags=flags)  # noqa: E731
+    blur = lambda x, sigma: cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma)  # noqa: E731
+    cover = warp(np.ones(grey_a.shape, np.float32), cv2.INTER_NEAREST)
+    colours = (warp(blur(best.source.colour, sigma_a)), blur(fb.colour, sigma_b))
+    share, textured, colour_share = tile_share(warp(blur(grey_a, sigma_a)), cover, blur(fb.grey, sigma_b), colours)
+    return Agreement(share, textured, best.inliers, colour_share)

@@ -4,9 +4,10 @@ compared (``encoders.overlap``), so look-alikes that keypoints passed leave the 
 Photos of different shirts on one bed sheet share the sheet: keypoint verification counts a
 dozen inliers on it, and the pair is rated a copy. Aligned on those inliers, a copy agrees with
 its source over most of the overlap and a look-alike only on the shared background. A pair
-whose alignment has at least ``MIN_ALIGNED`` inliers and whose textured tiles agree under
-``MIN_SHARE`` of the time is moved from ``edges.parquet`` to ``look_alikes.parquet``; a pair
-that cannot be aligned (or whose file cannot be read) keeps its edge: no evidence against it.
+whose alignment has at least ``MIN_ALIGNED`` inliers and whose textured tiles agree (in texture,
+and in colour up to one global colour map) under ``MIN_SHARE`` of the time is moved from
+``edges.parquet`` to ``look_alikes.parquet``; a pair that cannot be aligned (or whose file
+cannot be read) keeps its edge: no evidence against it.
 
 The check runs after the pages, over the merged edges (each pair once), as Ray tasks of
 ``BATCH`` pairs spread over the cluster. Each task writes its answers as a Parquet part named
@@ -25,17 +26,18 @@ from tqdm import tqdm
 from rayapp.dedup_pages import EDGE_SCHEMA, write_part
 
 MIN_ALIGNED = 8    # fewer alignment inliers: too weak an alignment to judge the overlap by
-MIN_SHARE = 0.35   # agreeing share of the textured overlap under which a pair is a look-alike
+MIN_SHARE = 0.27   # agreeing share (texture and colour) of the textured overlap under which a pair is a look-alike
 BATCH = 64         # pairs per task
 CHECK_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("overlap", pa.float64()),
-                          ("aligned", pa.int32())])
-CHECKED_SCHEMA = EDGE_SCHEMA.append(pa.field("overlap", pa.float64()))
+                          ("overlap_colour", pa.float64()), ("aligned", pa.int32())])
+CHECKED_SCHEMA = pa.schema([*EDGE_SCHEMA, pa.field("overlap", pa.float64()), pa.field("overlap_colour", pa.float64())])
+PART_PREFIX = "overlap-c-"  # parts of the check with colour; those of an older check are not read back
 
 
 def look_alike(check: dict | None) -> bool:
     """True when a pair's check (``CHECK_SCHEMA`` row) says its aligned overlap disagrees."""
-    return (check is not None and check["overlap"] is not None and check["aligned"] >= MIN_ALIGNED
-            and check["overlap"] < MIN_SHARE)
+    return (check is not None and check["overlap_colour"] is not None and check["aligned"] >= MIN_ALIGNED
+            and check["overlap_colour"] < MIN_SHARE)
 
 
 class _FeatureCache:
@@ -73,6 +75,7 @@ def check_batch(rows: list[tuple], max_pixels: int, part: str) -> int:
     for a, path_a, b, path_b in rows:
         found = aligned_agreement([cache.get(path_a, False), cache.get(path_a, True)], cache.get(path_b, False))
         out.append({"a": a, "b": b, "overlap": None if found is None else round(found.share, 4),
+                    "overlap_colour": None if found is None else round(found.colour_share, 4),
                     "aligned": 0 if found is None else found.inliers})
     write_part(Path(part), out, CHECK_SCHEMA)
     return len(out)
@@ -84,7 +87,7 @@ def _batches(edges: list[dict], paths: dict[str, str | None], parts: Path) -> li
     for i in range(0, len(rows), BATCH):
         chunk = rows[i:i + BATCH]
         name = hashlib.sha1(repr([(a, b) for a, _, b, _ in chunk]).encode()).hexdigest()[:16]
-        out.append((str(parts / f"overlap-{name}.parquet"), chunk))
+        out.append((str(parts / f"{PART_PREFIX}{name}.parquet"), chunk))
     return out
 
 
@@ -115,10 +118,11 @@ def check_overlaps(edges: list[dict], paths: dict[str, str | None], parts: Path,
 
 
 def split_look_alikes(edges: list[dict], checks: dict[tuple[str, str], dict]) -> tuple[list[dict], list[dict]]:
-    """Edges -> (kept, look-alikes), each with its ``overlap`` share (None where unchecked)."""
+    """Edges -> (kept, look-alikes), each with its ``overlap`` and ``overlap_colour`` shares (None
+    where unchecked)."""
     kept, dropped = [], []
     for e in edges:
         check = checks.get((e["a"], e["b"]))
-        row = {**e, "overlap": None if check is None else check["overlap"]}
+        row = {**e, **{k: None if check is None else check[k] for k in ("overlap", "overlap_colour")}}
         (dropped if look_alike(check) else kept).append(row)
     return kept, dropped

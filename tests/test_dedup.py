@@ -89,9 +89,9 @@ def test_find_duplicates_and_the_report(ray_local, collection, tmp_path):
     edges = pq.read_table(out / "edges.parquet").to_pylist()
     pairs = [(e["a"], e["b"]) for e in edges]
     assert len(pairs) == len(set(pairs)) and all(a < b for a, b in pairs)
-    assert all(e["overlap"] is None or e["overlap"] >= MIN_SHARE for e in edges)
+    assert all(e["overlap_colour"] is None or e["overlap_colour"] >= MIN_SHARE for e in edges)
     dropped = pq.read_table(out / "look_alikes.parquet").to_pylist()
-    assert all(LOOK_ALIKE in (e["a"], e["b"]) and e["overlap"] < MIN_SHARE for e in dropped), dropped
+    assert all(LOOK_ALIKE in (e["a"], e["b"]) and e["overlap_colour"] < MIN_SHARE for e in dropped), dropped
     mirror = f"{SAMPLES[0].stem}__mirror.jpg"
     assert mirror in {name for name, _ in dupes[SAMPLES[0].name]}
     # the mirror matched through a mirrored view and was verified by the mirrored keypoints:
@@ -127,9 +127,9 @@ def test_the_overlap_check_runs_as_ray_tasks_and_resumes(ray_local, collection, 
     paths = {name: str(collection / name) for name in (original, copy, LOOK_ALIKE)}
     checks = check_overlaps(edges, paths, tmp_path, max_pixels=50_000_000, progress=False)
     kept, dropped = split_look_alikes(edges, checks)
-    assert [e["b"] for e in kept] == [copy] and kept[0]["overlap"] >= MIN_SHARE
-    assert [e["b"] for e in dropped] == [LOOK_ALIKE] and dropped[0]["overlap"] < MIN_SHARE
-    (part,) = tmp_path.glob("overlap-*.parquet")
+    assert [e["b"] for e in kept] == [copy] and kept[0]["overlap_colour"] >= MIN_SHARE
+    assert [e["b"] for e in dropped] == [LOOK_ALIKE] and dropped[0]["overlap_colour"] < MIN_SHARE
+    (part,) = tmp_path.glob("overlap-c-*.parquet")
     written = part.stat().st_mtime_ns
     assert check_overlaps(edges, paths, tmp_path, max_pixels=50_000_000, progress=False) == checks
     assert part.stat().st_mtime_ns == written  # a re-run reads the finished batch back

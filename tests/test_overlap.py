@@ -25,20 +25,44 @@ def photo() -> Image.Image:
 
 def _check(a: Image.Image, b: Image.Image) -> dict | None:
     found = agreement(a, b)
-    return None if found is None else {"overlap": found.share, "aligned": found.inliers}
+    return None if found is None else {"overlap": found.share, "overlap_colour": found.colour_share,
+                                       "aligned": found.inliers}
 
 
-@pytest.mark.parametrize("edit", ["resize", "jpeg", "text", "crop", "mirror", "colour"])
+def _channels_swapped(img: Image.Image) -> Image.Image:
+    r, g, b = img.split()
+    return Image.merge("RGB", (b, g, r))
+
+
+@pytest.mark.parametrize("edit", ["resize", "jpeg", "text", "crop", "mirror", "colour", "grey", "swap"])
 def test_a_copy_agrees_once_aligned(photo, edit):
     if edit == "mirror":
         copy = ImageOps.mirror(photo)
     elif edit == "colour":
         copy = ImageEnhance.Contrast(ImageEnhance.Brightness(photo).enhance(1.5)).enhance(0.6)
+    elif edit in ("grey", "swap"):  # global colour maps: the colour check fits them
+        copy = ImageOps.grayscale(photo).convert("RGB") if edit == "grey" else _channels_swapped(photo)
     else:
         copy = edited_copy(photo, edit)
     check = _check(copy, photo)
     assert check is not None and check["aligned"] >= MIN_ALIGNED, check
-    assert check["overlap"] >= MIN_SHARE and not look_alike(check), check
+    assert check["overlap_colour"] >= MIN_SHARE and not look_alike(check), check
+    assert check["overlap_colour"] >= check["overlap"] - 0.1, check  # a global colour edit is fitted
+
+
+def test_a_subject_recoloured_apart_from_its_scene_loses_its_colour_tiles():
+    """The subject recoloured and its many-coloured scene left alone fits no one global colour
+    map: its tiles keep their grey texture but not their colour. (A subject on a plain wall
+    does not show it: one linear map can send the wall to itself and one colour to another.)"""
+    with Image.open(SAMPLES[0].parent / "pypi-scikit-image_00001.jpg") as im:
+        scene = im.convert("RGB")
+    w, h = scene.size
+    box = (w // 5, h // 5, 4 * w // 5, 4 * h // 5)
+    recoloured = scene.copy()
+    recoloured.paste(ImageOps.colorize(ImageOps.grayscale(scene.crop(box)), "darkred", "yellow"), box[:2])
+    check = _check(recoloured, scene)
+    assert check is not None and check["aligned"] >= MIN_ALIGNED, check
+    assert check["overlap"] >= 0.9 and check["overlap_colour"] <= check["overlap"] - 0.2, check
 
 
 @pytest.mark.parametrize("other", [3, 4, 5])
@@ -53,9 +77,10 @@ def test_a_different_subject_on_the_same_background_is_a_look_alike(photo, other
 def test_an_unaligned_pair_keeps_its_edge(photo):
     flat = Image.new("RGB", photo.size, (120, 130, 140))
     assert agreement(flat, photo) is None  # no keypoints: no evidence either way
-    assert not look_alike(None) and not look_alike({"overlap": None, "aligned": 0})
+    assert not look_alike(None) and not look_alike({"overlap": None, "overlap_colour": None, "aligned": 0})
     edges = [{"a": "x", "b": "y"}, {"a": "x", "b": "z"}]
-    kept, dropped = split_look_alikes(edges, {("x", "z"): {"a": "x", "b": "z", "overlap": 0.1, "aligned": 30}})
+    check = {"a": "x", "b": "z", "overlap": 0.1, "overlap_colour": 0.1, "aligned": 30}
+    kept, dropped = split_look_alikes(edges, {("x", "z"): check})
     assert [e["b"] for e in kept] == ["y"] and kept[0]["overlap"] is None
     assert [(e["b"], e["overlap"]) for e in dropped] == [("z", 0.1)]
 
@@ -64,11 +89,23 @@ def test_tile_share_counts_textured_tiles_only():
     rng = np.random.default_rng(0)
     texture = rng.normal(128, 30, (64, 64)).astype(np.float32)
     cover = np.ones_like(texture)
-    assert tile_share(texture, cover, texture) == (1.0, 16)
+    assert tile_share(texture, cover, texture) == (1.0, 16, 1.0)
     assert tile_share(texture, cover, 255 - texture)[0] == 0.0  # anti-correlated
     flat = np.full((64, 64), 100, np.float32)
-    assert tile_share(flat, cover, flat) == (0.0, 0)  # nothing to compare
-    assert tile_share(texture, np.zeros_like(cover), texture) == (0.0, 0)  # outside the warp
+    assert tile_share(flat, cover, flat) == (0.0, 0, 0.0)  # nothing to compare
+    assert tile_share(texture, np.zeros_like(cover), texture) == (0.0, 0, 0.0)  # outside the warp
+
+
+def test_tile_share_in_colour_fits_one_global_colour_map():
+    rng = np.random.default_rng(1)
+    tiles = rng.uniform(40, 200, (4, 4, 3)).astype(np.float32)  # one mean colour per 16-pixel tile
+    colour = np.kron(tiles, np.ones((16, 16, 1), np.float32)) + rng.normal(0, 10, (64, 64, 1)).astype(np.float32)
+    grey, cover = colour.mean(2), np.ones((64, 64), np.float32)
+    tinted = colour @ np.array([[0.9, 0.1, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.7]], np.float32) + 20
+    assert tile_share(grey, cover, grey, (tinted, colour)) == (1.0, 16, 1.0)  # one map for all tiles
+    half = colour.copy()
+    half[:32] = colour[:32, :, ::-1]  # half the tiles recoloured differently from the rest
+    assert tile_share(grey, cover, grey, (half, colour))[2] <= 0.75
 
 
 @settings(max_examples=40, deadline=None)
