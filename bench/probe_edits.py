@@ -7,7 +7,9 @@ the augly suite all share their authors' idea of an edit. This probe draws other
 to photos, at other strengths, from the refs of an already built benchmark (validation sources):
 turns on a grown canvas, crops to half of each side, small pastes, collages and 2x2 grids,
 large captions, small grey re-encodes, thumbnails, colour negatives, prints with a white card,
-and a mirrored crop under a colour cast. It then scores them through ``neardup eval``'s own
+a mirrored crop under a colour cast, story reposts on a blurred copy of the photo, a sepia
+vignette filter, a tiled stock watermark, posterization, a double exposure, and a phone photo
+of a screen. It then scores them through ``neardup eval``'s own
 pipeline against the benchmark's refs (``rayapp.eval_cli``). A family that scores low is a lead,
 to be checked on the real suites, not a target: its queries are few and its edits arbitrary.
 """
@@ -116,9 +118,75 @@ def flip_crop_tint(im, rng, bgs):
     return Image.blend(im, cast, rng.uniform(0.3, 0.5))
 
 
+def story(im, rng, bgs):
+    """A story or reel repost: the photo whole, centred on a canvas of the other orientation
+    (9:16 for a landscape photo, 16:9 for a portrait one) filled by its own enlarged, blurred copy."""
+    w, h = im.size
+    cw, ch = (720, 1280) if w >= h else (1280, 720)
+    s = min(cw / w, ch / h) * rng.uniform(0.85, 1.0)
+    cover = max(cw / w, ch / h)
+    back = im.resize((int(w * cover) + 1, int(h * cover) + 1)).crop((0, 0, cw, ch))
+    back = ImageEnhance.Brightness(back.filter(ImageFilter.GaussianBlur(rng.uniform(12, 30)))).enhance(0.8)
+    photo = im.resize((int(w * s), int(h * s)))
+    back.paste(photo, ((cw - photo.width) // 2, (ch - photo.height) // 2))
+    return back
+
+
+def sepia_vignette(im, rng, bgs):
+    """A phone filter: warm sepia toning, raised contrast and a dark vignette."""
+    grey = ImageOps.grayscale(im)
+    toned = ImageOps.colorize(grey, (40, 26, 13), (255, 240, 205))
+    toned = ImageEnhance.Contrast(toned).enhance(rng.uniform(1.1, 1.4))
+    w, h = im.size
+    mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(mask).ellipse((-0.15 * w, -0.15 * h, 1.15 * w, 1.15 * h), fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(0.15 * min(w, h)))
+    return Image.composite(toned, Image.new("RGB", (w, h), (0, 0, 0)), mask)
+
+
+def tiled_watermark(im, rng, bgs):
+    """A stock photo's watermark: one word tiled across the whole photo, turned and half-transparent."""
+    w, h = im.size
+    size = max(12, int(min(w, h) * rng.uniform(0.08, 0.14)))
+    layer = Image.new("RGBA", (2 * w, 2 * h), (0, 0, 0, 0))
+    draw, font = ImageDraw.Draw(layer), ImageFont.truetype(FONT, size)
+    word, alpha = rng.choice(["SAMPLE", "PREVIEW", "(c) stock"]), rng.randint(70, 130)
+    for y in range(0, 2 * h, int(size * 2.5)):
+        for x in range(-(y // 3) % (size * 6), 2 * w, size * 6):
+            draw.text((x, y), word, font=font, fill=(255, 255, 255, alpha))
+    layer = layer.rotate(rng.uniform(20, 40), resample=Image.BICUBIC).crop((w // 2, h // 2, w // 2 + w, h // 2 + h))
+    return Image.alpha_composite(im.convert("RGBA"), layer).convert("RGB")
+
+
+def posterize(im, rng, bgs):
+    """A poster filter: two or three bits a channel, the colours flattened into bands."""
+    return ImageOps.posterize(im, rng.choice([2, 3]))
+
+
+def blend_other(im, rng, bgs):
+    """A double exposure: another photo laid over the whole of it at 25-45% opacity."""
+    return Image.blend(im, _other(rng, bgs).resize(im.size), rng.uniform(0.25, 0.45))
+
+
+def recapture(im, rng, bgs):
+    """A phone photo of the photo on a screen: a dark bezel, a keystone tilt, softer focus,
+    a colour cast and sensor noise."""
+    w, h = im.size
+    p = int(0.08 * max(w, h))
+    framed = ImageOps.expand(im, p, fill=(15, 15, 18))
+    fw, fh = framed.size
+    d = [rng.uniform(0, 0.08) * fw for _ in range(4)]
+    quad = (d[0], 0, d[1], fh, fw - d[2], fh, fw - d[3], 0)  # corners the output's are read from
+    out = framed.transform((fw, fh), Image.QUAD, quad, resample=Image.BICUBIC)
+    out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.6, 1.4)))
+    out = Image.blend(out, Image.new("RGB", out.size, (90, 110, 160)), rng.uniform(0.08, 0.18))
+    return Image.blend(out, Image.effect_noise(out.size, 40).convert("RGB"), 0.08)
+
+
+# new families go last: each family draws its refs from one seeded stream, in this order
 FAMILIES: dict[str, Edit] = {f.__name__: f for f in (
     turn_on_canvas, crop_half, paste_small, collage2, grid4, big_text, grey_small_jpeg, tiny_blur, invert,
-    polaroid, flip_crop_tint)}
+    polaroid, flip_crop_tint, story, sepia_vignette, tiled_watermark, posterize, blend_other, recapture)}
 
 
 def build(bench: Path, backgrounds: list[Path], work: Path, per_family: int, seed: int) -> Path:
