@@ -333,3 +333,19 @@ def test_fanout_bench_times_the_router_beside_the_floor(tmp_path):
     assert doc["shards"] == 2 and doc["machine"]["git"]["commit"]
     assert set(doc["ratio_to_floor"]) == {"floor", "by_argument", "router"}
     assert doc["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in doc["ms_per_query"].values())
+
+
+def test_probe_edits_draw_every_family_from_a_real_photo():
+    """Each family of the fourth edit implementation makes a new RGB picture of a real photo."""
+    import random
+
+    from PIL import Image, ImageChops
+
+    from bench.probe_edits import FAMILIES
+    from tests.helpers_images import SAMPLES
+    with Image.open(SAMPLES[0]) as im:
+        photo = im.convert("RGB")
+    for name, edit in FAMILIES.items():
+        out = edit(photo, random.Random(0), SAMPLES[1:4])
+        assert out.mode == "RGB" and min(out.size) >= 16, name
+        assert out.size != photo.size or ImageChops.difference(out, photo).getbbox(), name
