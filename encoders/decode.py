@@ -15,11 +15,20 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif",
+                              ".heic", ".heif"})
 
 # Pillow decoders we allow; restricting them keeps exotic parsers (EPS runs Ghostscript) away
 # from untrusted input. The JPEG opener also returns MPO (multi-picture JPEGs from phones).
-_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# HEIF/HEIC (what phones save by default) is read by pillow-heif, which turns the picture
+# upright as it opens it; AVIF by Pillow itself.
+_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "AVIF", "HEIF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF, AVIF or HEIC"
+try:
+    from pillow_heif import register_heif_opener
+    register_heif_opener()
+except ImportError:  # an install without pillow-heif refuses HEIC as unsupported, one line like any other
+    pass
 # Decoded images are kept at a long side of at least this (``working_size``): twice the
 # keypoints' detection side, the largest any later step works at, so that a crop of a tenth of
 # the image still holds more pixels than the encoder's input.
@@ -136,8 +145,7 @@ def _open_checked(fp: io.BufferedIOBase, max_pixels: int) -> Image.Image:
     try:
         im = Image.open(fp, formats=_FORMATS)
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError("not a supported image (expected JPEG, PNG, WebP, BMP, GIF or TIFF)",
-                               "unsupported") from None
+        raise ImageDecodeError(f"not a supported image (expected {_FORMAT_NAMES})", "unsupported") from None
     except Exception as exc:
         raise _decode_error(exc) from exc
     w, h = im.size

@@ -6,7 +6,10 @@ import io
 import struct
 import zlib
 
+import pillow_heif
 from PIL import Image
+
+pillow_heif.register_heif_opener()  # to write HEIC here; the product reads it through encoders.decode
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -52,6 +55,8 @@ def odd_files() -> list[tuple[str, bytes, str]]:
         ("multipage.tiff", tiff.getvalue(), "image/tiff"),
         ("photo.webp", _save(photo, "WEBP"), "image/webp"),
         ("photo.bmp", _save(photo, "BMP"), "image/bmp"),
+        ("photo.heic", _save(photo, "HEIF", quality=80), "image/heic"),  # a phone's default
+        ("photo.avif", _save(photo, "AVIF", quality=70), "image/avif"),
         ("truncated.jpg", jpeg[: len(jpeg) // 2], "image/jpeg"),
         ("header-only.jpg", jpeg[:20], "image/jpeg"),
         ("png-as-jpeg.jpg", _save(photo, "PNG"), "image/jpeg"),

@@ -46,7 +46,28 @@ def test_iter_image_files_sorted_filtered_recursive(tmp_path: Path):
     assert flat == ["a.png", "b.JPG"]
     # A single path works; a file named explicitly is yielded even without an image suffix.
     assert list(iter_image_files(tmp_path / "notes.txt")) == [tmp_path / "notes.txt"]
-    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"} == set(IMAGE_EXTENSIONS)
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic",
+            ".heif"} == set(IMAGE_EXTENSIONS)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_formats_load_upright_and_encode_like_the_jpeg(fmt):
+    """HEIC (what phones save) and AVIF photos decode, turned upright by their orientation, and
+    encode to nearly the code of the same photo as a JPEG."""
+    import pillow_heif
+    from encoders.registry import get_encoder
+    pillow_heif.register_heif_opener()
+    sample = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))[0]
+    with Image.open(sample) as im:
+        photo = im.convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown turned 90 degrees clockwise
+    stored = io.BytesIO()
+    photo.rotate(90, expand=True).save(stored, fmt, quality=85, exif=exif.tobytes())
+    loaded = load_image(stored.getvalue())
+    assert loaded.size == photo.size and full_size(loaded) == photo.size
+    codes = get_encoder("deephash").encode([photo, loaded])
+    assert int(np.unpackbits(codes[0] ^ codes[1]).sum()) <= 12
 
 
 def test_iter_image_files_missing_path(tmp_path: Path):

@@ -334,7 +334,7 @@ def test_unusual_files_never_give_a_5xx(server, path):
             _assert_error(resp, resp.status_code, client)
         assert client.get("/healthz").status_code == 200
     for name in ("1x1.png", "1x10000.png", "10000x1.png", "cmyk.jpg", "16bit.png", "animated.gif",
-                 "photo.webp", "png-as-jpeg.jpg"):
+                 "photo.webp", "photo.heic", "photo.avif", "png-as-jpeg.jpg"):
         assert answers[name] == 200, (name, answers[name])  # images, however odd
     assert answers["bomb.png"] == 413 and answers["empty.jpg"] == 400
     assert answers["truncated.jpg"] in (200, 422) and answers["page.html"] == 422
