@@ -17,11 +17,13 @@ star groups (``rayapp.groups``: no chaining) with a ``keep`` suggestion go to
 
 Python, in imagededup's shape:
 
->>> from rayapp.dedup import find_duplicates, plot_duplicates
+>>> from rayapp.dedup import find_duplicates, find_duplicates_to_remove, plot_duplicates
 >>> dupes = find_duplicates(image_dir="photos/", min_confidence=0.99)
 >>> dupes["beach.jpg"]
 [('beach-small.jpg', 0.9993)]
 >>> plot_duplicates(dupes, image_dir="photos/", outfile="duplicates.html")
+>>> find_duplicates_to_remove(image_dir="photos/")  # all but one copy of each group
+['beach-small.jpg']
 """
 from __future__ import annotations
 
@@ -176,6 +178,16 @@ def dedup_paths(paths: list[str], opts: DedupOptions, encoder: str | None = None
             kill_shards(cfg)
 
 
+def _dedup_folder(image_dir: str, min_confidence: float, out_dir: str | None, encoder: str | None,
+                  progress: bool) -> tuple[DedupReport, list[dict]]:
+    """The job over one folder (indexed into a temporary index): its report and its edges."""
+    with tempfile.TemporaryDirectory(prefix="neardup-find-") as tmp:
+        opts = DedupOptions(out_dir=out_dir or tmp, min_confidence=min_confidence, report=False,
+                            progress=progress)
+        report = dedup_paths([image_dir], opts, encoder)
+        return report, pq.read_table(Path(opts.out_dir) / "edges.parquet").to_pylist()
+
+
 def find_duplicates(image_dir: str, min_confidence: float = 0.99, out_dir: str | None = None,
                     encoder: str | None = None, progress: bool = False) -> dict[str, list[tuple[str, float]]]:
     """Every image under ``image_dir`` (by its path relative to it) -> its duplicates there, as
@@ -184,17 +196,26 @@ def find_duplicates(image_dir: str, min_confidence: float = 0.99, out_dir: str |
     >>> find_duplicates(image_dir="photos/")["beach.jpg"]
     [('beach-small.jpg', 0.9993)]
     """
-    with tempfile.TemporaryDirectory(prefix="neardup-find-") as tmp:
-        opts = DedupOptions(out_dir=out_dir or tmp, min_confidence=min_confidence, report=False,
-                            progress=progress)
-        report = dedup_paths([image_dir], opts, encoder)
-        edges = pq.read_table(Path(opts.out_dir) / "edges.parquet").to_pylist()
+    report, edges = _dedup_folder(image_dir, min_confidence, out_dir, encoder, progress)
     dupes: dict[str, list[tuple[str, float]]] = {i: [] for i in report.image_ids}
     for e in edges:
         score = round(_strength(e, report.bits), 4)
         dupes.setdefault(e["a"], []).append((e["b"], score))
         dupes.setdefault(e["b"], []).append((e["a"], score))
     return {k: sorted(v, key=lambda x: (-x[1], x[0])) for k, v in sorted(dupes.items())}
+
+
+def find_duplicates_to_remove(image_dir: str, min_confidence: float = 0.99, out_dir: str | None = None,
+                              encoder: str | None = None, progress: bool = False) -> list[str]:
+    """The images under ``image_dir`` to delete so that one copy of each is left: every member of
+    every duplicate group but the one the group keeps (the copy most of the others match, then
+    the most pixels: ``rayapp.groups``), sorted by name.
+
+    >>> find_duplicates_to_remove(image_dir="photos/")
+    ['beach-small.jpg']
+    """
+    report, _ = _dedup_folder(image_dir, min_confidence, out_dir, encoder, progress)
+    return sorted(i for g in report.groups for i in g.ids if i != g.keep)
 
 
 def plot_duplicates(duplicates: dict[str, list[tuple[str, float]]], image_dir: str,

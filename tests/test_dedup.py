@@ -109,6 +109,13 @@ def test_find_duplicates_and_the_report(ray_local, collection, tmp_path):
     assert "confidence" in html
 
 
+def test_find_duplicates_to_remove_keeps_one_copy_of_each(ray_local, collection):
+    from rayapp.dedup import find_duplicates_to_remove
+    remove = find_duplicates_to_remove(image_dir=str(collection))
+    copies = {f"{f.stem}__{k}.jpg" for f in SAMPLES[:2] for k in EDITS[:3]} | {f"{SAMPLES[0].stem}__mirror.jpg"}
+    assert set(remove) == copies and remove == sorted(remove)  # the originals, the unrelated and the look-alike stay
+
+
 def test_support_lets_a_copy_join_through_its_siblings_but_not_a_chain():
     # k is the original; c1..c3 copies; c4 matches c1 and c2 but not k (taken before it could
     # lead a star); z matches only c3 (a look-alike of one member)
