@@ -7,7 +7,12 @@ should keep, and only images that match it directly; a group can never be larger
 representative's matches plus one, however long a chain is. Representatives are taken in keep
 order: most matches first (the original is the hub its edited copies all match, while a
 copy pasted into a screenshot or a meme has more pixels but matches fewer of its siblings),
-then most pixels, then id.
+then most pixels, then id; an image that matches a representative taken before it is not one.
+
+Each other image then joins the representative, of those it matches, with which it shares the
+most matches. A copy of a red shirt that a blue shirt on the same sheet passed for a copy
+matches the blue shirt's photo once, and the red shirt's photo and its other copies too: it
+joins the red shirt, rather than whichever representative was taken first.
 
 >>> groups = star_groups([("a.jpg", "b.jpg", 0.999), ("b.jpg", "c.jpg", 0.995)],
 ...                      pixels={"a.jpg": 400, "b.jpg": 100, "c.jpg": 50})
@@ -61,29 +66,46 @@ def star_groups(edges: Iterable[tuple[str, str, float]], pixels: dict[str, int] 
                 support: float = 0.0) -> list[Group]:
     """Groups of two or more images (see the module docstring), largest first.
 
-    With ``support`` > 0 an image left out of every star (each image it matches was taken by
-    another star first) joins the group where it matches at least two members and that
-    ``support`` share of them; a look-alike in a chain matches one, so chains still cannot
+    With ``support`` > 0 an image left out of every star (a representative whose matches all
+    joined other representatives) joins the group where it matches at least two members and
+    that ``support`` share of them; a look-alike in a chain matches one, so chains still cannot
     pass. Its confidence is then the weakest of the matches that admitted it.
     """
     neighbours: dict[str, dict[str, float]] = defaultdict(dict)
     for (a, b), conf in strongest_edges(edges).items():
         neighbours[a][b] = neighbours[b][a] = conf
     order = keep_order(neighbours, pixels or {}, {i: len(n) for i, n in neighbours.items()})
-    group_of: dict[str, Group] = {}
-    groups = []
-    for rep in order:
-        if rep in group_of:
-            continue
-        members = {m: c for m, c in neighbours[rep].items() if m not in group_of}
-        if not members:
-            continue
-        g = Group(rep, members)
-        groups.append(g)
-        group_of.update({i: g for i in g.ids})
+    reps = _representatives(order, neighbours)
+    by_rep = {r: Group(r) for r in reps}
+    rank = {i: n for n, i in enumerate(order)}
+    for item in order:
+        if item not in by_rep:
+            rep = max((r for r in neighbours[item] if r in by_rep),
+                      key=lambda r: (_shared(item, r, neighbours), neighbours[item][r], -rank[r]))
+            by_rep[rep].members[item] = neighbours[item][rep]
+    groups = [g for g in by_rep.values() if g.members]
     if support > 0:
+        group_of = {i: g for g in groups for i in g.ids}
         _join_by_support([i for i in order if i not in group_of], neighbours, group_of, support)
     return sorted(groups, key=lambda g: (-len(g), g.keep))
+
+
+def _representatives(order: list[str], neighbours: dict[str, dict[str, float]]) -> list[str]:
+    """In keep order, each image that matches no representative taken before it: every other
+    image matches at least one of them."""
+    reps: list[str] = []
+    taken: set[str] = set()
+    for item in order:
+        if item not in taken:
+            reps.append(item)
+            taken.add(item)
+            taken.update(neighbours[item])
+    return reps
+
+
+def _shared(item: str, rep: str, neighbours: dict[str, dict[str, float]]) -> int:
+    """How many of ``item``'s matches ``rep`` matches too."""
+    return sum(1 for other in neighbours[item] if other in neighbours[rep])
 
 
 def _join_by_support(left: list[str], neighbours: dict, group_of: dict, support: float) -> None:

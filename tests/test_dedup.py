@@ -53,6 +53,17 @@ def test_star_groups_do_not_chain_look_alikes():
     assert scores["largest"] == 3
 
 
+def test_a_copy_joins_the_representative_it_shares_most_matches_with():
+    # B and R: a blue and a red shirt on one sheet; b1-b3 copies of B, r1-r3 of R, and r1 also
+    # passed for a copy of B (a look-alike match). Taken first, B would have taken r1 too.
+    copies = [(o, f"{o.lower()}{n}") for o in "BR" for n in (1, 2, 3)]
+    siblings = [(f"{o}1", f"{o}{n}") for o in "br" for n in (2, 3)]
+    edges = [(a, b, 0.999) for a, b in copies + siblings] + [("B", "r1", 0.999)]
+    pixels = {"B": 100, "R": 90, **{b: 10 for _, b in copies}}
+    groups = star_groups(edges, pixels)
+    assert [(g.keep, sorted(g.members)) for g in groups] == [("B", ["b1", "b2", "b3"]), ("R", ["r1", "r2", "r3"])]
+
+
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
     """Eight sample photos, edited copies of the first two, a mirror of the first (names say
