@@ -9,7 +9,9 @@ sample is enlarged to a long side of 640-4000 pixels and saved as a JPEG (qualit
 ingress's own steps are timed on it, sides alternating: decode (``load_image``), the query's
 views (``encoders.tta.query_variants``) and its keypoints (``extract_query``), with
 ``work_side`` at its default and at None (full size, as before). Also reported: how many bits of
-the code the working size moves (the code of the same photo loaded at full size).
+the code the working size moves (the code of the same photo loaded at full size), and with
+``--formats`` what ``load_image`` costs on the same photos stored as HEIC, AVIF and WebP beside
+JPEG (their decoders, unlike JPEG's, cannot decode at a reduced scale).
 
     python -m bench.big_photos            # or: neardup bench big-photos
 """
@@ -27,17 +29,44 @@ from encoders.decode import WORK_SIDE
 
 SIDES = (640, 1280, 2000, 4000)
 MODES = {"working size": WORK_SIDE, "full size": None}
+FORMATS = {"JPEG": {"quality": 90}, "HEIF": {"quality": 80}, "AVIF": {"quality": 70}, "WEBP": {"quality": 85}}
 
 
-def _jpegs(side: int, count: int) -> list[bytes]:
+def _jpegs(side: int, count: int, fmt: str = "JPEG") -> list[bytes]:
+    """The first ``count`` bundled samples enlarged to a long side of ``side``, saved as ``fmt``."""
+    import encoders.decode  # noqa: F401  (registers the HEIF opener and saver)
     out = []
     for path in sorted((REPO_ROOT / "rayapp" / "samples").glob("*.jpg"))[:count]:
         img = Image.open(path).convert("RGB")
         big = img.resize((side, round(side * img.size[1] / img.size[0])), Image.BICUBIC)
         buf = io.BytesIO()
-        big.save(buf, "JPEG", quality=90)
+        big.save(buf, fmt, **FORMATS[fmt])
         out.append(buf.getvalue())
     return out
+
+
+def decode_by_format(sides: tuple[int, ...], count: int, rounds: int) -> list[dict]:
+    """Median ``load_image`` ms of the same photos in each of FORMATS, and each one's ratio to
+    JPEG's, the formats alternating round by round."""
+    from encoders.decode import load_image
+    table = []
+    for side in sides:
+        photos = {fmt: _jpegs(side, count, fmt) for fmt in FORMATS}
+        ms: dict[str, list[float]] = {fmt: [] for fmt in FORMATS}
+        for r in range(rounds):
+            for fmt in (list(FORMATS) if r % 2 == 0 else list(FORMATS)[::-1]):
+                for data in photos[fmt]:
+                    t0 = time.perf_counter()
+                    load_image(data)
+                    ms[fmt].append((time.perf_counter() - t0) * 1e3)
+        row = {"long_side": side, "photos": count,
+               **{fmt: {"decode_ms": round(float(np.median(v)), 2),
+                        "bytes_median": int(np.median([len(d) for d in photos[fmt]]))} for fmt, v in ms.items()}}
+        for fmt in FORMATS:
+            row[fmt]["ratio_to_jpeg"] = round(row[fmt]["decode_ms"] / row["JPEG"]["decode_ms"], 2)
+        table.append(row)
+        print(f"{side:5d} px decode: " + ", ".join(f"{f} {row[f]['decode_ms']:.1f} ms" for f in FORMATS))
+    return table
 
 
 def _query_steps(data: bytes, enc, work_side: int | None) -> tuple[dict[str, float], np.ndarray]:
@@ -56,7 +85,7 @@ def _query_steps(data: bytes, enc, work_side: int | None) -> tuple[dict[str, flo
     return ms, arrays[0]
 
 
-def run(count: int, rounds: int) -> dict:
+def run(count: int, rounds: int, formats: bool = False) -> dict:
     from encoders.base import hamming
     from encoders.registry import get_encoder
     enc = get_encoder("deephash", device="cpu")
@@ -85,18 +114,21 @@ def run(count: int, rounds: int) -> dict:
         print(f"{side:5d} px: working size {row['working size']['total']:7.1f} ms, full size "
               f"{row['full size']['total']:7.1f} ms (ratio {row['ratio_total']}), code bits moved "
               f"median {row['code_bits_moved']['median']:g} max {row['code_bits_moved']['max']}")
+    by_format = decode_by_format((1280, 4000), min(count, 8), rounds) if formats else None
     return {"benchmark": "big_photos", "date": utc_now(), "machine": machine_info(),
             "params": {"photos_per_size": count, "rounds": rounds, "sides": list(SIDES)},
-            "method": __doc__.split("\n\n")[1].replace("\n", " "), "table": table}
+            "method": __doc__.split("\n\n")[1].replace("\n", " "), "table": table,
+            "decode_by_format": by_format}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.big_photos", description=__doc__.splitlines()[0])
     ap.add_argument("--photos", type=int, default=24, help="bundled samples per size")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--formats", action="store_true", help="also time decoding HEIC, AVIF and WebP beside JPEG")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
-    result = run(args.photos, args.rounds)
+    result = run(args.photos, args.rounds, args.formats)
     out = RESULTS_DIR / f"big_photos_{today()}{'_' + args.tag if args.tag else ''}.json"
     print(f"wrote {write_json(out, result)}")
 

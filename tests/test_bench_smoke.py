@@ -316,6 +316,13 @@ def test_big_photos_bench_times_both_sizes():
         assert row["code_bits_moved"]["max"] <= 8
 
 
+def test_big_photos_bench_times_each_format_beside_jpeg():
+    from bench import big_photos
+    (row,) = big_photos.decode_by_format((700,), count=1, rounds=1)
+    assert set(big_photos.FORMATS) <= set(row) and row["JPEG"]["ratio_to_jpeg"] == 1.0
+    assert all(row[f]["decode_ms"] > 0 and row[f]["bytes_median"] > 0 for f in big_photos.FORMATS)
+
+
 @pytest.mark.ray  # its subprocess starts a Ray of its own
 def test_fanout_bench_times_the_router_beside_the_floor(tmp_path):
     """bench.fanout times the no-op floor, the old call by argument and the router over real
