@@ -44,7 +44,7 @@ from rayapp.dedup_options import job_options
 from rayapp.dedup_overlap import CHECKED_SCHEMA, check_overlaps, split_look_alikes
 from rayapp.dedup_pages import EDGE_SCHEMA, IMAGE_SCHEMA, DedupOptions, load_plan, read_parts, run_pages
 from rayapp.groups import Group, star_groups
-from rayapp.report import write_report
+from rayapp.report import LOOK_ALIKES_PAGE, write_look_alikes, write_report
 
 @dataclass
 class DedupReport:
@@ -155,8 +155,13 @@ def _write_html(out: Path, report: DedupReport, edges: list[dict], images: dict,
                f"each member matches the kept image directly)." +
                (f" {report.look_alikes} look-alike pairs whose aligned images disagree were set aside "
                 "(look_alikes.parquet)." if report.look_alikes else ""))
-    return write_report(out, report.groups, lambda i: images.get(i, {}).get("path"), describe,
-                        summary=summary, per_page=opts.per_page)
+    path_of = lambda i: images.get(i, {}).get("path")  # noqa: E731
+    links = []
+    if report.look_alikes:
+        write_look_alikes(out, pq.read_table(out / "look_alikes.parquet").to_pylist(), path_of)
+        links.append((LOOK_ALIKES_PAGE, f"the {report.look_alikes} pairs set aside as look-alikes"))
+    return write_report(out, report.groups, path_of, describe, summary=summary, per_page=opts.per_page,
+                        links=links)
 
 
 # ---------------------------------------------------------------- folders and the Python API

@@ -127,6 +127,16 @@ def test_find_duplicates_to_remove_keeps_one_copy_of_each(ray_local, collection)
     assert set(remove) == copies and remove == sorted(remove)  # the originals, the unrelated and the look-alike stay
 
 
+def test_the_report_shows_the_pairs_set_aside_as_look_alikes(ray_local, collection, tmp_path):
+    from rayapp.dedup import DedupOptions, dedup_paths
+    out = tmp_path / "job"
+    report = dedup_paths([str(collection)], DedupOptions(out_dir=str(out), min_confidence=0.3, progress=False))
+    assert report.look_alikes >= 1
+    page = (out / "look_alikes.html").read_text()
+    assert LOOK_ALIKE in page and page.count("data:image/jpeg;base64,") == 2 * report.look_alikes
+    assert "in colour too" in page and "look_alikes.html" in (out / "report.html").read_text()
+
+
 def test_support_lets_a_copy_join_through_its_siblings_but_not_a_chain():
     # k is the original; c1..c3 copies; c4 matches c1 and c2 but not k (taken before it could
     # lead a star); z matches only c3 (a look-alike of one member)
