@@ -44,6 +44,7 @@ AGREE_NCC = 0.5     # a tile agrees when its correlation exceeds this
 MIN_COVER = 0.95    # a tile counts only when this share of it lies inside the warped image
 COLOUR_TOL = 30.0   # RGB distance (0-255) from the fitted colour map under which a tile's mean colour agrees
 MIN_COLOUR_TILES = 8  # fewer covered tiles: no colour map is fitted and colour is not judged
+MIN_TEXTURED = 8    # fewer textured tiles in the overlap (a degenerate or tiny alignment): no verdict
 
 
 class Agreement(NamedTuple):
@@ -176,7 +177,9 @@ def agreement(a: Image.Image, b: Image.Image) -> Agreement | None:
 
 def aligned_agreement(candidates: Sequence[Features | None], fb: Features | None) -> Agreement | None:
     """:func:`agreement` from :func:`features`: of the ``candidates`` (one image as given and
-    mirrored, say) the one whose similarity to ``fb`` has the most inliers is aligned and compared."""
+    mirrored, say) the one whose similarity to ``fb`` has the most inliers is aligned and compared.
+    None when no candidate aligns, or when the aligned overlap holds under MIN_TEXTURED textured
+    tiles (an alignment that shrinks one image to a few pixels of the other says nothing)."""
     found = [_similarity(fa, fb) for fa in candidates if fa is not None and fb is not None]
     found = [f for f in found if f is not None]
     if not found:
@@ -192,4 +195,6 @@ def aligned_agreement(candidates: Sequence[Features | None], fb: Features | None
     cover = warp(np.ones(grey_a.shape, np.float32), cv2.INTER_NEAREST)
     colours = (warp(blur(best.source.colour, sigma_a)), blur(fb.colour, sigma_b))
     share, textured, colour_share = tile_share(warp(blur(grey_a, sigma_a)), cover, blur(fb.grey, sigma_b), colours)
+    if textured < MIN_TEXTURED:  # the aligned overlap is too small to judge: no evidence either way
+        return None
     return Agreement(share, textured, best.inliers, colour_share)

@@ -85,6 +85,21 @@ def test_an_unaligned_pair_keeps_its_edge(photo):
     assert [(e["b"], e["overlap"]) for e in dropped] == [("z", 0.1)]
 
 
+def test_an_alignment_onto_a_few_pixels_gives_no_verdict(monkeypatch):
+    """A photo pasted at an eighth of the side into a plain canvas aligns onto a handful of the
+    canvas' tiles: too few to judge, so no verdict (the pair keeps its edge)."""
+    import encoders.overlap as overlap
+    with Image.open(SAMPLES[0].parent / "pypi-scikit-image_00002.jpg") as im:
+        photo = im.convert("RGB")
+    canvas = Image.new("RGB", (1280, 1280), (128, 128, 128))
+    w = int(1280 * 0.12)
+    canvas.paste(photo.resize((w, round(w * photo.height / photo.width))), (500, 500))
+    assert agreement(photo, canvas) is None and not look_alike(None)
+    monkeypatch.setattr(overlap, "MIN_TEXTURED", 0)
+    found = agreement(photo, canvas)  # it does align, on a few tiles
+    assert found is not None and found.textured < 8, found
+
+
 def test_tile_share_counts_textured_tiles_only():
     rng = np.random.default_rng(0)
     texture = rng.normal(128, 30, (64, 64)).astype(np.float32)
