@@ -8,7 +8,8 @@ similarity, refined to a homography where enough matches agree, the first image 
 when that aligns better) and returns the share of the overlap's textured tiles whose
 normalised cross-correlation is high. Correlation of blurred grey tiles ignores brightness,
 contrast and colour edits and small misalignments; flat tiles (sky, a plain wall) say nothing
-and are not counted.
+and are not counted. Both images are compared at the coarser of their two resolutions: an image
+shrunk onto the other, or pixelated into blocks, blurs the other as much.
 
 Grey shapes can agree where colours do not: one cut of shirt in two colours on one hanger. So
 it also returns the share of tiles that agree in colour as well, up to one linear colour map
@@ -45,6 +46,8 @@ MIN_COVER = 0.95    # a tile counts only when this share of it lies inside the w
 COLOUR_TOL = 30.0   # RGB distance (0-255) from the fitted colour map under which a tile's mean colour agrees
 MIN_COLOUR_TILES = 8  # fewer covered tiles: no colour map is fitted and colour is not judged
 MIN_TEXTURED = 8    # fewer textured tiles in the overlap (a degenerate or tiny alignment): no verdict
+BLOCK_SIDES = range(3, 25)  # pixelation block sides looked for, pixels at the keypoint scale
+MIN_BLOCK_RATIO = 5.0  # a block side is found when its seams differ this many times more than the rest
 
 
 class Agreement(NamedTuple):
@@ -58,11 +61,12 @@ class Agreement(NamedTuple):
 
 class Features(NamedTuple):
     """An image's grey and RGB pixels at the keypoint scale, its ORB keypoints' positions and
-    descriptors."""
+    descriptors, and the side of its pixelation blocks there (0: not pixelated)."""
     grey: np.ndarray
     xy: np.ndarray
     descriptors: np.ndarray
     colour: np.ndarray
+    block: float = 0.0
 
 
 def features(image: Image.Image) -> Features | None:
@@ -74,7 +78,26 @@ def features(image: Image.Image) -> Features | None:
     if des is None or len(kps) < MIN_MATCHES:
         return None
     colour = np.asarray(image.convert("RGB").resize(grey.shape[::-1], Image.BILINEAR), np.float32)
-    return Features(grey, np.array([k.pt for k in kps], np.float32), des, colour)
+    return Features(grey, np.array([k.pt for k in kps], np.float32), des, colour, pixel_block(grey))
+
+
+def pixel_block(grey: np.ndarray) -> float:
+    """The side of a pixelated image's blocks, in its pixels, or 0 when it shows none. Seams
+    recur every k pixels across rows and down columns: at one phase of k, the mean absolute
+    difference between neighbours is many times the median phase's. The smallest such k is
+    taken (its multiples recur too); JPEG's 8-pixel blocks and photo texture fall short."""
+    g = np.asarray(grey, np.float32)
+    steps = (np.abs(np.diff(g, axis=1)).mean(0), np.abs(np.diff(g, axis=0)).mean(1))
+    best, best_ratio = 0.0, MIN_BLOCK_RATIO / 1.5
+    for k in BLOCK_SIDES:
+        ratios = []
+        for d in steps:
+            n = len(d) // k * k
+            phases = d[:n].reshape(-1, k).mean(0) if n >= 2 * k else np.ones(k)
+            ratios.append(float(phases.max() / (np.median(phases) + 1e-3)))
+        if min(ratios) >= max(MIN_BLOCK_RATIO, 1.5 * best_ratio):
+            best, best_ratio = float(k), min(ratios)
+    return best
 
 
 class _Similarity(NamedTuple):
@@ -187,9 +210,12 @@ def aligned_agreement(candidates: Sequence[Features | None], fb: Features | None
     best = max(found, key=lambda f: f.inliers)
     transform, grey_a, size = _refined(best), best.source.grey, fb.grey.shape[::-1]
     # compare at the coarser of the two resolutions: an image enlarged onto the other is blurred
-    # by its enlargement, so the other is blurred as much (and the other way round)
-    scale = float(np.sqrt(abs(np.linalg.det(transform[:2, :2]))))
-    sigma_a, sigma_b = BLUR * max(1.0, 1.0 / max(scale, 1e-3)), BLUR * max(1.0, scale)
+    # by its enlargement, so the other is blurred as much (and the other way round); a pixelated
+    # image's blocks are its resolution, so both are blurred over half a block
+    scale = max(float(np.sqrt(abs(np.linalg.det(transform[:2, :2])))), 1e-3)
+    ka, kb = best.source.block, fb.block
+    sigma_b = max(BLUR * max(1.0, scale), 0.5 * kb, 0.5 * ka * scale)
+    sigma_a = max(BLUR * max(1.0, 1.0 / scale), 0.5 * ka, 0.5 * kb / scale)
     warp = lambda x, flags=cv2.INTER_LINEAR: cv2.warpPerspective(x, transform, size, flags=flags)  # noqa: E731
     blur = lambda x, sigma: cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma)  # noqa: E731
     cover = warp(np.ones(grey_a.shape, np.float32), cv2.INTER_NEAREST)

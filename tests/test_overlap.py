@@ -85,6 +85,20 @@ def test_an_unaligned_pair_keeps_its_edge(photo):
     assert [(e["b"], e["overlap"]) for e in dropped] == [("z", 0.1)]
 
 
+def test_a_pixelated_copy_is_compared_at_its_block_size(photo, monkeypatch):
+    """Pixelation's blocks are the copy's resolution: both images are blurred over half a block
+    before their tiles are correlated, as for a copy shrunk onto the other."""
+    import encoders.overlap as overlap
+    from encoders.keypoints import detect
+    w, h = photo.size
+    pixelated = photo.resize((w // 10, h // 10), Image.BILINEAR).resize((w, h), Image.NEAREST)
+    assert overlap.pixel_block(detect(pixelated)[0]) == 10.0 and overlap.pixel_block(detect(photo)[0]) == 0.0
+    with_blocks = agreement(pixelated, photo)
+    monkeypatch.setattr(overlap, "BLOCK_SIDES", range(0))  # no block looked for
+    without = agreement(pixelated, photo)
+    assert with_blocks.colour_share >= MIN_SHARE and with_blocks.colour_share > without.colour_share + 0.1
+
+
 def test_an_alignment_onto_a_few_pixels_gives_no_verdict(monkeypatch):
     """A photo pasted at an eighth of the side into a plain canvas aligns onto a handful of the
     canvas' tiles: too few to judge, so no verdict (the pair keeps its edge)."""
