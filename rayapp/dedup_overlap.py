@@ -26,7 +26,7 @@ from tqdm import tqdm
 from rayapp.dedup_pages import EDGE_SCHEMA, write_part
 
 MIN_ALIGNED = 8    # fewer alignment inliers: too weak an alignment to judge the overlap by
-MIN_SHARE = 0.27   # agreeing share (texture and colour) of the textured overlap under which a pair is a look-alike
+MIN_SHARE = 0.28   # agreeing share (texture and colour) of the textured overlap under which a pair is a look-alike
 BATCH = 64         # pairs per task
 CHECK_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("overlap", pa.float64()),
                           ("overlap_colour", pa.float64()), ("aligned", pa.int32())])
