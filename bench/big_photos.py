@@ -32,7 +32,7 @@ MODES = {"working size": WORK_SIDE, "full size": None}
 FORMATS = {"JPEG": {"quality": 90}, "HEIF": {"quality": 80}, "AVIF": {"quality": 70}, "WEBP": {"quality": 85}}
 
 
-def _jpegs(side: int, count: int, fmt: str = "JPEG") -> list[bytes]:
+def _photos(side: int, count: int, fmt: str = "JPEG") -> list[bytes]:
     """The first ``count`` bundled samples enlarged to a long side of ``side``, saved as ``fmt``."""
     import encoders.decode  # noqa: F401  (registers the HEIF opener and saver)
     out = []
@@ -51,7 +51,7 @@ def decode_by_format(sides: tuple[int, ...], count: int, rounds: int) -> list[di
     from encoders.decode import load_image
     table = []
     for side in sides:
-        photos = {fmt: _jpegs(side, count, fmt) for fmt in FORMATS}
+        photos = {fmt: _photos(side, count, fmt) for fmt in FORMATS}
         ms: dict[str, list[float]] = {fmt: [] for fmt in FORMATS}
         for r in range(rounds):
             for fmt in (list(FORMATS) if r % 2 == 0 else list(FORMATS)[::-1]):
@@ -91,7 +91,7 @@ def run(count: int, rounds: int, formats: bool = False) -> dict:
     enc = get_encoder("deephash", device="cpu")
     table = []
     for side in SIDES:
-        photos = _jpegs(side, count)
+        photos = _photos(side, count)
         ms = {m: {"decode": [], "views": [], "keypoints": []} for m in MODES}
         inputs = {m: [] for m in MODES}
         for r in range(rounds):

@@ -9,9 +9,10 @@ vector, keypoints, so nothing is decoded again), searches them all in one fan-ou
 same :class:`rayapp.searcher.Searcher` as ``/v1/search`` and keeps the matches at or above
 ``min_confidence`` (calibrated precision). Tasks are spread over the cluster; each writes one
 Parquet part, renamed into place, so a killed job re-runs only the pages it had not finished.
-The parts merge into ``edges.parquet`` (a, b, confidence, distance, variant, overlap: each pair
-once); with full views each pair's files are read again and look-alikes whose aligned overlap
-disagrees go to ``look_alikes.parquet`` instead (``rayapp.dedup_overlap``);
+The parts merge into ``edges.parquet`` (a, b, confidence, distance, variant, overlap,
+overlap_colour: each pair once); with full views each pair's files are read again and
+look-alikes whose aligned overlap disagrees go to ``look_alikes.parquet`` instead
+(``rayapp.dedup_overlap``);
 star groups (``rayapp.groups``: no chaining) with a ``keep`` suggestion go to
 ``groups.parquet`` and ``groups.csv``, and the pages of ``report.html`` show them.
 
@@ -96,16 +97,16 @@ def write_groups(out: Path, groups: list[Group], images: dict[str, dict], calibr
 
 
 def _without_look_alikes(edges: list[dict], images: dict[str, dict], out: Path, opts: DedupOptions,
-                         max_pixels: int) -> tuple[list[dict], int]:
+                         max_pixels: int) -> tuple[list[dict], list[dict]]:
     """The edges whose aligned overlap agrees (``rayapp.dedup_overlap``; all of them, with no
-    ``overlap``, when the check is off), and how many others went to look_alikes.parquet."""
+    ``overlap``, when the check is off), and the others, also written to look_alikes.parquet."""
     checks = {}
     if opts.checks_overlap and edges:
         checks = check_overlaps(edges, {i: r["path"] for i, r in images.items()}, out / "parts", max_pixels,
                                 opts.progress)
     kept, dropped = split_look_alikes(edges, checks)
     pq.write_table(pa.Table.from_pylist(dropped, schema=CHECKED_SCHEMA), out / "look_alikes.parquet")
-    return kept, len(dropped)
+    return kept, dropped
 
 
 def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
@@ -133,14 +134,14 @@ def run_dedup(cfg: Config, opts: DedupOptions | None = None) -> DedupReport:
                          {i: r["pixels"] for i, r in images.items()}, opts.support)
     write_groups(out, groups, images, calibrated)
     report = DedupReport(len(images), len(edges), groups, time.perf_counter() - t0, calibrated, str(out),
-                         sorted(images), bits, look_alikes)
+                         sorted(images), bits, len(look_alikes))
     if opts.report:
-        _write_html(out, report, edges, images, opts, cfg.encoder.name)
+        _write_html(out, report, edges, look_alikes, images, opts, cfg.encoder.name)
     return report
 
 
-def _write_html(out: Path, report: DedupReport, edges: list[dict], images: dict, opts: DedupOptions,
-                encoder: str) -> Path:
+def _write_html(out: Path, report: DedupReport, edges: list[dict], look_alikes: list[dict], images: dict,
+                opts: DedupOptions, encoder: str) -> Path:
     how = {(e["a"], e["b"]): e for e in edges}
 
     def describe(a: str, b: str) -> str:
@@ -157,8 +158,8 @@ def _write_html(out: Path, report: DedupReport, edges: list[dict], images: dict,
                 "(look_alikes.parquet)." if report.look_alikes else ""))
     path_of = lambda i: images.get(i, {}).get("path")  # noqa: E731
     links = []
-    if report.look_alikes:
-        write_look_alikes(out, pq.read_table(out / "look_alikes.parquet").to_pylist(), path_of)
+    if look_alikes:
+        write_look_alikes(out, look_alikes, path_of)
         links.append((LOOK_ALIKES_PAGE, f"the {report.look_alikes} pairs set aside as look-alikes"))
     return write_report(out, report.groups, path_of, describe, summary=summary, per_page=opts.per_page,
                         links=links)

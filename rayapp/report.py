@@ -71,8 +71,8 @@ def write_report(out_dir: str | Path, groups: Sequence[Group], path_of: Callable
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = max(1, -(-len(groups) // per_page))
-    nav = "<p class=nav>" + "".join(f"<a href='{page_name(p)}'>page {p}</a>" for p in range(1, pages + 1)) + "</p>"
-    nav = nav if pages > 1 else ""
+    nav = ("<p class=nav>" + "".join(f"<a href='{page_name(p)}'>page {p}</a>" for p in range(1, pages + 1))
+           + "</p>") if pages > 1 else ""
     if links:
         nav += "<p class=nav>" + "".join(f"<a href='{html.escape(f)}'>{html.escape(t)}</a>" for f, t in links) + "</p>"
     for p in range(1, pages + 1):
