@@ -14,12 +14,20 @@ drops a gauge from the scrape two export intervals after its last ``set`` (Ray 2
 are set through :func:`_set_gauge`, which re-sets the last value of each series every half
 interval (:func:`gauge_refresh_s`) from a daemon thread: a finished ingest keeps showing its
 final rate (0).
+
+Per-request records (:func:`observe_query`, :func:`count_error`, :func:`observe_wal_fsync`) are
+handed to a daemon thread (:func:`_defer`) rather than recorded on the caller's event loop: Ray's record call releases the
+GIL, and inside a busy Serve replica, whose other threads hold it, waiting to get it back made
+one observation cost far more than the record itself, on the path of every request
+(docs/performance.md).
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from functools import lru_cache
+from typing import Callable
 
 import ray
 from ray.util.metrics import Counter, Gauge, Histogram
@@ -43,6 +51,8 @@ _lock = threading.Lock()
 DEFAULT_EXPORT_INTERVAL_S = 10.0  # Ray's default metrics_report_interval_ms
 _gauge_values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}  # (name, tags) -> last value
 _refresher: threading.Thread | None = None
+_pending: queue.SimpleQueue = queue.SimpleQueue()  # (function, args) recorded by _recorder
+_recorder: threading.Thread | None = None
 
 
 def exported_names() -> list[str]:
@@ -105,18 +115,46 @@ def _refresh_gauges() -> None:
                     pass
 
 
-def observe_query(route: str, seconds: float, status: int) -> None:
-    """One HTTP request: latency histogram plus a count by route and status class."""
-    if not _enabled():
-        return
+def _defer(record: Callable[..., None], *args) -> None:
+    """Record later, on the recorder thread (see the module docstring); started on first use."""
+    global _recorder
+    _pending.put((record, args))
+    if _recorder is None:
+        with _lock:
+            if _recorder is None:
+                _recorder = threading.Thread(target=_record_pending, name="neardup-metrics", daemon=True)
+                _recorder.start()
+
+
+def _record_pending() -> None:
+    while True:
+        record, args = _pending.get()
+        if _enabled():
+            try:
+                record(*args)
+            except Exception:  # noqa: BLE001 - e.g. Ray shut down in between: drop the point
+                pass
+
+
+def _observe_query_now(route: str, seconds: float, status: int) -> None:
     _metric("neardup_query_latency_ms").observe(seconds * 1000.0, tags={"route": route})
     _metric("neardup_queries_total").inc(tags={"route": route, "status": str(status)})
+
+
+def observe_query(route: str, seconds: float, status: int) -> None:
+    """One HTTP request: latency histogram plus a count by route and status class."""
+    if _enabled():
+        _defer(_observe_query_now, route, seconds, status)
+
+
+def _count_error_now(kind: str) -> None:
+    _metric("neardup_errors_total").inc(tags={"type": kind})
 
 
 def count_error(kind: str) -> None:
     """An error by type: bad_image, too_large, rate_limited, shard_timeout, unauthorized, ..."""
     if _enabled():
-        _metric("neardup_errors_total").inc(tags={"type": kind})
+        _defer(_count_error_now, kind)
 
 
 def set_shard_stats(shard: int, count: int, memory_bytes: int) -> None:
@@ -128,10 +166,14 @@ def set_shard_stats(shard: int, count: int, memory_bytes: int) -> None:
     _set_gauge("neardup_shard_memory_bytes", memory_bytes, tags)
 
 
+def _observe_wal_fsync_now(shard: int, seconds: float) -> None:
+    _metric("neardup_wal_fsync_ms").observe(seconds * 1000.0, tags={"shard": str(shard)})
+
+
 def observe_wal_fsync(shard: int, seconds: float) -> None:
     """Latency of one WAL append+fsync (what an acknowledged write waits for)."""
     if _enabled():
-        _metric("neardup_wal_fsync_ms").observe(seconds * 1000.0, tags={"shard": str(shard)})
+        _defer(_observe_wal_fsync_now, shard, seconds)
 
 
 def count_ingested(n: int, errors: int = 0) -> None:
