@@ -57,7 +57,7 @@ class _Guard:
     """ASGI middleware: latency/count metrics for every request; an unexpected bug is a JSON
     500, no traceback. Written against ASGI directly: Starlette's ``BaseHTTPMiddleware`` (what
     ``@app.middleware("http")`` makes) wraps each response in a stream and a task group, a
-    measurable share of a search by code's CPU (README, performance)."""
+    measurable share of a search by code's CPU (docs/performance.md)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
