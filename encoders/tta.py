@@ -11,7 +11,8 @@ searches each panel's, and a photo turned by a few degrees inside a flat fill
 
 The index side has views too (``ref_view_images``): an image may also be stored under the
 codes of some of its crops (``REF_VIEWS``; ``shards.views``), because a 128-bit code of a
-60-75% crop is far from the full image's. A stored view's match pays ``REF_VIEW_COST``.
+60-75% crop is far from the full image's, or of its mirror, for searches that have no query
+views (a stored record's). A stored view's match pays ``REF_VIEW_COST``.
 
 Each view's distance first pays a prior cost (``costs``): most copies are neither mirrored,
 turned nor framed, so another view must match clearly better than the query as given. Without
@@ -24,7 +25,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from encoders.frame import content_box, without_bars
 from encoders.panels import MAX_PANELS, panel_boxes
@@ -50,13 +51,16 @@ SAME_BOX_IOU = 0.8
 # Boxes of the pasted-photo finder searched, best first: the runner-up is the pasted photo where
 # the best box is not (chosen on validation, see the model card).
 PASTE_BOXES = 2
-# Stored crops of an indexed image: name -> (side fraction kept, x and y anchor: 0 = left/top,
-# 0.5 = centred, 1 = right/bottom). On the held-out benchmark the centre crop alone lifted
-# centre-cropped copies from 0.35 to 0.88 recall@1 (mAP@100 0.886 -> 0.909) for one more code
-# per image; the four corners added 0.007 more for four more codes (see the model card).
-REF_VIEWS = {"center70": (0.7, 0.5, 0.5), "top_left70": (0.7, 0.0, 0.0),
-             "top_right70": (0.7, 1.0, 0.0), "bottom_left70": (0.7, 0.0, 1.0),
-             "bottom_right70": (0.7, 1.0, 1.0)}
+# Stored views of an indexed image: name -> (side fraction kept, x and y anchor: 0 = left/top,
+# 0.5 = centred, 1 = right/bottom, mirrored). The centre crop finds centre-cropped copies, the
+# corners off-centre crops (each measured in the model card). ``mirror``, the whole image
+# mirrored, lets a search by a stored record alone (dedup over stored records) find a mirrored
+# copy; ORB is not mirror-invariant, so it is stored with its own keypoints
+# (``OWN_KEYPOINT_REF_VIEWS``), where a crop is verified by its image's.
+REF_VIEWS = {"center70": (0.7, 0.5, 0.5, False), "top_left70": (0.7, 0.0, 0.0, False),
+             "top_right70": (0.7, 1.0, 0.0, False), "bottom_left70": (0.7, 0.0, 1.0, False),
+             "bottom_right70": (0.7, 1.0, 1.0, False), "mirror": (1.0, 0.5, 0.5, True)}
+OWN_KEYPOINT_REF_VIEWS = frozenset(name for name, spec in REF_VIEWS.items() if spec[3])
 DEFAULT_REF_VIEWS = ("center70",)
 REF_VIEW_COST = 1.0
 
@@ -247,12 +251,14 @@ def check_ref_views(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def ref_view_images(img: Image.Image, names: Sequence[str]) -> list[Image.Image]:
-    """The crops of ``img`` stored with it as reference views ``names``, in that order."""
+    """The images stored with ``img`` as reference views ``names`` (crops, or its mirror), in
+    that order."""
     out = []
     for name in check_ref_views(names):
-        keep, ax, ay = REF_VIEWS[name]
+        keep, ax, ay, mirrored = REF_VIEWS[name]
         w, h = img.size
         cw, ch = max(1, int(w * keep)), max(1, int(h * keep))
         x, y = int(ax * (w - cw)), int(ay * (h - ch))
-        out.append(img.crop((x, y, x + cw, y + ch)))
+        view = img.crop((x, y, x + cw, y + ch)) if keep < 1 else img
+        out.append(ImageOps.mirror(view) if mirrored else view)
     return out

@@ -112,7 +112,8 @@ class StorageConfig:
     snapshot_every: int = _value(100_000, _at_least(1))  # WAL records between snapshots
     vectors: bool = True             # a new index stores the encoder's int8 side vectors (re-rank)
     keypoints: bool = True           # a new index stores each image's ORB keypoints (verification)
-    # crops stored with each indexed image (encoders.tta.REF_VIEWS; [] = one code per image)
+    # views stored with each indexed image: crops, or its mirror for dedup over stored records
+    # (encoders.tta.REF_VIEWS; [] = one code per image)
     ref_views: list = _value(list(DEFAULT_REF_VIEWS), _rule(
         lambda v: all(n in REF_VIEWS for n in v), "a list of " + ", ".join(REF_VIEWS)))
     placement: str = _value("auto", _one_of("auto", "resource", "local"))  # resource: {"shard": 1}

@@ -21,7 +21,8 @@ from ray import serve
 
 from encoders.decode import ImageDecodeError, load_image
 from encoders.keypoints import extract as extract_keypoints, extract_query_views
-from encoders.tta import content_boxes, most_views, query_variants, ref_view_images, searched_boxes
+from encoders.tta import (OWN_KEYPOINT_REF_VIEWS, content_boxes, most_views, query_variants, ref_view_images,
+                          searched_boxes)
 from rayapp.config import Config
 from rayapp.http import decode_status
 
@@ -85,7 +86,8 @@ class ImageEncoder:
         an encoder that has bit confidences) ``"weights"`` holds each variant's confidences.
         With ``vector`` ranking (and an encoder that has them) ``"vectors"`` holds each variant's
         int8 side vector. To ``store`` the image, ``"vector"`` is its side vector (None without)
-        and ``"views"`` maps each configured reference view to that crop's (code, vector).
+        and ``"views"`` maps each configured reference view to its (code, vector, keypoints: None
+        but for a view that carries its own, the mirror).
         ``"keypoints"`` holds the image's packed keypoints (``encoders.keypoints``) to store it
         (``shards.keypoints``) or to verify a query's hits (``encoder.verify``), else None.
         All of a request's arrays go through the dynamic batcher as one item.
@@ -102,7 +104,9 @@ class ImageEncoder:
         if not query:
             if not store:
                 return {"code": parts[0][0]}
-            views = {name: (code, vec) for name, (code, _, vec) in zip(names[1:], parts[1:])}
+            view_kps = await asyncio.to_thread(self._view_keypoints, img) if keypoints is not None else {}
+            views = {name: (code, vec, view_kps.get(name))
+                     for name, (code, _, vec) in zip(names[1:], parts[1:])}
             return {"code": parts[0][0], "vector": parts[0][2], "views": views,
                     "keypoints": keypoints}
         answer = {"code": parts[0][0], "variants": [c for c, _, _ in parts], "names": names,
@@ -134,6 +138,11 @@ class ImageEncoder:
         if not want:
             return None
         return extract_query_views(img, boxes) if query else extract_keypoints(img)
+
+    def _view_keypoints(self, img: Image.Image) -> dict[str, np.ndarray]:
+        """The packed keypoints of the stored views that carry their own (the mirror), by name."""
+        own = [n for n in self.ref_views if n in OWN_KEYPOINT_REF_VIEWS]
+        return {n: extract_keypoints(v) for n, v in zip(own, ref_view_images(img, own))}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)
     async def encode_stacks(self, stacks: list[np.ndarray]) -> list[list[tuple]]:

@@ -36,7 +36,7 @@ from rayapp.ranking import merge_results, rerank_depth, with_inliers
 from rayapp.shard_pool import ShardPool, client_error, reason
 from shards.checks import check_views, check_weights
 from shards.verify import KEYPOINT_BYTES
-from shards.views import base_id, check_base_id, view_id
+from shards.views import base_id, check_base_id, verify_id, view_id
 
 
 class ShardUnavailable(RuntimeError):
@@ -257,7 +257,7 @@ class ShardRouter:
         blocks = np.ascontiguousarray(keypoints, dtype=np.uint8).reshape(-1, KEYPOINT_BYTES)
         top = hits[:max(0, depth)]
         which = [keypoint_block(h.variant or "original", len(blocks)) for h in top]
-        groups = self._group([h.id for h in top], None, which)
+        groups = self._group([verify_id(h.id, h.ref_view) for h in top], None, which)
         return groups, {s: self.pool.read(s, "verify", ids, blocks.tobytes(), ws)
                         for s, (ids, _, ws) in groups.items()}
 
@@ -268,7 +268,7 @@ class ShardRouter:
         leaves its hits as they were (the answer is still right, only less sure)."""
         groups, refs = self._submit_verify(hits, keypoints, depth)
         results, _ = await self.pool.gather(refs, self.timeout_s)
-        counts = {item_id: n for s, got in results.items() for item_id, n in zip(groups[s][0], got)}
+        counts = {base_id(stored_id): n for s, got in results.items() for stored_id, n in zip(groups[s][0], got)}
         return with_inliers(hits, counts)
 
     def verify(self, hits: list[Hit], keypoints: np.ndarray, depth: int) -> list[Hit]:

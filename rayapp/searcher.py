@@ -30,6 +30,7 @@ from rayapp.hits import Hit
 from rayapp.ranking import inlier_counts, order_key, with_confidence, with_inliers
 from rayapp.router import ShardRouter
 from shards.verify import KEYPOINTS, VERIFY_BONUS, confirmed, verify_bonus
+from shards.views import base_id, verify_id
 
 
 class NeedsCalibration(ValueError):
@@ -179,15 +180,15 @@ class Searcher:
         ranks = np.array([order_key(h)[0] for _, h in cands], np.float64)
         lift = (curve(ranks, inlier_counts([h for _, h in cands])) < min_confidence) \
             & (curve(ranks - VERIFY_BONUS, np.full(len(cands), KEYPOINTS)) >= min_confidence)
-        pairs = [(qi, h.id) for (qi, h), up in zip(cands, lift) if up]
+        pairs = [(qi, verify_id(h.id, h.ref_view)) for (qi, h), up in zip(cands, lift) if up]
         if not pairs:
             return merged
         need = fewest_inliers(curve, ranks[lift], min_confidence)
         views = [h.variant or "original" for (_, h), up in zip(cands, lift) if up]
         counts = self.router.verify_pairs(pairs, [queries[qi].keypoints for qi, _ in pairs], need.tolist(), views)
         by_query: list[dict[str, int | None]] = [{} for _ in merged]
-        for (qi, item_id), n in zip(pairs, counts):
-            by_query[qi][item_id] = n
+        for (qi, stored_id), n in zip(pairs, counts):
+            by_query[qi][base_id(stored_id)] = n
         return [with_inliers(hits, c) if c else hits for hits, c in zip(merged, by_query)]
 
 

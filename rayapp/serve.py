@@ -310,7 +310,8 @@ class Ingress:
                 recs = records(codes[sel], _stack([stored[r]["vector"] for r in sel]),
                                _stack([stored[r]["keypoints"] for r in sel], np.uint8))
                 view_recs = {name: records(np.stack([stored[r]["views"][name][0] for r in sel]),
-                                           _stack([stored[r]["views"][name][1] for r in sel]))
+                                           _stack([stored[r]["views"][name][1] for r in sel]),
+                                           _stack([stored[r]["views"][name][2] for r in sel], np.uint8))
                              for name in stored[sel[0]]["views"]}
             calls.append(self.router.aadd([ids[j] for j in group], recs,
                                           [items[r].meta or {} for r in sel], view_recs))

@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 
 from encoders.decode import full_size, load_image, resize_square
 from encoders.keypoints import extract as extract_keypoints
-from encoders.tta import ref_view_images
+from encoders.tta import OWN_KEYPOINT_REF_VIEWS, ref_view_images
 from shards.vectors import records
 from shards.verify import KEYPOINT_BYTES
 from shards.views import check_base_id
@@ -29,12 +29,15 @@ def _read_bytes(path: str) -> bytes:
 def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = (),
                  keypoints: bool = False) -> dict:
     """Ray Data CPU task: bytes or path -> uint8 (size, size, 3), plus (n, views, size, size, 3)
-    for the reference views' crops and, with ``keypoints``, each image's packed keypoints
-    (``encoders.keypoints``); failures become an error string."""
+    for the reference views' images and, with ``keypoints``, each image's packed keypoints
+    (``encoders.keypoints``) and those of its views that carry their own (``view_keypoints``,
+    zero for the others); failures become an error string."""
     n = len(batch["id"])
     pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
     kps = np.zeros((n, KEYPOINT_BYTES if keypoints else 0), dtype=np.uint8)
     view_pixels = np.zeros((n, len(ref_views), size, size, 3), dtype=np.uint8)
+    own = [j for j, name in enumerate(ref_views) if keypoints and name in OWN_KEYPOINT_REF_VIEWS]
+    view_kps = np.zeros((n, len(ref_views), KEYPOINT_BYTES if own else 0), dtype=np.uint8)
     errors = [""] * n
     sizes = np.zeros((n, 2), dtype=np.int32)  # width, height: dedup keeps the largest copy
     for i in range(n):
@@ -46,14 +49,18 @@ def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = (),
             sizes[i] = full_size(img)
             if keypoints:
                 kps[i] = extract_keypoints(img)
-            for j, crop in enumerate(ref_view_images(img, ref_views)):
-                view_pixels[i, j] = resize_square(crop, size)
+            for j, view in enumerate(ref_view_images(img, ref_views)):
+                view_pixels[i, j] = resize_square(view, size)
+                if j in own:
+                    view_kps[i, j] = extract_keypoints(view)
         except Exception as exc:  # noqa: BLE001 - a bad file is recorded, never aborts the job
             errors[i] = f"{type(exc).__name__}: {exc}"
     out = {"id": batch["id"], "path": batch["path"], "pixels": pixels, "size": sizes,
            "error": np.array(errors, dtype=object)}
     if keypoints:  # no empty (n, 0) columns for Ray Data
         out["keypoints"] = kps
+    if own:
+        out["view_keypoints"] = view_kps
     return {**out, "view_pixels": view_pixels} if ref_views else out
 
 
@@ -69,8 +76,9 @@ class BatchEncoder:
         reference views' crops (n, views, S, S, 3) the same with a views axis."""
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         out = {"id": batch["id"], "path": batch["path"], "size": batch["size"], "error": batch["error"]}
-        if "keypoints" in batch:
-            out["keypoints"] = batch["keypoints"]
+        for key in ("keypoints", "view_keypoints"):
+            if key in batch:
+                out[key] = batch[key]
         out["code"], vectors = self._encode(batch["pixels"], ok)
         with_vectors = self.encoder.vector_bytes > 0  # no empty (n, 0) columns for Ray Data
         if with_vectors:
@@ -97,7 +105,8 @@ class BatchEncoder:
 def add_batch(router, batch: dict, ref_views: list[str]) -> None:
     """Add an encoded batch's rows (``BatchEncoder``; rows with an error skipped) to their
     shards through ``router`` (durable on return): each image's record (code, side vector,
-    keypoints) with its meta, and its reference views' records (code, side vector)."""
+    keypoints) with its meta, and its reference views' records (code, side vector, and the
+    keypoints of a view that carries its own)."""
     ok = [i for i, e in enumerate(batch["error"]) if not e]
     if not ok:
         return
@@ -107,7 +116,8 @@ def add_batch(router, batch: dict, ref_views: list[str]) -> None:
     def vec(key: str, *col: int) -> np.ndarray | None:
         return batch[key][(ok, *col)] if key in batch else None
 
-    views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j))
+    views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j),
+                           vec("view_keypoints", j) if name in OWN_KEYPOINT_REF_VIEWS else None)
              for j, name in enumerate(ref_views)}
     recs = records(batch["code"][ok], vec("vector"), vec("keypoints"))
     router.add([str(batch["id"][i]) for i in ok], recs, metas, views)

@@ -277,12 +277,12 @@ class ShardActor:
         id's block, or -1 for the best of all) -> each id's inlier count; None for an unknown id
         or one stored without keypoints (or on a shard that keeps none)."""
         blocks, which = check_keypoint_blocks(keypoints, which, len(ids := check_ids(ids)))
-        return verify_blocks(blocks, which, self._layout.keypoints_of(self._store.get_ids(ids), self._blobs))
+        return verify_blocks(blocks, which, self._layout.keypoints_by_id(self._store, ids, self._blobs))
 
     def keypoints(self, ids: list[str]) -> np.ndarray:
-        """The stored images' packed keypoints, (len(ids), KEYPOINT_BYTES) uint8, zeros where an
-        id is unknown or has none: batch jobs verify in their workers, not in this one process."""
-        kps = self._layout.keypoints_of(self._store.get_ids(check_ids(ids)), self._blobs)
+        """The stored ids' packed keypoints (``RecordLayout.keypoints_by_id``), (len(ids),
+        KEYPOINT_BYTES) uint8, zeros where there are none: batch jobs verify in their workers."""
+        kps = self._layout.keypoints_by_id(self._store, check_ids(ids), self._blobs)
         return np.array([_NO_KEYPOINTS if k is None else k for k in kps], np.uint8).reshape(-1, KEYPOINT_BYTES)
 
     def records(self, after: int | None = None, limit: int = 256) -> dict:

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from shards.vectors import paired_distances
-from shards.views import SEP, split_id
+from shards.views import SEP, split_id, verify_id
 from shards.weighted import paired_weighted_hamming
 
 
@@ -158,10 +158,11 @@ def verify_top(hits: list[dict], depth: int, keypoints: bytes, blocks: dict[str,
                verify: Callable[[list[str], bytes, list[int]], list[int | None]]) -> list[dict]:
     """One query's merged hits, its top ``depth`` spatially verified (``verify``:
     ``ShardActor.verify``; each hit by the keypoint block its view names in ``blocks``): a count
-    sets the hit's ``inliers``. The order stays as it was; the router re-orders by the credit
+    sets the hit's ``inliers``. A hit through a stored view is verified by the view's id
+    (``shards.views.verify_id``). The order stays as it was; the router re-orders by the credit
     once the shards' lists are merged."""
     top = hits[:depth]
-    counts = verify([h["id"] for h in top], keypoints,
+    counts = verify([verify_id(h["id"], h.get("ref_view")) for h in top], keypoints,
                     [blocks.get(h.get("variant") or "original", 0) for h in top])
     for hit, n in zip(top, counts):
         if n is not None:

@@ -16,6 +16,7 @@ import numpy as np
 from shards.blobs import NO_SLOT, BlobLog
 from formats.vectors import SIDE_HASH_BYTES
 from shards.verify import KEYPOINT_BYTES
+from shards.views import base_id, is_view
 
 SLOT_BYTES = 8
 
@@ -101,6 +102,17 @@ class RecordLayout:
     def keypoints_of(self, items: list, blobs: BlobLog | None) -> list[np.ndarray | None]:
         """Stored items' packed keypoints; None for a missing item or one without keypoints."""
         return [None if it is None or blobs is None else self.keypoints(it.code, blobs) for it in items]
+
+    def keypoints_by_id(self, store, ids: list[str], blobs: BlobLog | None) -> list[np.ndarray | None]:
+        """Each stored id's packed keypoints from ``store`` (``IdStore``). A stored view without
+        keypoints of its own (a crop) has its image's, so a hit is verified by the id of the view
+        it matched through (``shards.views.verify_id``); a mirror has its own."""
+        kps = self.keypoints_of(store.get_ids(ids), blobs)
+        borrow = [i for i, k in enumerate(kps) if k is None and is_view(ids[i])]
+        if borrow:
+            for i, k in zip(borrow, self.keypoints_of(store.get_ids([base_id(ids[i]) for i in borrow]), blobs)):
+                kps[i] = k
+        return kps
 
     def to_rows(self, records: np.ndarray, blobs: BlobLog | None) -> np.ndarray:
         """Records -> store rows: keypoints go to the blob log, their slot into the row."""

@@ -1,8 +1,10 @@
 """Stored ids of reference views: extra codes of one image, kept on the image's shard.
 
-An indexed image may also be stored under the codes of some of its crops (its *reference views*,
-``encoders.tta.REF_VIEWS``), so that a crop of it is found: the code of a 60-75% centre crop is
-far from the full image's but close to its stored centre crop. Each view is an ordinary entry
+An indexed image may also be stored under the codes of some of its crops or of its mirror (its
+*reference views*, ``encoders.tta.REF_VIEWS``), so that a crop of it is found: the code of a
+60-75% centre crop is far from the full image's but close to its stored centre crop. A view is
+verified by its own keypoints where it has them (the mirror), else by its image's
+(``verify_id``). Each view is an ordinary entry
 whose id is ``<id>\\x1f<view>``. The unit separator is a control character, which no client id
 may contain (``check_base_id``), so every stored id is either an image's or one of its views'.
 Routing hashes the base id (``base_id``), so an image and its views share a shard, which folds
@@ -40,3 +42,10 @@ def check_base_id(item_id: str) -> str:
         raise ValueError(f"id {item_id[:40]!r} contains the unit separator (\\x1f), which is "
                          "reserved for stored reference views")
     return item_id
+
+
+def verify_id(item_id: str, ref_view: str | None) -> str:
+    """The stored id a hit on ``item_id`` is verified by: the view it matched through, if any.
+    A view stored with keypoints of its own (a mirror) is verified by those, a crop by its
+    image's (``ShardActor.verify``)."""
+    return view_id(item_id, ref_view) if ref_view else item_id

@@ -164,3 +164,25 @@ def test_the_overlap_check_runs_as_ray_tasks_and_resumes(ray_local, collection, 
     missing = check_overlaps([{"a": original, "b": "gone.jpg"}], {original: paths[original]}, tmp_path,
                              max_pixels=50_000_000, progress=False)
     assert not split_look_alikes([{"a": original, "b": "gone.jpg"}], missing)[1]  # unreadable: kept
+
+
+def test_stored_records_find_a_mirror_when_the_index_keeps_mirrors(ray_local, collection, tmp_path):
+    """Over stored records nothing is read again, so a mirrored copy is found only when the index
+    stores each image's mirror (``storage.ref_views: [center70, mirror]``): its code, and its own
+    keypoints to verify it by."""
+    import uuid
+    from rayapp.cluster import kill_shards
+    from rayapp.config import load_config
+    from rayapp.dedup import DedupOptions, run_dedup
+    from rayapp.ingest import IngestOptions, run_ingest
+    cfg = load_config(env={}, overrides={"storage": {
+        "index_dir": str(tmp_path / "index"), "num_shards": 2, "ref_views": ["center70", "mirror"],
+        "namespace": f"mirror-{uuid.uuid4().hex[:8]}"}})
+    run_ingest(cfg, [str(collection)], IngestOptions(progress=False))
+    run_dedup(cfg, DedupOptions(out_dir=str(tmp_path / "job"), views="stored", progress=False))
+    edges = pq.read_table(tmp_path / "job" / "edges.parquet").to_pylist()
+    kill_shards(cfg)
+    mirror = f"{SAMPLES[0].stem}__mirror.jpg"
+    (edge,) = [e for e in edges if {e["a"], e["b"]} == {SAMPLES[0].name, mirror}]
+    assert edge["confidence"] >= 0.99 and "mirror" in edge["variant"], edge
+    assert all(LOOK_ALIKE not in (e["a"], e["b"]) for e in edges)

@@ -14,6 +14,7 @@ from rayapp.config import load_config
 from rayapp.ingest import IngestOptions, decode_cpus, load_done_ids, read_manifest, run_ingest
 from rayapp.router import ShardRouter
 from shards.verify import KEYPOINT_BYTES
+from shards.views import view_id
 
 SAMPLES = Path(__file__).resolve().parents[1] / "rayapp" / "samples"
 
@@ -127,12 +128,12 @@ def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
     src.mkdir()
     for f in files:
         shutil.copy(f, src / f.name)
-    cfg = _cfg(tmp_path, name="deephash", shards=1)
+    cfg = _cfg(tmp_path, name="deephash", shards=1, ref_views=["center70", "mirror"])
     rep = run_ingest(cfg, [str(src)], IngestOptions(progress=False))
     assert (rep.indexed, rep.errors) == (4, 0)
-    router = ShardRouter(ensure_shards(cfg), timeout_s=30, ref_views=1)
+    router = ShardRouter(ensure_shards(cfg), timeout_s=30, ref_views=2)
     (stats,) = router.stats()
-    assert stats["vector_bytes"] == get_encoder("deephash").vector_bytes and (stats["count"], stats["views"]) == (4, 4)
+    assert stats["vector_bytes"] == get_encoder("deephash").vector_bytes and (stats["count"], stats["views"]) == (4, 8)
     from encoders.decode import load_image
     enc = get_encoder("deephash")
     codes, _, vectors = enc.encode_vectors(enc.preprocess(load_image(files[2]))[None])
@@ -151,8 +152,16 @@ def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
     queries = [extract_keypoints(crop), extract_keypoints(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
     blocks = [queries[qi] for qi, _ in pairs]
     in_shard = router.verify_pairs(pairs, blocks)
-    here = WorkerVerifyingRouter(ensure_shards(cfg), timeout_s=30, ref_views=1).verify_pairs(pairs, blocks)
+    here = WorkerVerifyingRouter(ensure_shards(cfg), timeout_s=30, ref_views=2).verify_pairs(pairs, blocks)
     assert here == in_shard and in_shard[0] >= 40 and in_shard[-1] is None
+    # the stored mirror keeps keypoints of its own: a mirrored copy verifies through it, in the
+    # shard and in a worker alike; a crop's view id borrows its image's
+    mirror, crop70 = view_id(files[2].name, "mirror"), view_id(files[2].name, "center70")
+    pairs = [(1, files[2].name), (1, mirror), (0, crop70)]
+    blocks = [queries[qi] for qi, _ in pairs]
+    in_shard = router.verify_pairs(pairs, blocks)
+    assert WorkerVerifyingRouter(ensure_shards(cfg), timeout_s=30, ref_views=2).verify_pairs(pairs, blocks) == in_shard
+    assert in_shard[1] >= 40 > in_shard[0] and in_shard[2] >= 40, in_shard
     kill_shards(cfg)
 
 
