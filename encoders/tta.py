@@ -55,12 +55,12 @@ PASTE_BOXES = 2
 # 0.5 = centred, 1 = right/bottom, mirrored). The centre crop finds centre-cropped copies, the
 # corners off-centre crops (each measured in the model card). ``mirror``, the whole image
 # mirrored, lets a search by a stored record alone (dedup over stored records) find a mirrored
-# copy; ORB is not mirror-invariant, so it is stored with its own keypoints
-# (``OWN_KEYPOINT_REF_VIEWS``), where a crop is verified by its image's.
+# copy; ORB is not mirror-invariant, so it is stored with its own keypoints, where a crop is
+# verified by its image's. A query that searches its own mirror leaves stored mirrors out.
 REF_VIEWS = {"center70": (0.7, 0.5, 0.5, False), "top_left70": (0.7, 0.0, 0.0, False),
              "top_right70": (0.7, 1.0, 0.0, False), "bottom_left70": (0.7, 0.0, 1.0, False),
              "bottom_right70": (0.7, 1.0, 1.0, False), "mirror": (1.0, 0.5, 0.5, True)}
-OWN_KEYPOINT_REF_VIEWS = frozenset(name for name, spec in REF_VIEWS.items() if spec[3])
+MIRRORED_REF_VIEWS = frozenset(name for name, spec in REF_VIEWS.items() if spec[3])
 DEFAULT_REF_VIEWS = ("center70",)
 REF_VIEW_COST = 1.0
 

@@ -21,7 +21,7 @@ from ray import serve
 
 from encoders.decode import ImageDecodeError, load_image
 from encoders.keypoints import extract as extract_keypoints, extract_query_views
-from encoders.tta import (OWN_KEYPOINT_REF_VIEWS, content_boxes, most_views, query_variants, ref_view_images,
+from encoders.tta import (MIRRORED_REF_VIEWS, content_boxes, most_views, query_variants, ref_view_images,
                           searched_boxes)
 from rayapp.config import Config
 from rayapp.http import decode_status
@@ -141,7 +141,7 @@ class ImageEncoder:
 
     def _view_keypoints(self, img: Image.Image) -> dict[str, np.ndarray]:
         """The packed keypoints of the stored views that carry their own (the mirror), by name."""
-        own = [n for n in self.ref_views if n in OWN_KEYPOINT_REF_VIEWS]
+        own = [n for n in self.ref_views if n in MIRRORED_REF_VIEWS]
         return {n: extract_keypoints(v) for n, v in zip(own, ref_view_images(img, own))}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=BATCH_WAIT_S)

@@ -28,7 +28,7 @@ import numpy as np
 import xxhash
 from ray.actor import ActorHandle
 
-from encoders.tta import REF_VIEW_COST, REF_VIEWS
+from encoders.tta import MIRRORED_REF_VIEWS, REF_VIEW_COST, REF_VIEWS, is_mirrored
 from rayapp.blocking import run_sync
 from rayapp.hits import Hit
 from rayapp.pair_plan import keypoint_block, pair_counts, pair_plan
@@ -94,6 +94,12 @@ def with_views(ids: list[str], codes: np.ndarray | None, metas: list[dict] | Non
     all_codes = np.concatenate([codes, *padded])
     all_metas = None if metas is None else list(metas) * (1 + len(views))
     return all_ids, all_codes, all_metas, drop
+
+
+def skipped_ref_views(views: list[tuple[int, str, float]] | None) -> tuple[str, ...]:
+    """Stored views a search leaves out: queries that search their own mirror have no use for
+    stored mirrors (a second path to the same match, and to every look-alike's)."""
+    return tuple(MIRRORED_REF_VIEWS) if views and any(is_mirrored(name) for _, name, _ in views) else ()
 
 
 class ShardRouter:
@@ -175,8 +181,8 @@ class ShardRouter:
         list for the query's views merged and with ``verify`` its top hits verified
         (``ShardActor.search``)."""
         radius = None if radius is None else int(radius)
-        payload = pickle.dumps((codes, int(depth), radius, with_meta, vectors, weights,
-                                self.ref_view_cost, int(keep), views, verify), pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((codes, int(depth), radius, with_meta, vectors, weights, self.ref_view_cost,
+                                int(keep), views, verify, skipped_ref_views(views)), pickle.HIGHEST_PROTOCOL)
         return {i: self.pool.read(i, "search_pickled", payload) for i in shards}
 
     @staticmethod

@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 
 from encoders.decode import full_size, load_image, resize_square
 from encoders.keypoints import extract as extract_keypoints
-from encoders.tta import OWN_KEYPOINT_REF_VIEWS, ref_view_images
+from encoders.tta import MIRRORED_REF_VIEWS, ref_view_images
 from shards.vectors import records
 from shards.verify import KEYPOINT_BYTES
 from shards.views import check_base_id
@@ -36,7 +36,7 @@ def decode_batch(batch: dict, size: int, max_pixels: int, ref_views: tuple = (),
     pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
     kps = np.zeros((n, KEYPOINT_BYTES if keypoints else 0), dtype=np.uint8)
     view_pixels = np.zeros((n, len(ref_views), size, size, 3), dtype=np.uint8)
-    own = [j for j, name in enumerate(ref_views) if keypoints and name in OWN_KEYPOINT_REF_VIEWS]
+    own = [j for j, name in enumerate(ref_views) if keypoints and name in MIRRORED_REF_VIEWS]
     view_kps = np.zeros((n, len(ref_views), KEYPOINT_BYTES if own else 0), dtype=np.uint8)
     errors = [""] * n
     sizes = np.zeros((n, 2), dtype=np.int32)  # width, height: dedup keeps the largest copy
@@ -117,7 +117,7 @@ def add_batch(router, batch: dict, ref_views: list[str]) -> None:
         return batch[key][(ok, *col)] if key in batch else None
 
     views = {name: records(batch["view_codes"][ok, j], vec("view_vectors", j),
-                           vec("view_keypoints", j) if name in OWN_KEYPOINT_REF_VIEWS else None)
+                           vec("view_keypoints", j) if name in MIRRORED_REF_VIEWS else None)
              for j, name in enumerate(ref_views)}
     recs = records(batch["code"][ok], vec("vector"), vec("keypoints"))
     router.add([str(batch["id"][i]) for i in ok], recs, metas, views)

@@ -28,7 +28,7 @@ from shards.index import DEFAULT_KIND, load_index, make_index
 from shards.records import RecordLayout
 from shards.store import IdStore, hash_ids
 from shards.verify import KEYPOINT_BYTES, verify_blocks
-from shards.views import is_view
+from shards.views import is_view, split_id
 from shards.wal import OP_ADD, OP_REMOVE, WalRecord, WriteAheadLog, replay_batches
 
 _REPLAY_BATCH = 10_000
@@ -218,17 +218,17 @@ class ShardActor:
     def search(self, codes: np.ndarray, k: int = 10, radius: int | None = None,
                with_meta: bool = False, vectors: np.ndarray | None = None,
                weights: np.ndarray | None = None, fold: float | None = None,
-               keep: int | None = None, views: list | None = None, verify: tuple | None = None) -> list[list[dict]]:
+               keep: int | None = None, views: list | None = None, verify: tuple | None = None,
+               skip_views: tuple = ()) -> list[list[dict]]:
         """Per query, its k Hamming-nearest entries, optionally within radius, as hit dicts
         (``shards.candidates``), ordered by distance or, when the queries carry them, by
-        ``score`` (side ``vectors`` (n, vector_bytes), on a shard that stores its own) or else
-        by ``weighted`` Hamming distance (bit confidences ``weights`` (n, bits),
-        ``shards.weighted``). With ``fold`` (a stored view's prior cost) each image's entries
-        fold into its best and the top ``keep`` images remain. ``with_meta``: each hit carries
-        its stored meta. With ``views`` (each code's query, view name and prior cost: the codes
-        are image queries' views) the answer is one list per query, its views merged
-        (``shards.candidates.merge_views``), and with ``verify`` (``check_verify``) its top hits
-        verified here, in the same call (``shards.candidates.verify_top``)."""
+        ``score`` (side ``vectors``, on a shard that stores its own) or else by ``weighted``
+        Hamming distance (bit confidences ``weights``). With ``fold`` (a stored view's prior
+        cost) each image's entries fold into its best and the top ``keep`` images remain, the
+        stored views named in ``skip_views`` left out. ``with_meta``: each hit carries its
+        stored meta. With ``views`` (each code's query, view name and prior cost: the codes are
+        image queries' views) the answer is one list per query, its views merged
+        (``merge_views``), and with ``verify`` (``check_verify``) its top hits verified here."""
         codes = self._layout.check(codes)
         k, radius = check_k(k), check_radius(radius)
         views = None if views is None else check_views(views, len(codes))
@@ -249,7 +249,8 @@ class ShardActor:
         out, start = [], 0
         for q in range(len(codes)):
             stop = start + int(ok[q].sum())
-            live = [j for j in range(start, stop) if names[j] is not None]  # None: just removed
+            live = [j for j in range(start, stop) if names[j] is not None  # None: just removed
+                    and not (skip_views and split_id(names[j])[1] in skip_views)]
             c = Candidates([names[j] for j in live], D[q][ok[q]][np.array(live, int) - start], flat[live])
             scores = None if all_scores is None else all_scores[live]
             found = candidate_hits(c, rank_keys(c, scores), fold, keep, "score" if scored else "weighted")
@@ -310,13 +311,11 @@ class ShardActor:
         if not isinstance(id, str) or not id:
             raise ValueError(f"id must be a non-empty string, got {id!r}")
         item = self._store.get(id)
-        if item is None:
-            return None
-        return {"id": item.id, "code": item.code[:self.code_bytes].hex(), "meta": item.meta_dict()}
+        return None if item is None else {"id": item.id, "code": item.code[:self.code_bytes].hex(),
+                                          "meta": item.meta_dict()}
 
     def contains(self, ids: list[str]) -> list[bool]:
-        ids = check_ids(ids)
-        return [self._store.get(i) is not None for i in ids]
+        return [self._store.get(i) is not None for i in check_ids(ids)]
 
     def stats(self) -> dict:
         index, store, wal = self._index, self._store, self._wal

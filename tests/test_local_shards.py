@@ -35,6 +35,18 @@ def test_a_stored_view_hit_folds_into_its_image_and_pays_its_cost(shards):
     assert {h.shard for h in hits} <= {0, 1}
 
 
+def test_a_query_that_searches_its_mirror_leaves_stored_mirrors_out(shards):
+    """A stored record (one view) finds an image through its stored mirror; a query with a
+    mirrored view of its own finds it through that view, never through both."""
+    router = local_router(shards, ref_views=1)
+    router.add(["a"], np.array([[0b0000]], np.uint8), None, {"mirror": np.array([[0b1111]], np.uint8)})
+    searcher = Searcher(router, QueryConfig(verify=0))
+    (alone,) = searcher.search(QueryViews(np.array([[0b1111]], np.uint8)), k=1).hits
+    assert (alone.ref_view, alone.distance) == ("mirror", 0)
+    (both,) = searcher.search(QueryViews(np.array([[0b1111], [0b0001]], np.uint8), ["original", "flip"]), k=1).hits
+    assert (both.ref_view, both.variant, both.distance) == (None, "flip", 1)
+
+
 def test_a_shard_that_fails_makes_the_answer_partial(shards):
     router = local_router(shards)
     router.add([f"id-{i}" for i in range(20)], np.arange(20, dtype=np.uint8)[:, None])

@@ -48,7 +48,7 @@ class SlowShard:
     """Stands in for a hung shard: every call sleeps far longer than the router's timeout."""
 
     def search(self, codes, k=10, radius=None, with_meta=False, vectors=None, weights=None,
-               fold=None, keep=None, views=None, verify=None):
+               fold=None, keep=None, views=None, verify=None, skip_views=()):
         time.sleep(30)
         return [[] for _ in codes]
 
