@@ -138,8 +138,10 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
     shard count.
 
     A new index stores the encoder's side vectors (``vector_bytes``) when ``shards.vectors`` is
-    on, and each image's keypoints (``keypoint_bytes``, ``shards.verify``) when
-    ``shards.keypoints`` is on; an existing one keeps what it was built with.
+    on, each image's keypoints (``keypoint_bytes``, ``shards.verify``) when
+    ``shards.keypoints`` is on, and its ``storage.ref_views``; an existing one keeps what it was
+    built with: its recorded views replace the configuration's (``_adopt_views``), so every
+    command on one index stores and searches the same views.
 
     The shard count is fixed when an index is created, because adds are routed by
     hash(id) mod shards: a later run must use the same count (a dead node must not
@@ -154,6 +156,7 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
                 raise ValueError(f"index at {path.parent} was built with {key}={have.get(key)!r}, "
                                  f"not {value!r}; use the same encoder or a new --index-dir")
         _check_model(have, cfg, path.parent)
+        _adopt_views(have, cfg, path.parent)
         return {"vector_bytes": 0, "keypoint_bytes": 0, **have}  # older indexes have neither
     # Another node may have created this index: its named shard actors are cluster-wide.
     n = len(get_shards(cfg)) or (shard_nodes() if uses_shard_resource(cfg)
@@ -163,12 +166,35 @@ def index_meta(cfg: Config, bits: int, vector_bytes: int | None = None) -> dict:
     meta = {**want, "model": model_id(cfg),
             "vector_bytes": int(vector_bytes) if cfg.storage.vectors else 0,
             "keypoint_bytes": KEYPOINT_BYTES if cfg.storage.keypoints else 0,
-            "num_shards": max(1, n), "index_kind": cfg.storage.index_kind}
+            "num_shards": max(1, n), "index_kind": cfg.storage.index_kind,
+            "ref_views": list(cfg.storage.ref_views)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, path)
     return meta
+
+
+def adopt_index_views(cfg: Config) -> Config:
+    """``cfg`` with the stored views its existing index records, if any (``index_meta``): for
+    processes that encode for an index before opening its shards (a Serve app's encoder)."""
+    try:
+        have = read_index_meta(cfg.storage.index_dir)
+    except ValueError:
+        return cfg  # index_meta reports an unreadable index when the shards open
+    if have is not None:
+        _adopt_views(have, cfg, Path(cfg.storage.index_dir))
+    return cfg
+
+
+def _adopt_views(have: dict, cfg: Config, where: Path) -> None:
+    """Set ``cfg.storage.ref_views`` to the views an index records (an index built before they
+    were recorded keeps the configuration's)."""
+    views = have.get("ref_views")
+    if views is not None and list(views) != list(cfg.storage.ref_views):
+        log.warning("index at %s stores the views %s; using them, not the configuration's %s",
+                    where, views, list(cfg.storage.ref_views))
+        cfg.storage.ref_views = list(views)
 
 
 def model_id(cfg: Config) -> str:

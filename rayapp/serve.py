@@ -85,12 +85,12 @@ class Ingress:
     def _setup(self, cfg: Config, encoder: DeploymentHandle | None) -> None:
         from rayapp.cluster import confidence_curves, ensure_shards, known_bits
         self.cfg, self.encoder = cfg, encoder
-        self.local_encoder = ImageEncoder(cfg) if encoder is None else None
         self.router = ShardRouter(ensure_shards(cfg, bits=known_bits(cfg)),
                                   timeout_s=cfg.serve.shard_timeout_s,
                                   resolver=partial(_lookup_shard, cfg.storage.namespace),
                                   ref_views=len(cfg.storage.ref_views),
                                   ref_view_cost=cfg.query.ref_view_cost)
+        self.local_encoder = ImageEncoder(cfg) if encoder is None else None  # after the index's views
         self.limiter = RateLimiter(cfg.serve.rate_limit_per_s)
         self._info: dict | None = None
         self._ready = False
@@ -350,8 +350,10 @@ class Ingress:
 def build_app(cfg: Config) -> serve.Application:
     """Bind the Ingress (and the Encoder deployment, if apart) for ``cfg``, validated here so a
     bad value fails before any replica starts. Starts nothing: Serve builds it on ``serve.run``."""
+    from rayapp.cluster import adopt_index_views
     cfg = copy.deepcopy(cfg).validate()
     cfg.storage.index_dir = str(Path(cfg.storage.index_dir).expanduser().resolve())
+    adopt_index_views(cfg)  # the encoder, wherever it runs, stores what the index keeps
     if cfg.encoder.weights:
         cfg.encoder.weights = str(Path(cfg.encoder.weights).expanduser().resolve())
     if in_ingress(cfg):  # the ingress encodes: it takes the encoder's core and its replica count

@@ -162,6 +162,11 @@ def test_deephash_ingest_stores_side_vectors(ray_local, tmp_path):
     in_shard = router.verify_pairs(pairs, blocks)
     assert WorkerVerifyingRouter(ensure_shards(cfg), timeout_s=30, ref_views=2).verify_pairs(pairs, blocks) == in_shard
     assert in_shard[1] >= 40 > in_shard[0] and in_shard[2] >= 40, in_shard
+    # the index records its views: a later command with the default configuration keeps them
+    later = _cfg(tmp_path, name="deephash", shards=1)
+    assert later.storage.ref_views == ["center70"]
+    ensure_shards(later)
+    assert later.storage.ref_views == ["center70", "mirror"]
     kill_shards(cfg)
 
 
