@@ -16,10 +16,10 @@ interval (:func:`gauge_refresh_s`) from a daemon thread: a finished ingest keeps
 final rate (0).
 
 Per-request records (:func:`observe_query`, :func:`count_error`, :func:`observe_wal_fsync`) are
-handed to a daemon thread (:func:`_defer`) rather than recorded on the caller's event loop: Ray's record call releases the
-GIL, and inside a busy Serve replica, whose other threads hold it, waiting to get it back made
-one observation cost far more than the record itself, on the path of every request
-(docs/performance.md).
+handed to a daemon thread (:func:`_defer`) rather than recorded on the caller's event loop:
+Ray's record call releases the GIL, and inside a busy Serve replica, whose other threads hold
+it, waiting to get it back made one observation cost far more than the record itself, on the
+path of every request (docs/performance.md).
 """
 from __future__ import annotations
 
