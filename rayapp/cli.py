@@ -250,12 +250,13 @@ def eval_cmd(args) -> None:
 
 
 BENCH_MODULES = {"shard": "shard_bench", "serve": "serve_load", "breakdown": "query_breakdown",
-                 "paste": "paste_finder", "big-photos": "big_photos"}
+                 "paste": "paste_finder", "big-photos": "big_photos", "ingress-floor": "ingress_floor"}
 
 
 @cli.command(**PASSTHROUGH)
 @click.argument("which", type=click.Choice(["shard", "chaos", "gpu", "rerank", "verify", "dedup", "soak", "serve",
-                                            "breakdown", "paste", "big-photos", "fanout"]))
+                                            "breakdown", "paste", "big-photos", "fanout",
+                                            "ingress-floor"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
     """Benchmarks from a source checkout: `shard` (index kinds), `chaos` (SIGKILL shards), `gpu`
@@ -264,8 +265,9 @@ def bench(which, args) -> None:
     load against a real server), `serve` (open-loop load on a real server beside Ray Serve's own
     floor), `breakdown` (where one image query's time goes), `paste` (how often the query's
     crops hold a photo pasted into a picture), `big-photos` (a big photo's decode, views and
-    keypoints at working size and at full size) or `fanout` (the router's search fan-out to
-    shard actors beside no-op actors, in process)."""
+    keypoints at working size and at full size), `fanout` (the router's search fan-out to
+    shard actors beside no-op actors, in process) or `ingress-floor` (the bare floor beside an
+    empty FastAPI ingress: the noise in a ratio of single runs)."""
     import os
     import subprocess
     module = "bench." + BENCH_MODULES.get(which, which)

@@ -342,6 +342,23 @@ def test_fanout_bench_times_the_router_beside_the_floor(tmp_path):
     assert doc["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in doc["ms_per_query"].values())
 
 
+@pytest.mark.ray  # its subprocess starts a Ray and Serve of its own
+def test_ingress_floor_bench_times_both_ingress_forms(tmp_path):
+    """bench.ingress_floor answers through a bare deployment and an empty FastAPI ingress behind
+    one proxy and writes each run's percentiles and their ratio."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "bench.ingress_floor", "--requests", "5", "--rounds", "1", "--runs", "1",
+           "--out-dir", str(tmp_path), "--tag", "smoke"]
+    run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [path] = list(tmp_path.glob("ingress_floor_*_smoke.json"))
+    (one,) = json.loads(path.read_text())["runs"]
+    assert set(one) == {"bare", "fastapi", "ratio_fastapi_to_bare"} and one["bare"]["p50_ms"] > 0
+
+
 def test_probe_edits_draw_every_family_from_a_real_photo():
     """Each family of the fourth edit implementation makes a new RGB picture of a real photo."""
     import random
