@@ -323,20 +323,25 @@ def test_big_photos_bench_times_each_format_beside_jpeg():
     assert all(row[f]["decode_ms"] > 0 and row[f]["bytes_median"] > 0 for f in big_photos.FORMATS)
 
 
-@pytest.mark.ray  # its subprocess starts a Ray of its own
-def test_fanout_bench_times_the_router_beside_the_floor(tmp_path):
-    """bench.fanout times the no-op floor, the old call by argument and the router over real
-    shard actors in one run, and writes the JSON with each path's ratio to the floor."""
+def _run_bench(tmp_path, module: str, *args: str) -> dict:
+    """``python -m bench.<module> ARGS --out-dir tmp_path --tag smoke`` as its own program from
+    the checkout -> the JSON it wrote."""
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "bench.fanout", "--shards", "2", "--queries", "5", "--rounds", "1",
-           "--out-dir", str(tmp_path), "--tag", "smoke"]
+    cmd = [sys.executable, "-m", f"bench.{module}", *args, "--out-dir", str(tmp_path), "--tag", "smoke"]
     run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    [path] = list(tmp_path.glob("fanout_*_smoke.json"))
-    doc = json.loads(path.read_text())
+    [path] = list(tmp_path.glob(f"{module}_*_smoke.json"))
+    return json.loads(path.read_text())
+
+
+@pytest.mark.ray  # its subprocess starts a Ray of its own
+def test_fanout_bench_times_the_router_beside_the_floor(tmp_path):
+    """bench.fanout times the no-op floor, the old call by argument and the router over real
+    shard actors in one run, and writes the JSON with each path's ratio to the floor."""
+    doc = _run_bench(tmp_path, "fanout", "--shards", "2", "--queries", "5", "--rounds", "1")
     assert doc["shards"] == 2 and doc["machine"]["git"]["commit"]
     assert set(doc["ratio_to_floor"]) == {"floor", "by_argument", "router"}
     assert doc["ratio_to_floor"]["floor"] == 1.0 and all(v > 0 for v in doc["ms_per_query"].values())
@@ -346,16 +351,7 @@ def test_fanout_bench_times_the_router_beside_the_floor(tmp_path):
 def test_ingress_floor_bench_times_both_ingress_forms(tmp_path):
     """bench.ingress_floor answers through a bare deployment and an empty FastAPI ingress behind
     one proxy and writes each run's percentiles and their ratio."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "bench.ingress_floor", "--requests", "5", "--rounds", "1", "--runs", "1",
-           "--out-dir", str(tmp_path), "--tag", "smoke"]
-    run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    [path] = list(tmp_path.glob("ingress_floor_*_smoke.json"))
-    (one,) = json.loads(path.read_text())["runs"]
+    (one,) = _run_bench(tmp_path, "ingress_floor", "--requests", "5", "--rounds", "1", "--runs", "1")["runs"]
     assert set(one) == {"bare", "fastapi", "ratio_fastapi_to_bare"} and one["bare"]["p50_ms"] > 0
 
 
