@@ -103,7 +103,7 @@ def write_look_alikes(out_dir: str | Path, pairs: Sequence[dict], path_of: Calla
             "<h1>Matches set aside as look-alikes</h1>",
             f"<p>{len(pairs)} matched pairs whose images, aligned on their keypoints, disagree over most of "
             "their overlap: different subjects on one background, or two shots of one scene. They are in "
-            f"look_alikes.parquet and in no group.{shown} <a href='report.html'>back to the groups</a></p>"]
+            f"look_alikes.parquet and in no group.{shown} <a href='{page_name(1)}'>back to the groups</a></p>"]
     for n, e in enumerate(ranked[:limit], 1):
         conf = "" if e.get("confidence") is None else f"{e['confidence']:.4f} confidence, "
         shares = (f"agree: {e['overlap']:.0%} in texture, {e['overlap_colour']:.0%} in colour too"
