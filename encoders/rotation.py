@@ -8,9 +8,14 @@ lie on the image border vote for an angle modulo 90 degrees, weighted by length.
 query back by that angle and cropping the photo's own extent gives a view the code knows.
 
 A turn filled by reflection, or a photo with no flat fill, gives no such lines; then nothing is
-returned and the query is searched as given (the model itself is trained on turns).
+returned. A turn cropped to the upright rectangle inside it has no fill at all. For these the
+query is also searched tilted a fixed ``TILT`` degrees either way (``tilted``): the model is
+trained on turns, but its code drifts as the angle grows, and a view turned part of the way
+back lands nearer the original for turns of about 10-45 degrees.
 """
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -22,6 +27,8 @@ MIN_FILL, MAX_FILL = 0.03, 0.6  # share of the image the corner fill covers
 MIN_ANGLE = 3.0     # degrees; a smaller turn is searched as given
 AGREE = 3.0         # degrees within which the hull's sides agree on one angle
 MIN_SHARE = 0.6     # share of the inner hull length that must agree
+TILT = 22.0         # degrees either way a query with no turned photo found is also searched at
+TILT_SIDE = 256     # a tilted view is made from the query reduced to a long side under twice this
 
 
 def _corner_fill(g: np.ndarray) -> np.ndarray | None:
@@ -92,3 +99,30 @@ def turned_back(img: Image.Image, theta: float) -> Image.Image:
     back = img.rotate(theta, resample=Image.BILINEAR, expand=True)
     box = content.rotate(theta, resample=Image.NEAREST, expand=True).getbbox()
     return back.crop(box) if box else back
+
+
+def inscribed(width: float, height: float, degrees: float) -> tuple[float, float]:
+    """(width, height) of the largest upright rectangle inside a ``width`` x ``height`` one
+    turned by ``degrees``."""
+    a = math.radians(abs(degrees))
+    sin, cos = abs(math.sin(a)), abs(math.cos(a))
+    long, short = max(width, height), min(width, height)
+    if short <= 2.0 * sin * cos * long or abs(sin - cos) < 1e-10:
+        half = 0.5 * short  # two corners touch the longer side
+        return (half / sin, half / cos) if width >= height else (half / cos, half / sin)
+    cos2 = cos * cos - sin * sin
+    return (width * cos - height * sin) / cos2, (height * cos - width * sin) / cos2
+
+
+def tilted(img: Image.Image, degrees: float, side: int = TILT_SIDE) -> Image.Image:
+    """``img`` turned counter-clockwise by ``degrees`` and cropped to the largest upright
+    rectangle inside the turned photo, so no fill enters the view. A big image is first
+    reduced to a long side under ``2 * side``: the view only feeds the encoder's small input."""
+    factor = int(max(img.size) // side)
+    small = np.asarray((img.reduce(factor) if factor > 1 else img).convert("RGB"))
+    h, w = small.shape[:2]
+    out_w, out_h = (max(2, round(v)) for v in inscribed(w, h, degrees))
+    turn = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), degrees, 1.0)  # counter-clockwise, as PIL
+    turn[:, 2] += (out_w / 2.0 - w / 2.0, out_h / 2.0 - h / 2.0)  # the photo's centre to the view's
+    return Image.fromarray(cv2.warpAffine(small, turn, (out_w, out_h), flags=cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_REPLICATE))

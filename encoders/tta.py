@@ -7,7 +7,8 @@ keeping, per stored id, its best distance. Modes: ``none``, ``flip`` (+ mirror),
 (padding, meme bands, a screenshot; ``encoders.frame``) or a photo pasted into another picture
 (``encoders.region``) also searches that photo's crop and its mirror, a collage (``encoders.panels``)
 searches each panel's, and a photo turned by a few degrees inside a flat fill
-(``encoders.rotation``) is also searched turned back upright.
+(``encoders.rotation``) is also searched turned back upright; a query with no such fill is
+searched tilted a fixed angle either way instead.
 
 The index side has views too (``ref_view_images``): an image may also be stored under the
 codes of some of its crops (``REF_VIEWS``; ``shards.views``), because a 128-bit code of a
@@ -30,7 +31,7 @@ from PIL import Image, ImageOps
 from encoders.frame import content_box, without_bars
 from encoders.panels import MAX_PANELS, panel_boxes
 from encoders.region import box_iou, paste_boxes, ridge_maps
-from encoders.rotation import turn_angle, turned_back
+from encoders.rotation import TILT, tilted, turn_angle, turned_back
 
 TTA_MODES = ("none", "flip", "flip_rot90", "flip_turns", "d4")
 # Dihedral variant names in the order ``variants`` returns them (a mode takes a prefix);
@@ -44,6 +45,7 @@ HALF_TURN_COST = 5.0  # upside down: rot180 and the vertical mirror
 CONTENT_COST = 1.0
 OUTSIDE_COST = 0.5  # the largest part of the query outside a pasted photo (a photo pasted over the copy)
 UPRIGHT_COST = 1.0  # the query turned back upright when its photo sits turned in a flat fill
+TILT_COST = 2.0  # the query tilted TILT degrees either way, when no turned photo is found
 OUTSIDE_MIN_AREA = 0.25  # that part must hold at least this share of the query
 # When the frame and the pasted-photo finders both fire, boxes overlapping at least this much
 # (intersection over union) are one photo found twice; below it both crops are searched.
@@ -84,24 +86,27 @@ def is_mirrored(name: str) -> bool:
 
 def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = ROT_COST,
           content_cost: float = CONTENT_COST, half_turn_cost: float = HALF_TURN_COST,
-          outside_cost: float = OUTSIDE_COST, upright_cost: float = UPRIGHT_COST) -> np.ndarray:
+          outside_cost: float = OUTSIDE_COST, upright_cost: float = UPRIGHT_COST,
+          tilt_cost: float = TILT_COST) -> np.ndarray:
     """Prior cost added to each named view's distance: 0 for the original, ``flip_cost`` for the
     mirror, ``rot_cost`` for a quarter turn, ``half_turn_cost`` for upside down (rot180 and the
     vertical mirror), ``content_cost`` for the framed or pasted photo's crop (plus ``flip_cost``
     for its mirror), ``outside_cost`` for the part of the query outside a pasted photo,
-    ``upright_cost`` for the query turned back upright."""
+    ``upright_cost`` for the query turned back upright, ``tilt_cost`` for it tilted."""
     if isinstance(names, str):
         raise TypeError("costs() takes a sequence of view names, e.g. variant_names(mode)")
-    if min(flip_cost, rot_cost, content_cost, half_turn_cost, outside_cost, upright_cost) < 0:
+    if min(flip_cost, rot_cost, content_cost, half_turn_cost, outside_cost, upright_cost, tilt_cost) < 0:
         raise ValueError(f"TTA costs must be >= 0; got flip {flip_cost}, rot {rot_cost}, "
                          f"content {content_cost}, half turn {half_turn_cost}, outside {outside_cost}, "
-                         f"upright {upright_cost}")
+                         f"upright {upright_cost}, tilt {tilt_cost}")
 
     def one(name: str) -> float:
         if name == "outside":
             return outside_cost
         if name == "upright":
             return upright_cost
+        if name == "tilt":
+            return tilt_cost
         if "rot180" in name:
             return half_turn_cost
         if "rot" in name:
@@ -114,16 +119,17 @@ def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
     """Every view ``query_variants`` can return for ``mode``, in its order: the dihedral
     variants, then with ``content`` the framed or pasted photo's crop and, unless mode is none,
     its mirror, the largest part of the query outside a pasted photo, and the query turned back
-    upright."""
+    upright or, when no turned photo is found, tilted either way (two views of one name)."""
     extra = ("content",) if mode == "none" else ("content", "content+flip")
-    return variant_names(mode) + (extra + ("outside", "upright") if content else ())
+    return variant_names(mode) + (extra + ("outside", "upright", "tilt") if content else ())
 
 
 def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndarray], mode: str,
                    content: bool | str = True, found: Found | None = None) -> tuple[list[np.ndarray], list[str]]:
     """The views of one query image to search, as (1, S, S, 3) arrays, and their names (in
     ``view_names`` order): the framed or pasted photo's views and the upright view come only
-    when their detector fires (``content="frame"`` looks for flat frames only, no pasted photo).
+    when their detector fires, the two tilted views only when the upright one does not
+    (``content="frame"`` looks for flat frames only, no pasted photo).
     When both finders fire on different boxes (a photo pasted onto a picture with flat areas
     looks framed too), both crops are searched, each as ``content``, and so is the pasted-photo
     finder's runner-up box (``PASTE_BOXES``), and each panel of a collage. ``found``:
@@ -146,6 +152,9 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
     if theta is not None:
         arrays.append(preprocess(turned_back(img, theta))[None])
         names.append("upright")
+    elif content:
+        arrays += [preprocess(tilted(img, degrees))[None] for degrees in (TILT, -TILT)]
+        names += ["tilt", "tilt"]
     return arrays, names
 
 

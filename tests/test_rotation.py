@@ -3,13 +3,14 @@ black or white fill is found at its angle and turned back, ordinary photos are l
 the query views search the upright photo."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from encoders.registry import get_encoder
-from encoders.rotation import turn_angle, turned_back
-from encoders.tta import costs, query_variants, view_names
+from encoders.rotation import TILT, inscribed, tilted, turn_angle, turned_back
+from encoders.tta import TILT_COST, costs, query_variants, view_names
 from shards.vectors import vector_distances
 from tests.helpers_images import SAMPLES, SCENES, as_jpeg
 
@@ -55,3 +56,47 @@ def test_query_views_include_the_upright_view_at_its_cost():
     plain = query_variants(as_jpeg(Image.open(SCENES[0]).convert("RGB")), lambda im: np.asarray(im.resize((32, 32))), "flip")[1]
     assert "upright" not in plain
     assert "upright" not in query_variants(img, lambda im: np.asarray(im.resize((32, 32))), "flip", content=False)[1]
+
+
+def _small(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB").resize((32, 32)))
+
+
+@pytest.mark.parametrize("degrees", [TILT, -TILT, 45.0, 5.0])
+def test_a_tilted_view_holds_no_fill(degrees):
+    """The tilted view is cropped inside the turned photo: its corners are photo, not fill."""
+    white = Image.new("RGB", (300, 200), (255, 255, 255))
+    view = tilted(white, degrees)
+    w, h = inscribed(300, 200, degrees)
+    assert abs(view.size[0] - w) <= 2 and abs(view.size[1] - h) <= 2
+    assert np.asarray(view).min() >= 250, "fill inside the tilted view"
+
+
+def test_a_query_with_no_turned_photo_is_searched_tilted_either_way():
+    plain = as_jpeg(Image.open(SCENES[0]).convert("RGB"))
+    arrays, names = query_variants(plain, _small, "flip")
+    assert names.count("tilt") == 2 and len(arrays) == len(names) and "upright" not in names
+    assert costs(["original", "tilt"], tilt_cost=1.5).tolist() == pytest.approx([0.0, 1.5])
+    assert costs(["tilt"]).tolist() == pytest.approx([TILT_COST])
+    turned = _turned(Image.open(SCENES[0]).convert("RGB"), 15)
+    assert "tilt" not in query_variants(turned, _small, "flip")[1]  # turned back upright instead
+    assert "tilt" not in query_variants(plain, _small, "flip", content=False)[1]
+
+
+def test_a_copy_turned_with_a_reflected_fill_is_nearer_through_a_tilted_view():
+    """A copy turned 40 degrees in its own frame, the corners filled by reflection (no flat fill
+    for the upright finder), is nearer its original through the view tilted back part of the way."""
+    enc = get_encoder("deephash")
+    originals = [Image.open(p).convert("RGB") for p in SCENES]
+    copies = []
+    for im in originals:
+        w, h = im.size
+        turn = cv2.getRotationMatrix2D((w / 2, h / 2), -40, 1.0)
+        copies.append(as_jpeg(Image.fromarray(cv2.warpAffine(np.asarray(im), turn, (w, h),
+                                                             borderMode=cv2.BORDER_REFLECT_101))))
+    assert all(turn_angle(c) is None for c in copies)
+    vec = lambda ims: enc.encode_vectors(np.stack([enc.preprocess(i) for i in ims]))[2]  # noqa: E731
+    ref, as_given, back = vec(originals), vec(copies), vec([tilted(c, TILT) for c in copies])
+    d_given = np.diag(vector_distances(as_given, ref, enc.bits))
+    d_back = np.diag(vector_distances(back, ref, enc.bits))
+    assert (d_back < d_given).sum() >= len(SCENES) - 1, (d_back, d_given)
