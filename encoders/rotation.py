@@ -27,6 +27,8 @@ MIN_FILL, MAX_FILL = 0.03, 0.6  # share of the image the corner fill covers
 MIN_ANGLE = 3.0     # degrees; a smaller turn is searched as given
 AGREE = 3.0         # degrees within which the hull's sides agree on one angle
 MIN_SHARE = 0.6     # share of the inner hull length that must agree
+EDGE_VOTES = 0.2    # Hough votes a straight fill edge needs, as a share of the shorter side
+EDGE_FALLBACK = True  # look for straight fill edges when the hull's sides disagree
 TILT = 22.0         # degrees either way a query with no turned photo found is also searched at
 TILT_SIDE = 256     # a tilted view is made from the query reduced to a long side under twice this
 
@@ -64,6 +66,32 @@ def _hull_sides(content: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(angles), np.array(lengths)
 
 
+def _hull_angle(fill: np.ndarray, shape: tuple[int, int]) -> float | None:
+    """The angle (mod 90) most of the content's hull sides agree on, or None."""
+    angles, lengths = _hull_sides(~fill)
+    if not len(angles):
+        return None
+    gap = lambda t: np.abs((angles - t + 45.0) % 90.0 - 45.0)  # noqa: E731
+    best = max(angles, key=lambda t: lengths[gap(t) < AGREE].sum())
+    agree = lengths[gap(best) < AGREE].sum()
+    if agree < MIN_SHARE * lengths.sum() or agree < 0.3 * min(shape):
+        return None
+    return float(best)
+
+
+def _edge_angle(fill: np.ndarray) -> float | None:
+    """The angle (mod 90) of the fill's strongest straight edge (Hough) when another of its four
+    strongest agrees, or None. A caption or a dark object touching the fill gives the content's
+    hull extra corners that break its agreement, but few long straight edges."""
+    edges = cv2.Canny(fill.astype(np.uint8) * 255, 50, 150)
+    lines = cv2.HoughLines(edges, 1, np.pi / 360, threshold=max(8, int(EDGE_VOTES * min(fill.shape))))
+    if lines is None:
+        return None
+    angles = np.degrees(lines[:4, 0, 1]) % 90.0  # a line's normal and its direction agree mod 90
+    agree = np.abs((angles - angles[0] + 45.0) % 90.0 - 45.0) < AGREE
+    return float(angles[0]) if agree.sum() >= 2 else None
+
+
 def turn_angle(img: Image.Image) -> float | None:
     """Degrees the photo inside ``img`` is turned clockwise (within ±45), or None when no flat
     corner fill with straight sides shows a turn of at least MIN_ANGLE."""
@@ -73,15 +101,12 @@ def turn_angle(img: Image.Image) -> float | None:
     fill = _corner_fill(g)
     if fill is None:
         return None
-    angles, lengths = _hull_sides(~fill)
-    if not len(angles):
+    best = _hull_angle(fill, g.shape)
+    if best is None and EDGE_FALLBACK:
+        best = _edge_angle(fill)
+    if best is None:
         return None
-    gap = lambda t: np.abs((angles - t + 45.0) % 90.0 - 45.0)  # noqa: E731
-    best = max(angles, key=lambda t: lengths[gap(t) < AGREE].sum())
-    agree = lengths[gap(best) < AGREE].sum()
-    if agree < MIN_SHARE * lengths.sum() or agree < 0.3 * min(g.shape):
-        return None
-    theta = float(best) if best <= 45.0 else float(best) - 90.0
+    theta = best if best <= 45.0 else best - 90.0
     return theta if abs(theta) >= MIN_ANGLE else None
 
 

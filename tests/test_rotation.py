@@ -6,9 +6,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from encoders.registry import get_encoder
+from encoders import rotation
 from encoders.rotation import TILT, inscribed, tilted, turn_angle, turned_back
 from encoders.tta import TILT_COST, costs, query_variants, view_names
 from shards.vectors import vector_distances
@@ -100,3 +101,23 @@ def test_a_copy_turned_with_a_reflected_fill_is_nearer_through_a_tilted_view():
     d_given = np.diag(vector_distances(as_given, ref, enc.bits))
     d_back = np.diag(vector_distances(back, ref, enc.bits))
     assert (d_back < d_given).sum() >= len(SCENES) - 1, (d_back, d_given)
+
+
+def _captioned_thumbnail(img: Image.Image, degrees: float) -> Image.Image:
+    """Turned in a black fill, two caption lines drawn across photo and fill, shrunk to a third."""
+    w, h = img.size
+    out = img.rotate(-degrees, resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+    draw, font = ImageDraw.Draw(out), ImageFont.load_default(size=max(10, h // 6))
+    draw.text((w // 50, h // 20), "BIG NEWS today", fill=(40, 220, 90), font=font)
+    draw.text((w // 50, 3 * h // 4), "me when classic", fill=(230, 60, 200), font=font)
+    return as_jpeg(out.resize((w // 3, h // 3), Image.BILINEAR))
+
+
+def test_a_caption_across_the_fill_does_not_hide_the_turn(monkeypatch):
+    """Captions drawn over the fill give the photo's outline extra corners; its straight edges
+    still give the angle (``_edge_angle``), where the outline alone gives none."""
+    copies = [(_captioned_thumbnail(Image.open(p).convert("RGB"), d), d) for p in SCENES for d in (12, -20, 30)]
+    found = lambda: sum(a is not None and abs(a - d) < 2.5 for a, d in ((turn_angle(c), d) for c, d in copies))  # noqa: E731
+    assert found() >= 0.75 * len(copies)
+    monkeypatch.setattr(rotation, "EDGE_FALLBACK", False)
+    assert found() <= 0.25 * len(copies)
