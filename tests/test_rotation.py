@@ -117,7 +117,10 @@ def test_a_caption_across_the_fill_does_not_hide_the_turn(monkeypatch):
     """Captions drawn over the fill give the photo's outline extra corners; its straight edges
     still give the angle (``_edge_angle``), where the outline alone gives none."""
     copies = [(_captioned_thumbnail(Image.open(p).convert("RGB"), d), d) for p in SCENES for d in (12, -20, 30)]
-    found = lambda: sum(a is not None and abs(a - d) < 2.5 for a, d in ((turn_angle(c), d) for c, d in copies))  # noqa: E731
+
+    def found() -> int:
+        return sum(a is not None and abs(a - d) < 2.5 for a, d in ((turn_angle(c), d) for c, d in copies))
+
     assert found() >= 0.75 * len(copies)
     monkeypatch.setattr(rotation, "EDGE_FALLBACK", False)
     assert found() <= 0.25 * len(copies)
