@@ -8,8 +8,9 @@ lie on the image border vote for an angle modulo 90 degrees, weighted by length.
 query back by that angle and cropping the photo's own extent gives a view the code knows.
 
 A turn filled by reflection, or a photo with no flat fill, gives no such lines; then nothing is
-returned. A turn cropped to the upright rectangle inside it has no fill at all. For these the
-query is also searched tilted a fixed ``TILT`` degrees either way (``tilted``): the model is
+returned. A turn cropped to the upright rectangle inside it has no fill at all. For these,
+unless a framed, pasted or collaged photo is found, the query is also searched tilted a fixed
+``TILT`` degrees either way (``tilted``): the model is
 trained on turns, but its code drifts as the angle grows, and a view turned part of the way
 back lands nearer the original for turns of about 10-45 degrees.
 """
@@ -29,7 +30,7 @@ AGREE = 3.0         # degrees within which the hull's sides agree on one angle
 MIN_SHARE = 0.6     # share of the inner hull length that must agree
 EDGE_VOTES = 0.2    # Hough votes a straight fill edge needs, as a share of the shorter side
 EDGE_FALLBACK = True  # look for straight fill edges when the hull's sides disagree
-TILT = 22.0         # degrees either way a query with no turned photo found is also searched at
+TILT = 22.0         # degrees either way a query in which no finder fires is also searched at
 TILT_SIDE = 256     # a tilted view is made from the query reduced to a long side under twice this
 
 

@@ -7,8 +7,8 @@ keeping, per stored id, its best distance. Modes: ``none``, ``flip`` (+ mirror),
 (padding, meme bands, a screenshot; ``encoders.frame``) or a photo pasted into another picture
 (``encoders.region``) also searches that photo's crop and its mirror, a collage (``encoders.panels``)
 searches each panel's, and a photo turned by a few degrees inside a flat fill
-(``encoders.rotation``) is also searched turned back upright; a query with no such fill is
-searched tilted a fixed angle either way instead.
+(``encoders.rotation``) is also searched turned back upright; a query in which no finder fires
+is searched tilted a fixed angle either way instead.
 
 The index side has views too (``ref_view_images``): an image may also be stored under the
 codes of some of its crops (``REF_VIEWS``; ``shards.views``), because a 128-bit code of a
@@ -45,7 +45,7 @@ HALF_TURN_COST = 5.0  # upside down: rot180 and the vertical mirror
 CONTENT_COST = 1.0
 OUTSIDE_COST = 0.5  # the largest part of the query outside a pasted photo (a photo pasted over the copy)
 UPRIGHT_COST = 1.0  # the query turned back upright when its photo sits turned in a flat fill
-TILT_COST = 2.0  # the query tilted TILT degrees either way, when no turned photo is found
+TILT_COST = 2.0  # the query tilted TILT degrees either way, when no turned, framed or pasted photo is found
 OUTSIDE_MIN_AREA = 0.25  # that part must hold at least this share of the query
 # When the frame and the pasted-photo finders both fire, boxes overlapping at least this much
 # (intersection over union) are one photo found twice; below it both crops are searched.
@@ -119,7 +119,7 @@ def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
     """Every view ``query_variants`` can return for ``mode``, in its order: the dihedral
     variants, then with ``content`` the framed or pasted photo's crop and, unless mode is none,
     its mirror, the largest part of the query outside a pasted photo, and the query turned back
-    upright or, when no turned photo is found, tilted either way (two views of one name)."""
+    upright or, when no finder fires, tilted either way (two views of one name)."""
     extra = ("content",) if mode == "none" else ("content", "content+flip")
     return variant_names(mode) + (extra + ("outside", "upright", "tilt") if content else ())
 
@@ -128,7 +128,7 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
                    content: bool | str = True, found: Found | None = None) -> tuple[list[np.ndarray], list[str]]:
     """The views of one query image to search, as (1, S, S, 3) arrays, and their names (in
     ``view_names`` order): the framed or pasted photo's views and the upright view come only
-    when their detector fires, the two tilted views only when the upright one does not
+    when their detector fires, the two tilted views only when no finder does
     (``content="frame"`` looks for flat frames only, no pasted photo).
     When both finders fire on different boxes (a photo pasted onto a picture with flat areas
     looks framed too), both crops are searched, each as ``content``, and so is the pasted-photo
@@ -152,7 +152,7 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
     if theta is not None:
         arrays.append(preprocess(turned_back(img, theta))[None])
         names.append("upright")
-    elif content:
+    elif content and not searched_boxes(found):
         arrays += [preprocess(tilted(img, degrees))[None] for degrees in (TILT, -TILT)]
         names += ["tilt", "tilt"]
     return arrays, names
