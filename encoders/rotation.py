@@ -86,7 +86,7 @@ def _edge_angle(fill: np.ndarray) -> float | None:
     hull extra corners that break its agreement, but few long straight edges."""
     edges = cv2.Canny(fill.astype(np.uint8) * 255, 50, 150)
     lines = cv2.HoughLines(edges, 1, np.pi / 360, threshold=max(8, int(EDGE_VOTES * min(fill.shape))))
-    if lines is None:
+    if lines is None or not len(lines):  # OpenCV answers None or an empty array
         return None
     angles = np.degrees(lines[:4, 0, 1]) % 90.0  # a line's normal and its direction agree mod 90
     agree = np.abs((angles - angles[0] + 45.0) % 90.0 - 45.0) < AGREE

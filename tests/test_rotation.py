@@ -124,3 +124,11 @@ def test_a_caption_across_the_fill_does_not_hide_the_turn(monkeypatch):
     assert found() >= 0.75 * len(copies)
     monkeypatch.setattr(rotation, "EDGE_FALLBACK", False)
     assert found() <= 0.25 * len(copies)
+
+
+def test_a_fill_with_no_long_straight_edge_gives_no_angle():
+    """Short fill edges give OpenCV no line (it answers an empty array, not None): no angle."""
+    fill = np.zeros((96, 128), bool)
+    for i in range(10):
+        fill[i, :10 - i] = True  # a small corner triangle, its hypotenuse under the vote count
+    assert rotation._edge_angle(fill) is None
