@@ -67,14 +67,18 @@ def _hull_sides(content: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(angles), np.array(lengths)
 
 
+def _gap(angles: np.ndarray, t: float) -> np.ndarray:
+    """Degrees between each of ``angles`` and ``t``, both taken mod 90."""
+    return np.abs((angles - t + 45.0) % 90.0 - 45.0)
+
+
 def _hull_angle(fill: np.ndarray, shape: tuple[int, int]) -> float | None:
     """The angle (mod 90) most of the content's hull sides agree on, or None."""
     angles, lengths = _hull_sides(~fill)
     if not len(angles):
         return None
-    gap = lambda t: np.abs((angles - t + 45.0) % 90.0 - 45.0)  # noqa: E731
-    best = max(angles, key=lambda t: lengths[gap(t) < AGREE].sum())
-    agree = lengths[gap(best) < AGREE].sum()
+    best = max(angles, key=lambda t: lengths[_gap(angles, t) < AGREE].sum())
+    agree = lengths[_gap(angles, best) < AGREE].sum()
     if agree < MIN_SHARE * lengths.sum() or agree < 0.3 * min(shape):
         return None
     return float(best)
@@ -89,8 +93,7 @@ def _edge_angle(fill: np.ndarray) -> float | None:
     if lines is None or not len(lines):  # OpenCV answers None or an empty array
         return None
     angles = np.degrees(lines[:4, 0, 1]) % 90.0  # a line's normal and its direction agree mod 90
-    agree = np.abs((angles - angles[0] + 45.0) % 90.0 - 45.0) < AGREE
-    return float(angles[0]) if agree.sum() >= 2 else None
+    return float(angles[0]) if (_gap(angles, angles[0]) < AGREE).sum() >= 2 else None
 
 
 def turn_angle(img: Image.Image) -> float | None:

@@ -137,7 +137,8 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
     boxes)."""
     arrays, names = variants(preprocess(img)[None], mode), list(variant_names(mode))
     found = found if found is not None else content_boxes(img, content)
-    for box in searched_boxes(found):
+    boxes = searched_boxes(found)
+    for box in boxes:
         inner = preprocess(img.crop(box))[None]
         arrays += [inner] if mode == "none" else [inner, np.ascontiguousarray(inner[:, :, ::-1])]
         names += ["content"] if mode == "none" else ["content", "content+flip"]
@@ -152,7 +153,7 @@ def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndar
     if theta is not None:
         arrays.append(preprocess(turned_back(img, theta))[None])
         names.append("upright")
-    elif content and not searched_boxes(found):
+    elif content and not boxes:
         arrays += [preprocess(tilted(img, degrees))[None] for degrees in (TILT, -TILT)]
         names += ["tilt", "tilt"]
     return arrays, names
