@@ -27,11 +27,14 @@ BAR_FLAT = 0.95  # share of a line's pixels near its colour for the line to be p
 BAR_MIN = 0.08  # each bar's least share of the box's side: a letterbox, not a backdrop's flat margin
 
 
-def _small(img: Image.Image) -> tuple[np.ndarray, float]:
+def _small(img: Image.Image) -> tuple[np.ndarray, tuple[float, float]]:
+    """(H, W, 3) float32 RGB at SIZE on the long side, and the (x, y) scales from ``img``: an
+    axis stretched to the 8-pixel floor (a strip of an image) has its own."""
     w, h = img.size
     scale = SIZE / max(w, h)
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
-    return np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32), scale
+    scales = tuple(scale if round(n * scale) == m else m / n for n, m in zip((w, h), size))
+    return np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32), scales
 
 
 def channel_max(a: np.ndarray) -> np.ndarray:
@@ -102,7 +105,7 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     >>> content_box(framed)
     (50, 120, 250, 320)
     """
-    a, scale = _small(img)
+    a, (sx, sy) = _small(img)
     bg, ring_share = _background(a)
     if ring_share < 0.25:
         return None
@@ -122,8 +125,8 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     if flat[outside].mean() < 0.6:
         return None
     w, h = img.size
-    return (max(0, round(xs.start / scale)), max(0, round(ys.start / scale)),
-            min(w, round(xs.stop / scale)), min(h, round(ys.stop / scale)))
+    box = (max(0, round(xs.start / sx)), max(0, round(ys.start / sy)), min(w, round(xs.stop / sx)), min(h, round(ys.stop / sy)))
+    return box if box[0] < box[2] and box[1] < box[3] else None
 
 
 def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -137,9 +140,9 @@ def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int,
     >>> without_bars(slot, (0, 0, 320, 200))
     (108, 0, 212, 200)
     """
-    a, scale = _small(img.crop(box))
+    a, scales = _small(img.crop(box))
     left, top, right, bottom = box
-    for lines, vertical in ((a.transpose(1, 0, 2), True), (a, False)):
+    for (lines, vertical), scale in zip(((a.transpose(1, 0, 2), True), (a, False)), scales):
         (head, head_colour), (tail, tail_colour) = _flat_run(lines), _flat_run(lines[::-1])
         size = len(lines)
         if min(head, tail) < max(2, BAR_MIN * size) or head + tail > 0.8 * size \
@@ -150,7 +153,7 @@ def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int,
             left, right = left + cut_a, right - cut_b
         else:
             top, bottom = top + cut_a, bottom - cut_b
-    return left, top, right, bottom
+    return (left, top, right, bottom) if left < right and top < bottom else box
 
 
 def _flat_run(lines: np.ndarray, margin: int = 2) -> tuple[int, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from encoders.frame import channel_max
-from encoders.region import RidgeMaps, ridge_maps
+from encoders.region import RidgeMaps, in_pixels, ridge_maps
 
 SEAM_SUPPORT = 0.85  # share of a part's rows (columns) along which a seam must be a ridge
 GUTTER = 4           # seams closer than this (pixels at the finder's size) are one gutter
@@ -116,13 +116,12 @@ def panel_boxes(img: Image.Image, maps: RidgeMaps | None = None) -> list[Box]:
     >>> panel_boxes(Image.fromarray(np.concatenate([a, b], axis=1)))
     [(0, 0, 100, 120), (100, 0, 192, 120)]
     """
-    rgb, scale, vr, hr = maps if maps is not None else ridge_maps(img)
+    maps = maps if maps is not None else ridge_maps(img)
+    rgb, _, vr, hr = maps
     h, w = rgb.shape[:2]
     leaves = _split(vr, hr, rgb, (0, 0, w, h), DEPTH)
     panels = [b for b in leaves if b[2] - b[0] >= MIN_SIDE * w and b[3] - b[1] >= MIN_SIDE * h]
     if not 2 <= len(panels) <= MAX_PANELS:
         return []
-    W, H = img.size
-    out = [(round(b[0] / scale), round(b[1] / scale), min(W, round(b[2] / scale)), min(H, round(b[3] / scale)))
-           for b in panels]
+    out = in_pixels(panels, maps, img.size)
     return sorted(out, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))

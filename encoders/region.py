@@ -160,10 +160,22 @@ def paste_boxes(img: Image.Image, k: int, maps: RidgeMaps | None = None) -> list
     """The ``k`` most likely boxes of a photo pasted into ``img``, best first, each a different
     rectangle (:func:`paste_box` is the first): where the true sides are broken, the runner-up
     is often the pasted photo. ``maps``: ``ridge_maps(img)`` when the caller has them."""
-    rgb, scale, vr, hr = maps if maps is not None else ridge_maps(img)
+    maps = maps if maps is not None else ridge_maps(img)
+    rgb, _, vr, hr = maps
     h, w = rgb.shape[:2]
     xs = _peaks(vr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, w - 1]
     ys = _peaks(hr.sum(axis=0).astype(np.float32), CANDIDATES) + [-1, h - 1]
-    W, H = img.size
-    return [(max(0, round(b[0] / scale)), max(0, round(b[1] / scale)),
-             min(W, round(b[2] / scale)), min(H, round(b[3] / scale))) for b in _best_boxes(vr, hr, xs, ys, k)]
+    return in_pixels(_best_boxes(vr, hr, xs, ys, k), maps, img.size)
+
+
+def in_pixels(boxes: list[tuple], maps: RidgeMaps, size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Boxes at the finders' size -> (left, top, right, bottom) in the pixels of an image of
+    ``size``, clipped to it; a box left empty is dropped. An axis that ``_small`` stretched to
+    its 16-pixel floor (a strip of an image) maps back by its own scale, not the long side's."""
+    W, H = size
+    h, w = maps.rgb.shape[:2]
+    sx = maps.scale if round(W * maps.scale) == w else w / W
+    sy = maps.scale if round(H * maps.scale) == h else h / H
+    out = [(max(0, round(b[0] / sx)), max(0, round(b[1] / sy)), min(W, round(b[2] / sx)), min(H, round(b[3] / sy)))
+           for b in boxes]
+    return [b for b in out if b[0] < b[2] and b[1] < b[3]]
