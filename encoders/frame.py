@@ -125,7 +125,8 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     if flat[outside].mean() < 0.6:
         return None
     w, h = img.size
-    box = (max(0, round(xs.start / sx)), max(0, round(ys.start / sy)), min(w, round(xs.stop / sx)), min(h, round(ys.stop / sy)))
+    box = (max(0, round(xs.start / sx)), max(0, round(ys.start / sy)),
+           min(w, round(xs.stop / sx)), min(h, round(ys.stop / sy)))
     return box if box[0] < box[2] and box[1] < box[3] else None
 
 

@@ -8,7 +8,9 @@ keeping, per stored id, its best distance. Modes: ``none``, ``flip`` (+ mirror),
 (``encoders.region``) also searches that photo's crop and its mirror, a collage (``encoders.panels``)
 searches each panel's, and a photo turned by a few degrees inside a flat fill
 (``encoders.rotation``) is also searched turned back upright; a query in which no finder fires
-is searched tilted a fixed angle either way instead.
+is searched tilted a fixed angle either way instead. With ``content`` on, the query's colour
+negative is searched too: inverting it again undoes a negated copy exactly, where no learned
+code of a photo is near its negative's.
 
 The index side has views too (``ref_view_images``): an image may also be stored under the
 codes of some of its crops (``REF_VIEWS``; ``shards.views``), because a 128-bit code of a
@@ -46,6 +48,7 @@ CONTENT_COST = 1.0
 OUTSIDE_COST = 0.5  # the largest part of the query outside a pasted photo (a photo pasted over the copy)
 UPRIGHT_COST = 1.0  # the query turned back upright when its photo sits turned in a flat fill
 TILT_COST = 2.0  # the query tilted TILT degrees either way, when no turned, framed or pasted photo is found
+NEGATIVE_COST = 5.0  # the query's colour negative (a negated copy is found as its original)
 OUTSIDE_MIN_AREA = 0.25  # that part must hold at least this share of the query
 # When the frame and the pasted-photo finders both fire, boxes overlapping at least this much
 # (intersection over union) are one photo found twice; below it both crops are searched.
@@ -87,18 +90,20 @@ def is_mirrored(name: str) -> bool:
 def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = ROT_COST,
           content_cost: float = CONTENT_COST, half_turn_cost: float = HALF_TURN_COST,
           outside_cost: float = OUTSIDE_COST, upright_cost: float = UPRIGHT_COST,
-          tilt_cost: float = TILT_COST) -> np.ndarray:
+          tilt_cost: float = TILT_COST, negative_cost: float = NEGATIVE_COST) -> np.ndarray:
     """Prior cost added to each named view's distance: 0 for the original, ``flip_cost`` for the
     mirror, ``rot_cost`` for a quarter turn, ``half_turn_cost`` for upside down (rot180 and the
     vertical mirror), ``content_cost`` for the framed or pasted photo's crop (plus ``flip_cost``
     for its mirror), ``outside_cost`` for the part of the query outside a pasted photo,
-    ``upright_cost`` for the query turned back upright, ``tilt_cost`` for it tilted."""
+    ``upright_cost`` for the query turned back upright, ``tilt_cost`` for it tilted,
+    ``negative_cost`` for its colour negative."""
     if isinstance(names, str):
         raise TypeError("costs() takes a sequence of view names, e.g. variant_names(mode)")
-    if min(flip_cost, rot_cost, content_cost, half_turn_cost, outside_cost, upright_cost, tilt_cost) < 0:
+    if min(flip_cost, rot_cost, content_cost, half_turn_cost, outside_cost, upright_cost, tilt_cost,
+           negative_cost) < 0:
         raise ValueError(f"TTA costs must be >= 0; got flip {flip_cost}, rot {rot_cost}, "
                          f"content {content_cost}, half turn {half_turn_cost}, outside {outside_cost}, "
-                         f"upright {upright_cost}, tilt {tilt_cost}")
+                         f"upright {upright_cost}, tilt {tilt_cost}, negative {negative_cost}")
 
     def one(name: str) -> float:
         if name == "outside":
@@ -107,6 +112,8 @@ def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = 
             return upright_cost
         if name == "tilt":
             return tilt_cost
+        if name == "negative":
+            return negative_cost
         if "rot180" in name:
             return half_turn_cost
         if "rot" in name:
@@ -117,25 +124,28 @@ def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = 
 
 def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
     """Every view ``query_variants`` can return for ``mode``, in its order: the dihedral
-    variants, then with ``content`` the framed or pasted photo's crop and, unless mode is none,
+    variants, then with ``content`` the colour negative, the framed or pasted photo's crop and, unless mode is none,
     its mirror, the largest part of the query outside a pasted photo, and the query turned back
     upright or, when no finder fires, tilted either way (two views of one name)."""
     extra = ("content",) if mode == "none" else ("content", "content+flip")
-    return variant_names(mode) + (extra + ("outside", "upright", "tilt") if content else ())
+    return variant_names(mode) + (("negative",) + extra + ("outside", "upright", "tilt") if content else ())
 
 
 def query_variants(img: Image.Image, preprocess: Callable[[Image.Image], np.ndarray], mode: str,
                    content: bool | str = True, found: Found | None = None) -> tuple[list[np.ndarray], list[str]]:
     """The views of one query image to search, as (1, S, S, 3) arrays, and their names (in
-    ``view_names`` order): the framed or pasted photo's views and the upright view come only
-    when their detector fires, the two tilted views only when no finder does
-    (``content="frame"`` looks for flat frames only, no pasted photo).
+    ``view_names`` order): the colour negative unless ``content`` is off; the framed or pasted
+    photo's views and the upright view only when their detector fires, the two tilted views only
+    when no finder does (``content="frame"`` looks for flat frames only, no pasted photo).
     When both finders fire on different boxes (a photo pasted onto a picture with flat areas
     looks framed too), both crops are searched, each as ``content``, and so is the pasted-photo
     finder's runner-up box (``PASTE_BOXES``), and each panel of a collage. ``found``:
     ``content_boxes(img, content)`` when the caller has it (the crops' keypoints need the same
     boxes)."""
     arrays, names = variants(preprocess(img)[None], mode), list(variant_names(mode))
+    if content:  # a colour negative of a copy is searched as the copy
+        arrays.append(255 - arrays[0])
+        names.append("negative")
     found = found if found is not None else content_boxes(img, content)
     boxes = searched_boxes(found)
     for box in boxes:

@@ -29,7 +29,7 @@ import yaml
 from encoders.base import RANK_MODES, RUNTIMES
 from encoders.registry import DEFAULT_ENCODER
 from encoders.tta import (CONTENT_COST, DEFAULT_REF_VIEWS, FLIP_COST, HALF_TURN_COST, OUTSIDE_COST,
-                          REF_VIEW_COST, REF_VIEWS, ROT_COST, TILT_COST, TTA_MODES, UPRIGHT_COST, costs)
+                          NEGATIVE_COST, REF_VIEW_COST, REF_VIEWS, ROT_COST, TILT_COST, TTA_MODES, UPRIGHT_COST, costs)
 from shards.index import INDEX_KINDS
 from shards.verify import VERIFY_DEPTH, VERIFY_MORE
 
@@ -91,6 +91,7 @@ class QueryConfig:
     outside_cost: float = _value(OUTSIDE_COST, _COST)      # ... the part outside a pasted photo
     upright_cost: float = _value(UPRIGHT_COST, _COST)      # ... the query turned back upright
     tilt_cost: float = _value(TILT_COST, _COST)            # ... the query tilted either way
+    negative_cost: float = _value(NEGATIVE_COST, _COST)    # ... the query's colour negative
     rank: str = _value("vector", _one_of(*RANK_MODES))     # vector | weighted | hamming
     ref_view_cost: float = _value(REF_VIEW_COST, _COST)    # prior cost a stored crop's match pays
     verify: int = _value(VERIFY_DEPTH, _at_least(0))       # verify an image query's top N (0 = off)
@@ -99,7 +100,7 @@ class QueryConfig:
     def view_costs(self, names: Sequence[str]) -> np.ndarray:
         """The prior cost of each named query view under these settings (``encoders.tta.costs``)."""
         return costs(names, self.flip_cost, self.rot_cost, self.content_cost, self.half_turn_cost,
-                     self.outside_cost, self.upright_cost, self.tilt_cost)
+                     self.outside_cost, self.upright_cost, self.tilt_cost, self.negative_cost)
 
 
 @dataclass

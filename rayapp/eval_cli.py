@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="encoder specs, name[:opt=value,...] (opts: tta, rank=vector|weighted|hamming, "
                          "content=on|frame|off (frame: flat frames only, no pasted-photo finder), "
                          "flip_cost, rot_cost, half_turn_cost, content_cost, outside_cost, upright_cost, tilt_cost, "
+                         "negative_cost, "
                          "ref_views=none|center70[+top_left70...], ref_view_cost, "
                          f"verify=N (spatially verify the top N; default {VERIFY_DEPTH}, 0 = off), "
                          f"verify_more=N (verify N more when no hit is confirmed; default {VERIFY_MORE}), "

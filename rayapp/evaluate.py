@@ -42,7 +42,7 @@ from shards.index import DEFAULT_KIND
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "bench" / "results"
 SEARCH_K = 100  # hits per query: mAP@100 looks no deeper
 _PRIOR_COSTS = ("flip_cost", "rot_cost", "content_cost", "half_turn_cost", "outside_cost",
-                "upright_cost", "tilt_cost")
+                "upright_cost", "tilt_cost", "negative_cost")
 
 
 # ---------------------------------------------------------------- metrics

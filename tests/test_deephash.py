@@ -263,12 +263,13 @@ def _service_distances(enc, queries, refs) -> np.ndarray:
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("edit", ["fade_white", "fade_black", "vflip", "rot180"])
+@pytest.mark.parametrize("edit", ["fade_white", "fade_black", "vflip", "rot180", "negative"])
 def test_faded_and_upside_down_copies_are_closer_than_unrelated_photos(tmp_path, edit):
-    """Real photo files: a copy faded 60% toward white or black, mirrored top-bottom or turned
-    upside down, saved as JPEG, is nearer its source than any unrelated photo."""
+    """Real photo files: a copy faded 60% toward white or black, mirrored top-bottom, turned
+    upside down or in colour negative, saved as JPEG, is nearer its source than any unrelated
+    photo."""
     from pathlib import Path
-    from PIL import Image
+    from PIL import Image, ImageOps
     _bundled()
     enc = build_deephash(device="cpu")
     sources = sorted((Path(__file__).resolve().parents[1] / "rayapp" / "samples").glob("*.jpg"))[::4][:10]
@@ -278,6 +279,8 @@ def test_faded_and_upside_down_copies_are_closer_than_unrelated_photos(tmp_path,
         if edit.startswith("fade"):
             colour = (255, 255, 255) if edit == "fade_white" else (0, 0, 0)
             out = Image.blend(img, Image.new("RGB", img.size, colour), 0.6)
+        elif edit == "negative":
+            out = ImageOps.invert(img)
         else:
             out = img.transpose(Image.FLIP_TOP_BOTTOM if edit == "vflip" else Image.ROTATE_180)
         out.save(tmp_path / f"{i}.jpg", quality=85)

@@ -38,8 +38,9 @@ def test_views_and_costs_follow_the_service(report):
     rep, _ = report
     full = rep["results"]["deephash:tta=flip_rot90"]
     assert full["rank"] == "vector"  # the side vectors' cosine, as the service ranks
-    from encoders.tta import CONTENT_COST, FLIP_COST, OUTSIDE_COST, ROT_COST, TILT_COST, UPRIGHT_COST
+    from encoders.tta import CONTENT_COST, FLIP_COST, NEGATIVE_COST, OUTSIDE_COST, ROT_COST, TILT_COST, UPRIGHT_COST
     assert full["views"] == {"original": 0.0, "flip": FLIP_COST, "rot90": ROT_COST, "rot270": ROT_COST,
+                             "negative": NEGATIVE_COST,
                              "content": CONTENT_COST, "content+flip": CONTENT_COST + FLIP_COST,
                              "outside": OUTSIDE_COST, "upright": UPRIGHT_COST, "tilt": TILT_COST}
     from encoders.tta import REF_VIEW_COST
@@ -47,7 +48,8 @@ def test_views_and_costs_follow_the_service(report):
     plain = rep["results"]["deephash:content=off,ref_views=none,verify=0"]
     assert plain["views"] == {"original": 0.0} and plain["ref_views"] == {}
     assert rep["results"]["pdq"]["rank"] == "hamming"
-    assert rep["results"]["pdq"]["views"] == {"original": 0.0, "content": CONTENT_COST, "outside": OUTSIDE_COST,
+    assert rep["results"]["pdq"]["views"] == {"original": 0.0, "negative": NEGATIVE_COST, "content": CONTENT_COST,
+                                              "outside": OUTSIDE_COST,
                                               "upright": UPRIGHT_COST, "tilt": TILT_COST}
     assert full["per_family_recall@1"]["center_crop"] == 1.0
 

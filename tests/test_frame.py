@@ -55,20 +55,20 @@ def test_query_views_add_the_framed_photo_and_its_mirror():
     photo.thumbnail((300, 300))
     framed = _framed(photo, (250, 250, 250), (30, 60), (photo.width + 60, photo.height + 160), True)
     arrays, names = query_variants(framed, enc.preprocess, "flip_rot90")
-    assert names == ["original", "flip", "rot90", "rot270", "content", "content+flip"]  # no tilt: a photo found
-    assert tuple(names) == view_names("flip_rot90")[:6] and view_names("none", content=False) == ("original",)
-    assert view_names("flip_rot90")[6:] == ("outside", "upright", "tilt")  # only a pasted photo has an outside
+    assert names == ["original", "flip", "rot90", "rot270", "negative", "content", "content+flip"]  # no tilt: a photo found
+    assert tuple(names) == view_names("flip_rot90")[:7] and view_names("none", content=False) == ("original",)
+    assert view_names("flip_rot90")[7:] == ("outside", "upright", "tilt")  # only a pasted photo has an outside
     assert all(a.shape == (1, enc.input_size, enc.input_size, 3) for a in arrays)
-    assert np.array_equal(arrays[5], arrays[4][:, :, ::-1])
+    assert np.array_equal(arrays[6], arrays[5][:, :, ::-1]) and np.array_equal(arrays[4], 255 - arrays[0])
     assert query_variants(framed, enc.preprocess, "none", content=False)[1] == ["original"]
-    assert query_variants(framed, enc.preprocess, "none")[1] == ["original", "content"]
-    assert query_variants(photo, enc.preprocess, "flip")[1] == ["original", "flip", "tilt", "tilt"]
-    assert costs(names, 0.5, 1.5, 0.5).tolist() == [0, 0.5, 1.5, 1.5, 0.5, 1.0]
+    assert query_variants(framed, enc.preprocess, "none")[1] == ["original", "negative", "content"]
+    assert query_variants(photo, enc.preprocess, "flip")[1] == ["original", "flip", "negative", "tilt", "tilt"]
+    assert costs(names, 0.5, 1.5, 0.5, negative_cost=4).tolist() == [0, 0.5, 1.5, 1.5, 4, 0.5, 1.0]
     # the crop's code is much nearer the photo's own code than the framed image's code is
     own = enc.encode_batch(enc.preprocess(photo)[None])
     codes = [enc.encode_batch(a) for a in arrays]
     hamming = [int(np.unpackbits(c ^ own).sum()) for c in codes]
-    assert hamming[4] < hamming[0], hamming
+    assert hamming[5] < hamming[0], hamming
 
 
 def test_a_framed_looking_picture_with_a_photo_pasted_in_searches_both_crops():
@@ -82,12 +82,12 @@ def test_a_framed_looking_picture_with_a_photo_pasted_in_searches_both_crops():
     canvas.paste(b.resize((180, 135)), (290, 215))
     query = as_jpeg(canvas)
     arrays, names = query_variants(query, enc.preprocess, "flip_rot90")
-    assert names[:8] == ["original", "flip", "rot90", "rot270", "content", "content+flip",
+    assert names[:9] == ["original", "flip", "rot90", "rot270", "negative", "content", "content+flip",
                          "content", "content+flip"]
     assert len(names) <= most_views("flip_rot90") and most_views("flip_rot90", "frame") == len(view_names("flip_rot90"))
     own = enc.encode_batch(enc.preprocess(b.resize((180, 135)))[None])
     hamming = [int(np.unpackbits(enc.encode_batch(x) ^ own).sum()) for x in arrays]
-    assert hamming[6] < hamming[0], hamming  # the pasted photo's crop is near its own code
+    assert hamming[7] < hamming[0], hamming  # the pasted photo's crop is near its own code
     assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0 and box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
 
 

@@ -65,4 +65,4 @@ def test_a_collage_searches_each_panel():
     assert not any(iou(b, p) >= 0.8 for b in [found.pasted, *found.more] if b for p in found.panels)
     _, names = query_variants(img, lambda im: np.asarray(im.resize((32, 32))), "flip", found=found)
     crops = len(searched_boxes(found))
-    assert names[:2 + 2 * crops] == ["original", "flip"] + ["content", "content+flip"] * crops
+    assert names[:3 + 2 * crops] == ["original", "flip", "negative"] + ["content", "content+flip"] * crops

@@ -46,7 +46,7 @@ def test_query_views_search_the_pasted_photo():
     assert frame is None and pasted is not None and iou(pasted, box) > 0.8
     arrays, names = query_variants(img, lambda im: np.asarray(im.resize((32, 32))), "flip")
     # a photo pasted nearly full height also cuts the picture into panels, searched after it
-    assert names[:4] == ["original", "flip", "content", "content+flip"]
+    assert names[:5] == ["original", "flip", "negative", "content", "content+flip"]
     assert names[-1] == "outside"  # no tilted views: the finder found a photo
     assert len(arrays) == len(names)
     # the outside views: the widest strip beside the pasted photo (a clean part of the picture)

@@ -256,7 +256,7 @@ def test_tiny_and_strip_images_have_no_keypoints_but_encode():
         assert not extract(img).any() and extract_query(img).shape == (2, KEYPOINT_BYTES)
         views, names = query_variants(img, enc.preprocess, "flip_turns")
         codes, _, vectors = enc.encode_vectors(np.concatenate(views))
-        assert len(codes) == len(names) == 8 and vectors.shape == (8, enc.vector_bytes)  # 6 turns, 2 tilts
+        assert len(codes) == len(names) == 9 and vectors.shape == (9, enc.vector_bytes)  # 6 turns, negative, 2 tilts
 
 
 def test_a_photo_pasted_into_a_picture_verifies_by_its_crops_keypoints():
