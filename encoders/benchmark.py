@@ -82,6 +82,22 @@ def _editor(suite: str, pool: list[Path]):
     return edit
 
 
+def add_distractors(refs_dir: str | Path, folders: list, n: int, seed: int = 0) -> int:
+    """Copy ``n`` photos drawn (by ``seed``) from ``folders`` into a built benchmark's refs as
+    ``x00000.jpg``... : stored images no query is a copy of, so that a benchmark's collection can
+    grow to the size of the one a user searches (more look-alikes for every view to meet) without
+    more edited queries. Photos already there (from an earlier call) are kept. Returns how many
+    there are. The folders must not hold the benchmark's own originals."""
+    refs = Path(refs_dir)
+    have = sorted(refs.glob("x*"))
+    files = source_files(list(folders))
+    order = np.random.default_rng(seed).permutation(len(files))
+    for i in range(len(have), min(n, len(files))):  # the same draw, so a second call only extends it
+        src = files[order[i]]
+        shutil.copyfile(src, refs / f"x{i:05d}{src.suffix.lower()}")
+    return len(list(refs.glob("x*")))
+
+
 def build_benchmark(originals_dir: str | Path | list, out_dir: str | Path, n_refs: int = 450,
                     n_queries: int = 900, n_negatives: int = 280, n_distractors: int = 250,
                     seed: int = 0, families: tuple[str, ...] | None = None, suite: str = "own",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.benchmark import EDIT_SUITES, SUITES, build_benchmark
+from encoders.benchmark import EDIT_SUITES, SUITES, add_distractors, build_benchmark
 from rayapp.evaluate import RESULTS_DIR, evaluate, fmt, git_rev, parse_spec
 from shards.verify import BONUS_FROM, BONUS_FULL, VERIFY_BONUS, VERIFY_DEPTH, VERIFY_MORE
 
@@ -151,6 +151,9 @@ def _suite_benchmark(args, suite: str) -> tuple[Path, Path, Path, dict]:
                                args.n_distractors, args.seed, suite=suite, subset=args.subset)
     else:
         info = json.loads((work / "benchmark.json").read_text()) if (work / "benchmark.json").exists() else {}
+    if args.extra_distractors:
+        info = {**info, "extra_distractors": add_distractors(work / "refs", args.extra_distractors,
+                                                             args.n_extra_distractors, args.seed)}
     return work / "refs", work / "queries", gt, info
 
 
@@ -182,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-queries", type=int, default=900)
     ap.add_argument("--n-negatives", type=int, default=280)
     ap.add_argument("--n-distractors", type=int, default=250)
+    ap.add_argument("--extra-distractors", nargs="+", metavar="DIR",
+                    help="also store photos from these folders (never the originals' own) as refs no query "
+                         "copies, to search a collection of a user's size")
+    ap.add_argument("--n-extra-distractors", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k-micro", type=int, default=10)
     ap.add_argument("--out", help="JSON path (default bench/results/eval_<date>.json)")

@@ -125,3 +125,23 @@ def test_the_lookalike_suite_stores_one_half_of_each_photo_and_queries_the_other
     res = score_codes(dist, 8, np.array([-1, -1]), ["lookalike"] * 2, k_micro=2)
     assert res["mAP@100"] is None and res["muAP"] is None and res["worst_family"] is None
     assert res["median_negative_nearest_distance"] == 0.75
+
+
+def test_extra_distractors_grow_the_stored_collection_without_queries(tmp_path):
+    """``--extra-distractors``: photos from other folders are stored as refs no query copies, a
+    second call keeps them, and the ground truth is untouched."""
+    from encoders.benchmark import add_distractors
+    samples = sorted(SAMPLES.glob("*.jpg"))
+    own, other = tmp_path / "own", tmp_path / "other"
+    own.mkdir(), other.mkdir()
+    for i, p in enumerate(samples[:20]):
+        (own if i < 12 else other).joinpath(p.name).write_bytes(p.read_bytes())
+    build_benchmark(own, tmp_path / "b", n_refs=4, n_queries=4, n_negatives=2, n_distractors=2, suite="own")
+    before = (tmp_path / "b" / "ground_truth.csv").read_text()
+    assert add_distractors(tmp_path / "b" / "refs", [other], 5, seed=1) == 5
+    assert add_distractors(tmp_path / "b" / "refs", [other], 6, seed=1) == 6
+    stored = sorted(p.name for p in (tmp_path / "b" / "refs").iterdir())
+    assert len(stored) == 6 + 6 and sum(n.startswith("x") for n in stored) == 6
+    copied = {(tmp_path / "b" / "refs" / n).read_bytes() for n in stored if n.startswith("x")}
+    assert len(copied) == 6  # six different photos
+    assert (tmp_path / "b" / "ground_truth.csv").read_text() == before
