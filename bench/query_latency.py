@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="search by hex code (JSON) instead of uploading each photo")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    # absolute: each side indexes from its own checkout
+    photos = sorted(p.absolute() for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     sides = {"current": REPO_ROOT, "baseline": Path(args.baseline).resolve()}
     envs = {"current": {}, "baseline": dict(kv.split("=", 1) for kv in args.baseline_env)}
     work = Path(tempfile.mkdtemp(prefix="neardup-latency-"))
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     unrelated = _unrelated(args.unrelated, args.queries)
     queries, is_unrelated = _interleave(copies, unrelated)
     for name, repo in sides.items():
-        _cli(repo, "index", *map(str, photos), "--index-dir", str(work / name)).wait()
+        if _cli(repo, "index", *map(str, photos), "--index-dir", str(work / name)).wait() != 0:
+            raise SystemExit(f"{name} ({repo}): neardup index failed; its side would time an empty index")
     times: dict[str, list[float]] = {name: [] for name in sides}
     times_unrelated: dict[str, list[float]] = {name: [] for name in sides}
     first: dict[str, list[dict]] = {name: [] for name in sides}  # each round's first and tenth query
