@@ -89,10 +89,10 @@ def add_distractors(refs_dir: str | Path, folders: list, n: int, seed: int = 0) 
     more edited queries. Photos already there (from an earlier call) are kept. Returns how many
     there are. The folders must not hold the benchmark's own originals."""
     refs = Path(refs_dir)
-    have = sorted(refs.glob("x*"))
+    have = len(list(refs.glob("x*")))
     files = source_files(list(folders))
     order = np.random.default_rng(seed).permutation(len(files))
-    for i in range(len(have), min(n, len(files))):  # the same draw, so a second call only extends it
+    for i in range(have, min(n, len(files))):  # the same draw, so a second call only extends it
         src = files[order[i]]
         shutil.copyfile(src, refs / f"x{i:05d}{src.suffix.lower()}")
     return len(list(refs.glob("x*")))

@@ -33,8 +33,24 @@ def _small(img: Image.Image) -> tuple[np.ndarray, tuple[float, float]]:
     w, h = img.size
     scale = SIZE / max(w, h)
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
-    scales = tuple(scale if round(n * scale) == m else m / n for n, m in zip((w, h), size))
-    return np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32), scales
+    pixels = np.asarray(img.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32)
+    return pixels, axis_scales(img.size, size, scale)
+
+
+def axis_scales(size: tuple[int, int], small: tuple[int, int], scale: float) -> tuple[float, float]:
+    """The (x, y) scales from an image of ``size`` to its copy of ``small`` (width, height),
+    reduced by ``scale`` but with a pixel floor per side: an axis the floor stretched (a strip of
+    an image) maps by its own scale, not the long side's."""
+    return tuple(scale if round(n * scale) == m else m / n for n, m in zip(size, small))
+
+
+def in_image(box: tuple, scales: tuple[float, float], size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """A box on a small copy (``axis_scales``) -> (left, top, right, bottom) in the pixels of
+    the image of ``size``, clipped to it; None when nothing is left of it."""
+    (sx, sy), (w, h) = scales, size
+    out = (max(0, round(box[0] / sx)), max(0, round(box[1] / sy)),
+           min(w, round(box[2] / sx)), min(h, round(box[3] / sy)))
+    return out if out[0] < out[2] and out[1] < out[3] else None
 
 
 def channel_max(a: np.ndarray) -> np.ndarray:
@@ -105,7 +121,7 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     >>> content_box(framed)
     (50, 120, 250, 320)
     """
-    a, (sx, sy) = _small(img)
+    a, scales = _small(img)
     bg, ring_share = _background(a)
     if ring_share < 0.25:
         return None
@@ -124,10 +140,7 @@ def content_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     outside[ys, xs] = False
     if flat[outside].mean() < 0.6:
         return None
-    w, h = img.size
-    box = (max(0, round(xs.start / sx)), max(0, round(ys.start / sy)),
-           min(w, round(xs.stop / sx)), min(h, round(ys.stop / sy)))
-    return box if box[0] < box[2] and box[1] < box[3] else None
+    return in_image((xs.start, ys.start, xs.stop, ys.stop), scales, img.size)
 
 
 def without_bars(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from encoders.frame import channel_max
+from encoders.frame import axis_scales, channel_max, in_image
 
 SIZE = 192
 MIN_STEP = 12.0  # levels (of 255) a side's step must reach in some colour channel
@@ -172,10 +172,6 @@ def in_pixels(boxes: list[tuple], maps: RidgeMaps, size: tuple[int, int]) -> lis
     """Boxes at the finders' size -> (left, top, right, bottom) in the pixels of an image of
     ``size``, clipped to it; a box left empty is dropped. An axis that ``_small`` stretched to
     its 16-pixel floor (a strip of an image) maps back by its own scale, not the long side's."""
-    W, H = size
     h, w = maps.rgb.shape[:2]
-    sx = maps.scale if round(W * maps.scale) == w else w / W
-    sy = maps.scale if round(H * maps.scale) == h else h / H
-    out = [(max(0, round(b[0] / sx)), max(0, round(b[1] / sy)), min(W, round(b[2] / sx)), min(H, round(b[3] / sy)))
-           for b in boxes]
-    return [b for b in out if b[0] < b[2] and b[1] < b[3]]
+    scales = axis_scales(size, (w, h), maps.scale)
+    return [b for b in (in_image(box, scales, size) for box in boxes) if b is not None]

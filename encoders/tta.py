@@ -124,9 +124,10 @@ def costs(names: Sequence[str], flip_cost: float = FLIP_COST, rot_cost: float = 
 
 def view_names(mode: str, content: bool = True) -> tuple[str, ...]:
     """Every view ``query_variants`` can return for ``mode``, in its order: the dihedral
-    variants, then with ``content`` the colour negative, the framed or pasted photo's crop and, unless mode is none,
-    its mirror, the largest part of the query outside a pasted photo, and the query turned back
-    upright or, when no finder fires, tilted either way (two views of one name)."""
+    variants, then with ``content`` the colour negative, the framed or pasted photo's crop and,
+    unless mode is none, its mirror, the largest part of the query outside a pasted photo, and
+    the query turned back upright or, when no finder fires, tilted either way (two views of one
+    name)."""
     extra = ("content",) if mode == "none" else ("content", "content+flip")
     return variant_names(mode) + (("negative",) + extra + ("outside", "upright", "tilt") if content else ())
 
