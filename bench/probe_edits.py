@@ -8,8 +8,8 @@ to photos, at other strengths, from the refs of an already built benchmark (vali
 turns on a grown canvas, crops to half of each side, small pastes, collages and 2x2 grids,
 large captions, small grey re-encodes, thumbnails, colour negatives, prints with a white card,
 a mirrored crop under a colour cast, story reposts on a blurred copy of the photo, a sepia
-vignette filter, a tiled stock watermark, posterization, a double exposure, and a phone photo
-of a screen. It then scores them through ``neardup eval``'s own
+vignette filter, a tiled stock watermark, posterization, a double exposure, a phone photo
+of a screen, and a print of another photo dropped onto it. It then scores them through ``neardup eval``'s own
 pipeline against the benchmark's refs (``rayapp.eval_cli``). A family that scores low is a lead,
 to be checked on the real suites, not a target: its queries are few and its edits arbitrary.
 """
@@ -183,10 +183,26 @@ def recapture(im, rng, bgs):
     return Image.blend(out, Image.effect_noise(out.size, 40).convert("RGB"), 0.08)
 
 
+def photo_over(im, rng, bgs):
+    """A print dropped onto it: another photo in a white border, turned up to 12 degrees, over
+    a quarter to nearly half of it."""
+    w, h = im.size
+    o = _other(rng, bgs)
+    side = (rng.uniform(0.25, 0.45) * w * h / (o.width * o.height)) ** 0.5
+    o = ImageOps.expand(o.resize((max(8, int(o.width * side)), max(8, int(o.height * side)))),
+                        max(2, int(0.04 * o.width * side)), fill=(250, 250, 250))
+    o = o.convert("RGBA").rotate(rng.uniform(-12, 12), expand=True, resample=Image.BICUBIC)
+    o = o.crop((0, 0, min(o.width, w), min(o.height, h)))
+    out = im.copy()
+    out.paste(o, (rng.randint(0, w - o.width), rng.randint(0, h - o.height)), o)
+    return out
+
+
 # new families go last: each family draws its refs from one seeded stream, in this order
 FAMILIES: dict[str, Edit] = {f.__name__: f for f in (
     turn_on_canvas, crop_half, paste_small, collage2, grid4, big_text, grey_small_jpeg, tiny_blur, invert,
-    polaroid, flip_crop_tint, story, sepia_vignette, tiled_watermark, posterize, blend_other, recapture)}
+    polaroid, flip_crop_tint, story, sepia_vignette, tiled_watermark, posterize, blend_other, recapture,
+    photo_over)}
 
 
 def build(bench: Path, backgrounds: list[Path], work: Path, per_family: int, seed: int) -> Path:

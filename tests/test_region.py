@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from encoders.region import paste_box
-from encoders.tta import blanked, content_boxes, outside_box, query_variants
+from encoders.tta import content_boxes, filled, outside_box, query_variants
 from tests.helpers_images import SAMPLES, SCENES, as_jpeg, iou
 
 
@@ -50,17 +50,21 @@ def test_query_views_search_the_pasted_photo():
     assert names[-1] == "outside"  # no tilted views: the finder found a photo
     assert len(arrays) == len(names)
     # the outside views: the widest strip beside the pasted photo (a clean part of the picture)
-    # and the whole picture with the pasted photo blanked out
+    # and the whole picture with the pasted photo filled in from around it
     assert outside_box(img.size, pasted) is not None and names.count("outside") >= 2
 
 
-def test_blanked_fills_the_box_with_the_mean_colour_of_the_rest():
-    img = Image.new("RGB", (40, 30), (10, 20, 30))
-    img.paste((90, 100, 110), (20, 0, 40, 30))
-    img.paste((250, 250, 250), (15, 10, 25, 20))  # the box: half over each colour
-    out = np.asarray(blanked(img, (15, 10, 25, 20)))  # the rest: 550 pixels of each colour
-    assert out[15, 20].tolist() == [50, 60, 70] and out[0, 0].tolist() == [10, 20, 30]
-    assert np.asarray(img)[15, 20].tolist() == [250, 250, 250]  # the query itself is untouched
+def test_filled_box_continues_what_surrounds_it():
+    img = Image.new("RGB", (80, 60), (10, 20, 30))
+    img.paste((90, 100, 110), (40, 0, 80, 60))
+    img.paste((250, 250, 250), (30, 20, 50, 40))  # the box: half over each colour
+    out = np.asarray(filled(img, (30, 20, 50, 40)))
+    assert np.abs(out[30, 31].astype(int) - (10, 20, 30)).max() < 25  # its left edge: the left colour
+    assert np.abs(out[30, 48].astype(int) - (90, 100, 110)).max() < 25  # its right edge: the right one
+    assert (out[:20] == np.asarray(img)[:20]).all()  # the rest is untouched
+    assert np.asarray(img)[30, 40].tolist() == [250, 250, 250]  # and so is the query itself
+    whole = filled(img, (0, 0, 80, 60))  # nothing around the box: the image as it is
+    assert (np.asarray(whole) == np.asarray(img)).all()
 
 
 def test_a_side_between_like_brightness_and_unlike_colour_is_found():
