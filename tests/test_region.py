@@ -67,6 +67,25 @@ def test_filled_box_continues_what_surrounds_it():
     assert (np.asarray(whole) == np.asarray(img)).all()
 
 
+def test_a_photo_covered_by_another_is_nearer_its_code_with_the_box_filled_in():
+    """Another photo pasted over about a third of each of 12 real photos: the query with the
+    found box filled in from around it is nearer the photo's code than the query as given."""
+    from encoders.registry import get_encoder
+    enc = get_encoder("deephash")
+    as_given, with_fill = [], []
+    for i in range(12):
+        photo = Image.open(SAMPLES[i]).convert("RGB")
+        w, h = photo.size
+        box = (int(w * 0.3), int(h * 0.25), int(w * 0.85), int(h * 0.85))
+        query = photo.copy()
+        query.paste(Image.open(SAMPLES[-1 - i]).convert("RGB").resize((box[2] - box[0], box[3] - box[1])), box[:2])
+        found = content_boxes(query).pasted
+        codes = enc.encode([photo, query, filled(query, found or box)])
+        as_given.append(int(np.unpackbits(codes[0] ^ codes[1]).sum()))
+        with_fill.append(int(np.unpackbits(codes[0] ^ codes[2]).sum()))
+    assert np.mean(with_fill) < np.mean(as_given) - 4, (as_given, with_fill)
+
+
 def test_a_side_between_like_brightness_and_unlike_colour_is_found():
     """A photo pasted where the background has its brightness but not its colour: the step
     across the side is in the colour channels, not in grey."""
