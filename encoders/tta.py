@@ -233,7 +233,7 @@ def filled(img: Image.Image, box: tuple[int, int, int, int], side: int = FILL_SI
     small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
     x1, y1 = min(w, int(box[2])), min(h, int(box[3]))
-    sx0, sy0 = int(x0 * scale), int(y0 * scale)
+    sx0, sy0 = min(int(x0 * scale), small.shape[1] - 1), min(int(y0 * scale), small.shape[0] - 1)
     sx1, sy1 = max(sx0 + 1, math.ceil(x1 * scale)), max(sy0 + 1, math.ceil(y1 * scale))
     mask = np.zeros(small.shape[:2], np.uint8)
     mask[sy0:sy1, sx0:sx1] = 255

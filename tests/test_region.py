@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from encoders.region import paste_box
@@ -84,6 +85,31 @@ def test_a_photo_covered_by_another_is_nearer_its_code_with_the_box_filled_in():
         as_given.append(int(np.unpackbits(codes[0] ^ codes[1]).sum()))
         with_fill.append(int(np.unpackbits(codes[0] ^ codes[2]).sum()))
     assert np.mean(with_fill) < np.mean(as_given) - 4, (as_given, with_fill)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.integers(1, 300), st.integers(1, 300), st.lists(st.floats(0, 1), min_size=4, max_size=4))
+def test_filled_takes_any_box_of_any_picture(w, h, corners):
+    """Any box of any picture, strips included: the picture comes back its size, changed only in the box."""
+    x0, x1 = sorted(int(c * w) for c in corners[:2])
+    y0, y1 = sorted(int(c * h) for c in corners[2:])
+    _check_filled(w, h, (x0, y0, x1, y1))
+
+
+def test_filled_takes_a_box_on_the_last_row_of_a_strip():
+    """A box on the last row or column of a strip once left an empty patch to scale."""
+    _check_filled(248, 5, (44, 4, 175, 5))  # the small copy is one row high
+    _check_filled(210, 24, (34, 23, 69, 24))
+
+
+def _check_filled(w: int, h: int, box: tuple[int, int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    img = Image.fromarray(np.random.default_rng(w * 1000 + h).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    out = np.asarray(filled(img, (x0, y0, x1, y1)))
+    assert out.shape == (h, w, 3)
+    keep = np.ones((h, w), bool)
+    keep[y0:y1, x0:x1] = False
+    assert (out[keep] == np.asarray(img)[keep]).all()  # only the box changes
 
 
 def test_a_side_between_like_brightness_and_unlike_colour_is_found():
