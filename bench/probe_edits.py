@@ -9,9 +9,10 @@ turns on a grown canvas, crops to half of each side, small pastes, collages and 
 large captions, small grey re-encodes, thumbnails, colour negatives, prints with a white card,
 a mirrored crop under a colour cast, story reposts on a blurred copy of the photo, a sepia
 vignette filter, a tiled stock watermark, posterization, a double exposure, a phone photo
-of a screen, and a print of another photo dropped onto it. It then scores them through ``neardup eval``'s own
-pipeline against the benchmark's refs (``rayapp.eval_cli``). A family that scores low is a lead,
-to be checked on the real suites, not a target: its queries are few and its edits arbitrary.
+of a screen, and a print of another photo dropped onto it. It then scores them through
+``neardup eval``'s own pipeline against the benchmark's refs (``rayapp.eval_cli``). A family
+that scores low is a lead, to be checked on the real suites, not a target: its queries are few
+and its edits arbitrary.
 """
 from __future__ import annotations
 
