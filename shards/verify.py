@@ -27,6 +27,7 @@ import numpy as np
 from formats.keypoints import (DESCRIPTOR_BYTES, KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack,  # noqa: F401
                                unpack, unpack_many)
 from shards.match_kernel import two_nearest_sets
+from shards.similarity import similarity_inliers
 
 RATIO = 0.85             # Lowe's ratio test on Hamming distances
 REPROJ_PX = 4.0          # RANSAC inlier threshold, pixels at KEYPOINT_SIDE
@@ -116,11 +117,10 @@ def _geometric_inliers(q_xy: np.ndarray, s_xy: np.ndarray, first: np.ndarray, ne
 
 
 def _ransac(src: np.ndarray, dst: np.ndarray, max_iters: int = RANSAC_DRAWS) -> int:
-    """Matches one RANSAC similarity transform explains (only the count is used: the transform
-    is not refined, as refining moves the model, not the mask)."""
-    _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJ_PX,
-                                          maxIters=max_iters, refineIters=0)
-    return 0 if mask is None else int(mask.sum())
+    """Matches one RANSAC similarity transform explains, within ``REPROJ_PX`` in both images
+    (``shards.similarity``: a transform that shrinks the query to a speck explains nothing).
+    Counts that earn no credit (under ``BONUS_FROM``) are OpenCV's, which are no lower."""
+    return similarity_inliers(src, dst, REPROJ_PX, max_iters, recount_from=BONUS_FROM)
 
 
 def _draws_to_find(at_least: int, matches: int) -> int:
