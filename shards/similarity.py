@@ -8,12 +8,21 @@ query's pixels, that same tolerance is ten times looser.
 
 Here a match is an inlier when it lands within ``px`` pixels in the stored image *and* within
 ``px`` in the query: the stored-side tolerance is ``px * min(1, scale)``. OpenCV's search runs
-first, as it is fast; its answer stands when its transform does not shrink the query (the two
-tolerances are then the same test), and so does a count under ``recount_from``: OpenCV's
-tolerance is the looser, so the count here would be no higher, and a caller that gives no
-credit under that count loses nothing (spatial verification passes its first credited count).
-Otherwise a shrinking transform is searched again here, its hypotheses (two matches each, every
-pair of a few matches, else a seeded sample) scored all at once with numpy.
+first, as it is fast, and its count stands when its transform does not shrink the query (the
+two tolerances are then the same test) or when the count is under ``recount_from``: OpenCV's
+tolerance is the looser, so the count here would be no higher, and a caller that gives nothing
+under that count (spatial verification's credit starts at ``BONUS_FROM``) loses nothing.
+Otherwise the shrinking transform is counted the strict way and two-match hypotheses (every
+pair of a few matches, else a seeded sample, as many as RANSAC's stopping rule asks) are scored
+all at once with numpy.
+
+>>> import numpy as np
+>>> query = np.random.default_rng(0).uniform(0, 320, (40, 2))
+>>> similarity_inliers(query, query * 0.5 + 10, 4.0, 2000)  # a crop, enlarged twice
+40
+>>> speck = np.random.default_rng(1).uniform(150, 158, (40, 2))  # unrelated, in one patch
+>>> similarity_inliers(query, speck, 4.0, 2000) <= 3
+True
 """
 from __future__ import annotations
 

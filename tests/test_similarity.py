@@ -46,3 +46,10 @@ def test_the_count_is_the_same_every_time():
     dst = _similar(src, 0.5, 30.0, (5.0, 5.0))
     dst[40:] = _points(4, 110)
     assert len({similarity_inliers(src, dst, PX, 2000) for _ in range(5)}) == 1
+
+
+def test_the_module_docstring_examples_hold():
+    import doctest
+
+    import shards.similarity
+    assert doctest.testmod(shards.similarity).failed == 0
