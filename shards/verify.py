@@ -6,12 +6,14 @@ up to ``KEYPOINTS`` ORB keypoints (``encoders.keypoints``) in its record, after 
 side vector; the router asks the shards to verify only a query's top ``verify`` hits.
 :func:`inliers` matches ORB descriptors (each query keypoint's two nearest stored ones, found by
 ``shards.match_kernel`` in one pass, ratio test, each stored keypoint used by one match at most) and
-counts the matches one similarity transform explains (OpenCV RANSAC); :func:`verify_bonus`
-turns the count into a distance credit.
+counts the matches one similarity transform explains within ``REPROJ_PX`` in both images
+(RANSAC, ``shards.similarity``); :func:`verify_bonus` turns the count into a distance credit.
 
 Matches are one-to-one because many query keypoints landing on one stored keypoint is what a
 degenerate transform (a scale near zero maps every point onto one) explains for free: with
-many-to-one matches unrelated photos reached tens of inliers, as many as an overlaid copy.
+many-to-one matches unrelated photos reached tens of inliers, as many as an overlaid copy. The
+tolerance holds in both images for the same reason: a transform that shrinks the query to a
+speck lands many one-to-one matches within a few stored pixels of one textured patch.
 
 The packed layout (``KEYPOINT_BYTES``, ``pack``/``unpack``) is ``formats.keypoints``.
 """
