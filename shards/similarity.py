@@ -44,21 +44,23 @@ def similarity_inliers(src: np.ndarray, dst: np.ndarray, px: float, draws: int, 
                                               maxIters=draws, refineIters=0)
     if model is None:
         return 0
-    if int(mask.sum()) < recount_from or np.hypot(model[0, 0], model[1, 0]) >= 1.0:
-        return int(mask.sum())
+    count = int(mask.sum())
+    if count < recount_from or np.hypot(model[0, 0], model[1, 0]) >= 1.0:
+        return count
     a, b = src[:, 0] + 1j * src[:, 1], dst[:, 0] + 1j * dst[:, 1]
     found = int(_counts(a, b, px, np.array([model[0, 0] + 1j * model[1, 0]]),
                         np.array([model[0, 2] + 1j * model[1, 2]]))[0])
-    return max(found, _search(a, b, px, _draws(found / len(a), min(draws, SHRINK_DRAWS))))
+    # OpenCV's transform, counted here, is often the true one shrunk (a crop): a few draws confirm it
+    return max(found, _search(a, b, px, ransac_draws(found / len(a), MISS, min(draws, SHRINK_DRAWS))))
 
 
-def _draws(share: float, most: int) -> int:
-    """Two-match hypotheses that find a transform ``share`` of the matches agree on with all but
-    ``MISS`` probability (RANSAC's stopping rule), at most ``most``: OpenCV's transform, counted
-    here, is often the true one shrunk (a crop), and then a few draws confirm it."""
+def ransac_draws(share: float, miss: float, most: int, least: int = 1) -> int:
+    """Two-match draws that find a transform ``share`` of the matches agree on with all but
+    ``miss`` probability (RANSAC's stopping rule), between ``least`` and ``most``; ``most`` when
+    the share is unknown (0)."""
     if share <= 0.0:
         return most
-    return int(min(most, math.ceil(math.log(MISS) / math.log1p(-min(share * share, 0.999)))))
+    return int(min(most, max(least, math.ceil(math.log(miss) / math.log1p(-min(share * share, 0.999))))))
 
 
 def _search(a: np.ndarray, b: np.ndarray, px: float, draws: int) -> int:

@@ -19,7 +19,6 @@ The packed layout (``KEYPOINT_BYTES``, ``pack``/``unpack``) is ``formats.keypoin
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Sequence
 
@@ -29,7 +28,7 @@ import numpy as np
 from formats.keypoints import (DESCRIPTOR_BYTES, KEYPOINT_BYTES, KEYPOINT_SIDE, KEYPOINTS, pack,  # noqa: F401
                                unpack, unpack_many)
 from shards.match_kernel import two_nearest_sets
-from shards.similarity import similarity_inliers
+from shards.similarity import ransac_draws, similarity_inliers
 
 RATIO = 0.85             # Lowe's ratio test on Hamming distances
 REPROJ_PX = 4.0          # RANSAC inlier threshold, pixels at KEYPOINT_SIDE
@@ -129,8 +128,7 @@ def _draws_to_find(at_least: int, matches: int) -> int:
     """RANSAC draws (two matches each) that find a transform ``at_least`` of ``matches`` agree on,
     if there is one, with all but ``MISS`` probability: fewer than ``RANSAC_DRAWS`` when the
     share is large, so a batch job rules out most pairs cheaply."""
-    share = min(at_least / matches, 0.99)
-    return int(min(RANSAC_DRAWS, max(MIN_DRAWS, math.ceil(math.log(MISS) / math.log1p(-share * share)))))
+    return ransac_draws(min(at_least / matches, 0.99), MISS, RANSAC_DRAWS, MIN_DRAWS)
 
 
 def two_nearest(query: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
